@@ -1,0 +1,303 @@
+//! The agent API, `/agent/v1`. Agents call out to the cloud; this is the
+//! whole conversation: register with a Connect Key, heartbeat for the
+//! primary lease, push AD changes, long-poll and acknowledge the cloud feed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ferry_proto::agent::{
+    AckRequest, DomainInfo, FeedEntry, FeedResponse, HeartbeatRequest, HeartbeatResponse, PushChangesRequest,
+    PushChangesResponse, RegisterRequest, RegisterResponse, SyncState,
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::directory::ad_apply::{apply_ad_changes, ApplyError};
+use crate::directory::WriteCtx;
+use crate::http::auth::AgentAuth;
+use crate::http::{ApiError, ApiQuery, ClientIp, JsonBody};
+use crate::secrets::{new_token, token_hash, AGENT_TOKEN_PREFIX};
+use crate::store::{Agent, ConnectKeyProblem, Domain};
+
+/// Routes under `/agent/v1`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/register", post(register))
+        .route("/heartbeat", post(heartbeat))
+        .route("/state", get(sync_state))
+        .route("/changes", post(push_changes))
+        .route("/feed", get(feed))
+        .route("/ack", post(ack))
+}
+
+fn domain_info(d: &Domain) -> DomainInfo {
+    DomainInfo {
+        id: d.id,
+        name: d.settings.name.clone(),
+        netbios_name: d.settings.netbios_name.clone(),
+        root_dn: d.settings.root_dn.clone(),
+        user_ou: d.settings.user_ou.clone(),
+        policies: d.settings.policies.clone(),
+    }
+}
+
+/// `POST /agent/v1/register`.
+async fn register(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    JsonBody(req): JsonBody<RegisterRequest>,
+) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+    let now = state.now();
+    state
+        .connect_key_limiter
+        .check(&ip, now)
+        .map_err(|l| ApiError::limited(l, "Connect Key attempts"))?;
+    for (field, value, max) in [
+        ("hostname", &req.hostname, 255),
+        ("version", &req.version, 64),
+        ("public_key", &req.public_key, 64),
+    ] {
+        if value.trim().is_empty() || value.len() > max {
+            return Err(ApiError::bad_request(format!("{field} must be 1 to {max} characters")));
+        }
+    }
+    let key_ok = base64_32(&req.public_key);
+    if !key_ok {
+        return Err(ApiError::bad_request(
+            "public_key must be a base64 X25519 public key (32 bytes)",
+        ));
+    }
+    let mut tx = state.store.begin().await?;
+    let key = match tx.consume_connect_key(&token_hash(&req.connect_key), now).await? {
+        Ok(k) => k,
+        Err(problem) => {
+            state.connect_key_limiter.fail(&ip, now);
+            let (code, msg) = match problem {
+                ConnectKeyProblem::Unknown => (
+                    "connect_key_invalid",
+                    "the Connect Key is not valid: check it was copied whole, or create a new one in the console",
+                ),
+                ConnectKeyProblem::Expired => (
+                    "connect_key_expired",
+                    "the Connect Key has expired (keys last 7 days): create a new one in the console",
+                ),
+                ConnectKeyProblem::Used => (
+                    "connect_key_used",
+                    "the Connect Key was already used to register an agent: each key works once; create a new one in the console",
+                ),
+            };
+            return Err(ApiError::unauthorized(code, msg));
+        }
+    };
+    let token = new_token(AGENT_TOKEN_PREFIX);
+    let agent = tx
+        .insert_agent(
+            key.org_id,
+            key.domain_id,
+            req.hostname.trim(),
+            req.version.trim(),
+            req.public_key.trim(),
+            &token_hash(&token),
+            now,
+        )
+        .await?;
+    let domain = tx.get_domain(key.org_id, key.domain_id).await?;
+    let details =
+        json!({"hostname": agent.hostname, "version": agent.version, "domain": domain.settings.name, "ip": ip});
+    tx.append_audit(
+        key.org_id,
+        &format!("agent:{}", agent.id),
+        "agent.register",
+        &format!("agent:{}", agent.id),
+        &details,
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    state.connect_key_limiter.reset(&ip);
+    tracing::info!(agent = %agent.id, hostname = %agent.hostname, domain = %domain.settings.name, "agent registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisterResponse {
+            agent_id: agent.id,
+            agent_token: token,
+            domain: domain_info(&domain),
+        }),
+    ))
+}
+
+fn base64_32(s: &str) -> bool {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .is_ok_and(|b| b.len() == 32)
+}
+
+/// `POST /agent/v1/heartbeat`.
+async fn heartbeat(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    JsonBody(req): JsonBody<HeartbeatRequest>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    let now = state.now();
+    let report = serde_json::to_value(&req).unwrap_or_default();
+    let mut tx = state.store.begin().await?;
+    tx.touch_agent(&agent, &report, now).await?;
+    let lease = tx.acquire_lease(&agent, now, state.config.lease_ttl_ms).await?;
+    let domain = tx.get_domain(agent.org_id, agent.domain_id).await?;
+    tx.commit().await?;
+    Ok(Json(HeartbeatResponse {
+        primary: lease.primary,
+        lease_expires_at: lease.expires_at,
+        domain: domain_info(&domain),
+    }))
+}
+
+/// `GET /agent/v1/state`.
+async fn sync_state(State(state): State<AppState>, AgentAuth(agent): AgentAuth) -> Result<Json<SyncState>, ApiError> {
+    let mut tx = state.store.begin().await?;
+    let d = tx.get_domain(agent.org_id, agent.domain_id).await?;
+    Ok(Json(SyncState {
+        ad_cookie: d.ad_cookie,
+        feed_cursor: d.feed_cursor,
+    }))
+}
+
+/// Only the lease holder writes: two agents applying the same stream would
+/// race each other.
+fn require_primary(agent: &Agent, d: &Domain, now: i64) -> Result<(), ApiError> {
+    if d.lease_agent_id == Some(agent.id) && d.lease_expires_at > now {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_primary",
+            "this agent does not hold the domain's primary lease; it stands by (send a heartbeat to take a free lease)",
+        ))
+    }
+}
+
+/// `POST /agent/v1/changes`: apply an AD batch, all or nothing.
+async fn push_changes(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    JsonBody(req): JsonBody<PushChangesRequest>,
+) -> Result<Json<PushChangesResponse>, ApiError> {
+    let now = state.now();
+    let mut tx = state.store.begin().await?;
+    let domain = tx.get_domain(agent.org_id, agent.domain_id).await?;
+    require_primary(&agent, &domain, now)?;
+    let ctx = WriteCtx {
+        org_id: agent.org_id,
+        origin: domain.id.to_string(),
+        actor: format!("agent:{}", agent.id),
+        now,
+    };
+    let result = match apply_ad_changes(&mut tx, &ctx, &domain, &req).await {
+        Ok(r) => r,
+        Err(ApplyError::CookieMismatch { .. }) => return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "cookie_mismatch",
+            "the batch was read from a DirSync cookie other than the stored one; GET /agent/v1/state and read again",
+        )),
+        Err(ApplyError::Store(e)) => return Err(e.into()),
+    };
+    state.commit(tx).await?;
+    if result.applied > 0 {
+        tracing::info!(agent = %agent.id, applied = result.applied, quarantined = result.quarantined, "applied AD changes");
+    }
+    Ok(Json(result))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedQuery {
+    after: i64,
+    wait: Option<u64>,
+    limit: Option<i64>,
+}
+
+/// `GET /agent/v1/feed?after=N&wait=SECS`: cloud changes after `after`,
+/// waiting up to `wait` seconds for one to happen.
+async fn feed(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    ApiQuery(q): ApiQuery<FeedQuery>,
+) -> Result<Json<FeedResponse>, ApiError> {
+    let limit = q.limit.unwrap_or(500);
+    if !(1..=5000).contains(&limit) || q.after < 0 {
+        return Err(ApiError::bad_request("after must be ≥ 0 and limit between 1 and 5000"));
+    }
+    let wait = Duration::from_millis(q.wait.unwrap_or(0).saturating_mul(1000).min(state.config.max_poll_ms));
+    let deadline = tokio::time::Instant::now() + wait;
+    let own_origin = agent.domain_id.to_string();
+    loop {
+        // Register interest before reading, so a commit in between wakes us.
+        let grew = state.feed_grew.notified();
+        tokio::pin!(grew);
+        grew.as_mut().enable();
+        let rows = {
+            let mut tx = state.store.begin().await?;
+            tx.read_feed(agent.org_id, q.after, limit).await?
+        };
+        let next_cursor = rows.last().map_or(q.after, |r| r.seq);
+        let entries: Vec<FeedEntry> = rows
+            .into_iter()
+            .filter(|r| r.origin != own_origin)
+            .map(|r| FeedEntry {
+                seq: r.seq,
+                origin: r.origin,
+                change: r.change,
+                at: r.at,
+                ad_guids: r
+                    .links
+                    .iter()
+                    .filter(|l| l.domain_id == agent.domain_id)
+                    .map(|l| (l.object_id, l.ad_guid))
+                    .collect::<BTreeMap<_, _>>(),
+            })
+            .collect();
+        if next_cursor > q.after || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(FeedResponse { entries, next_cursor }));
+        }
+        // Another instance may have written (PostgreSQL): look again each second.
+        tokio::select! {
+            _ = grew => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// `POST /agent/v1/ack`: everything up to `cursor` is in AD.
+async fn ack(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    JsonBody(req): JsonBody<AckRequest>,
+) -> Result<Json<SyncState>, ApiError> {
+    let now = state.now();
+    let mut tx = state.store.begin().await?;
+    let domain = tx.get_domain(agent.org_id, agent.domain_id).await?;
+    require_primary(&agent, &domain, now)?;
+    let head = tx.feed_head(agent.org_id).await?;
+    if req.cursor < 0 || req.cursor > head {
+        return Err(ApiError::bad_request(format!(
+            "cursor {} is outside the feed (0..={head})",
+            req.cursor
+        )));
+    }
+    let cursor = tx
+        .advance_feed_cursor(agent.org_id, agent.domain_id, req.cursor)
+        .await?;
+    let d = tx.get_domain(agent.org_id, agent.domain_id).await?;
+    tx.commit().await?;
+    Ok(Json(SyncState {
+        ad_cookie: d.ad_cookie,
+        feed_cursor: cursor,
+    }))
+}

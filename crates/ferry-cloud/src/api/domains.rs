@@ -1,0 +1,423 @@
+//! AD domains, their Connect Keys and their agents.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use ferry_proto::agent::{AdDeleteAction, Authority, CloudDeleteAction, DomainPolicies};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::parse_id;
+use crate::app::AppState;
+use crate::http::auth::AdminAuth;
+use crate::http::{base_url, ApiError, JsonBody};
+use crate::secrets::{new_connect_key, token_hash};
+use crate::store::{Agent, Domain, DomainSettings};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewDomain {
+    name: String,
+    netbios_name: Option<String>,
+    user_ou: Option<String>,
+    policies: Option<PolicyPatch>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PolicyPatch {
+    authority: Option<Authority>,
+    ad_delete_action: Option<AdDeleteAction>,
+    cloud_delete_action: Option<CloudDeleteAction>,
+    delete_threshold: Option<u32>,
+    match_existing_users: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DomainPatch {
+    netbios_name: Option<String>,
+    user_ou: Option<String>,
+    policies: Option<PolicyPatch>,
+}
+
+/// `POST /api/v1/domains`.
+pub(super) async fn create(
+    State(state): State<AppState>,
+    auth: AdminAuth,
+    JsonBody(body): JsonBody<NewDomain>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let name = validate_dns_name(&body.name)?;
+    let root_dn = root_dn_of(&name);
+    let netbios = match body.netbios_name {
+        Some(n) => validate_netbios(&n)?,
+        None => default_netbios(&name),
+    };
+    let user_ou = match body.user_ou {
+        Some(ou) => validate_user_ou(&ou, &root_dn)?,
+        None => format!("CN=Users,{root_dn}"),
+    };
+    let policies = apply_policy_patch(DomainPolicies::default(), body.policies.unwrap_or_default())?;
+    let settings = DomainSettings {
+        name,
+        netbios_name: netbios,
+        root_dn,
+        user_ou,
+        policies,
+    };
+    let now = state.now();
+    let mut tx = state.store.begin().await?;
+    let domain = tx.insert_domain(auth.org_id, &settings, now).await?;
+    tx.append_audit(
+        auth.org_id,
+        &auth.actor,
+        "domain.create",
+        &format!("domain:{}", domain.id),
+        &json!({"name": settings.name}),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(domain_json(&domain))))
+}
+
+/// `GET /api/v1/domains`.
+pub(super) async fn list(State(state): State<AppState>, auth: AdminAuth) -> Result<Json<Value>, ApiError> {
+    let mut tx = state.store.begin().await?;
+    let domains = tx.list_domains(auth.org_id).await?;
+    Ok(Json(
+        json!({ "domains": domains.iter().map(domain_json).collect::<Vec<_>>() }),
+    ))
+}
+
+/// `GET /api/v1/domains/{id}`.
+pub(super) async fn get_one(
+    State(state): State<AppState>,
+    auth: AdminAuth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id, "domain")?;
+    let mut tx = state.store.begin().await?;
+    let d = tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;
+    Ok(Json(domain_json(&d)))
+}
+
+/// `PATCH /api/v1/domains/{id}`.
+pub(super) async fn update(
+    State(state): State<AppState>,
+    auth: AdminAuth,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<DomainPatch>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id, "domain")?;
+    let now = state.now();
+    let mut tx = state.store.begin().await?;
+    let current = tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;
+    let mut s = current.settings.clone();
+    if let Some(n) = body.netbios_name {
+        s.netbios_name = validate_netbios(&n)?;
+    }
+    if let Some(ou) = body.user_ou {
+        s.user_ou = validate_user_ou(&ou, &s.root_dn)?;
+    }
+    if let Some(p) = body.policies {
+        s.policies = apply_policy_patch(s.policies, p)?;
+    }
+    if s == current.settings {
+        return Ok(Json(domain_json(&current)));
+    }
+    let d = tx.update_domain(auth.org_id, id, &s, now).await?;
+    let details = json!({
+        "netbios_name": s.netbios_name,
+        "user_ou": s.user_ou,
+        "policies": s.policies,
+    });
+    tx.append_audit(
+        auth.org_id,
+        &auth.actor,
+        "domain.update",
+        &format!("domain:{id}"),
+        &details,
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(domain_json(&d)))
+}
+
+/// `DELETE /api/v1/domains/{id}`.
+pub(super) async fn remove(
+    State(state): State<AppState>,
+    auth: AdminAuth,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id, "domain")?;
+    let now = state.now();
+    let mut tx = state.store.begin().await?;
+    let d = tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;
+    tx.delete_domain(auth.org_id, id).await?;
+    tx.append_audit(
+        auth.org_id,
+        &auth.actor,
+        "domain.delete",
+        &format!("domain:{id}"),
+        &json!({"name": d.settings.name}),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/domains/{id}/connect-keys`: a new single-use key, shown once.
+pub(super) async fn create_connect_key(
+    State(state): State<AppState>,
+    auth: AdminAuth,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let id = parse_id(&id, "domain")?;
+    let now = state.now();
+    let base = base_url(&state.config, &headers);
+    let key = new_connect_key(&base);
+    let expires_at = now + state.config.connect_key_ttl_ms;
+    let mut tx = state.store.begin().await?;
+    tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;
+    let key_id = tx
+        .insert_connect_key(auth.org_id, id, &token_hash(&key), now, expires_at)
+        .await?;
+    tx.append_audit(
+        auth.org_id,
+        &auth.actor,
+        "connect_key.create",
+        &format!("domain:{id}"),
+        &json!({"key_id": key_id, "expires_at": expires_at}),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": key_id,
+            "connect_key": key,
+            "expires_at": expires_at,
+            "cloud_url": base,
+            "download_url": format!("{base}/downloads/ferry-agent"),
+        })),
+    ))
+}
+
+/// `GET /api/v1/domains/{id}/agents`.
+pub(super) async fn list_agents(
+    State(state): State<AppState>,
+    auth: AdminAuth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id, "domain")?;
+    let now = state.now();
+    let mut tx = state.store.begin().await?;
+    let d = tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;
+    let agents = tx.list_agents(auth.org_id, id).await?;
+    let list: Vec<Value> = agents.iter().map(|a| agent_json(a, &d, now)).collect();
+    Ok(Json(json!({ "agents": list })))
+}
+
+/// `DELETE /api/v1/domains/{id}/agents/{agent_id}`: revoke an agent.
+pub(super) async fn revoke_agent(
+    State(state): State<AppState>,
+    auth: AdminAuth,
+    Path((id, agent_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id, "domain")?;
+    let agent_id = parse_id(&agent_id, "agent")?;
+    let now = state.now();
+    let mut tx = state.store.begin().await?;
+    tx.revoke_agent(auth.org_id, id, agent_id, now)
+        .await
+        .map_err(not_found_as("agent"))?;
+    tx.append_audit(
+        auth.org_id,
+        &auth.actor,
+        "agent.revoke",
+        &format!("agent:{agent_id}"),
+        &json!({"domain": id}),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Agent status as the console shows it: seen < 30 s, < 5 min, older.
+pub fn agent_status(last_seen_at: i64, now: i64) -> &'static str {
+    match now - last_seen_at {
+        d if d < 30_000 => "active",
+        d if d < 300_000 => "stale",
+        _ => "offline",
+    }
+}
+
+fn agent_json(a: &Agent, d: &Domain, now: i64) -> Value {
+    json!({
+        "id": a.id,
+        "hostname": a.hostname,
+        "version": a.version,
+        "status": agent_status(a.last_seen_at, now),
+        "primary": d.lease_agent_id == Some(a.id) && d.lease_expires_at > now,
+        "last_seen": a.last_seen_at,
+        "registered_at": a.created_at,
+        "report": a.report,
+    })
+}
+
+/// The JSON form of a domain.
+pub fn domain_json(d: &Domain) -> Value {
+    json!({
+        "id": d.id,
+        "name": d.settings.name,
+        "netbios_name": d.settings.netbios_name,
+        "root_dn": d.settings.root_dn,
+        "user_ou": d.settings.user_ou,
+        "policies": d.settings.policies,
+        "sync": { "initial_import_done": d.ad_cookie.is_some(), "feed_cursor": d.feed_cursor },
+        "created_at": d.created_at,
+        "updated_at": d.updated_at,
+    })
+}
+
+fn not_found_as(what: &'static str) -> impl Fn(crate::store::StoreError) -> ApiError {
+    move |e| match e {
+        crate::store::StoreError::NotFound => ApiError::not_found(what),
+        other => other.into(),
+    }
+}
+
+/// A DNS domain name, lowercased: at least two labels of letters, digits
+/// and inner hyphens.
+pub fn validate_dns_name(name: &str) -> Result<String, ApiError> {
+    let n = name.trim().trim_end_matches('.').to_ascii_lowercase();
+    let bad = || {
+        ApiError::bad_request(format!(
+            "name {name:?} is not a DNS domain name like \"example.com\" (the AD domain's DNS name)"
+        ))
+    };
+    if n.len() > 253 {
+        return Err(bad());
+    }
+    let labels: Vec<&str> = n.split('.').collect();
+    if labels.len() < 2 {
+        return Err(bad());
+    }
+    for l in &labels {
+        let ok = !l.is_empty()
+            && l.len() <= 63
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-');
+        if !ok {
+            return Err(bad());
+        }
+    }
+    Ok(n)
+}
+
+/// `DC=example,DC=com` for `example.com`.
+pub fn root_dn_of(dns: &str) -> String {
+    dns.split('.').map(|l| format!("DC={l}")).collect::<Vec<_>>().join(",")
+}
+
+fn default_netbios(dns: &str) -> String {
+    dns.split('.')
+        .next()
+        .unwrap_or("")
+        .to_ascii_uppercase()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(15)
+        .collect()
+}
+
+fn validate_netbios(n: &str) -> Result<String, ApiError> {
+    let up = n.trim().to_ascii_uppercase();
+    let ok = !up.is_empty() && up.len() <= 15 && up.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(up)
+    } else {
+        Err(ApiError::bad_request(format!(
+            "netbios_name {n:?} must be 1 to 15 letters, digits, '-' or '_' (the pre-Windows 2000 domain name)"
+        )))
+    }
+}
+
+fn validate_user_ou(ou: &str, root_dn: &str) -> Result<String, ApiError> {
+    let ou = ou.trim();
+    let inside = ou.len() > root_dn.len()
+        && ou
+            .to_ascii_lowercase()
+            .ends_with(&format!(",{}", root_dn.to_ascii_lowercase()))
+        && ou.split(',').all(|rdn| rdn.contains('='));
+    if inside {
+        Ok(ou.to_owned())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "user_ou {ou:?} must be a DN inside {root_dn}, e.g. \"OU=Staff,{root_dn}\""
+        )))
+    }
+}
+
+fn apply_policy_patch(mut p: DomainPolicies, patch: PolicyPatch) -> Result<DomainPolicies, ApiError> {
+    if let Some(a) = patch.authority {
+        p.authority = a;
+    }
+    if let Some(a) = patch.ad_delete_action {
+        p.ad_delete_action = a;
+    }
+    if let Some(a) = patch.cloud_delete_action {
+        p.cloud_delete_action = a;
+    }
+    if let Some(t) = patch.delete_threshold {
+        if t == 0 || t > 1_000_000 {
+            return Err(ApiError::bad_request("delete_threshold must be between 1 and 1000000"));
+        }
+        p.delete_threshold = t;
+    }
+    if let Some(m) = patch.match_existing_users {
+        p.match_existing_users = m;
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_names_and_root_dns() {
+        assert_eq!(validate_dns_name("Example.TEST.").ok().as_deref(), Some("example.test"));
+        assert!(validate_dns_name("example").is_err());
+        assert!(validate_dns_name("-bad.test").is_err());
+        assert!(validate_dns_name("a..test").is_err());
+        assert!(validate_dns_name("DC=example,DC=test").is_err());
+        assert_eq!(root_dn_of("corp.example.test"), "DC=corp,DC=example,DC=test");
+        assert_eq!(default_netbios("averyveryverylongname.test"), "AVERYVERYVERYLO");
+    }
+
+    #[test]
+    fn user_ou_must_be_inside_the_domain() {
+        let root = "DC=example,DC=test";
+        assert!(validate_user_ou("OU=Staff,DC=example,DC=test", root).is_ok());
+        assert!(validate_user_ou("ou=staff,dc=EXAMPLE,dc=test", root).is_ok());
+        assert!(validate_user_ou("OU=Staff,DC=other,DC=test", root).is_err());
+        assert!(validate_user_ou("DC=example,DC=test", root).is_err());
+        assert!(validate_user_ou("Staff,DC=example,DC=test", root).is_err());
+    }
+
+    #[test]
+    fn status_thresholds() {
+        assert_eq!(agent_status(0, 29_999), "active");
+        assert_eq!(agent_status(0, 30_000), "stale");
+        assert_eq!(agent_status(0, 299_999), "stale");
+        assert_eq!(agent_status(0, 300_000), "offline");
+    }
+}

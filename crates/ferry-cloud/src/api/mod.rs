@@ -1,0 +1,42 @@
+//! The admin REST API, `/api/v1`: JSON in and out, bearer-token auth,
+//! errors as `{"code", "message"}`. Described by `openapi.json`.
+
+mod audit;
+mod domains;
+mod sessions;
+
+use axum::routing::{delete, get, post};
+use axum::Router;
+
+use crate::app::AppState;
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Routes under `/api/v1`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/sessions", post(sessions::sign_in))
+        .route("/sessions/current", delete(sessions::sign_out))
+        .route("/tokens", post(sessions::create_token))
+        .route("/domains", post(domains::create).get(domains::list))
+        .route(
+            "/domains/{id}",
+            get(domains::get_one).patch(domains::update).delete(domains::remove),
+        )
+        .route("/domains/{id}/connect-keys", post(domains::create_connect_key))
+        .route("/domains/{id}/agents", get(domains::list_agents))
+        .route("/domains/{id}/agents/{agent_id}", delete(domains::revoke_agent))
+        .route("/audit", get(audit::list))
+}
+
+async fn openapi() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// Parses a path id; a malformed id is as unknown as a missing one.
+pub(crate) fn parse_id(s: &str, what: &str) -> Result<uuid::Uuid, crate::http::ApiError> {
+    uuid::Uuid::parse_str(s).map_err(|_| crate::http::ApiError::not_found(what))
+}

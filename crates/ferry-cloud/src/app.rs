@@ -1,0 +1,155 @@
+//! The service: shared state, the router of every HTTP surface, and
+//! `serve(listener, state, shutdown)` so tests bind `127.0.0.1:0`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::clock::Clock;
+use crate::ratelimit::RateLimiter;
+use crate::store::{Store, StoreResult, Tx};
+
+/// Settings of a running service.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The URL clients use to reach this service (`https://ferry.example.com`);
+    /// when unset, the request's Host header is used.
+    pub public_url: Option<String>,
+    /// The `ferry-agent` binary served at `/downloads/ferry-agent`.
+    pub agent_binary: Option<PathBuf>,
+    /// Largest request body accepted.
+    pub body_limit: usize,
+    /// Console session lifetime.
+    pub session_ttl_ms: i64,
+    /// Connect Key lifetime.
+    pub connect_key_ttl_ms: i64,
+    /// Primary lease lifetime (renewed by each heartbeat).
+    pub lease_ttl_ms: i64,
+    /// Longest feed long-poll.
+    pub max_poll_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            public_url: None,
+            agent_binary: None,
+            body_limit: 1024 * 1024,
+            session_ttl_ms: 12 * 3600 * 1000,
+            connect_key_ttl_ms: 7 * 24 * 3600 * 1000,
+            lease_ttl_ms: 30_000,
+            max_poll_ms: 30_000,
+        }
+    }
+}
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+/// The parts of [`AppState`].
+pub struct Inner {
+    /// The database.
+    pub store: Store,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Settings.
+    pub config: Config,
+    /// Failed admin sign-ins, per address and per account.
+    pub login_limiter: RateLimiter,
+    /// Failed Connect Key uses, per address.
+    pub connect_key_limiter: RateLimiter,
+    /// Requests with unknown bearer tokens, per address.
+    pub token_limiter: RateLimiter,
+    /// Woken when the change feed grows (long-polls wait on it).
+    pub feed_grew: Notify,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// State over a store, with a clock and settings.
+    pub fn new(store: Store, clock: Arc<dyn Clock>, config: Config) -> Self {
+        AppState(Arc::new(Inner {
+            store,
+            clock,
+            config,
+            login_limiter: RateLimiter::new(5, 15 * 60 * 1000),
+            connect_key_limiter: RateLimiter::new(10, 15 * 60 * 1000),
+            token_limiter: RateLimiter::new(30, 5 * 60 * 1000),
+            feed_grew: Notify::new(),
+        }))
+    }
+
+    /// Now, unix ms.
+    pub fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Commits a transaction that may have grown the feed, and wakes long-polls.
+    pub async fn commit(&self, tx: Tx) -> StoreResult<()> {
+        tx.commit().await?;
+        self.feed_grew.notify_waiters();
+        Ok(())
+    }
+}
+
+/// Every route of the service.
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.body_limit;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .nest("/api/v1", crate::api::router())
+        .nest("/agent/v1", crate::agent_api::router())
+        .nest("/scim/v2", crate::scim::router())
+        .fallback(crate::http::not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(
+            // Method and path only: query strings and headers may carry secrets.
+            |req: &axum::http::Request<_>| tracing::info_span!("http", method = %req.method(), path = %req.uri().path()),
+        ))
+        .with_state(state)
+}
+
+async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match state.store.begin().await {
+        Ok(_) => (
+            axum::http::StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ok"})),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "health check: store unavailable");
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(serde_json::json!({"status": "store unavailable"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Serves until `shutdown` resolves, then finishes in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state);
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,278 @@
+//! Where a batch of AD changes becomes cloud records: applied in one
+//! transaction, guarded by a compare-and-swap on the domain's DirSync cookie.
+//!
+//! Identity is the AD `objectGUID` (through the domain's links), never a DN
+//! or a name, so renames and moves keep the cloud object.
+
+use ferry_proto::agent::{AdChange, AdDeleteAction, PushChangesRequest, PushChangesResponse};
+use ferry_proto::record::{GroupRecord, ObjectKind, UserRecord};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::record::{apply_group_record, apply_user_record};
+use super::{audit, target, WriteCtx};
+use crate::store::{Domain, Link, Member, NewGroup, NewUser, StoreError, StoreResult, Tx};
+
+/// Why a batch was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The batch was read from another cookie than the stored one.
+    #[error("the batch starts from a DirSync cookie that is not the stored one; read the sync state again")]
+    CookieMismatch {
+        /// The stored cookie.
+        current: Option<String>,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Applies a pushed batch for `domain` within `tx`.
+pub async fn apply_ad_changes(
+    tx: &mut Tx,
+    ctx: &WriteCtx,
+    domain: &Domain,
+    batch: &PushChangesRequest,
+) -> Result<PushChangesResponse, ApplyError> {
+    let swapped = tx
+        .swap_ad_cookie(
+            ctx.org_id,
+            domain.id,
+            batch.from_cookie.as_deref(),
+            batch.to_cookie.as_deref(),
+        )
+        .await?;
+    if !swapped {
+        let current = tx.get_domain(ctx.org_id, domain.id).await?.ad_cookie;
+        return Err(ApplyError::CookieMismatch { current });
+    }
+    let deletes = batch
+        .changes
+        .iter()
+        .filter(|c| matches!(c, AdChange::Delete { .. }))
+        .count();
+    let quarantine = deletes > domain.settings.policies.delete_threshold as usize;
+    let mut applied = 0u64;
+    let mut held = Vec::new();
+    for change in &batch.changes {
+        if quarantine && matches!(change, AdChange::Delete { .. }) {
+            held.push(change.clone());
+            continue;
+        }
+        if apply_one(tx, ctx, domain, change).await? {
+            applied += 1;
+        }
+    }
+    if !held.is_empty() {
+        tx.insert_quarantine(ctx.org_id, domain.id, &held, ctx.now).await?;
+        let details = json!({ "deletes": held.len(), "threshold": domain.settings.policies.delete_threshold });
+        audit(
+            tx,
+            ctx,
+            "sync.deletes_quarantined",
+            &format!("domain:{}", domain.id),
+            details,
+        )
+        .await?;
+    }
+    Ok(PushChangesResponse {
+        applied,
+        cookie: batch.to_cookie.clone(),
+        quarantined: held.len() as u64,
+    })
+}
+
+/// Applies one change; `true` when the cloud changed.
+pub async fn apply_one(tx: &mut Tx, ctx: &WriteCtx, domain: &Domain, change: &AdChange) -> StoreResult<bool> {
+    match change {
+        AdChange::UpsertUser { guid, dn, record } => upsert_user(tx, ctx, domain, *guid, dn, record).await,
+        AdChange::UpsertGroup { guid, dn, record } => upsert_group(tx, ctx, domain, *guid, dn, record).await,
+        AdChange::Delete { guid } => delete(tx, ctx, domain, *guid).await,
+        AdChange::SetMembers { group, members } => {
+            let Some(gid) = linked(tx, ctx, domain, *group, ObjectKind::Group).await? else {
+                return Ok(false);
+            };
+            let members = resolve_members(tx, ctx, domain, members).await?;
+            super::set_members(tx, ctx, gid, &members).await
+        }
+        AdChange::AddMembers { group, members } => {
+            let Some(gid) = linked(tx, ctx, domain, *group, ObjectKind::Group).await? else {
+                return Ok(false);
+            };
+            let members = resolve_members(tx, ctx, domain, members).await?;
+            super::add_members(tx, ctx, gid, &members).await
+        }
+        AdChange::RemoveMembers { group, members } => {
+            let Some(gid) = linked(tx, ctx, domain, *group, ObjectKind::Group).await? else {
+                return Ok(false);
+            };
+            let members = resolve_members(tx, ctx, domain, members).await?;
+            super::remove_members(tx, ctx, gid, &members).await
+        }
+    }
+}
+
+async fn upsert_user(
+    tx: &mut Tx,
+    ctx: &WriteCtx,
+    domain: &Domain,
+    guid: Uuid,
+    dn: &str,
+    record: &UserRecord,
+) -> StoreResult<bool> {
+    let mut record = record.clone();
+    record.manager = match &record.manager {
+        Some(m) => match Uuid::parse_str(m) {
+            Ok(mg) => linked(tx, ctx, domain, mg, ObjectKind::User)
+                .await?
+                .map(|id| id.to_string()),
+            Err(_) => None,
+        },
+        None => None,
+    };
+    let existing = match tx.link_by_guid(ctx.org_id, domain.id, guid).await? {
+        Some(link) => tx.get_user(ctx.org_id, link.object_id).await?,
+        None if domain.settings.policies.match_existing_users => {
+            match tx.find_user_by_username(ctx.org_id, &record.username).await? {
+                Some(u) if tx.link_by_object(ctx.org_id, domain.id, u.id).await?.is_none() => {
+                    let details = json!({ "userName": u.username, "dn": dn });
+                    audit(tx, ctx, "sync.user_matched", &target(ObjectKind::User, u.id), details).await?;
+                    Some(u)
+                }
+                _ => None,
+            }
+        }
+        None => None,
+    };
+    let (id, changed) = match existing {
+        Some(current) => {
+            let next = NewUser {
+                username: record.username.clone(),
+                external_id: current.external_id.clone(),
+                active: record.active,
+                doc: apply_user_record(&current.doc, &record),
+                password_hash: None,
+            };
+            let (row, changed) = super::update_user(tx, ctx, &current, next).await?;
+            (row.id, changed)
+        }
+        None => {
+            let new = NewUser {
+                username: record.username.clone(),
+                external_id: None,
+                active: record.active,
+                doc: apply_user_record(&json!({}), &record),
+                password_hash: None,
+            };
+            (super::create_user(tx, ctx, new).await?.id, true)
+        }
+    };
+    put_link(tx, ctx, domain, ObjectKind::User, id, guid, dn).await?;
+    Ok(changed)
+}
+
+async fn upsert_group(
+    tx: &mut Tx,
+    ctx: &WriteCtx,
+    domain: &Domain,
+    guid: Uuid,
+    dn: &str,
+    record: &GroupRecord,
+) -> StoreResult<bool> {
+    let existing = match tx.link_by_guid(ctx.org_id, domain.id, guid).await? {
+        Some(link) => tx.get_group(ctx.org_id, link.object_id).await?,
+        None => match tx.find_group_by_name(ctx.org_id, &record.name).await? {
+            Some(g) if tx.link_by_object(ctx.org_id, domain.id, g.id).await?.is_none() => Some(g),
+            _ => None,
+        },
+    };
+    let (id, changed) = match existing {
+        Some(current) => {
+            let next = NewGroup {
+                name: record.name.clone(),
+                external_id: current.external_id.clone(),
+                doc: apply_group_record(&current.doc, record),
+            };
+            let (row, changed) = super::update_group(tx, ctx, &current, next, None).await?;
+            (row.id, changed)
+        }
+        None => {
+            let new = NewGroup {
+                name: record.name.clone(),
+                external_id: None,
+                doc: apply_group_record(&json!({}), record),
+            };
+            (super::create_group(tx, ctx, new, &[]).await?.id, true)
+        }
+    };
+    put_link(tx, ctx, domain, ObjectKind::Group, id, guid, dn).await?;
+    Ok(changed)
+}
+
+async fn delete(tx: &mut Tx, ctx: &WriteCtx, domain: &Domain, guid: Uuid) -> StoreResult<bool> {
+    let Some(link) = tx.link_by_guid(ctx.org_id, domain.id, guid).await? else {
+        return Ok(false);
+    };
+    match domain.settings.policies.ad_delete_action {
+        AdDeleteAction::Unlink => {
+            tx.delete_link(ctx.org_id, domain.id, guid).await?;
+            let details = json!({ "ad_guid": guid, "dn": link.ad_dn });
+            audit(tx, ctx, "sync.unlink", &target(link.kind, link.object_id), details).await?;
+        }
+        AdDeleteAction::Remove => match link.kind {
+            ObjectKind::User => super::delete_user(tx, ctx, link.object_id).await?,
+            ObjectKind::Group => super::delete_group(tx, ctx, link.object_id).await?,
+        },
+    }
+    Ok(true)
+}
+
+async fn linked(
+    tx: &mut Tx,
+    ctx: &WriteCtx,
+    domain: &Domain,
+    guid: Uuid,
+    kind: ObjectKind,
+) -> StoreResult<Option<Uuid>> {
+    Ok(tx
+        .link_by_guid(ctx.org_id, domain.id, guid)
+        .await?
+        .filter(|l| l.kind == kind)
+        .map(|l| l.object_id))
+}
+
+/// Member GUIDs to cloud members; members not (yet) linked are left out —
+/// they are outside the sync's scope, or arrive in a later batch with their
+/// own membership change.
+async fn resolve_members(tx: &mut Tx, ctx: &WriteCtx, domain: &Domain, guids: &[Uuid]) -> StoreResult<Vec<Member>> {
+    let mut out = Vec::with_capacity(guids.len());
+    for g in guids {
+        if let Some(link) = tx.link_by_guid(ctx.org_id, domain.id, *g).await? {
+            out.push(Member {
+                id: link.object_id,
+                kind: link.kind,
+            });
+        }
+    }
+    Ok(out)
+}
+
+async fn put_link(
+    tx: &mut Tx,
+    ctx: &WriteCtx,
+    domain: &Domain,
+    kind: ObjectKind,
+    object_id: Uuid,
+    guid: Uuid,
+    dn: &str,
+) -> StoreResult<()> {
+    let link = Link {
+        domain_id: domain.id,
+        kind,
+        object_id,
+        ad_guid: guid,
+        ad_dn: dn.to_owned(),
+        synced_at: ctx.now,
+    };
+    tx.put_link(ctx.org_id, &link).await
+}

@@ -1,0 +1,331 @@
+//! The directory core: every change to a user, group or membership goes
+//! through here, whoever asked (SCIM, console, an agent pushing AD changes).
+//!
+//! Each write compares before it writes: a change that changes nothing
+//! writes nothing, not even a feed or audit row. A write that does change
+//! something appends the feed entry agents read and the audit entry admins
+//! read, in the caller's transaction.
+
+pub mod ad_apply;
+pub mod record;
+
+use std::collections::BTreeSet;
+
+use ferry_proto::agent::CloudChange;
+use ferry_proto::record::ObjectKind;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::store::{GroupRow, Member, NewGroup, NewUser, StoreError, StoreResult, Tx, UserRow};
+
+/// Who is writing, from where, and when.
+#[derive(Debug, Clone)]
+pub struct WriteCtx {
+    /// The org written to.
+    pub org_id: Uuid,
+    /// Feed origin: `cloud`, or the id of the domain the change came from.
+    pub origin: String,
+    /// Audit actor, e.g. `admin:ann@example.test` or `agent:<id>`.
+    pub actor: String,
+    /// Now (unix ms).
+    pub now: i64,
+}
+
+/// The origin of changes made in the cloud itself.
+pub const ORIGIN_CLOUD: &str = "cloud";
+
+/// Creates a user.
+pub async fn create_user(tx: &mut Tx, ctx: &WriteCtx, user: NewUser) -> StoreResult<UserRow> {
+    let has_password = user.password_hash.is_some();
+    let row = tx.insert_user(ctx.org_id, &user, ctx.now).await?;
+    let change = CloudChange::UpsertUser {
+        id: row.id,
+        record: Box::new(record::user_record(&row)),
+    };
+    tx.append_feed(ctx.org_id, &ctx.origin, row.id, &change, ctx.now)
+        .await?;
+    if has_password {
+        let pw = CloudChange::PasswordSet { user: row.id };
+        tx.append_feed(ctx.org_id, &ctx.origin, row.id, &pw, ctx.now).await?;
+    }
+    let details = json!({ "userName": row.username, "active": row.active });
+    audit(tx, ctx, "user.create", &target(ObjectKind::User, row.id), details).await?;
+    Ok(row)
+}
+
+/// Replaces a user's state with `next` unless nothing differs. Returns the
+/// stored user and whether anything changed. Fails with a conflict when the
+/// user changed since `current` was read.
+pub async fn update_user(
+    tx: &mut Tx,
+    ctx: &WriteCtx,
+    current: &UserRow,
+    next: NewUser,
+) -> StoreResult<(UserRow, bool)> {
+    let attrs_changed = next.username != current.username
+        || next.external_id != current.external_id
+        || next.active != current.active
+        || next.doc != current.doc;
+    let password_changed = next.password_hash.is_some();
+    if !attrs_changed && !password_changed {
+        return Ok((current.clone(), false));
+    }
+    if !tx
+        .update_user(ctx.org_id, current.id, current.version, &next, ctx.now)
+        .await?
+    {
+        return Err(StoreError::Conflict(
+            "the user was changed by someone else meanwhile; read it again and retry".into(),
+        ));
+    }
+    let row = tx.get_user(ctx.org_id, current.id).await?.ok_or(StoreError::NotFound)?;
+    if attrs_changed {
+        let change = CloudChange::UpsertUser {
+            id: row.id,
+            record: Box::new(record::user_record(&row)),
+        };
+        tx.append_feed(ctx.org_id, &ctx.origin, row.id, &change, ctx.now)
+            .await?;
+        let details = json!({
+            "changed": changed_keys(current, &row),
+        });
+        let action = match (current.active, row.active) {
+            (true, false) => "user.suspend",
+            (false, true) => "user.activate",
+            _ => "user.update",
+        };
+        audit(tx, ctx, action, &target(ObjectKind::User, row.id), details).await?;
+    }
+    if password_changed {
+        let pw = CloudChange::PasswordSet { user: row.id };
+        tx.append_feed(ctx.org_id, &ctx.origin, row.id, &pw, ctx.now).await?;
+        audit(
+            tx,
+            ctx,
+            "user.password_set",
+            &target(ObjectKind::User, row.id),
+            json!({}),
+        )
+        .await?;
+    }
+    Ok((row, true))
+}
+
+/// Deletes a user (and its memberships).
+pub async fn delete_user(tx: &mut Tx, ctx: &WriteCtx, id: Uuid) -> StoreResult<()> {
+    let user = tx.get_user(ctx.org_id, id).await?.ok_or(StoreError::NotFound)?;
+    // The feed entry first: it snapshots the links the delete removes.
+    let change = CloudChange::Delete {
+        id,
+        kind: ObjectKind::User,
+    };
+    tx.append_feed(ctx.org_id, &ctx.origin, id, &change, ctx.now).await?;
+    tx.delete_user(ctx.org_id, id).await?;
+    let details = json!({ "userName": user.username });
+    audit(tx, ctx, "user.delete", &target(ObjectKind::User, id), details).await
+}
+
+/// Creates a group with its members.
+pub async fn create_group(tx: &mut Tx, ctx: &WriteCtx, group: NewGroup, members: &[Member]) -> StoreResult<GroupRow> {
+    let row = tx.insert_group(ctx.org_id, &group, ctx.now).await?;
+    let change = CloudChange::UpsertGroup {
+        id: row.id,
+        record: record::group_record(&row),
+    };
+    tx.append_feed(ctx.org_id, &ctx.origin, row.id, &change, ctx.now)
+        .await?;
+    audit(
+        tx,
+        ctx,
+        "group.create",
+        &target(ObjectKind::Group, row.id),
+        json!({ "displayName": row.name }),
+    )
+    .await?;
+    set_members(tx, ctx, row.id, members).await?;
+    Ok(row)
+}
+
+/// Replaces a group's attributes (and, when `members` is given, its member
+/// list). Returns the stored group and whether anything changed.
+pub async fn update_group(
+    tx: &mut Tx,
+    ctx: &WriteCtx,
+    current: &GroupRow,
+    next: NewGroup,
+    members: Option<&[Member]>,
+) -> StoreResult<(GroupRow, bool)> {
+    let attrs_changed = next.name != current.name || next.external_id != current.external_id || next.doc != current.doc;
+    let mut changed = false;
+    if attrs_changed {
+        if !tx
+            .update_group(ctx.org_id, current.id, current.version, &next, ctx.now)
+            .await?
+        {
+            return Err(StoreError::Conflict(
+                "the group was changed by someone else meanwhile; read it again and retry".into(),
+            ));
+        }
+        let row = tx
+            .get_group(ctx.org_id, current.id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let change = CloudChange::UpsertGroup {
+            id: row.id,
+            record: record::group_record(&row),
+        };
+        tx.append_feed(ctx.org_id, &ctx.origin, row.id, &change, ctx.now)
+            .await?;
+        let details = json!({ "from": current.name, "to": row.name });
+        audit(tx, ctx, "group.update", &target(ObjectKind::Group, row.id), details).await?;
+        changed = true;
+    }
+    if let Some(members) = members {
+        changed |= set_members(tx, ctx, current.id, members).await?;
+    }
+    let row = tx
+        .get_group(ctx.org_id, current.id)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    Ok((row, changed))
+}
+
+/// Makes a group's members exactly `wanted`; returns whether any changed.
+pub async fn set_members(tx: &mut Tx, ctx: &WriteCtx, group_id: Uuid, wanted: &[Member]) -> StoreResult<bool> {
+    let have: BTreeSet<Member> = tx.group_members(ctx.org_id, group_id).await?.into_iter().collect();
+    let want: BTreeSet<Member> = wanted.iter().copied().collect();
+    let to_remove: Vec<Member> = have.difference(&want).copied().collect();
+    let to_add: Vec<Member> = want.difference(&have).copied().collect();
+    let mut changed = remove_members(tx, ctx, group_id, &to_remove).await?;
+    changed |= add_members(tx, ctx, group_id, &to_add).await?;
+    Ok(changed)
+}
+
+/// Adds members (already-members are skipped); returns whether any was added.
+pub async fn add_members(tx: &mut Tx, ctx: &WriteCtx, group_id: Uuid, members: &[Member]) -> StoreResult<bool> {
+    let mut changed = false;
+    for m in members {
+        if m.id == group_id {
+            return Err(StoreError::Conflict("a group cannot be a member of itself".into()));
+        }
+        if !tx.add_member(ctx.org_id, group_id, *m).await? {
+            continue;
+        }
+        changed = true;
+        let change = CloudChange::AddMember {
+            group: group_id,
+            member: m.id,
+            member_kind: m.kind,
+        };
+        tx.append_feed(ctx.org_id, &ctx.origin, group_id, &change, ctx.now)
+            .await?;
+        let details = json!({ "member": target(m.kind, m.id) });
+        audit(
+            tx,
+            ctx,
+            "group.member_add",
+            &target(ObjectKind::Group, group_id),
+            details,
+        )
+        .await?;
+    }
+    if changed {
+        tx.touch_group(ctx.org_id, group_id, ctx.now).await?;
+    }
+    Ok(changed)
+}
+
+/// Removes members (non-members are skipped); returns whether any was removed.
+pub async fn remove_members(tx: &mut Tx, ctx: &WriteCtx, group_id: Uuid, members: &[Member]) -> StoreResult<bool> {
+    let mut changed = false;
+    for m in members {
+        if !tx.remove_member(ctx.org_id, group_id, m.id).await? {
+            continue;
+        }
+        changed = true;
+        let change = CloudChange::RemoveMember {
+            group: group_id,
+            member: m.id,
+            member_kind: m.kind,
+        };
+        tx.append_feed(ctx.org_id, &ctx.origin, group_id, &change, ctx.now)
+            .await?;
+        let details = json!({ "member": target(m.kind, m.id) });
+        audit(
+            tx,
+            ctx,
+            "group.member_remove",
+            &target(ObjectKind::Group, group_id),
+            details,
+        )
+        .await?;
+    }
+    if changed {
+        tx.touch_group(ctx.org_id, group_id, ctx.now).await?;
+    }
+    Ok(changed)
+}
+
+/// Deletes a group.
+pub async fn delete_group(tx: &mut Tx, ctx: &WriteCtx, id: Uuid) -> StoreResult<()> {
+    let group = tx.get_group(ctx.org_id, id).await?.ok_or(StoreError::NotFound)?;
+    let change = CloudChange::Delete {
+        id,
+        kind: ObjectKind::Group,
+    };
+    tx.append_feed(ctx.org_id, &ctx.origin, id, &change, ctx.now).await?;
+    tx.delete_group(ctx.org_id, id).await?;
+    audit(
+        tx,
+        ctx,
+        "group.delete",
+        &target(ObjectKind::Group, id),
+        json!({ "displayName": group.name }),
+    )
+    .await
+}
+
+/// Writes an audit entry for this context.
+pub async fn audit(
+    tx: &mut Tx,
+    ctx: &WriteCtx,
+    action: &str,
+    target: &str,
+    mut details: serde_json::Value,
+) -> StoreResult<()> {
+    if ctx.origin != ORIGIN_CLOUD {
+        if let Some(obj) = details.as_object_mut() {
+            obj.insert("origin".into(), json!(ctx.origin));
+        }
+    }
+    tx.append_audit(ctx.org_id, &ctx.actor, action, target, &details, ctx.now)
+        .await
+        .map(|_| ())
+}
+
+/// `kind:id`, the audit log's way of naming an object.
+pub fn target(kind: ObjectKind, id: Uuid) -> String {
+    format!("{}:{id}", kind.as_str())
+}
+
+/// Top-level attribute names that differ between two user states.
+fn changed_keys(a: &UserRow, b: &UserRow) -> Vec<String> {
+    let mut keys = BTreeSet::new();
+    if a.username != b.username {
+        keys.insert("userName".to_owned());
+    }
+    if a.active != b.active {
+        keys.insert("active".to_owned());
+    }
+    if a.external_id != b.external_id {
+        keys.insert("externalId".to_owned());
+    }
+    let empty = serde_json::Map::new();
+    let (da, db) = (a.doc.as_object().unwrap_or(&empty), b.doc.as_object().unwrap_or(&empty));
+    for k in da.keys().chain(db.keys()) {
+        if da.get(k) != db.get(k) {
+            keys.insert(k.clone());
+        }
+    }
+    keys.into_iter().collect()
+}

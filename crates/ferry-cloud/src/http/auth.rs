@@ -1,0 +1,124 @@
+//! Bearer-token authentication: admins (API tokens and console sessions)
+//! and agents. A token is looked up by its SHA-256; the token itself is
+//! never stored or logged.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use uuid::Uuid;
+
+use super::{ApiError, ClientIp};
+use crate::app::AppState;
+use crate::secrets::{token_hash, AGENT_TOKEN_PREFIX};
+use crate::store::{Agent, TokenKind};
+
+/// An authenticated admin.
+#[derive(Debug, Clone)]
+pub struct AdminAuth {
+    /// The org acted in.
+    pub org_id: Uuid,
+    /// The admin.
+    pub admin_id: Uuid,
+    /// The token used.
+    pub token_id: Uuid,
+    /// API token or session.
+    pub kind: TokenKind,
+    /// Audit actor label.
+    pub actor: String,
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(parts: &Parts) -> Option<&str> {
+    let v = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+impl FromRequestParts<AppState> for AdminAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ClientIp(ip) = ClientIp::from_request_parts(parts, state)
+            .await
+            .unwrap_or(ClientIp("unknown".into()));
+        let now = state.now();
+        let Some(token) = bearer(parts) else {
+            return Err(ApiError::unauthorized(
+                "unauthorized",
+                "send an admin API token as 'Authorization: Bearer <token>' (create one with ferry-cloud init or the console)",
+            ));
+        };
+        state
+            .token_limiter
+            .check(&ip, now)
+            .map_err(|l| ApiError::limited(l, "authentications"))?;
+        let mut tx = state.store.begin().await?;
+        let row = tx.find_token(&token_hash(token)).await?;
+        drop(tx);
+        let Some(row) = row else {
+            state.token_limiter.fail(&ip, now);
+            return Err(ApiError::unauthorized("invalid_token", "the bearer token is not valid"));
+        };
+        if row.revoked {
+            return Err(ApiError::unauthorized(
+                "token_revoked",
+                "the token was revoked (signed out); sign in again",
+            ));
+        }
+        if row.expires_at.is_some_and(|e| e <= now) {
+            return Err(ApiError::unauthorized(
+                "token_expired",
+                "the session expired; sign in again",
+            ));
+        }
+        Ok(AdminAuth {
+            org_id: row.org_id,
+            admin_id: row.admin_id,
+            token_id: row.id,
+            kind: row.kind,
+            actor: format!("admin:{}", row.admin_email),
+        })
+    }
+}
+
+/// An authenticated, non-revoked agent.
+#[derive(Debug, Clone)]
+pub struct AgentAuth(pub Agent);
+
+impl FromRequestParts<AppState> for AgentAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ClientIp(ip) = ClientIp::from_request_parts(parts, state)
+            .await
+            .unwrap_or(ClientIp("unknown".into()));
+        let now = state.now();
+        let Some(token) = bearer(parts).filter(|t| t.starts_with(AGENT_TOKEN_PREFIX)) else {
+            return Err(ApiError::unauthorized(
+                "unauthorized",
+                "send the agent token from registration as 'Authorization: Bearer <token>'",
+            ));
+        };
+        state
+            .token_limiter
+            .check(&ip, now)
+            .map_err(|l| ApiError::limited(l, "authentications"))?;
+        let mut tx = state.store.begin().await?;
+        let agent = tx.find_agent_by_token(&token_hash(token)).await?;
+        drop(tx);
+        let Some(agent) = agent else {
+            state.token_limiter.fail(&ip, now);
+            return Err(ApiError::unauthorized("invalid_token", "the agent token is not valid"));
+        };
+        if agent.revoked_at.is_some() {
+            return Err(ApiError::unauthorized(
+                "agent_revoked",
+                "this agent was revoked in the console; install it again with a new Connect Key",
+            ));
+        }
+        Ok(AgentAuth(agent))
+    }
+}

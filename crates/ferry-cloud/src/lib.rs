@@ -1,0 +1,14 @@
+//! Ferry cloud directory: the store, the directory core, and the HTTP
+//! surfaces on top of it (admin REST API, SCIM 2.0, agent API).
+#![deny(missing_docs)]
+
+pub mod agent_api;
+pub mod api;
+pub mod app;
+pub mod clock;
+pub mod directory;
+pub mod http;
+pub mod ratelimit;
+pub mod scim;
+pub mod secrets;
+pub mod store;

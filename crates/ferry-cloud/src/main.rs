@@ -1,0 +1,259 @@
+//! `ferry-cloud`: the cloud directory service.
+//!
+//! `ferry-cloud init …` creates an organization and its first admin;
+//! `ferry-cloud serve …` runs the service.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use ferry_cloud::app::{self, AppState, Config};
+use ferry_cloud::clock::{Clock, SystemClock};
+use ferry_cloud::secrets::{hash_password, new_token, token_hash, API_TOKEN_PREFIX};
+use ferry_cloud::store::{redact_url, Store, TokenKind};
+
+#[derive(Parser)]
+#[command(
+    name = "ferry-cloud",
+    version,
+    about = "Ferry cloud directory: admin API, SCIM 2.0, agent API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve(ServeArgs),
+    /// Create an organization, its first admin and an admin API token.
+    Init(InitArgs),
+}
+
+#[derive(Args)]
+struct StoreArgs {
+    /// Where Ferry keeps its files (the SQLite database by default).
+    #[arg(long, env = "FERRY_DATA_DIR", default_value = "./ferry-data")]
+    data_dir: PathBuf,
+    /// PostgreSQL instead of the embedded SQLite: postgres://user:pass@host/db
+    #[arg(long, env = "FERRY_DATABASE_URL")]
+    database_url: Option<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Address to listen on.
+    #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// The URL agents and browsers use to reach this service (put in Connect Keys and SCIM locations).
+    #[arg(long, env = "FERRY_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// The ferry-agent binary to offer for download.
+    #[arg(long, env = "FERRY_AGENT_BINARY")]
+    agent_binary: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct InitArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Organization name.
+    #[arg(long)]
+    org: String,
+    /// The first admin's e-mail (their sign-in name).
+    #[arg(long)]
+    admin_email: String,
+    /// Write a new admin API token to this file (mode 0600).
+    #[arg(long)]
+    token_out: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Serve(a) => serve(a).await,
+        Command::Init(a) => init(a).await,
+    }
+}
+
+async fn open_store(a: &StoreArgs) -> Result<Store> {
+    let url = match &a.database_url {
+        Some(u) => u.clone(),
+        None => {
+            create_private_dir(&a.data_dir)?;
+            format!("sqlite://{}", a.data_dir.join("ferry.db").display())
+        }
+    };
+    Store::open(&url)
+        .await
+        .with_context(|| format!("cannot open the database {}", redact_url(&url)))
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {} to its owner", dir.display()))?;
+    }
+    Ok(())
+}
+
+async fn serve(a: ServeArgs) -> Result<()> {
+    let store = open_store(&a.store).await?;
+    let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} (in use, or not an address of this host?)",
+            a.listen
+        )
+    })?;
+    let addr = listener.local_addr()?;
+    let config = Config {
+        public_url: a.public_url,
+        agent_binary: a.agent_binary,
+        ..Config::default()
+    };
+    let state = AppState::new(store.clone(), Arc::new(SystemClock), config);
+    tracing::info!(%addr, "ferry-cloud listening (admin API /api/v1, SCIM /scim/v2, agents /agent/v1)");
+    app::serve(listener, state, shutdown_signal()).await?;
+    store.close().await;
+    tracing::info!("ferry-cloud stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        tokio::signal::ctrl_c().await.ok();
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+async fn init(a: InitArgs) -> Result<()> {
+    let org = a.org.trim();
+    if org.is_empty() || org.chars().count() > 200 {
+        bail!("--org must be 1 to 200 characters");
+    }
+    let email = a.admin_email.trim().to_lowercase();
+    if !looks_like_email(&email) {
+        bail!("--admin-email {:?} is not an e-mail address", a.admin_email);
+    }
+    let password = admin_password()?;
+    let store = open_store(&a.store).await?;
+    let phc = hash_password(&password).map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
+    let now = SystemClock.now_ms();
+    let token = new_token(API_TOKEN_PREFIX);
+    let mut tx = store.begin().await?;
+    let o = tx.insert_org(org, now).await?;
+    let admin = tx.insert_admin(o.id, &email, &phc, now).await?;
+    tx.insert_token(
+        o.id,
+        admin.id,
+        TokenKind::Api,
+        "created by ferry-cloud init",
+        &token_hash(&token),
+        now,
+        None,
+    )
+    .await?;
+    tx.append_audit(
+        o.id,
+        "system",
+        "org.create",
+        &format!("org:{}", o.id),
+        &serde_json::json!({"name": org, "admin": email}),
+        now,
+    )
+    .await?;
+    write_secret_file(&a.token_out, &token)?;
+    tx.commit().await?;
+    store.close().await;
+    println!("Created organization {:?} ({})", o.name, o.id);
+    println!("Admin: {email}");
+    println!("Admin API token written to {} (mode 0600)", a.token_out.display());
+    Ok(())
+}
+
+fn looks_like_email(s: &str) -> bool {
+    match s.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !s.contains(char::is_whitespace)
+        }
+        None => false,
+    }
+}
+
+fn admin_password() -> Result<String> {
+    if let Ok(p) = std::env::var("FERRY_ADMIN_PASSWORD") {
+        check_password(&p)?;
+        return Ok(p);
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        bail!("no admin password: set FERRY_ADMIN_PASSWORD, or run init in a terminal to be asked");
+    }
+    let p = rpassword::prompt_password("Admin password: ")?;
+    check_password(&p)?;
+    let again = rpassword::prompt_password("Again: ")?;
+    if p != again {
+        bail!("the two passwords differ");
+    }
+    Ok(p)
+}
+
+fn check_password(p: &str) -> Result<()> {
+    if p.chars().count() < 8 {
+        bail!("the admin password must be at least 8 characters");
+    }
+    Ok(())
+}
+
+fn write_secret_file(path: &Path, secret: &str) -> Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot write the token file {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    f.write_all(secret.as_bytes())?;
+    f.write_all(b"\n")?;
+    Ok(())
+}

@@ -1,0 +1,573 @@
+//! Users, groups, memberships and the links that tie them to AD objects.
+//!
+//! A user or group is kept as its SCIM document (JSON) plus the columns that
+//! are looked up or must be unique. `version` grows with every change and
+//! guards read-modify-write cycles.
+
+use ferry_proto::record::ObjectKind;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::accounts::conflict_as;
+use super::{get_json, get_uuid, to_json, StoreError, StoreResult, Tx};
+
+/// A user as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserRow {
+    /// User id.
+    pub id: Uuid,
+    /// `userName`, as given.
+    pub username: String,
+    /// SCIM `externalId`.
+    pub external_id: Option<String>,
+    /// Not suspended.
+    pub active: bool,
+    /// The SCIM attributes (without id/meta/schemas/password).
+    pub doc: serde_json::Value,
+    /// A password hash is set.
+    pub has_password: bool,
+    /// Optimistic-concurrency version.
+    pub version: i64,
+    /// Creation time.
+    pub created_at: i64,
+    /// Last change.
+    pub updated_at: i64,
+}
+
+/// What a new user is made of.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    /// `userName`.
+    pub username: String,
+    /// SCIM `externalId`.
+    pub external_id: Option<String>,
+    /// Not suspended.
+    pub active: bool,
+    /// SCIM attributes.
+    pub doc: serde_json::Value,
+    /// argon2 hash of the password, if one was given.
+    pub password_hash: Option<String>,
+}
+
+/// A group as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupRow {
+    /// Group id.
+    pub id: Uuid,
+    /// `displayName`.
+    pub name: String,
+    /// SCIM `externalId`.
+    pub external_id: Option<String>,
+    /// SCIM attributes (without members).
+    pub doc: serde_json::Value,
+    /// Optimistic-concurrency version.
+    pub version: i64,
+    /// Creation time.
+    pub created_at: i64,
+    /// Last change.
+    pub updated_at: i64,
+}
+
+/// What a new group is made of.
+#[derive(Debug, Clone)]
+pub struct NewGroup {
+    /// `displayName`.
+    pub name: String,
+    /// SCIM `externalId`.
+    pub external_id: Option<String>,
+    /// SCIM attributes.
+    pub doc: serde_json::Value,
+}
+
+/// A member of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Member {
+    /// Member id.
+    pub id: Uuid,
+    /// User or group.
+    pub kind: ObjectKind,
+}
+
+/// A link between a cloud object and an AD object of one domain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Link {
+    /// Domain.
+    pub domain_id: Uuid,
+    /// User or group.
+    pub kind: ObjectKind,
+    /// Cloud id.
+    pub object_id: Uuid,
+    /// AD `objectGUID`.
+    pub ad_guid: Uuid,
+    /// DN last seen.
+    pub ad_dn: String,
+    /// Last sync through this link.
+    pub synced_at: i64,
+}
+
+/// Which users to list. Equality tests here are pushed into SQL; the rest of
+/// a SCIM filter is evaluated on the documents.
+#[derive(Debug, Clone, Default)]
+pub struct UserQuery {
+    /// `userName eq` (case-insensitive).
+    pub username_eq: Option<String>,
+    /// `externalId eq`.
+    pub external_id_eq: Option<String>,
+    /// Rows to skip.
+    pub offset: i64,
+    /// Rows to return at most.
+    pub limit: i64,
+}
+
+const USER_COLS: &str = "id, username, external_id, active, doc, password_hash, version, created_at, updated_at";
+const GROUP_COLS: &str = "id, name, external_id, doc, version, created_at, updated_at";
+
+impl Tx {
+    /// Inserts a user; a conflict when the username is taken in the org.
+    pub async fn insert_user(&mut self, org_id: Uuid, user: &NewUser, now: i64) -> StoreResult<UserRow> {
+        let id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO dir_users (id, org_id, username, username_key, external_id, active, doc, password_hash, version, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $9)",
+        )
+        .bind(id.to_string())
+        .bind(org_id.to_string())
+        .bind(&user.username)
+        .bind(user.username.to_lowercase())
+        .bind(&user.external_id)
+        .bind(i64::from(user.active))
+        .bind(to_json(&user.doc)?)
+        .bind(&user.password_hash)
+        .bind(now)
+        .execute(self.conn())
+        .await
+        .map_err(|e| conflict_as(e, format!("a user named {:?} exists", user.username)))?;
+        self.get_user(org_id, id).await?.ok_or(StoreError::NotFound)
+    }
+
+    /// One user of the org.
+    pub async fn get_user(&mut self, org_id: Uuid, id: Uuid) -> StoreResult<Option<UserRow>> {
+        let sql = format!("SELECT {USER_COLS} FROM dir_users WHERE id = $1 AND org_id = $2");
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(org_id.to_string())
+            .fetch_optional(self.conn())
+            .await?;
+        row.map(|r| user_from_row(&r)).transpose()
+    }
+
+    /// A user by username (case-insensitive).
+    pub async fn find_user_by_username(&mut self, org_id: Uuid, username: &str) -> StoreResult<Option<UserRow>> {
+        let sql = format!("SELECT {USER_COLS} FROM dir_users WHERE org_id = $1 AND username_key = $2");
+        let row = sqlx::query(&sql)
+            .bind(org_id.to_string())
+            .bind(username.to_lowercase())
+            .fetch_optional(self.conn())
+            .await?;
+        row.map(|r| user_from_row(&r)).transpose()
+    }
+
+    /// Users matching `q`, by username, and how many match in all.
+    pub async fn list_users(&mut self, org_id: Uuid, q: &UserQuery) -> StoreResult<(Vec<UserRow>, i64)> {
+        let mut cond = String::from("org_id = $1");
+        let mut args: Vec<String> = vec![org_id.to_string()];
+        if let Some(u) = &q.username_eq {
+            args.push(u.to_lowercase());
+            cond.push_str(&format!(" AND username_key = ${}", args.len()));
+        }
+        if let Some(x) = &q.external_id_eq {
+            args.push(x.clone());
+            cond.push_str(&format!(" AND external_id = ${}", args.len()));
+        }
+        let count_sql = format!("SELECT COUNT(*) FROM dir_users WHERE {cond}");
+        let mut count_q = sqlx::query(&count_sql);
+        for a in &args {
+            count_q = count_q.bind(a);
+        }
+        let total: i64 = count_q.fetch_one(self.conn()).await?.try_get(0)?;
+        let sql = format!(
+            "SELECT {USER_COLS} FROM dir_users WHERE {cond} ORDER BY username_key LIMIT {} OFFSET {}",
+            q.limit.max(0),
+            q.offset.max(0)
+        );
+        let mut list_q = sqlx::query(&sql);
+        for a in &args {
+            list_q = list_q.bind(a);
+        }
+        let rows = list_q.fetch_all(self.conn()).await?;
+        let users = rows.iter().map(user_from_row).collect::<StoreResult<_>>()?;
+        Ok((users, total))
+    }
+
+    /// Writes a user's new state if its version is still `expected_version`;
+    /// `Ok(false)` when someone else changed it first. `password_hash`:
+    /// `None` keeps the stored hash, `Some(h)` replaces it.
+    pub async fn update_user(
+        &mut self,
+        org_id: Uuid,
+        id: Uuid,
+        expected_version: i64,
+        user: &NewUser,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE dir_users SET username = $1, username_key = $2, external_id = $3, active = $4, doc = $5,
+                    password_hash = COALESCE($6, password_hash), version = version + 1, updated_at = $7
+             WHERE id = $8 AND org_id = $9 AND version = $10",
+        )
+        .bind(&user.username)
+        .bind(user.username.to_lowercase())
+        .bind(&user.external_id)
+        .bind(i64::from(user.active))
+        .bind(to_json(&user.doc)?)
+        .bind(&user.password_hash)
+        .bind(now)
+        .bind(id.to_string())
+        .bind(org_id.to_string())
+        .bind(expected_version)
+        .execute(self.conn())
+        .await
+        .map_err(|e| conflict_as(e, format!("a user named {:?} exists", user.username)))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Deletes a user and its memberships; returns the groups it was in.
+    pub async fn delete_user(&mut self, org_id: Uuid, id: Uuid) -> StoreResult<Vec<Uuid>> {
+        let groups = self.groups_of(org_id, id).await?;
+        self.delete_object_edges(org_id, id).await?;
+        let done = sqlx::query("DELETE FROM dir_users WHERE id = $1 AND org_id = $2")
+            .bind(id.to_string())
+            .bind(org_id.to_string())
+            .execute(self.conn())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(groups.into_iter().map(|(g, _)| g).collect())
+    }
+
+    /// Inserts a group; a conflict when the name is taken in the org.
+    pub async fn insert_group(&mut self, org_id: Uuid, group: &NewGroup, now: i64) -> StoreResult<GroupRow> {
+        let id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO dir_groups (id, org_id, name, name_key, external_id, doc, version, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7)",
+        )
+        .bind(id.to_string())
+        .bind(org_id.to_string())
+        .bind(&group.name)
+        .bind(group.name.to_lowercase())
+        .bind(&group.external_id)
+        .bind(to_json(&group.doc)?)
+        .bind(now)
+        .execute(self.conn())
+        .await
+        .map_err(|e| conflict_as(e, format!("a group named {:?} exists", group.name)))?;
+        self.get_group(org_id, id).await?.ok_or(StoreError::NotFound)
+    }
+
+    /// One group of the org.
+    pub async fn get_group(&mut self, org_id: Uuid, id: Uuid) -> StoreResult<Option<GroupRow>> {
+        let sql = format!("SELECT {GROUP_COLS} FROM dir_groups WHERE id = $1 AND org_id = $2");
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(org_id.to_string())
+            .fetch_optional(self.conn())
+            .await?;
+        row.map(|r| group_from_row(&r)).transpose()
+    }
+
+    /// A group by name (case-insensitive).
+    pub async fn find_group_by_name(&mut self, org_id: Uuid, name: &str) -> StoreResult<Option<GroupRow>> {
+        let sql = format!("SELECT {GROUP_COLS} FROM dir_groups WHERE org_id = $1 AND name_key = $2");
+        let row = sqlx::query(&sql)
+            .bind(org_id.to_string())
+            .bind(name.to_lowercase())
+            .fetch_optional(self.conn())
+            .await?;
+        row.map(|r| group_from_row(&r)).transpose()
+    }
+
+    /// The org's groups by name, a page of them, and how many there are.
+    pub async fn list_groups(&mut self, org_id: Uuid, offset: i64, limit: i64) -> StoreResult<(Vec<GroupRow>, i64)> {
+        let total: i64 = sqlx::query("SELECT COUNT(*) FROM dir_groups WHERE org_id = $1")
+            .bind(org_id.to_string())
+            .fetch_one(self.conn())
+            .await?
+            .try_get(0)?;
+        let sql = format!(
+            "SELECT {GROUP_COLS} FROM dir_groups WHERE org_id = $1 ORDER BY name_key LIMIT {} OFFSET {}",
+            limit.max(0),
+            offset.max(0)
+        );
+        let rows = sqlx::query(&sql)
+            .bind(org_id.to_string())
+            .fetch_all(self.conn())
+            .await?;
+        let groups = rows.iter().map(group_from_row).collect::<StoreResult<_>>()?;
+        Ok((groups, total))
+    }
+
+    /// Writes a group's new state if its version is still `expected_version`.
+    pub async fn update_group(
+        &mut self,
+        org_id: Uuid,
+        id: Uuid,
+        expected_version: i64,
+        group: &NewGroup,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE dir_groups SET name = $1, name_key = $2, external_id = $3, doc = $4, version = version + 1, updated_at = $5
+             WHERE id = $6 AND org_id = $7 AND version = $8",
+        )
+        .bind(&group.name)
+        .bind(group.name.to_lowercase())
+        .bind(&group.external_id)
+        .bind(to_json(&group.doc)?)
+        .bind(now)
+        .bind(id.to_string())
+        .bind(org_id.to_string())
+        .bind(expected_version)
+        .execute(self.conn())
+        .await
+        .map_err(|e| conflict_as(e, format!("a group named {:?} exists", group.name)))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Bumps a group's version (its members changed).
+    pub async fn touch_group(&mut self, org_id: Uuid, id: Uuid, now: i64) -> StoreResult<()> {
+        sqlx::query("UPDATE dir_groups SET version = version + 1, updated_at = $1 WHERE id = $2 AND org_id = $3")
+            .bind(now)
+            .bind(id.to_string())
+            .bind(org_id.to_string())
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a group, its members and its own memberships; returns the
+    /// groups it was a member of.
+    pub async fn delete_group(&mut self, org_id: Uuid, id: Uuid) -> StoreResult<Vec<Uuid>> {
+        let parents = self.groups_of(org_id, id).await?;
+        self.delete_object_edges(org_id, id).await?;
+        sqlx::query("DELETE FROM memberships WHERE group_id = $1 AND org_id = $2")
+            .bind(id.to_string())
+            .bind(org_id.to_string())
+            .execute(self.conn())
+            .await?;
+        let done = sqlx::query("DELETE FROM dir_groups WHERE id = $1 AND org_id = $2")
+            .bind(id.to_string())
+            .bind(org_id.to_string())
+            .execute(self.conn())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(parents.into_iter().map(|(g, _)| g).collect())
+    }
+
+    async fn delete_object_edges(&mut self, org_id: Uuid, id: Uuid) -> StoreResult<()> {
+        for sql in [
+            "DELETE FROM memberships WHERE member_id = $1 AND org_id = $2",
+            "DELETE FROM links WHERE object_id = $1 AND org_id = $2",
+        ] {
+            sqlx::query(sql)
+                .bind(id.to_string())
+                .bind(org_id.to_string())
+                .execute(self.conn())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The members of a group, sorted.
+    pub async fn group_members(&mut self, org_id: Uuid, group_id: Uuid) -> StoreResult<Vec<Member>> {
+        let rows = sqlx::query(
+            "SELECT member_id, member_kind FROM memberships WHERE group_id = $1 AND org_id = $2 ORDER BY member_id",
+        )
+        .bind(group_id.to_string())
+        .bind(org_id.to_string())
+        .fetch_all(self.conn())
+        .await?;
+        rows.iter().map(member_from_row).collect()
+    }
+
+    /// Adds a member; `false` when it already was one.
+    pub async fn add_member(&mut self, org_id: Uuid, group_id: Uuid, member: Member) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "INSERT INTO memberships (org_id, group_id, member_id, member_kind) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (group_id, member_id) DO NOTHING",
+        )
+        .bind(org_id.to_string())
+        .bind(group_id.to_string())
+        .bind(member.id.to_string())
+        .bind(member.kind.as_str())
+        .execute(self.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Removes a member; `false` when it was not one.
+    pub async fn remove_member(&mut self, org_id: Uuid, group_id: Uuid, member_id: Uuid) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM memberships WHERE org_id = $1 AND group_id = $2 AND member_id = $3")
+            .bind(org_id.to_string())
+            .bind(group_id.to_string())
+            .bind(member_id.to_string())
+            .execute(self.conn())
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The groups an object is a direct member of, with their names.
+    pub async fn groups_of(&mut self, org_id: Uuid, member_id: Uuid) -> StoreResult<Vec<(Uuid, String)>> {
+        let rows = sqlx::query(
+            "SELECT g.id, g.name FROM memberships m JOIN dir_groups g ON g.id = m.group_id
+             WHERE m.member_id = $1 AND m.org_id = $2 AND g.org_id = $2 ORDER BY g.name_key",
+        )
+        .bind(member_id.to_string())
+        .bind(org_id.to_string())
+        .fetch_all(self.conn())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((get_uuid(r, "id")?, r.try_get("name")?)))
+            .collect()
+    }
+
+    /// What kind of object an id is in this org, if it exists there.
+    pub async fn object_kind(&mut self, org_id: Uuid, id: Uuid) -> StoreResult<Option<ObjectKind>> {
+        if self.get_user(org_id, id).await?.is_some() {
+            return Ok(Some(ObjectKind::User));
+        }
+        if self.get_group(org_id, id).await?.is_some() {
+            return Ok(Some(ObjectKind::Group));
+        }
+        Ok(None)
+    }
+
+    /// The link of an AD object in a domain.
+    pub async fn link_by_guid(&mut self, org_id: Uuid, domain_id: Uuid, guid: Uuid) -> StoreResult<Option<Link>> {
+        let row = sqlx::query(
+            "SELECT domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at FROM links
+             WHERE org_id = $1 AND domain_id = $2 AND ad_guid = $3",
+        )
+        .bind(org_id.to_string())
+        .bind(domain_id.to_string())
+        .bind(guid.to_string())
+        .fetch_optional(self.conn())
+        .await?;
+        row.map(|r| link_from_row(&r)).transpose()
+    }
+
+    /// The link of a cloud object in a domain.
+    pub async fn link_by_object(
+        &mut self,
+        org_id: Uuid,
+        domain_id: Uuid,
+        object_id: Uuid,
+    ) -> StoreResult<Option<Link>> {
+        let row = sqlx::query(
+            "SELECT domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at FROM links
+             WHERE org_id = $1 AND domain_id = $2 AND object_id = $3",
+        )
+        .bind(org_id.to_string())
+        .bind(domain_id.to_string())
+        .bind(object_id.to_string())
+        .fetch_optional(self.conn())
+        .await?;
+        row.map(|r| link_from_row(&r)).transpose()
+    }
+
+    /// Every link of a cloud object (one per domain).
+    pub async fn links_of(&mut self, org_id: Uuid, object_id: Uuid) -> StoreResult<Vec<Link>> {
+        let rows = sqlx::query(
+            "SELECT domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at FROM links
+             WHERE org_id = $1 AND object_id = $2 ORDER BY domain_id",
+        )
+        .bind(org_id.to_string())
+        .bind(object_id.to_string())
+        .fetch_all(self.conn())
+        .await?;
+        rows.iter().map(link_from_row).collect()
+    }
+
+    /// Creates or moves a link.
+    pub async fn put_link(&mut self, org_id: Uuid, link: &Link) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO links (org_id, domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (domain_id, ad_guid) DO UPDATE SET object_kind = $3, object_id = $4, ad_dn = $6, synced_at = $7",
+        )
+        .bind(org_id.to_string())
+        .bind(link.domain_id.to_string())
+        .bind(link.kind.as_str())
+        .bind(link.object_id.to_string())
+        .bind(link.ad_guid.to_string())
+        .bind(&link.ad_dn)
+        .bind(link.synced_at)
+        .execute(self.conn())
+        .await
+        .map_err(|e| conflict_as(e, "the cloud object is linked to another AD object".into()))?;
+        Ok(())
+    }
+
+    /// Drops the link of an AD object.
+    pub async fn delete_link(&mut self, org_id: Uuid, domain_id: Uuid, guid: Uuid) -> StoreResult<()> {
+        sqlx::query("DELETE FROM links WHERE org_id = $1 AND domain_id = $2 AND ad_guid = $3")
+            .bind(org_id.to_string())
+            .bind(domain_id.to_string())
+            .bind(guid.to_string())
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+}
+
+fn user_from_row(r: &AnyRow) -> StoreResult<UserRow> {
+    let active: i64 = r.try_get("active")?;
+    let password_hash: Option<String> = r.try_get("password_hash")?;
+    Ok(UserRow {
+        id: get_uuid(r, "id")?,
+        username: r.try_get("username")?,
+        external_id: r.try_get("external_id")?,
+        active: active != 0,
+        doc: get_json(r, "doc")?,
+        has_password: password_hash.is_some(),
+        version: r.try_get("version")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn group_from_row(r: &AnyRow) -> StoreResult<GroupRow> {
+    Ok(GroupRow {
+        id: get_uuid(r, "id")?,
+        name: r.try_get("name")?,
+        external_id: r.try_get("external_id")?,
+        doc: get_json(r, "doc")?,
+        version: r.try_get("version")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn member_from_row(r: &AnyRow) -> StoreResult<Member> {
+    let kind: String = r.try_get("member_kind")?;
+    Ok(Member {
+        id: get_uuid(r, "member_id")?,
+        kind: ObjectKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("member_kind {kind:?}")))?,
+    })
+}
+
+fn link_from_row(r: &AnyRow) -> StoreResult<Link> {
+    let kind: String = r.try_get("object_kind")?;
+    Ok(Link {
+        domain_id: get_uuid(r, "domain_id")?,
+        kind: ObjectKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("object_kind {kind:?}")))?,
+        object_id: get_uuid(r, "object_id")?,
+        ad_guid: get_uuid(r, "ad_guid")?,
+        ad_dn: r.try_get("ad_dn")?,
+        synced_at: r.try_get("synced_at")?,
+    })
+}

@@ -1,0 +1,199 @@
+//! The two append-only logs: the change feed agents read, and the audit log
+//! admins read. Both number their entries with a per-org sequence taken by
+//! an `UPDATE … RETURNING` on the org row, which also serializes concurrent
+//! writers of one org so sequence order is commit order.
+
+use ferry_proto::agent::CloudChange;
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{get_json, to_json, StoreResult, Tx};
+
+/// One feed row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedRow {
+    /// Per-org sequence number.
+    pub seq: i64,
+    /// `cloud` or the domain id the change came from.
+    pub origin: String,
+    /// The object the change is about.
+    pub object_id: Uuid,
+    /// The change.
+    pub change: CloudChange,
+    /// When (unix ms).
+    pub at: i64,
+    /// Links of the objects named, when the change was made.
+    pub links: Vec<FeedLink>,
+}
+
+/// A link snapshot kept with a feed entry: deletes and membership changes
+/// must still name the AD objects after the cloud object or link is gone.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FeedLink {
+    /// Cloud id.
+    pub object_id: Uuid,
+    /// Domain.
+    pub domain_id: Uuid,
+    /// AD objectGUID in that domain.
+    pub ad_guid: Uuid,
+}
+
+/// One audit entry.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AuditEntry {
+    /// Per-org sequence number.
+    pub seq: i64,
+    /// When (unix ms).
+    pub at: i64,
+    /// Who: `admin:<email>`, `token:<id>`, `agent:<id>`, `system`.
+    pub actor: String,
+    /// What, e.g. `user.create`.
+    pub action: String,
+    /// On what, e.g. `user:<id>`.
+    pub target: String,
+    /// Details (never a secret).
+    pub details: serde_json::Value,
+}
+
+impl Tx {
+    /// Appends a change to the org's feed; returns its sequence number.
+    pub async fn append_feed(
+        &mut self,
+        org_id: Uuid,
+        origin: &str,
+        object_id: Uuid,
+        change: &CloudChange,
+        now: i64,
+    ) -> StoreResult<i64> {
+        let mut links = Vec::new();
+        for id in named_objects(change) {
+            for l in self.links_of(org_id, id).await? {
+                links.push(FeedLink {
+                    object_id: id,
+                    domain_id: l.domain_id,
+                    ad_guid: l.ad_guid,
+                });
+            }
+        }
+        let seq: i64 = sqlx::query("UPDATE orgs SET feed_seq = feed_seq + 1 WHERE id = $1 RETURNING feed_seq")
+            .bind(org_id.to_string())
+            .fetch_one(self.conn())
+            .await?
+            .try_get(0)?;
+        sqlx::query(
+            "INSERT INTO feed (org_id, seq, origin, object_id, change, links, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(org_id.to_string())
+        .bind(seq)
+        .bind(origin)
+        .bind(object_id.to_string())
+        .bind(to_json(change)?)
+        .bind(to_json(&links)?)
+        .bind(now)
+        .execute(self.conn())
+        .await?;
+        Ok(seq)
+    }
+
+    /// Feed entries after `after`, at most `limit`, in order.
+    pub async fn read_feed(&mut self, org_id: Uuid, after: i64, limit: i64) -> StoreResult<Vec<FeedRow>> {
+        let sql = format!(
+            "SELECT seq, origin, object_id, change, links, created_at FROM feed WHERE org_id = $1 AND seq > $2 ORDER BY seq LIMIT {}",
+            limit.max(0)
+        );
+        let rows = sqlx::query(&sql)
+            .bind(org_id.to_string())
+            .bind(after)
+            .fetch_all(self.conn())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FeedRow {
+                    seq: r.try_get("seq")?,
+                    origin: r.try_get("origin")?,
+                    object_id: super::get_uuid(r, "object_id")?,
+                    change: get_json(r, "change")?,
+                    at: r.try_get("created_at")?,
+                    links: get_json(r, "links")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The org's latest feed sequence number.
+    pub async fn feed_head(&mut self, org_id: Uuid) -> StoreResult<i64> {
+        Ok(sqlx::query("SELECT feed_seq FROM orgs WHERE id = $1")
+            .bind(org_id.to_string())
+            .fetch_one(self.conn())
+            .await?
+            .try_get(0)?)
+    }
+
+    /// Appends an audit entry.
+    pub async fn append_audit(
+        &mut self,
+        org_id: Uuid,
+        actor: &str,
+        action: &str,
+        target: &str,
+        details: &serde_json::Value,
+        now: i64,
+    ) -> StoreResult<i64> {
+        let seq: i64 = sqlx::query("UPDATE orgs SET audit_seq = audit_seq + 1 WHERE id = $1 RETURNING audit_seq")
+            .bind(org_id.to_string())
+            .fetch_one(self.conn())
+            .await?
+            .try_get(0)?;
+        sqlx::query(
+            "INSERT INTO audit (org_id, seq, at, actor, action, target, details) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(org_id.to_string())
+        .bind(seq)
+        .bind(now)
+        .bind(actor)
+        .bind(action)
+        .bind(target)
+        .bind(to_json(details)?)
+        .execute(self.conn())
+        .await?;
+        Ok(seq)
+    }
+
+    /// Audit entries newest first, those before `before` (exclusive) when given.
+    pub async fn list_audit(&mut self, org_id: Uuid, before: Option<i64>, limit: i64) -> StoreResult<Vec<AuditEntry>> {
+        let sql = format!(
+            "SELECT seq, at, actor, action, target, details FROM audit WHERE org_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT {}",
+            limit.max(0)
+        );
+        let rows = sqlx::query(&sql)
+            .bind(org_id.to_string())
+            .bind(before.unwrap_or(i64::MAX))
+            .fetch_all(self.conn())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    seq: r.try_get("seq")?,
+                    at: r.try_get("at")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    target: r.try_get("target")?,
+                    details: get_json(r, "details")?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The cloud objects a change names.
+fn named_objects(change: &CloudChange) -> Vec<Uuid> {
+    match change {
+        CloudChange::UpsertUser { id, .. } | CloudChange::UpsertGroup { id, .. } | CloudChange::Delete { id, .. } => {
+            vec![*id]
+        }
+        CloudChange::AddMember { group, member, .. } | CloudChange::RemoveMember { group, member, .. } => {
+            vec![*group, *member]
+        }
+        CloudChange::PasswordSet { user } => vec![*user],
+    }
+}

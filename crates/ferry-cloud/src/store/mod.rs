@@ -1,0 +1,267 @@
+//! The store: every durable fact of the cloud directory.
+//!
+//! One implementation serves both databases. SQL is written once in the
+//! common subset of SQLite and PostgreSQL (`$N` parameters, `RETURNING`,
+//! `ON CONFLICT`, `IS NOT DISTINCT FROM`), run through sqlx's `Any` driver;
+//! the few places where the engines differ branch on [`Dialect`]. The test
+//! suite in `tests/store.rs` runs against both engines.
+//!
+//! All writes happen inside a [`Tx`]; a write and the change-feed and audit
+//! rows it causes commit together or not at all.
+
+mod accounts;
+mod directory;
+mod domains;
+mod journal;
+
+use std::str::FromStr;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+use uuid::Uuid;
+
+pub use accounts::{Admin, Org, TokenKind, TokenRow};
+pub use directory::{GroupRow, Link, Member, NewGroup, NewUser, UserQuery, UserRow};
+pub use domains::{Agent, ConnectKeyProblem, ConnectKeyRow, Domain, DomainSettings, Lease};
+pub use journal::{AuditEntry, FeedLink, FeedRow};
+
+/// Migrations, in order; each runs once, in its own transaction.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("0001_init.sql"))];
+
+/// Which database engine is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite, the embedded default.
+    Sqlite,
+    /// PostgreSQL, for several cloud instances.
+    Postgres,
+}
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The object does not exist (in this org).
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness rule or an optimistic-concurrency check failed.
+    #[error("{0}")]
+    Conflict(String),
+    /// The database URL is not one we support.
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST/DB")]
+    UnsupportedUrl(String),
+    /// A stored value could not be read back.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Db(sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Conflict("an object with the same unique value exists".into())
+            }
+            _ => StoreError::Db(e),
+        }
+    }
+}
+
+/// Result of store operations.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+impl Store {
+    /// Opens (creating an SQLite file when needed) and migrates the database.
+    pub async fn open(url: &str) -> StoreResult<Store> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Dialect::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(redact_url(url)));
+        };
+        let pool = match dialect {
+            Dialect::Sqlite => {
+                // Create the file if missing; WAL so readers never block the writer.
+                let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)?
+                    .create_if_missing(true)
+                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+                let conn = sqlx::ConnectOptions::connect(&opts).await?;
+                sqlx::Connection::close(conn).await?;
+                // One connection: SQLite has one writer anyway, and a single
+                // connection makes every transaction serializable without
+                // SQLITE_BUSY retries.
+                AnyPoolOptions::new()
+                    .max_connections(1)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute("PRAGMA foreign_keys = ON").await?;
+                            conn.execute("PRAGMA busy_timeout = 5000").await?;
+                            conn.execute("PRAGMA synchronous = NORMAL").await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(url)
+                    .await?
+            }
+            Dialect::Postgres => AnyPoolOptions::new().max_connections(16).connect(url).await?,
+        };
+        let store = Store { pool, dialect };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The engine behind this store.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Starts a transaction.
+    pub async fn begin(&self) -> StoreResult<Tx> {
+        Ok(Tx {
+            inner: self.pool.begin().await?,
+        })
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        let mut conn = self.pool.acquire().await?;
+        if self.dialect == Dialect::Postgres {
+            // Several instances may start at once: one migrates, the others wait.
+            conn.execute("SELECT pg_advisory_lock(7265727279)").await?;
+        }
+        let result = self.migrate_locked(&mut conn).await;
+        if self.dialect == Dialect::Postgres {
+            conn.execute("SELECT pg_advisory_unlock(7265727279)").await?;
+        }
+        result
+    }
+
+    async fn migrate_locked(&self, conn: &mut sqlx::AnyConnection) -> StoreResult<()> {
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS ferry_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .await?;
+        let applied: Vec<i64> = sqlx::query("SELECT version FROM ferry_migrations")
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<i64, _>(0))
+            .collect::<Result<_, _>>()?;
+        for (version, sql) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            for statement in split_sql(sql) {
+                tx.execute(statement.as_str()).await?;
+            }
+            sqlx::query("INSERT INTO ferry_migrations (version, applied_at) VALUES ($1, 0)")
+                .bind(*version)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            tracing::info!(version, "applied database migration");
+        }
+        Ok(())
+    }
+}
+
+/// Splits a migration into statements, dropping `--` comments.
+fn split_sql(sql: &str) -> Vec<String> {
+    let without_comments: String = sql
+        .lines()
+        .map(|l| l.split("--").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    without_comments
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A transaction; dropped without [`Tx::commit`] it rolls back.
+pub struct Tx {
+    inner: Transaction<'static, Any>,
+}
+
+impl Tx {
+    /// Commits every write made through this transaction.
+    pub async fn commit(self) -> StoreResult<()> {
+        self.inner.commit().await?;
+        Ok(())
+    }
+
+    fn conn(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.inner
+    }
+}
+
+fn get_uuid(row: &AnyRow, col: &str) -> StoreResult<Uuid> {
+    let s: String = row.try_get(col)?;
+    Uuid::parse_str(&s).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+}
+
+fn get_opt_uuid(row: &AnyRow, col: &str) -> StoreResult<Option<Uuid>> {
+    let s: Option<String> = row.try_get(col)?;
+    s.map(|s| Uuid::parse_str(&s).map_err(|e| StoreError::Corrupt(format!("{col}: {e}"))))
+        .transpose()
+}
+
+fn get_json<T: serde::de::DeserializeOwned>(row: &AnyRow, col: &str) -> StoreResult<T> {
+    let s: String = row.try_get(col)?;
+    serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_sql_drops_comments_and_empty_statements() {
+        let parts = split_sql("-- head\nCREATE TABLE a (x TEXT); -- tail\n\n;CREATE INDEX i ON a (x);");
+        assert_eq!(parts, vec!["CREATE TABLE a (x TEXT)", "CREATE INDEX i ON a (x)"]);
+    }
+
+    #[test]
+    fn redact_url_hides_the_password() {
+        assert_eq!(
+            redact_url("postgres://ferry:s3cret@127.0.0.1/ferry"),
+            "postgres://ferry:***@127.0.0.1/ferry"
+        );
+        assert_eq!(redact_url("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+    }
+}

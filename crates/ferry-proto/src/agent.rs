@@ -1,0 +1,312 @@
+//! The agent ⇄ cloud protocol (`/agent/v1`). The agent always calls out;
+//! the cloud never connects to the agent.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::record::{GroupRecord, ObjectKind, UserRecord};
+
+/// `POST /agent/v1/register`: trade a Connect Key for an agent identity.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// The single-use Connect Key shown in the console.
+    pub connect_key: String,
+    /// Host the agent runs on.
+    pub hostname: String,
+    /// Agent version.
+    pub version: String,
+    /// The agent's X25519 public key, base64 (standard, padded). Secrets sent
+    /// to the agent (passwords set in the cloud) are sealed to it.
+    pub public_key: String,
+}
+
+/// Answer to [`RegisterRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// The new agent's id.
+    pub agent_id: Uuid,
+    /// Bearer token for every later call. Shown once; the cloud keeps a hash.
+    pub agent_token: String,
+    /// The domain this agent serves.
+    pub domain: DomainInfo,
+}
+
+/// What an agent needs to know about its domain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DomainInfo {
+    /// Domain id.
+    pub id: Uuid,
+    /// DNS name, e.g. `example.test`.
+    pub name: String,
+    /// NetBIOS name, e.g. `EXAMPLE`.
+    pub netbios_name: String,
+    /// Naming context, e.g. `DC=example,DC=test`.
+    pub root_dn: String,
+    /// Where users created in the cloud land in AD.
+    pub user_ou: String,
+    /// Sync policies.
+    pub policies: DomainPolicies,
+}
+
+/// Per-domain sync policies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainPolicies {
+    /// Which side wins a concurrent edit of one attribute.
+    pub authority: Authority,
+    /// What a deletion in AD does in the cloud.
+    pub ad_delete_action: AdDeleteAction,
+    /// What a deletion in the cloud does in AD.
+    pub cloud_delete_action: CloudDeleteAction,
+    /// More deletes than this in one batch are quarantined until approved.
+    pub delete_threshold: u32,
+    /// Link an unlinked cloud user with the same username on first contact.
+    pub match_existing_users: bool,
+}
+
+impl Default for DomainPolicies {
+    fn default() -> Self {
+        DomainPolicies {
+            authority: Authority::Latest,
+            ad_delete_action: AdDeleteAction::Remove,
+            cloud_delete_action: CloudDeleteAction::Disable,
+            delete_threshold: 500,
+            match_existing_users: true,
+        }
+    }
+}
+
+/// Which side wins a concurrent edit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Authority {
+    /// AD's value wins.
+    Ad,
+    /// The cloud's value wins.
+    Cloud,
+    /// The most recent edit wins.
+    Latest,
+}
+
+/// What a deletion in AD does in the cloud.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdDeleteAction {
+    /// Delete the cloud object.
+    Remove,
+    /// Keep the cloud object, drop its link to AD.
+    Unlink,
+}
+
+/// What a deletion in the cloud does in AD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloudDeleteAction {
+    /// Disable the AD account (groups are deleted).
+    Disable,
+    /// Delete the AD object.
+    Delete,
+}
+
+/// `POST /agent/v1/heartbeat`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HeartbeatRequest {
+    /// Short machine-readable state, e.g. `syncing`, `idle`, `error`.
+    pub state: String,
+    /// The last error the agent hit, in words an admin can act on.
+    pub last_error: Option<String>,
+    /// Objects in scope in AD.
+    pub ad_objects: u64,
+    /// Changes applied since the agent started, AD → cloud.
+    pub pushed: u64,
+    /// Changes applied since the agent started, cloud → AD.
+    pub applied: u64,
+}
+
+/// Answer to [`HeartbeatRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    /// Whether this agent holds the domain's primary lease.
+    pub primary: bool,
+    /// When the lease ends unless renewed (unix ms).
+    pub lease_expires_at: i64,
+    /// Current domain settings (they may change in the console).
+    pub domain: DomainInfo,
+}
+
+/// `GET /agent/v1/state`: where the domain's sync stands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncState {
+    /// The stored DirSync cookie (base64), `None` before the first full read.
+    pub ad_cookie: Option<String>,
+    /// The last acknowledged position in the cloud change feed.
+    pub feed_cursor: i64,
+}
+
+/// One change read in AD, keyed by `objectGUID`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AdChange {
+    /// A user was created or changed.
+    UpsertUser {
+        /// `objectGUID`.
+        guid: Uuid,
+        /// Current DN.
+        dn: String,
+        /// The user's attributes.
+        record: Box<UserRecord>,
+    },
+    /// A group was created or changed.
+    UpsertGroup {
+        /// `objectGUID`.
+        guid: Uuid,
+        /// Current DN.
+        dn: String,
+        /// The group's attributes.
+        record: GroupRecord,
+    },
+    /// An object left scope or was deleted.
+    Delete {
+        /// `objectGUID`.
+        guid: Uuid,
+    },
+    /// The full member list of a group (after a full read).
+    SetMembers {
+        /// The group's `objectGUID`.
+        group: Uuid,
+        /// Members' `objectGUID`s.
+        members: Vec<Uuid>,
+    },
+    /// Members added to a group.
+    AddMembers {
+        /// The group's `objectGUID`.
+        group: Uuid,
+        /// Added members' `objectGUID`s.
+        members: Vec<Uuid>,
+    },
+    /// Members removed from a group.
+    RemoveMembers {
+        /// The group's `objectGUID`.
+        group: Uuid,
+        /// Removed members' `objectGUID`s.
+        members: Vec<Uuid>,
+    },
+}
+
+/// `POST /agent/v1/changes`: a batch read from AD.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PushChangesRequest {
+    /// The cookie the batch was read from; must equal the stored one.
+    pub from_cookie: Option<String>,
+    /// The cookie after the batch.
+    pub to_cookie: Option<String>,
+    /// The changes, applied in order, in one transaction.
+    pub changes: Vec<AdChange>,
+}
+
+/// Answer to [`PushChangesRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PushChangesResponse {
+    /// Changes that altered the cloud directory (the rest were already so).
+    pub applied: u64,
+    /// The stored cookie now.
+    pub cookie: Option<String>,
+    /// Deletes held for an admin's approval (over the domain's threshold).
+    pub quarantined: u64,
+}
+
+/// `GET /agent/v1/feed?after=N&wait=SECS`: cloud changes after a cursor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FeedResponse {
+    /// Entries in sequence order, excluding those that came from this domain.
+    pub entries: Vec<FeedEntry>,
+    /// Pass as `after` next time (and acknowledge once applied).
+    pub next_cursor: i64,
+}
+
+/// One entry of the cloud change feed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedEntry {
+    /// The org's sequence number.
+    pub seq: i64,
+    /// `cloud`, or the id of the domain the change came from.
+    pub origin: String,
+    /// What changed.
+    pub change: CloudChange,
+    /// When (unix ms).
+    pub at: i64,
+    /// The AD `objectGUID`s, in the reading agent's domain, of the objects
+    /// this entry names (cloud id → objectGUID), as linked when the change
+    /// was made. An object missing here has no AD counterpart yet.
+    #[serde(default)]
+    pub ad_guids: BTreeMap<Uuid, Uuid>,
+}
+
+/// A change in the cloud directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum CloudChange {
+    /// A user was created or changed; the record is the full current state.
+    UpsertUser {
+        /// Cloud id.
+        id: Uuid,
+        /// The user's current attributes.
+        record: Box<UserRecord>,
+    },
+    /// A group was created or changed.
+    UpsertGroup {
+        /// Cloud id.
+        id: Uuid,
+        /// The group's current attributes.
+        record: GroupRecord,
+    },
+    /// An object was deleted.
+    Delete {
+        /// Cloud id.
+        id: Uuid,
+        /// User or group.
+        kind: ObjectKind,
+    },
+    /// A member was added to a group.
+    AddMember {
+        /// The group's cloud id.
+        group: Uuid,
+        /// The member's cloud id.
+        member: Uuid,
+        /// User or group.
+        member_kind: ObjectKind,
+    },
+    /// A member was removed from a group.
+    RemoveMember {
+        /// The group's cloud id.
+        group: Uuid,
+        /// The member's cloud id.
+        member: Uuid,
+        /// User or group.
+        member_kind: ObjectKind,
+    },
+    /// A password was set in the cloud. The value travels only sealed to an
+    /// agent's key, never in the feed itself.
+    PasswordSet {
+        /// The user's cloud id.
+        user: Uuid,
+    },
+}
+
+/// `POST /agent/v1/ack`: the agent applied everything up to `cursor`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AckRequest {
+    /// The highest sequence number applied.
+    pub cursor: i64,
+}
+
+/// The error body of every cloud API (`/api/v1`, `/agent/v1`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiErrorBody {
+    /// Stable machine-readable code, e.g. `connect_key_expired`.
+    pub code: String,
+    /// What happened and what to do, for a person.
+    pub message: String,
+}
