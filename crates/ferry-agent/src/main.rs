@@ -15,6 +15,9 @@ struct Cli {}
 
 fn main() {
     let _ = Cli::parse();
-    eprintln!("ferry-agent {}: the AD connector and sync engine are not built yet", env!("CARGO_PKG_VERSION"));
+    eprintln!(
+        "ferry-agent {}: the AD connector and sync engine are not built yet",
+        env!("CARGO_PKG_VERSION")
+    );
     std::process::exit(2);
 }
