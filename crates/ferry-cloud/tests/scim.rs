@@ -1,0 +1,472 @@
+//! SCIM 2.0 over real HTTP, on SQLite and PostgreSQL, plus the external
+//! conformance suite (`scim2 test` from scim2-cli).
+
+mod common;
+
+use common::{Engine, TestServer};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+const ERROR_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
+const PATCH_OP: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
+const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+
+async fn create_user(s: &TestServer, body: Value) -> Value {
+    let (st, v) = s.call(Method::POST, "/scim/v2/Users", Some(body)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    v
+}
+
+async fn create_group(s: &TestServer, body: Value) -> Value {
+    let (st, v) = s.call(Method::POST, "/scim/v2/Groups", Some(body)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    v
+}
+
+fn scim_error(v: &Value, status: u16, scim_type: Option<&str>) {
+    assert_eq!(v["schemas"][0], ERROR_SCHEMA, "{v}");
+    assert_eq!(v["status"], status.to_string(), "{v}");
+    assert_eq!(v["scimType"].as_str(), scim_type, "{v}");
+    assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()), "{v}");
+}
+
+async fn feed_head(s: &TestServer) -> i64 {
+    let mut tx = s.store.begin().await.unwrap();
+    tx.feed_head(s.org.id).await.unwrap()
+}
+
+both_engines!(create_read_and_errors, |engine| async move {
+    let s = TestServer::start(engine).await;
+    let resp = s
+        .http
+        .post(format!("{}/scim/v2/Users", s.base))
+        .bearer_auth(&s.org.token)
+        .header("content-type", "application/scim+json")
+        .body(
+            json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "Smith, John",
+                     "name": {"givenName": "John", "familyName": "Smith"}, "displayName": "Jöhn Smïth",
+                     ENTERPRISE: {"department": "R&D"}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(resp.headers()["content-type"], "application/scim+json");
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
+    let u: Value = resp.json().await.unwrap();
+    assert_eq!(location, u["meta"]["location"]);
+    assert_eq!(etag, "W/\"1\"");
+    assert_eq!(u["displayName"], "Jöhn Smïth");
+    assert_eq!(
+        u["schemas"],
+        json!(["urn:ietf:params:scim:schemas:core:2.0:User", ENTERPRISE])
+    );
+    let id = u["id"].as_str().unwrap();
+    let (st, got) = s.call(Method::GET, &format!("/scim/v2/Users/{id}"), None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(got, u);
+
+    let (st, v) = s
+        .call(Method::POST, "/scim/v2/Users", Some(json!({"userName": "SMITH, JOHN"})))
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    scim_error(&v, 409, Some("uniqueness"));
+    let (st, v) = s
+        .call(Method::POST, "/scim/v2/Users", Some(json!({"displayName": "no name"})))
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    scim_error(&v, 400, Some("invalidValue"));
+    let (st, v) = s
+        .call(
+            Method::POST,
+            "/scim/v2/Users",
+            Some(json!({"userName": "x", "favouriteColour": "red"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(v["detail"].as_str().unwrap().contains("favouriteColour"));
+    let resp = s
+        .http
+        .post(format!("{}/scim/v2/Users", s.base))
+        .bearer_auth(&s.org.token)
+        .body("{\"userName\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    scim_error(&resp.json().await.unwrap(), 400, Some("invalidSyntax"));
+    for path in [
+        "/scim/v2/Users/00000000-0000-0000-0000-000000000000",
+        "/scim/v2/Users/nope",
+        "/scim/v2/Nothing",
+    ] {
+        let (st, v) = s.call(Method::GET, path, None).await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{path}");
+        scim_error(&v, 404, None);
+    }
+    let (st, v) = s.call_as("wrong", Method::GET, "/scim/v2/Users", None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert_eq!(v["schemas"][0], ERROR_SCHEMA);
+    // Nothing was written by the refused requests.
+    let (_, list) = s.call(Method::GET, "/scim/v2/Users", None).await;
+    assert_eq!(list["totalResults"], 1);
+});
+
+both_engines!(filters_paging_and_projection, |engine| async move {
+    let s = TestServer::start(engine).await;
+    for (u, given, dept, active, email) in [
+        ("alice", "Alice", "Sales", true, "alice@example.com"),
+        ("bob", "Bob", "R&D", true, "bob@example.org"),
+        ("carol", "Carol", "R&D", false, "carol@example.com"),
+        ("dave", "Dave", "Ops", true, "dave@example.com"),
+    ] {
+        create_user(
+            &s,
+            json!({"userName": u, "name": {"givenName": given}, "active": active, "externalId": format!("ext-{u}"),
+                   "emails": [{"value": email, "type": "work", "primary": true}], ENTERPRISE: {"department": dept}}),
+        )
+        .await;
+    }
+    let names = |v: &Value| -> Vec<String> {
+        v["Resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["userName"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    for (filter, want) in [
+        (r#"userName eq "BOB""#, vec!["bob"]),
+        (r#"userName sw "c""#, vec!["carol"]),
+        (r#"name.givenName co "a""#, vec!["alice", "carol", "dave"]),
+        (r#"emails.value ew "example.org""#, vec!["bob"]),
+        (r#"emails[type eq "work" and value sw "dave"]"#, vec!["dave"]),
+        (r#"active eq false"#, vec!["carol"]),
+        (
+            r#"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department eq "r&d" and active eq true"#,
+            vec!["bob"],
+        ),
+        (r#"userName eq "alice" or userName eq "dave""#, vec!["alice", "dave"]),
+        (r#"not (active eq true)"#, vec!["carol"]),
+        (r#"externalId eq "ext-dave""#, vec!["dave"]),
+        (r#"externalId eq "EXT-DAVE""#, vec![]),
+        (r#"title pr"#, vec![]),
+    ] {
+        let (st, v) = s
+            .http
+            .get(format!("{}/scim/v2/Users", s.base))
+            .bearer_auth(&s.org.token)
+            .query(&[("filter", filter)])
+            .send()
+            .await
+            .map(|r| (r.status(), r))
+            .unwrap();
+        assert_eq!(st, StatusCode::OK, "{filter}");
+        let v: Value = v.json().await.unwrap();
+        assert_eq!(names(&v), want, "{filter}");
+        assert_eq!(v["totalResults"], want.len(), "{filter}");
+    }
+    let (st, v) = s
+        .call(Method::GET, "/scim/v2/Users?filter=userName%20zz%20%22x%22", None)
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    scim_error(&v, 400, Some("invalidFilter"));
+
+    let (_, v) = s.call(Method::GET, "/scim/v2/Users?startIndex=2&count=2", None).await;
+    assert_eq!(
+        (
+            v["totalResults"].as_i64(),
+            v["startIndex"].as_i64(),
+            v["itemsPerPage"].as_i64()
+        ),
+        (Some(4), Some(2), Some(2))
+    );
+    assert_eq!(names(&v), ["bob", "carol"]);
+    let (_, v) = s
+        .call(
+            Method::GET,
+            "/scim/v2/Users?filter=active%20eq%20true&startIndex=3&count=5",
+            None,
+        )
+        .await;
+    assert_eq!(v["totalResults"], 3);
+    assert_eq!(names(&v), ["dave"]);
+
+    let (_, v) = s
+        .call(
+            Method::GET,
+            "/scim/v2/Users?filter=userName%20eq%20%22bob%22&attributes=name.givenName",
+            None,
+        )
+        .await;
+    let r = &v["Resources"][0];
+    assert_eq!(r["name"], json!({"givenName": "Bob"}));
+    assert!(r.get("userName").is_none() && r.get("emails").is_none());
+    assert!(r["id"].is_string(), "id is always returned");
+    let (_, v) = s
+        .call(Method::GET, "/scim/v2/Users?excludedAttributes=emails,id", None)
+        .await;
+    assert!(v["Resources"][0].get("emails").is_none());
+    assert!(v["Resources"][0]["id"].is_string());
+
+    let (st, v) = s
+        .call(
+            Method::POST,
+            "/scim/v2/Users/.search",
+            Some(json!({"filter": "userName sw \"a\"", "attributes": ["userName"]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(names(&v), ["alice"]);
+});
+
+both_engines!(groups_membership_and_nesting, |engine| async move {
+    let s = TestServer::start(engine).await;
+    let ann = create_user(&s, json!({"userName": "ann"})).await;
+    let ben = create_user(&s, json!({"userName": "ben"})).await;
+    let (ann_id, ben_id) = (ann["id"].as_str().unwrap(), ben["id"].as_str().unwrap());
+    let inner = create_group(&s, json!({"displayName": "Engineers", "members": [{"value": ann_id}]})).await;
+    let inner_id = inner["id"].as_str().unwrap();
+    assert_eq!(inner["members"][0]["type"], "User");
+    assert_eq!(inner["members"][0]["$ref"], ann["meta"]["location"]);
+    let outer = create_group(
+        &s,
+        json!({"displayName": "Staff", "members": [{"value": inner_id, "type": "Group"}]}),
+    )
+    .await;
+    let outer_id = outer["id"].as_str().unwrap();
+
+    let head = feed_head(&s).await;
+    let patch = json!({"schemas": [PATCH_OP], "Operations": [
+        {"op": "add", "path": "members", "value": [{"value": ben_id, "display": "Ben"}]},
+        {"op": "remove", "path": format!("members[value eq \"{ann_id}\"]")},
+    ]});
+    let (st, g) = s
+        .call(Method::PATCH, &format!("/scim/v2/Groups/{inner_id}"), Some(patch))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{g}");
+    assert_eq!(g["members"].as_array().unwrap().len(), 1);
+    assert_eq!(g["members"][0]["value"], ben_id);
+    let mut tx = s.store.begin().await.unwrap();
+    let entries = tx.read_feed(s.org.id, head, 10).await.unwrap();
+    drop(tx);
+    let kinds: Vec<String> = entries
+        .iter()
+        .map(|e| {
+            serde_json::to_value(&e.change).unwrap()["op"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(kinds, ["remove_member", "add_member"]);
+
+    // A user's groups are its direct groups.
+    let (_, b) = s.call(Method::GET, &format!("/scim/v2/Users/{ben_id}"), None).await;
+    assert_eq!(
+        b["groups"],
+        json!([{"value": inner_id, "$ref": inner["meta"]["location"], "display": "Engineers", "type": "direct"}])
+    );
+    let (_, o) = s.call(Method::GET, &format!("/scim/v2/Groups/{outer_id}"), None).await;
+    assert_eq!(o["members"][0]["type"], "Group");
+
+    // Bad members are refused and change nothing.
+    let other = s.other_org("Globex").await;
+    let (_, stranger) = s
+        .call_as(
+            &other.token,
+            Method::POST,
+            "/scim/v2/Users",
+            Some(json!({"userName": "eve"})),
+        )
+        .await;
+    for (member, needle) in [
+        (
+            json!({"value": stranger["id"]}),
+            "not a user or group of this organization",
+        ),
+        (json!({"value": "not-an-id"}), "not the id"),
+        (json!({"value": ann_id, "type": "Group"}), "is a user"),
+        (json!({"value": outer_id}), "member of itself"),
+    ] {
+        let patch = json!({"schemas": [PATCH_OP], "Operations": [{"op": "add", "path": "members", "value": [member]}]});
+        let (st, v) = s
+            .call(Method::PATCH, &format!("/scim/v2/Groups/{outer_id}"), Some(patch))
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v["detail"].as_str().unwrap().contains(needle), "{v}");
+    }
+    let (_, o) = s.call(Method::GET, &format!("/scim/v2/Groups/{outer_id}"), None).await;
+    assert_eq!(o["members"].as_array().unwrap().len(), 1);
+
+    let (st, v) = s
+        .call(
+            Method::POST,
+            "/scim/v2/Groups",
+            Some(json!({"displayName": "engineers"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    scim_error(&v, 409, Some("uniqueness"));
+    let (_, v) = s
+        .call(
+            Method::GET,
+            "/scim/v2/Groups?filter=displayName%20eq%20%22staff%22",
+            None,
+        )
+        .await;
+    assert_eq!(v["totalResults"], 1);
+
+    let (st, _) = s
+        .call(Method::DELETE, &format!("/scim/v2/Groups/{inner_id}"), None)
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (_, o) = s.call(Method::GET, &format!("/scim/v2/Groups/{outer_id}"), None).await;
+    assert!(o.get("members").is_none(), "a deleted group leaves its parents");
+});
+
+both_engines!(suspension_passwords_etags_and_no_op_writes, |engine| async move {
+    let s = TestServer::start(engine).await;
+    let u = create_user(
+        &s,
+        json!({"userName": "ann", "password": "Secret-Pa55", "title": "Eng"}),
+    )
+    .await;
+    let id = u["id"].as_str().unwrap();
+    assert!(u.get("password").is_none(), "never returned");
+    let mut tx = s.store.begin().await.unwrap();
+    let row = tx.get_user(s.org.id, id.parse().unwrap()).await.unwrap().unwrap();
+    assert!(row.has_password);
+    assert!(!row.doc.to_string().contains("Secret-Pa55"));
+    let feed = tx.read_feed(s.org.id, 0, 10).await.unwrap();
+    drop(tx);
+    assert!(feed
+        .iter()
+        .any(|e| matches!(e.change, ferry_proto::agent::CloudChange::PasswordSet { .. })));
+    assert!(
+        !format!("{feed:?}").contains("Secret-Pa55"),
+        "the feed carries no password"
+    );
+
+    // Suspend with the "False" string Entra ID sends.
+    let patch = json!({"schemas": [PATCH_OP], "Operations": [{"op": "Replace", "path": "active", "value": "False"}]});
+    let (st, v) = s
+        .call(Method::PATCH, &format!("/scim/v2/Users/{id}"), Some(patch))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["active"], false);
+    let (_, a) = s.call(Method::GET, "/api/v1/audit?limit=1", None).await;
+    assert_eq!(a["entries"][0]["action"], "user.suspend");
+
+    // PUT of the same state writes nothing.
+    let head = feed_head(&s).await;
+    let (_, audit_before) = s.call(Method::GET, "/api/v1/audit", None).await;
+    let (st, v) = s
+        .call(
+            Method::PUT,
+            &format!("/scim/v2/Users/{id}"),
+            Some(json!({"userName": "ann", "title": "Eng", "active": false})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(feed_head(&s).await, head);
+    let (_, audit_after) = s.call(Method::GET, "/api/v1/audit", None).await;
+    assert_eq!(audit_before, audit_after);
+
+    // If-Match with a stale version is refused.
+    let resp = s
+        .http
+        .put(format!("{}/scim/v2/Users/{id}", s.base))
+        .bearer_auth(&s.org.token)
+        .header("if-match", "W/\"1\"")
+        .json(&json!({"userName": "ann", "title": "Boss"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PRECONDITION_FAILED);
+    let (_, v) = s.call(Method::GET, &format!("/scim/v2/Users/{id}"), None).await;
+    assert_eq!(v["title"], "Eng");
+
+    // Another org cannot see or touch the user.
+    let other = s.other_org("Globex").await;
+    for m in [Method::GET, Method::DELETE] {
+        let (st, v) = s.call_as(&other.token, m, &format!("/scim/v2/Users/{id}"), None).await;
+        assert_eq!(st, StatusCode::NOT_FOUND);
+        scim_error(&v, 404, None);
+    }
+    let (_, v) = s.call_as(&other.token, Method::GET, "/scim/v2/Users", None).await;
+    assert_eq!(v["totalResults"], 0);
+    let (st, _) = s.call(Method::DELETE, &format!("/scim/v2/Users/{id}"), None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, _) = s.call(Method::GET, &format!("/scim/v2/Users/{id}"), None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+});
+
+both_engines!(discovery_documents, |engine| async move {
+    let s = TestServer::start(engine).await;
+    let (st, v) = s.call_as("", Method::GET, "/scim/v2/ServiceProviderConfig", None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["patch"]["supported"], true);
+    assert_eq!(v["filter"]["maxResults"], 1000);
+    let (_, v) = s.call_as("", Method::GET, "/scim/v2/ResourceTypes", None).await;
+    assert_eq!(v["totalResults"], 2);
+    let (_, v) = s
+        .call_as(
+            "",
+            Method::GET,
+            "/scim/v2/Schemas/urn:ietf:params:scim:schemas:core:2.0:User",
+            None,
+        )
+        .await;
+    let password = v["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "password")
+        .unwrap();
+    assert_eq!(
+        (password["mutability"].as_str(), password["returned"].as_str()),
+        (Some("writeOnly"), Some("never"))
+    );
+    let (st, _) = s
+        .call(Method::POST, "/scim/v2/ServiceProviderConfig", Some(json!({})))
+        .await;
+    assert_eq!(st, StatusCode::METHOD_NOT_ALLOWED);
+});
+
+/// The external SCIM conformance suite (scim2-tester through scim2-cli),
+/// installed by scripts/test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_scim2_suite_passes() {
+    let s = TestServer::start(Engine::Sqlite).await;
+    let scim2 = std::env::var("FERRY_SCIM2_BIN").unwrap_or_else(|_| "scim2".into());
+    let out = tokio::process::Command::new(&scim2)
+        .args([
+            "--url",
+            &format!("{}/scim/v2", s.base),
+            "-h",
+            &format!("Authorization: Bearer {}", s.org.token),
+            "test",
+        ])
+        .output()
+        .await
+        .unwrap_or_else(|e| {
+            panic!("cannot run {scim2:?} ({e}): install it with `pip install scim2-cli` (scripts/test does)")
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let failures: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("ERROR") || l.starts_with("SKIPPED"))
+        .collect();
+    assert!(
+        out.status.success(),
+        "scim2 test failed: {failures:?}\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.matches("SUCCESS").count() > 50,
+        "the suite ran its checks:\n{stdout}"
+    );
+}
