@@ -1,6 +1,7 @@
 //! The agent API over real HTTP, on SQLite and PostgreSQL: registration,
 //! heartbeats and the primary lease, AD batches with the cookie
 //! compare-and-swap, the cloud feed long-poll and its acknowledgement.
+#![allow(clippy::unwrap_used, clippy::panic)] // a failed unwrap is a failed test
 
 mod common;
 
@@ -20,7 +21,11 @@ struct Agent {
 
 async fn setup(s: &TestServer, policies: Value) -> (String, Agent) {
     let (_, d) = s
-        .call(Method::POST, "/api/v1/domains", Some(json!({"name": "example.test", "policies": policies})))
+        .call(
+            Method::POST,
+            "/api/v1/domains",
+            Some(json!({"name": "example.test", "policies": policies})),
+        )
         .await;
     let domain = d["id"].as_str().unwrap().to_owned();
     let agent = enrol(s, &domain).await;
@@ -29,7 +34,9 @@ async fn setup(s: &TestServer, policies: Value) -> (String, Agent) {
 
 async fn enrol(s: &TestServer, domain: &str) -> Agent {
     use base64::Engine as _;
-    let (_, k) = s.call(Method::POST, &format!("/api/v1/domains/{domain}/connect-keys"), None).await;
+    let (_, k) = s
+        .call(Method::POST, &format!("/api/v1/domains/{domain}/connect-keys"), None)
+        .await;
     let body = json!({"connect_key": k["connect_key"], "hostname": "dc", "version": "0.1.0",
                       "public_key": base64::engine::general_purpose::STANDARD.encode([1u8; 32])});
     let (st, r) = s.call_as("", Method::POST, "/agent/v1/register", Some(body)).await;
@@ -41,7 +48,14 @@ async fn enrol(s: &TestServer, domain: &str) -> Agent {
 }
 
 async fn heartbeat(s: &TestServer, a: &Agent) -> Value {
-    let (st, v) = s.call_as(&a.token, Method::POST, "/agent/v1/heartbeat", Some(json!({"state": "idle"}))).await;
+    let (st, v) = s
+        .call_as(
+            &a.token,
+            Method::POST,
+            "/agent/v1/heartbeat",
+            Some(json!({"state": "idle"})),
+        )
+        .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     v
 }
@@ -52,7 +66,13 @@ async fn push(s: &TestServer, a: &Agent, from: Option<&str>, to: &str, changes: 
         to_cookie: Some(to.to_owned()),
         changes,
     };
-    s.call_as(&a.token, Method::POST, "/agent/v1/changes", Some(serde_json::to_value(body).unwrap())).await
+    s.call_as(
+        &a.token,
+        Method::POST,
+        "/agent/v1/changes",
+        Some(serde_json::to_value(body).unwrap()),
+    )
+    .await
 }
 
 fn ad_user(guid: Uuid, name: &str) -> AdChange {
@@ -71,23 +91,50 @@ fn ad_user(guid: Uuid, name: &str) -> AdChange {
 }
 
 async fn scim_user(s: &TestServer, name: &str) -> Option<Value> {
-    let (_, v) = s.call(Method::GET, &format!("/scim/v2/Users?filter=userName%20eq%20%22{name}%22"), None).await;
+    let (_, v) = s
+        .call(
+            Method::GET,
+            &format!("/scim/v2/Users?filter=userName%20eq%20%22{name}%22"),
+            None,
+        )
+        .await;
     v["Resources"].as_array().and_then(|r| r.first().cloned())
 }
 
 async fn feed(s: &TestServer, a: &Agent, after: i64, wait: u64) -> FeedResponse {
-    let (st, v) = s.call_as(&a.token, Method::GET, &format!("/agent/v1/feed?after={after}&wait={wait}"), None).await;
+    let (st, v) = s
+        .call_as(
+            &a.token,
+            Method::GET,
+            &format!("/agent/v1/feed?after={after}&wait={wait}"),
+            None,
+        )
+        .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     serde_json::from_value(v).unwrap()
 }
 
 both_engines!(register_validates_its_input, |engine| async move {
     let s = TestServer::start(engine).await;
-    let (_, d) = s.call(Method::POST, "/api/v1/domains", Some(json!({"name": "example.test"}))).await;
-    let (_, k) = s.call(Method::POST, &format!("/api/v1/domains/{}/connect-keys", d["id"].as_str().unwrap()), None).await;
+    let (_, d) = s
+        .call(Method::POST, "/api/v1/domains", Some(json!({"name": "example.test"})))
+        .await;
+    let (_, k) = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/domains/{}/connect-keys", d["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
     for (body, needle) in [
-        (json!({"connect_key": k["connect_key"], "hostname": "dc", "version": "1", "public_key": "c2hvcnQ="}), "X25519"),
-        (json!({"connect_key": k["connect_key"], "hostname": "", "version": "1", "public_key": "x"}), "hostname"),
+        (
+            json!({"connect_key": k["connect_key"], "hostname": "dc", "version": "1", "public_key": "c2hvcnQ="}),
+            "X25519",
+        ),
+        (
+            json!({"connect_key": k["connect_key"], "hostname": "", "version": "1", "public_key": "x"}),
+            "hostname",
+        ),
         (json!({"connect_key": k["connect_key"]}), "missing field"),
     ] {
         let (st, v) = s.call_as("", Method::POST, "/agent/v1/register", Some(body)).await;
@@ -97,7 +144,10 @@ both_engines!(register_validates_its_input, |engine| async move {
     // A refused registration did not use the key up.
     enrol(&s, d["id"].as_str().unwrap()).await;
     let (st, v) = s.call_as("fca_forged", Method::GET, "/agent/v1/state", None).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_token")));
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_token"))
+    );
     let (st, _) = s.call(Method::GET, "/agent/v1/state", None).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED, "an admin token is not an agent token");
 });
@@ -116,8 +166,15 @@ both_engines!(one_primary_and_takeover, |engine| async move {
     s.clock.advance(31_000);
     assert_eq!(heartbeat(&s, &two).await["primary"], true);
     assert_eq!(heartbeat(&s, &one).await["primary"], false);
-    let (_, agents) = s.call(Method::GET, &format!("/api/v1/domains/{domain}/agents"), None).await;
-    let primary: Vec<&Value> = agents["agents"].as_array().unwrap().iter().filter(|a| a["primary"] == true).collect();
+    let (_, agents) = s
+        .call(Method::GET, &format!("/api/v1/domains/{domain}/agents"), None)
+        .await;
+    let primary: Vec<&Value> = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["primary"] == true)
+        .collect();
     assert_eq!(primary.len(), 1);
     assert_eq!(primary[0]["id"], two.id.as_str());
 });
@@ -133,18 +190,37 @@ both_engines!(ad_batches_apply_once_with_cookie_cas, |engine| async move {
         AdChange::UpsertGroup {
             guid: staff,
             dn: "CN=Staff,CN=Users,DC=example,DC=test".into(),
-            record: GroupRecord { name: "Staff".into(), description: Some("Everyone".into()) },
+            record: GroupRecord {
+                name: "Staff".into(),
+                description: Some("Everyone".into()),
+            },
         },
-        AdChange::SetMembers { group: staff, members: vec![alice, bob, Uuid::new_v4()] },
+        AdChange::SetMembers {
+            group: staff,
+            members: vec![alice, bob, Uuid::new_v4()],
+        },
     ];
     let (st, v) = push(&s, &a, None, "c1", batch.clone()).await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["applied"], 4);
     let u = scim_user(&s, "alice").await.expect("alice is in the cloud");
     assert_eq!(u["emails"][0]["value"], "alice@example.test");
-    assert_eq!(u["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"]["department"], "R&D");
-    let (_, g) = s.call(Method::GET, "/scim/v2/Groups?filter=displayName%20eq%20%22Staff%22", None).await;
-    assert_eq!(g["Resources"][0]["members"].as_array().unwrap().len(), 2, "unknown members are left out");
+    assert_eq!(
+        u["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"]["department"],
+        "R&D"
+    );
+    let (_, g) = s
+        .call(
+            Method::GET,
+            "/scim/v2/Groups?filter=displayName%20eq%20%22Staff%22",
+            None,
+        )
+        .await;
+    assert_eq!(
+        g["Resources"][0]["members"].as_array().unwrap().len(),
+        2,
+        "unknown members are left out"
+    );
     assert_eq!(
         g["Resources"][0]["urn:ietf:params:scim:schemas:extension:ferry:2.0:Group"]["description"],
         "Everyone"
@@ -155,7 +231,10 @@ both_engines!(ad_batches_apply_once_with_cookie_cas, |engine| async move {
     let head = tx.feed_head(s.org.id).await.unwrap();
     drop(tx);
     let (st, v) = push(&s, &a, None, "c2", batch.clone()).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("cookie_mismatch")));
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("cookie_mismatch"))
+    );
     // The same changes again from the right cookie: compare-before-write, nothing changes.
     let (st, v) = push(&s, &a, Some("c1"), "c2", batch).await;
     assert_eq!(st, StatusCode::OK);
@@ -179,38 +258,58 @@ both_engines!(ad_batches_apply_once_with_cookie_cas, |engine| async move {
     assert!(scim_user(&s, "bob").await.is_none());
 });
 
-both_engines!(first_contact_matches_existing_users_and_unlink_policy, |engine| async move {
-    let s = TestServer::start(engine).await;
-    let (_domain, a) = setup(&s, json!({"ad_delete_action": "unlink"})).await;
-    heartbeat(&s, &a).await;
-    let (st, cloud) = s.call(Method::POST, "/scim/v2/Users", Some(json!({"userName": "Carol", "nickName": "CC"}))).await;
-    assert_eq!(st, StatusCode::CREATED);
-    let guid = Uuid::new_v4();
-    let (_, v) = push(&s, &a, None, "c1", vec![ad_user(guid, "carol")]).await;
-    assert_eq!(v["applied"], 1);
-    let u = scim_user(&s, "carol").await.unwrap();
-    assert_eq!(u["id"], cloud["id"], "linked, not duplicated");
-    assert_eq!(u["nickName"], "CC", "attributes AD does not map are kept");
-    let (_, v) = push(&s, &a, Some("c1"), "c2", vec![AdChange::Delete { guid }]).await;
-    assert_eq!(v["applied"], 1);
-    assert_eq!(scim_user(&s, "carol").await.unwrap()["id"], cloud["id"], "unlink keeps the cloud user");
-    let (_, audit) = s.call(Method::GET, "/api/v1/audit?limit=1", None).await;
-    assert_eq!(audit["entries"][0]["action"], "sync.unlink");
-});
+both_engines!(
+    first_contact_matches_existing_users_and_unlink_policy,
+    |engine| async move {
+        let s = TestServer::start(engine).await;
+        let (_domain, a) = setup(&s, json!({"ad_delete_action": "unlink"})).await;
+        heartbeat(&s, &a).await;
+        let (st, cloud) = s
+            .call(
+                Method::POST,
+                "/scim/v2/Users",
+                Some(json!({"userName": "Carol", "nickName": "CC"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED);
+        let guid = Uuid::new_v4();
+        let (_, v) = push(&s, &a, None, "c1", vec![ad_user(guid, "carol")]).await;
+        assert_eq!(v["applied"], 1);
+        let u = scim_user(&s, "carol").await.unwrap();
+        assert_eq!(u["id"], cloud["id"], "linked, not duplicated");
+        assert_eq!(u["nickName"], "CC", "attributes AD does not map are kept");
+        let (_, v) = push(&s, &a, Some("c1"), "c2", vec![AdChange::Delete { guid }]).await;
+        assert_eq!(v["applied"], 1);
+        assert_eq!(
+            scim_user(&s, "carol").await.unwrap()["id"],
+            cloud["id"],
+            "unlink keeps the cloud user"
+        );
+        let (_, audit) = s.call(Method::GET, "/api/v1/audit?limit=1", None).await;
+        assert_eq!(audit["entries"][0]["action"], "sync.unlink");
+    }
+);
 
 both_engines!(mass_deletes_are_quarantined, |engine| async move {
     let s = TestServer::start(engine).await;
     let (_domain, a) = setup(&s, json!({"delete_threshold": 2})).await;
     heartbeat(&s, &a).await;
     let guids: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
-    let users = guids.iter().enumerate().map(|(i, g)| ad_user(*g, &format!("u{i}"))).collect();
+    let users = guids
+        .iter()
+        .enumerate()
+        .map(|(i, g)| ad_user(*g, &format!("u{i}")))
+        .collect();
     push(&s, &a, None, "c1", users).await;
     let deletes = guids.iter().map(|g| AdChange::Delete { guid: *g }).collect();
     let (st, v) = push(&s, &a, Some("c1"), "c2", deletes).await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!((v["applied"].as_i64(), v["quarantined"].as_i64()), (Some(0), Some(3)));
     for i in 0..3 {
-        assert!(scim_user(&s, &format!("u{i}")).await.is_some(), "nothing deleted meanwhile");
+        assert!(
+            scim_user(&s, &format!("u{i}")).await.is_some(),
+            "nothing deleted meanwhile"
+        );
     }
     let (_, audit) = s.call(Method::GET, "/api/v1/audit?limit=1", None).await;
     assert_eq!(audit["entries"][0]["action"], "sync.deletes_quarantined");
@@ -248,13 +347,25 @@ both_engines!(feed_long_poll_excludes_own_changes_and_acks, |engine| async move 
     let dave = scim_user(&s, "dave").await.unwrap();
     let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
                        "Operations": [{"op": "replace", "path": "title", "value": "Chief"}]});
-    s.call(Method::PATCH, &format!("/scim/v2/Users/{}", dave["id"].as_str().unwrap()), Some(patch)).await;
-    let got = tokio::time::timeout(Duration::from_secs(15), poll).await.expect("woken").unwrap();
+    s.call(
+        Method::PATCH,
+        &format!("/scim/v2/Users/{}", dave["id"].as_str().unwrap()),
+        Some(patch),
+    )
+    .await;
+    let got = tokio::time::timeout(Duration::from_secs(15), poll)
+        .await
+        .expect("woken")
+        .unwrap();
     assert_eq!(got.entries.len(), 1);
     let e = &got.entries[0];
     assert_eq!(e.origin, "cloud");
     let dave_id: Uuid = dave["id"].as_str().unwrap().parse().unwrap();
-    assert_eq!(e.ad_guids.get(&dave_id), Some(&guid), "the entry names dave's objectGUID");
+    assert_eq!(
+        e.ad_guids.get(&dave_id),
+        Some(&guid),
+        "the entry names dave's objectGUID"
+    );
 
     // A delete in the cloud still names the AD object after the link is gone.
     s.call(Method::DELETE, &format!("/scim/v2/Users/{dave_id}"), None).await;
@@ -263,9 +374,26 @@ both_engines!(feed_long_poll_excludes_own_changes_and_acks, |engine| async move 
     assert!(matches!(del.change, ferry_proto::agent::CloudChange::Delete { id, .. } if id == dave_id));
     assert_eq!(del.ad_guids.get(&dave_id), Some(&guid));
 
-    let (st, v) = s.call_as(&a.token, Method::POST, "/agent/v1/ack", Some(json!({"cursor": f.next_cursor + 100}))).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")));
-    let (st, v) = s.call_as(&a.token, Method::POST, "/agent/v1/ack", Some(json!({"cursor": f.next_cursor}))).await;
+    let (st, v) = s
+        .call_as(
+            &a.token,
+            Method::POST,
+            "/agent/v1/ack",
+            Some(json!({"cursor": f.next_cursor + 100})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request"))
+    );
+    let (st, v) = s
+        .call_as(
+            &a.token,
+            Method::POST,
+            "/agent/v1/ack",
+            Some(json!({"cursor": f.next_cursor})),
+        )
+        .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["feed_cursor"], f.next_cursor);
     let (st, v) = s.call_as(&a.token, Method::GET, "/agent/v1/feed?after=-1", None).await;
@@ -276,7 +404,14 @@ both_engines!(an_agent_sees_only_its_own_org, |engine| async move {
     let s = TestServer::start(engine).await;
     let (_domain, a) = setup(&s, json!({})).await;
     let other = s.other_org("Globex").await;
-    let (st, _) = s.call_as(&other.token, Method::POST, "/scim/v2/Users", Some(json!({"userName": "eve"}))).await;
+    let (st, _) = s
+        .call_as(
+            &other.token,
+            Method::POST,
+            "/scim/v2/Users",
+            Some(json!({"userName": "eve"})),
+        )
+        .await;
     assert_eq!(st, StatusCode::CREATED);
     let f = feed(&s, &a, 0, 0).await;
     assert!(f.entries.is_empty(), "another org's changes never reach this agent");

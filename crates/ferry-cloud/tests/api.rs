@@ -1,4 +1,5 @@
 //! The admin REST API over real HTTP, on SQLite and PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::panic)] // a failed unwrap is a failed test
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! then SIGTERM. Also proves that no secret that passed through the service
 //! (admin password, API and session tokens, Connect Key, agent token, a SCIM
 //! user's password) reaches its log, even at debug level.
+#![allow(clippy::unwrap_used, clippy::panic)] // a failed unwrap is a failed test
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -12,7 +13,11 @@ use serde_json::{json, Value};
 const BIN: &str = env!("CARGO_BIN_EXE_ferry-cloud");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -21,7 +26,11 @@ fn init_rejects_bad_input_clearly() {
     let data = dir.path().join("data");
     let run = |args: &[&str], password: Option<&str>| {
         let mut c = Command::new(BIN);
-        c.arg("init").arg("--data-dir").arg(&data).args(args).stdin(Stdio::null());
+        c.arg("init")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .stdin(Stdio::null());
         c.env_remove("FERRY_ADMIN_PASSWORD");
         if let Some(p) = password {
             c.env("FERRY_ADMIN_PASSWORD", p);
@@ -29,16 +38,31 @@ fn init_rejects_bad_input_clearly() {
         c.output().unwrap()
     };
     let token = dir.path().join("t").display().to_string();
-    let out = run(&["--org", "Acme", "--admin-email", "not-an-email", "--token-out", &token], Some("longenough"));
+    let out = run(
+        &["--org", "Acme", "--admin-email", "not-an-email", "--token-out", &token],
+        Some("longenough"),
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not an e-mail address"));
-    let out = run(&["--org", "Acme", "--admin-email", "a@acme.test", "--token-out", &token], Some("short"));
+    let out = run(
+        &["--org", "Acme", "--admin-email", "a@acme.test", "--token-out", &token],
+        Some("short"),
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 8 characters"));
-    let out = run(&["--org", "Acme", "--admin-email", "a@acme.test", "--token-out", &token], None);
+    let out = run(
+        &["--org", "Acme", "--admin-email", "a@acme.test", "--token-out", &token],
+        None,
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("FERRY_ADMIN_PASSWORD"));
-    let out = run(&["--org", "Acme", "--admin-email", "a@acme.test", "--token-out", &token], Some("longenough"));
+    let out = run(
+        &["--org", "Acme", "--admin-email", "a@acme.test", "--token-out", &token],
+        Some("longenough"),
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = run(&["--org", "Acme", "--admin-email", "b@acme.test", "--token-out", &token], Some("longenough"));
+    let out = run(
+        &["--org", "Acme", "--admin-email", "b@acme.test", "--token-out", &token],
+        Some("longenough"),
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("an organization named \"Acme\" exists"));
 }
@@ -66,7 +90,11 @@ async fn serve_then_sigterm_and_no_secret_in_the_log() {
         let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "the token file is private");
     }
-    let init_out = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let init_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!init_out.contains(&api_token) && !init_out.contains(admin_password));
 
     let port = free_port();
@@ -90,23 +118,56 @@ async fn serve_then_sigterm_and_no_secret_in_the_log() {
     }
 
     let call = |method: reqwest::Method, path: &str, token: &str, body: Value| {
-        let req = http.request(method, format!("{base}{path}")).bearer_auth(token).json(&body);
+        let req = http
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(token)
+            .json(&body);
         async move {
             let r = req.send().await.unwrap();
             (r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
         }
     };
-    let (st, session) = call(reqwest::Method::POST, "/api/v1/sessions", "", json!({"email": "admin@acme.test", "password": admin_password})).await;
+    let (st, session) = call(
+        reqwest::Method::POST,
+        "/api/v1/sessions",
+        "",
+        json!({"email": "admin@acme.test", "password": admin_password}),
+    )
+    .await;
     assert_eq!(st, 201);
     let session = session["token"].as_str().unwrap().to_owned();
     let wrong_password = "Wr0ng-Guess-Plugh";
-    call(reqwest::Method::POST, "/api/v1/sessions", "", json!({"email": "admin@acme.test", "password": wrong_password})).await;
-    let (_, t) = call(reqwest::Method::POST, "/api/v1/tokens", &session, json!({"name": "scim"})).await;
+    call(
+        reqwest::Method::POST,
+        "/api/v1/sessions",
+        "",
+        json!({"email": "admin@acme.test", "password": wrong_password}),
+    )
+    .await;
+    let (_, t) = call(
+        reqwest::Method::POST,
+        "/api/v1/tokens",
+        &session,
+        json!({"name": "scim"}),
+    )
+    .await;
     let second_token = t["token"].as_str().unwrap().to_owned();
     let user_password = "Us3r-Secret-Frobozz";
-    let (st, _) = call(reqwest::Method::POST, "/scim/v2/Users", &api_token, json!({"userName": "ann", "password": user_password})).await;
+    let (st, _) = call(
+        reqwest::Method::POST,
+        "/scim/v2/Users",
+        &api_token,
+        json!({"userName": "ann", "password": user_password}),
+    )
+    .await;
     assert_eq!(st, 201);
-    let (_, d) = call(reqwest::Method::POST, "/api/v1/domains", &api_token, json!({"name": "example.test"})).await;
+    let (_, d) = call(
+        reqwest::Method::POST,
+        "/api/v1/domains",
+        &api_token,
+        json!({"name": "example.test"}),
+    )
+    .await;
     let (_, k) = call(
         reqwest::Method::POST,
         &format!("/api/v1/domains/{}/connect-keys", d["id"].as_str().unwrap()),
@@ -126,23 +187,38 @@ async fn serve_then_sigterm_and_no_secret_in_the_log() {
     let agent_token = r["agent_token"].as_str().unwrap().to_owned();
     let (st, _) = call(reqwest::Method::POST, "/agent/v1/heartbeat", &agent_token, json!({})).await;
     assert_eq!(st, 200);
-    call(reqwest::Method::GET, "/api/v1/domains?token=leak", &format!("{api_token}x"), json!({})).await;
+    call(
+        reqwest::Method::GET,
+        "/api/v1/domains?token=leak",
+        &format!("{api_token}x"),
+        json!({}),
+    )
+    .await;
 
     // Graceful stop on SIGTERM.
-    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(kill.success());
     let start = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "server did not stop on SIGTERM");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "server did not stop on SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "clean exit after SIGTERM: {status}");
 
     let mut log = String::new();
-    std::fs::File::open(&log_path).unwrap().read_to_string(&mut log).unwrap();
+    std::fs::File::open(&log_path)
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
     assert!(log.contains("ferry-cloud listening"), "{log}");
     assert!(log.contains("agent registered"), "{log}");
     assert!(log.contains("ferry-cloud stopped"), "{log}");

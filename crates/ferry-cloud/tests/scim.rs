@@ -1,5 +1,6 @@
 //! SCIM 2.0 over real HTTP, on SQLite and PostgreSQL, plus the external
 //! conformance suite (`scim2 test` from scim2-cli).
+#![allow(clippy::unwrap_used, clippy::panic)] // a failed unwrap is a failed test
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! The store suite: one set of tests, run against SQLite and PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::panic)] // a failed unwrap is a failed test
 
 mod common;
 

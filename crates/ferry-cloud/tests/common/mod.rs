@@ -1,7 +1,7 @@
 //! Test harness: a real `ferry-cloud` on 127.0.0.1:0 over a real database
 //! (a fresh SQLite file, or a fresh database in the PostgreSQL that
 //! `scripts/test` starts and names in `FERRY_TEST_POSTGRES_URL`).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::panic)]
 
 use std::sync::Arc;
 
