@@ -63,6 +63,9 @@ impl Task {
         }
     }
 
+    /// The effective rights that make the task possible. The wizard's
+    /// grants overlap (full control of users includes resetting their
+    /// passwords), so a broader grant satisfies a narrower task.
     fn needs(self) -> Vec<Need> {
         use sd::rights::*;
         let on = |rights, object, applies_to| Need {
@@ -73,16 +76,16 @@ impl Task {
         match self {
             Task::ManageUsers => vec![
                 on(CC | DC, Some(USER_CLASS), AppliesTo::Container),
-                on(RP | WP, None, AppliesTo::Descendants(USER_CLASS)),
+                on(WP, None, AppliesTo::Descendants(USER_CLASS)),
             ],
             Task::ResetPasswords => vec![
                 on(CR, Some(RESET_PASSWORD), AppliesTo::Descendants(USER_CLASS)),
-                on(RP | WP, Some(PWD_LAST_SET), AppliesTo::Descendants(USER_CLASS)),
+                on(WP, Some(PWD_LAST_SET), AppliesTo::Descendants(USER_CLASS)),
             ],
             Task::ReadUsers => vec![on(RP, None, AppliesTo::Descendants(USER_CLASS))],
             Task::ManageGroups => vec![
                 on(CC | DC, Some(GROUP_CLASS), AppliesTo::Container),
-                on(RP | WP, None, AppliesTo::Descendants(GROUP_CLASS)),
+                on(WP, None, AppliesTo::Descendants(GROUP_CLASS)),
             ],
             Task::ModifyMembership => vec![on(RP | WP, Some(MEMBER_ATTR), AppliesTo::Descendants(GROUP_CLASS))],
             Task::ManageGpLinks => vec![
@@ -462,8 +465,16 @@ pub async fn run(input: &PreflightInput) -> Report {
                 continue;
             }
         };
+        // Rights delegated to the account or a domain group it is in; broad
+        // defaults (Authenticated Users, Pre-Windows 2000 Compatible Access)
+        // are not a delegation and may be tightened by any domain.
+        let delegated_to: Vec<Sid> = sids
+            .iter()
+            .filter(|s| sid_to_string(s).is_some_and(|t| t.starts_with("S-1-5-21-")))
+            .cloned()
+            .collect();
         for task in Task::ALL {
-            let ok = task.needs().iter().all(|n| granted(&dacl, &sids, n));
+            let ok = task.needs().iter().all(|n| granted(&dacl, &delegated_to, n));
             r.push(
                 &format!("task:{task:?}"),
                 task.title(),

@@ -223,7 +223,7 @@ pub fn shared() -> &'static Dc {
     DC.get_or_init(|| {
         if let Some(dir) = std::env::var("FERRY_TEST_DC_DIR").ok().filter(|d| !d.is_empty()) {
             let vars: HashMap<String, String> = std::env::vars()
-                .filter_map(|(k, v)| k.strip_prefix("FERRY_TEST_").map(|k| (k.to_owned(), v)))
+                .filter_map(|(k, v)| k.strip_prefix("FERRY_TEST_").map(|k| (format!("FERRY_{k}"), v)))
                 .collect();
             assert!(Path::new(&dir).exists(), "FERRY_TEST_DC_DIR {dir} does not exist");
             return Dc::from_vars(&vars, false);
