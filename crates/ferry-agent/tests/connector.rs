@@ -146,6 +146,31 @@ async fn users_with_escaped_and_non_ascii_names_round_trip() {
     assert_eq!(e.str("displayName").as_deref(), Some("Smïth, Jöhn 名前"));
     assert_eq!(e.str("sn").as_deref(), Some("Smïth-Ñúñez"));
     let guid = e.guid().unwrap();
+    // Every mapped attribute, read with the sync's attribute list and mapped.
+    let mapped = c
+        .read_users_and_groups(&ou, ferry_agent::ad::mapping::READ_ATTRS)
+        .await
+        .unwrap();
+    let (rec, manager) = ferry_agent::ad::mapping::user_record(&mapped[0]);
+    assert_eq!(rec.username, "jsmith");
+    assert_eq!(rec.given_name.as_deref(), Some("Jöhn"));
+    assert_eq!(rec.family_name.as_deref(), Some("Smïth-Ñúñez"));
+    assert_eq!(rec.email.as_deref(), Some("jsmith@example.test"));
+    assert!(rec.active);
+    assert_eq!(manager, None);
+    assert_eq!(ferry_agent::ad::mapping::excluded(&mapped[0], "CN=svc,DC=x"), None);
+    let krbtgt = c
+        .read_entry(
+            &format!("CN=krbtgt,CN=Users,{}", dc.base_dn),
+            ferry_agent::ad::mapping::READ_ATTRS,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        ferry_agent::ad::mapping::excluded(&krbtgt, "CN=svc,DC=x").is_some(),
+        "krbtgt is never synced"
+    );
 
     // Rename and move keep the objectGUID.
     let sub = dc.new_ou("moved").await;

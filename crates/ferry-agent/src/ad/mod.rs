@@ -8,6 +8,7 @@ pub mod dn;
 pub mod entry;
 pub mod error;
 pub mod guid;
+pub mod mapping;
 pub mod read;
 pub mod write;
 

@@ -1,0 +1,207 @@
+//! Where an AD entry becomes a neutral record (and which entries are never
+//! synced). The attribute names here are the whole AD side of the mapping.
+
+use ferry_proto::record::{GroupRecord, UserRecord};
+
+use super::dn::same_dn;
+use super::entry::AdEntry;
+use super::write::UF_ACCOUNTDISABLE;
+
+/// LDAP attribute ⇄ record field, for users.
+pub const USER_ATTRS: &[(&str, &str)] = &[
+    ("sAMAccountName", "username"),
+    ("givenName", "given_name"),
+    ("sn", "family_name"),
+    ("displayName", "display_name"),
+    ("mail", "email"),
+    ("telephoneNumber", "phone"),
+    ("mobile", "mobile"),
+    ("title", "title"),
+    ("department", "department"),
+    ("company", "company"),
+    ("description", "description"),
+    ("employeeID", "employee_number"),
+    ("manager", "manager"),
+    ("userAccountControl", "active"),
+];
+
+/// Every attribute a read needs: the mapped ones, identity, scope rules, membership.
+pub const READ_ATTRS: &[&str] = &[
+    "objectGUID",
+    "objectClass",
+    "objectSid",
+    "sAMAccountName",
+    "userPrincipalName",
+    "cn",
+    "givenName",
+    "sn",
+    "displayName",
+    "mail",
+    "telephoneNumber",
+    "mobile",
+    "title",
+    "department",
+    "company",
+    "description",
+    "employeeID",
+    "manager",
+    "userAccountControl",
+    "member",
+    "groupType",
+    "adminCount",
+    "isCriticalSystemObject",
+    "isDeleted",
+    "uSNChanged",
+];
+
+/// The record of a user entry, and its manager's DN (the caller resolves
+/// it to the manager's objectGUID).
+pub fn user_record(e: &AdEntry) -> (UserRecord, Option<String>) {
+    let uac = e.int("userAccountControl").unwrap_or(0);
+    let text = |a: &str| e.str(a).filter(|s| !s.is_empty());
+    (
+        UserRecord {
+            username: e.str("sAMAccountName").unwrap_or_default(),
+            given_name: text("givenName"),
+            family_name: text("sn"),
+            display_name: text("displayName"),
+            email: text("mail"),
+            phone: text("telephoneNumber"),
+            mobile: text("mobile"),
+            title: text("title"),
+            department: text("department"),
+            company: text("company"),
+            description: text("description"),
+            employee_number: text("employeeID"),
+            manager: None,
+            active: uac & UF_ACCOUNTDISABLE == 0,
+        },
+        text("manager"),
+    )
+}
+
+/// The record of a group entry.
+pub fn group_record(e: &AdEntry) -> GroupRecord {
+    GroupRecord {
+        name: e.str("sAMAccountName").or_else(|| e.str("cn")).unwrap_or_default(),
+        description: e.str("description").filter(|s| !s.is_empty()),
+    }
+}
+
+/// Why an entry is outside what Ferry syncs, if it is: critical system
+/// objects, protected (privileged) accounts, krbtgt, the agent's own
+/// service account.
+pub fn excluded(e: &AdEntry, service_account_dn: &str) -> Option<&'static str> {
+    if e.flag("isCriticalSystemObject") {
+        return Some("a critical system object");
+    }
+    if e.int("adminCount") == Some(1) {
+        return Some("a protected (privileged) account: adminCount=1");
+    }
+    if e.str("sAMAccountName")
+        .is_some_and(|s| s.eq_ignore_ascii_case("krbtgt"))
+    {
+        return Some("the krbtgt account");
+    }
+    if same_dn(&e.dn, service_account_dn) {
+        return Some("the agent's own service account");
+    }
+    None
+}
+
+/// Whether a (DirSync) entry is a tombstone, where the DC shows them.
+pub fn is_tombstone(e: &AdEntry) -> bool {
+    e.flag("isDeleted")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn entry(dn: &str, attrs: &[(&str, &str)]) -> AdEntry {
+        let mut m = BTreeMap::new();
+        for (k, v) in attrs {
+            m.entry(k.to_ascii_lowercase())
+                .or_insert_with(Vec::new)
+                .push(v.as_bytes().to_vec());
+        }
+        AdEntry {
+            dn: dn.into(),
+            attrs: m,
+        }
+    }
+
+    /// A user as Samba/AD returns it (recorded attribute values) → the record.
+    #[test]
+    fn a_recorded_user_entry_maps_to_the_expected_record() {
+        let e = entry(
+            "CN=Smith\\, John,OU=Staff,DC=example,DC=test",
+            &[
+                ("objectClass", "top"),
+                ("objectClass", "user"),
+                ("sAMAccountName", "jsmith"),
+                ("givenName", "John"),
+                ("sn", "Smith"),
+                ("displayName", "Smith, John"),
+                ("mail", "jsmith@example.test"),
+                ("telephoneNumber", "+1 555 0100"),
+                ("mobile", "+1 555 0199"),
+                ("title", "Engineer"),
+                ("department", "R&D"),
+                ("company", "Example"),
+                ("description", ""),
+                ("employeeID", "E-42"),
+                ("manager", "CN=Boss,OU=Staff,DC=example,DC=test"),
+                ("userAccountControl", "514"),
+            ],
+        );
+        let (rec, manager) = user_record(&e);
+        assert_eq!(
+            rec,
+            UserRecord {
+                username: "jsmith".into(),
+                given_name: Some("John".into()),
+                family_name: Some("Smith".into()),
+                display_name: Some("Smith, John".into()),
+                email: Some("jsmith@example.test".into()),
+                phone: Some("+1 555 0100".into()),
+                mobile: Some("+1 555 0199".into()),
+                title: Some("Engineer".into()),
+                department: Some("R&D".into()),
+                company: Some("Example".into()),
+                description: None,
+                employee_number: Some("E-42".into()),
+                manager: None,
+                active: false,
+            }
+        );
+        assert_eq!(manager.as_deref(), Some("CN=Boss,OU=Staff,DC=example,DC=test"));
+        let g = entry(
+            "CN=Staff,DC=x",
+            &[("sAMAccountName", "staff"), ("description", "Everyone")],
+        );
+        assert_eq!(
+            group_record(&g),
+            GroupRecord {
+                name: "staff".into(),
+                description: Some("Everyone".into())
+            }
+        );
+    }
+
+    #[test]
+    fn system_and_privileged_objects_are_never_synced() {
+        let svc = "CN=svc-sync,CN=Users,DC=x";
+        assert!(excluded(&entry("CN=krbtgt,CN=Users,DC=x", &[("sAMAccountName", "krbtgt")]), svc).is_some());
+        assert!(excluded(&entry("CN=A,DC=x", &[("adminCount", "1")]), svc).is_some());
+        assert!(excluded(
+            &entry("CN=Domain Admins,DC=x", &[("isCriticalSystemObject", "TRUE")]),
+            svc
+        )
+        .is_some());
+        assert!(excluded(&entry("cn=SVC-SYNC,cn=users,dc=x", &[]), svc).is_some());
+        assert_eq!(excluded(&entry("CN=ann,DC=x", &[("sAMAccountName", "ann")]), svc), None);
+        assert!(is_tombstone(&entry("CN=x\\0ADEL:1,DC=x", &[("isDeleted", "TRUE")])));
+    }
+}
