@@ -3,4 +3,7 @@
 #![deny(missing_docs)]
 
 pub mod ad;
+pub mod cloud;
+pub mod config;
 pub mod preflight;
+pub mod sync;

@@ -24,6 +24,15 @@ struct Cli {
 enum Command {
     /// Check the domain controller and the service account (the install guide's rules), each item ✓ or ✗ with its fix.
     Check(CheckArgs),
+    /// Run the sync: keep the AD domain and the cloud directory in step, until stopped.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The agent's configuration directory (agent.json and its secret files).
+    #[arg(long, default_value = "/etc/ferry-agent")]
+    config_dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -64,7 +73,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -88,6 +97,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Check(a) => check(a).await,
+        Command::Run(a) => run_sync(a).await,
     }
 }
 
@@ -132,5 +142,65 @@ async fn check(a: CheckArgs) -> Result<ExitCode> {
         let failed = report.checks.iter().filter(|c| !c.ok).count();
         println!("{failed} check(s) failed: fix them and run the check again.");
         Ok(ExitCode::from(1))
+    }
+}
+
+async fn run_sync(a: RunArgs) -> Result<ExitCode> {
+    use std::sync::Arc;
+
+    use ferry_agent::config::AgentConfig;
+    use ferry_agent::sync::{self, Shared};
+
+    let c = AgentConfig::load(&a.config_dir)?;
+    let token = AgentConfig::secret(&c.agent_token_file)?;
+    let password = AgentConfig::secret(&c.bind_password_file)?;
+    let cloud = ferry_agent::cloud::CloudClient::new(&c.cloud_url, &token)?;
+    let mut ad = AdSettings::new(&c.ldap_url);
+    ad.ca_file = c.ca_file.clone();
+    ad.insecure_skip_tls_verify = c.insecure_skip_tls_verify;
+    // The domain (root DN, user OU, policies) comes from the cloud.
+    let mut attempt = 0;
+    let first = loop {
+        match cloud.heartbeat(&Default::default()).await {
+            Ok(r) => break r,
+            Err(e) if e.code() == Some("agent_revoked") || e.code() == Some("invalid_token") => {
+                bail!("{e}: install the agent again with a new Connect Key");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the cloud yet; retrying");
+                tokio::time::sleep(sync::backoff(attempt)).await;
+                attempt += 1;
+            }
+        }
+    };
+    tracing::info!(domain = %first.domain.name, root = %first.domain.root_dn, primary = first.primary, "ferry-agent running");
+    let shared = Arc::new(Shared {
+        cloud,
+        ad,
+        bind_user: c.bind_user,
+        bind_password: password,
+        domain: tokio::sync::RwLock::new(first.domain),
+        primary: std::sync::atomic::AtomicBool::new(first.primary),
+        pushed: Default::default(),
+        applied: Default::default(),
+        last_error: Default::default(),
+    });
+    sync::run(shared, shutdown_signal()).await;
+    tracing::info!("ferry-agent stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
     }
 }

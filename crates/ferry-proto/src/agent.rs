@@ -310,3 +310,23 @@ pub struct ApiErrorBody {
     /// What happened and what to do, for a person.
     pub message: String,
 }
+
+/// A link between a cloud object and an AD object (`GET`/`POST /agent/v1/links`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkInfo {
+    /// Cloud id.
+    pub object_id: Uuid,
+    /// User or group.
+    pub kind: ObjectKind,
+    /// AD objectGUID.
+    pub guid: Uuid,
+    /// AD DN.
+    pub dn: String,
+}
+
+/// `GET /agent/v1/links`: everything linked in the agent's domain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinksResponse {
+    /// The links.
+    pub links: Vec<LinkInfo>,
+}

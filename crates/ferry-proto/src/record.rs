@@ -38,6 +38,11 @@ pub struct UserRecord {
     pub manager: Option<String>,
     /// `false` when the account is suspended (cloud) or disabled (AD).
     pub active: bool,
+    /// AD only: the account is disabled because it has no password yet (it
+    /// was created without one), so its disabled state says nothing about
+    /// whether the person should be active.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub awaiting_password: bool,
 }
 
 /// A group as both sides of a sync understand it. Members travel separately.

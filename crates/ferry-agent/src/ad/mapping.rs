@@ -5,7 +5,7 @@ use ferry_proto::record::{GroupRecord, UserRecord};
 
 use super::dn::same_dn;
 use super::entry::AdEntry;
-use super::write::UF_ACCOUNTDISABLE;
+use super::write::{UF_ACCOUNTDISABLE, UF_PASSWD_NOTREQD};
 
 /// LDAP attribute ⇄ record field, for users.
 pub const USER_ATTRS: &[(&str, &str)] = &[
@@ -75,6 +75,9 @@ pub fn user_record(e: &AdEntry) -> (UserRecord, Option<String>) {
             employee_number: text("employeeID"),
             manager: None,
             active: uac & UF_ACCOUNTDISABLE == 0,
+            // Disabled with "no password required": created without a
+            // password (by Ferry, or by a tool), waiting for one.
+            awaiting_password: uac & UF_ACCOUNTDISABLE != 0 && uac & UF_PASSWD_NOTREQD != 0,
         },
         text("manager"),
     )
@@ -174,6 +177,7 @@ mod tests {
                 employee_number: Some("E-42".into()),
                 manager: None,
                 active: false,
+                awaiting_password: false,
             }
         );
         assert_eq!(manager.as_deref(), Some("CN=Boss,OU=Staff,DC=example,DC=test"));

@@ -10,8 +10,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ferry_proto::agent::{
-    AckRequest, DomainInfo, FeedEntry, FeedResponse, HeartbeatRequest, HeartbeatResponse, PushChangesRequest,
-    PushChangesResponse, RegisterRequest, RegisterResponse, SyncState,
+    AckRequest, DomainInfo, FeedEntry, FeedResponse, HeartbeatRequest, HeartbeatResponse, LinkInfo, LinksResponse,
+    PushChangesRequest, PushChangesResponse, RegisterRequest, RegisterResponse, SyncState,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -33,6 +33,7 @@ pub fn router() -> Router<AppState> {
         .route("/changes", post(push_changes))
         .route("/feed", get(feed))
         .route("/ack", post(ack))
+        .route("/links", get(list_links).post(put_link))
 }
 
 fn domain_info(d: &Domain) -> DomainInfo {
@@ -300,4 +301,52 @@ async fn ack(
         ad_cookie: d.ad_cookie,
         feed_cursor: cursor,
     }))
+}
+
+/// `GET /agent/v1/links`: the domain's links (what reconciliation compares with AD).
+async fn list_links(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+) -> Result<Json<LinksResponse>, ApiError> {
+    let mut tx = state.store.begin().await?;
+    let links = tx.links_of_domain(agent.org_id, agent.domain_id).await?;
+    Ok(Json(LinksResponse {
+        links: links
+            .into_iter()
+            .map(|l| LinkInfo {
+                object_id: l.object_id,
+                kind: l.kind,
+                guid: l.ad_guid,
+                dn: l.ad_dn,
+            })
+            .collect(),
+    }))
+}
+
+/// `POST /agent/v1/links`: the agent created (or found) the AD object of a
+/// cloud object; remember the pair.
+async fn put_link(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    JsonBody(req): JsonBody<LinkInfo>,
+) -> Result<Json<LinkInfo>, ApiError> {
+    let now = state.now();
+    let mut tx = state.store.begin().await?;
+    let domain = tx.get_domain(agent.org_id, agent.domain_id).await?;
+    require_primary(&agent, &domain, now)?;
+    match tx.object_kind(agent.org_id, req.object_id).await? {
+        Some(k) if k == req.kind => {}
+        _ => return Err(ApiError::not_found("user or group with that object_id and kind")),
+    }
+    let link = crate::store::Link {
+        domain_id: agent.domain_id,
+        kind: req.kind,
+        object_id: req.object_id,
+        ad_guid: req.guid,
+        ad_dn: req.dn.clone(),
+        synced_at: now,
+    };
+    tx.put_link(agent.org_id, &link).await?;
+    tx.commit().await?;
+    Ok(Json(req))
 }

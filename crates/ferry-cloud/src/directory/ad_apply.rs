@@ -144,6 +144,12 @@ async fn upsert_user(
         }
         None => None,
     };
+    if record.awaiting_password {
+        // AD says "disabled" only because the account has no password yet:
+        // the cloud's state stands (a new user counts as active).
+        record.active = existing.as_ref().is_none_or(|u| u.active);
+        record.awaiting_password = false;
+    }
     let (id, changed) = match existing {
         Some(current) => {
             let next = NewUser {

@@ -32,6 +32,7 @@ pub fn user_record(row: &UserRow) -> UserRecord {
         employee_number: text(&ent["employeeNumber"]),
         manager: text(&ent["manager"]["value"]),
         active: row.active,
+        awaiting_password: false,
     }
 }
 

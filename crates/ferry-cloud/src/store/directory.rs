@@ -512,6 +512,19 @@ impl Tx {
         Ok(())
     }
 
+    /// Every link of a domain.
+    pub async fn links_of_domain(&mut self, org_id: Uuid, domain_id: Uuid) -> StoreResult<Vec<Link>> {
+        let rows = sqlx::query(
+            "SELECT domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at FROM links
+             WHERE org_id = $1 AND domain_id = $2 ORDER BY ad_guid",
+        )
+        .bind(org_id.to_string())
+        .bind(domain_id.to_string())
+        .fetch_all(self.conn())
+        .await?;
+        rows.iter().map(link_from_row).collect()
+    }
+
     /// Drops the link of an AD object.
     pub async fn delete_link(&mut self, org_id: Uuid, domain_id: Uuid, guid: Uuid) -> StoreResult<()> {
         sqlx::query("DELETE FROM links WHERE org_id = $1 AND domain_id = $2 AND ad_guid = $3")

@@ -1,0 +1,145 @@
+//! The agent's side of `/agent/v1`: a small client for the cloud.
+
+use std::time::Duration;
+
+use ferry_proto::agent::{
+    AckRequest, ApiErrorBody, FeedResponse, HeartbeatRequest, HeartbeatResponse, LinkInfo, LinksResponse,
+    PushChangesRequest, PushChangesResponse, SyncState,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// An error talking to the cloud.
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    /// The cloud answered with an error.
+    #[error("the cloud refused: {status} {code}: {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// Stable code, e.g. `cookie_mismatch`.
+        code: String,
+        /// What it said.
+        message: String,
+    },
+    /// The cloud could not be reached.
+    #[error("cannot reach the cloud at {url}: {detail}")]
+    Unreachable {
+        /// Base URL.
+        url: String,
+        /// What failed.
+        detail: String,
+    },
+}
+
+impl CloudError {
+    /// The stable code of a refusal.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            CloudError::Refused { code, .. } => Some(code),
+            CloudError::Unreachable { .. } => None,
+        }
+    }
+}
+
+/// A client bound to one agent identity.
+#[derive(Clone)]
+pub struct CloudClient {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl CloudClient {
+    /// A client for `base` (e.g. `https://ferry.example.com`) with an agent token.
+    pub fn new(base: &str, token: &str) -> Result<Self, CloudError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .user_agent(concat!("ferry-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| CloudError::Unreachable {
+                url: base.to_owned(),
+                detail: e.to_string(),
+            })?;
+        Ok(CloudClient {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        })
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, CloudError> {
+        let url = format!("{}/agent/v1{path}", self.base);
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let unreachable = |e: reqwest::Error| CloudError::Unreachable {
+            url: self.base.clone(),
+            detail: e.to_string(),
+        };
+        let resp = req.send().await.map_err(unreachable)?;
+        let status = resp.status();
+        if status.is_success() {
+            return resp.json().await.map_err(unreachable);
+        }
+        let body: ApiErrorBody = resp.json().await.unwrap_or(ApiErrorBody {
+            code: "unknown".into(),
+            message: format!("HTTP {status}"),
+        });
+        Err(CloudError::Refused {
+            status: status.as_u16(),
+            code: body.code,
+            message: body.message,
+        })
+    }
+
+    /// Heartbeat (and primary lease).
+    pub async fn heartbeat(&self, req: &HeartbeatRequest) -> Result<HeartbeatResponse, CloudError> {
+        self.call(reqwest::Method::POST, "/heartbeat", Some(req)).await
+    }
+
+    /// Where the domain's sync stands.
+    pub async fn state(&self) -> Result<SyncState, CloudError> {
+        self.call::<(), _>(reqwest::Method::GET, "/state", None).await
+    }
+
+    /// Pushes an AD batch.
+    pub async fn push(&self, req: &PushChangesRequest) -> Result<PushChangesResponse, CloudError> {
+        self.call(reqwest::Method::POST, "/changes", Some(req)).await
+    }
+
+    /// Long-polls the feed.
+    pub async fn feed(&self, after: i64, wait_secs: u64) -> Result<FeedResponse, CloudError> {
+        self.call::<(), _>(
+            reqwest::Method::GET,
+            &format!("/feed?after={after}&wait={wait_secs}"),
+            None,
+        )
+        .await
+    }
+
+    /// Acknowledges the feed up to `cursor`.
+    pub async fn ack(&self, cursor: i64) -> Result<SyncState, CloudError> {
+        self.call(reqwest::Method::POST, "/ack", Some(&AckRequest { cursor }))
+            .await
+    }
+
+    /// The domain's links.
+    pub async fn links(&self) -> Result<Vec<LinkInfo>, CloudError> {
+        let r: LinksResponse = self.call::<(), _>(reqwest::Method::GET, "/links", None).await?;
+        Ok(r.links)
+    }
+
+    /// Records a link.
+    pub async fn put_link(&self, link: &LinkInfo) -> Result<(), CloudError> {
+        let _: LinkInfo = self.call(reqwest::Method::POST, "/links", Some(link)).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,304 @@
+//! AD → cloud: a full import (paged read), then DirSync increments woken by
+//! the rootDSE's `highestCommittedUSN`, and reconciliation of the in-scope
+//! objectGUID set with the cloud's links to find deletes.
+//!
+//! Every batch carries `from_cookie`/`to_cookie`; the cloud applies it in one
+//! transaction with a compare-and-swap, so a crash anywhere resumes from the
+//! stored cookie and re-sends at most what was not applied.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use ferry_proto::agent::{AdChange, PushChangesRequest};
+use ferry_proto::record::ObjectKind;
+use uuid::Uuid;
+
+use super::{backoff, wait_primary, Shared};
+use crate::ad::dn::dn_within;
+use crate::ad::guid::guid_filter;
+use crate::ad::mapping::{excluded, group_record, is_tombstone, user_record, READ_ATTRS};
+use crate::ad::read::member_delta;
+use crate::ad::{AdConnection, AdEntry};
+
+/// Changes per pushed batch.
+const BATCH: usize = 500;
+/// Cookie prefix of a full import in progress.
+const IMPORT: &str = "import:";
+
+/// Runs forever: import if needed, then follow changes.
+pub async fn run(shared: Arc<Shared>) {
+    let mut attempt = 0;
+    loop {
+        wait_primary(&shared).await;
+        match follow(&shared).await {
+            Ok(()) => attempt = 0,
+            Err(e) => {
+                tracing::warn!(error = %e, "AD → cloud sync failed; retrying");
+                shared.note_error(&e);
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+async fn follow(shared: &Shared) -> Result<(), String> {
+    let mut conn = shared.connect().await.map_err(|e| e.to_string())?;
+    let state = shared.cloud.state().await.map_err(|e| e.to_string())?;
+    let mut cookie = state.ad_cookie;
+    if cookie.as_deref().is_none_or(|c| c.starts_with(IMPORT)) {
+        cookie = Some(full_import(shared, &mut conn, cookie).await?);
+    }
+    let mut last_usn = -1;
+    let mut last_reconcile = Instant::now() - Duration::from_secs(3600);
+    loop {
+        if !shared.primary.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let usn = conn.highest_committed_usn().await.map_err(|e| e.to_string())?;
+        if usn != last_usn || last_reconcile.elapsed() > Duration::from_secs(30) {
+            cookie = Some(increment(shared, &mut conn, cookie.clone()).await?);
+            reconcile(shared, &mut conn, cookie.clone()).await?;
+            last_usn = usn;
+            last_reconcile = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn root(shared: &Shared) -> String {
+    shared.domain.read().await.root_dn.clone()
+}
+
+async fn service_account_dn(shared: &Shared, conn: &mut AdConnection, root: &str) -> String {
+    let name = shared.bind_user.rsplit('\\').next().unwrap_or_default();
+    let filter = format!("(sAMAccountName={})", ldap3::ldap_escape(name));
+    conn.search_paged(root, ldap3::Scope::Subtree, &filter, &["objectGUID"])
+        .await
+        .ok()
+        .and_then(|mut v| v.pop())
+        .map(|e| e.dn)
+        .unwrap_or_default()
+}
+
+/// Reads everything in scope and pushes it; returns the DirSync cookie the
+/// increments start from (taken before the read, so nothing is missed).
+async fn full_import(shared: &Shared, conn: &mut AdConnection, mut cookie: Option<String>) -> Result<String, String> {
+    let root = root(shared).await;
+    let started = Instant::now();
+    tracing::info!(%root, "full import: starting");
+    let start = conn
+        .dirsync_all(&root, &[], &["objectGUID"])
+        .await
+        .map_err(|e| e.to_string())?;
+    let final_cookie = B64.encode(&start.cookie);
+    let entries = conn
+        .read_users_and_groups(&root, READ_ATTRS)
+        .await
+        .map_err(|e| e.to_string())?;
+    let svc = service_account_dn(shared, conn, &root).await;
+    let in_scope: Vec<&AdEntry> = entries
+        .iter()
+        .filter(|e| match excluded(e, &svc) {
+            Some(why) => {
+                tracing::debug!(dn = %e.dn, why, "skipped");
+                false
+            }
+            None => true,
+        })
+        .collect();
+    let guid_of: HashMap<String, Uuid> = in_scope
+        .iter()
+        .filter_map(|e| Some((e.dn.to_lowercase(), e.guid()?)))
+        .collect();
+    let mut users = Vec::new();
+    let mut managed = Vec::new();
+    let mut groups = Vec::new();
+    let mut members = Vec::new();
+    for e in &in_scope {
+        let Some(guid) = e.guid() else { continue };
+        if e.has_class("group") {
+            groups.push(AdChange::UpsertGroup {
+                guid,
+                dn: e.dn.clone(),
+                record: group_record(e),
+            });
+            let m: Vec<Uuid> = e
+                .strs("member")
+                .iter()
+                .filter_map(|d| guid_of.get(&d.to_lowercase()).copied())
+                .collect();
+            members.push(AdChange::SetMembers {
+                group: guid,
+                members: m,
+            });
+        } else {
+            let (mut rec, manager) = user_record(e);
+            let upsert = AdChange::UpsertUser {
+                guid,
+                dn: e.dn.clone(),
+                record: Box::new(rec.clone()),
+            };
+            users.push(upsert);
+            if let Some(m) = manager.and_then(|m| guid_of.get(&m.to_lowercase()).copied()) {
+                // Managers are linked once every user exists: a second, cheap pass.
+                rec.manager = Some(m.to_string());
+                managed.push(AdChange::UpsertUser {
+                    guid,
+                    dn: e.dn.clone(),
+                    record: Box::new(rec),
+                });
+            }
+        }
+    }
+    let all: Vec<AdChange> = users.into_iter().chain(groups).chain(members).chain(managed).collect();
+    let total = all.len();
+    let chunks: Vec<Vec<AdChange>> = all.chunks(BATCH).map(<[AdChange]>::to_vec).collect();
+    let n = chunks.len().max(1);
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let to = if i + 1 == n {
+            final_cookie.clone()
+        } else {
+            format!("{IMPORT}{}", i + 1)
+        };
+        let pushed = chunk.len();
+        push(shared, &mut cookie, to, chunk).await?;
+        tracing::info!(done = (i * BATCH + pushed), total, "full import: progress");
+    }
+    if total == 0 {
+        push(shared, &mut cookie, final_cookie.clone(), vec![]).await?;
+    }
+    tracing::info!(
+        objects = total,
+        secs = started.elapsed().as_secs_f32(),
+        "full import: done"
+    );
+    Ok(final_cookie)
+}
+
+async fn push(shared: &Shared, cookie: &mut Option<String>, to: String, changes: Vec<AdChange>) -> Result<(), String> {
+    let n = changes.len();
+    let req = PushChangesRequest {
+        from_cookie: cookie.clone(),
+        to_cookie: Some(to.clone()),
+        changes,
+    };
+    let r = shared.cloud.push(&req).await.map_err(|e| e.to_string())?;
+    shared.pushed.fetch_add(r.applied, Ordering::SeqCst);
+    if r.applied > 0 || r.quarantined > 0 {
+        tracing::info!(sent = n, applied = r.applied, quarantined = r.quarantined, "AD → cloud");
+    }
+    *cookie = Some(to);
+    Ok(())
+}
+
+/// One DirSync round; pushes what changed; returns the new cookie.
+async fn increment(shared: &Shared, conn: &mut AdConnection, cookie: Option<String>) -> Result<String, String> {
+    let root = root(shared).await;
+    let current = cookie.clone().unwrap_or_default();
+    let raw = B64
+        .decode(&current)
+        .map_err(|_| "the stored DirSync cookie is not base64".to_owned())?;
+    let batch = conn
+        .dirsync_all(&root, &raw, READ_ATTRS)
+        .await
+        .map_err(|e| e.to_string())?;
+    let next = B64.encode(&batch.cookie);
+    if batch.entries.is_empty() && next == current {
+        return Ok(current);
+    }
+    let svc = service_account_dn(shared, conn, &root).await;
+    let mut changes = Vec::new();
+    for e in &batch.entries {
+        let Some(guid) = e.guid() else { continue };
+        if is_tombstone(e) {
+            changes.push(AdChange::Delete { guid });
+            continue;
+        }
+        // DirSync sends only what changed: read the whole object.
+        let full = conn
+            .search_paged(&root, ldap3::Scope::Subtree, &guid_filter(guid), READ_ATTRS)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(full) = full.into_iter().next() else { continue };
+        if !dn_within(&full.dn, &root) || excluded(&full, &svc).is_some() {
+            continue;
+        }
+        if full.has_class("group") {
+            changes.push(AdChange::UpsertGroup {
+                guid,
+                dn: full.dn.clone(),
+                record: group_record(&full),
+            });
+            let (added, removed) = member_delta(e);
+            let added = guids_of(conn, &root, &added).await;
+            let removed = guids_of(conn, &root, &removed).await;
+            if !added.is_empty() {
+                changes.push(AdChange::AddMembers {
+                    group: guid,
+                    members: added,
+                });
+            }
+            if !removed.is_empty() {
+                changes.push(AdChange::RemoveMembers {
+                    group: guid,
+                    members: removed,
+                });
+            }
+        } else {
+            let (mut rec, manager) = user_record(&full);
+            if let Some(m) = manager {
+                rec.manager = guids_of(conn, &root, &[m]).await.first().map(Uuid::to_string);
+            }
+            changes.push(AdChange::UpsertUser {
+                guid,
+                dn: full.dn.clone(),
+                record: Box::new(rec),
+            });
+        }
+    }
+    let mut c = cookie;
+    push(shared, &mut c, next.clone(), changes).await?;
+    Ok(next)
+}
+
+async fn guids_of(conn: &mut AdConnection, root: &str, dns: &[String]) -> Vec<Uuid> {
+    let mut out = Vec::new();
+    for dn in dns {
+        if !dn_within(dn, root) {
+            continue;
+        }
+        if let Ok(Some(e)) = conn.read_entry(dn, &["objectGUID"]).await {
+            out.extend(e.guid());
+        }
+    }
+    out
+}
+
+/// Linked objects no longer in scope in AD were deleted (or moved out).
+async fn reconcile(shared: &Shared, conn: &mut AdConnection, cookie: Option<String>) -> Result<(), String> {
+    let root = root(shared).await;
+    // Links first: a link is recorded only after its AD object exists, so
+    // every link read here has its object in the set read next.
+    let links = shared.cloud.links().await.map_err(|e| e.to_string())?;
+    let present = conn.in_scope_guids(&root).await.map_err(|e| e.to_string())?;
+    let gone: Vec<AdChange> = links
+        .iter()
+        .filter(|l| matches!(l.kind, ObjectKind::User | ObjectKind::Group) && !present.contains(&l.guid))
+        .map(|l| AdChange::Delete { guid: l.guid })
+        .collect();
+    if gone.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(
+        count = gone.len(),
+        "objects gone from AD (deleted or moved out of scope)"
+    );
+    let to = cookie.clone().unwrap_or_default();
+    let mut c = cookie;
+    push(shared, &mut c, to, gone).await
+}

@@ -1,0 +1,314 @@
+//! cloud → AD: long-poll the cloud's change feed, apply each change to AD
+//! (compare before write), then acknowledge the cursor. A change is
+//! acknowledged only after AD has it; re-delivery after a crash is harmless
+//! because applying is idempotent.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use ferry_proto::agent::{CloudChange, CloudDeleteAction, DomainInfo, FeedEntry, LinkInfo};
+use ferry_proto::record::{GroupRecord, ObjectKind, UserRecord};
+use uuid::Uuid;
+
+use super::{backoff, wait_primary, Shared};
+use crate::ad::guid::guid_filter;
+use crate::ad::mapping::READ_ATTRS;
+use crate::ad::write::{sam_account_name_for, NewAdGroup, NewAdUser, GROUP_GLOBAL_SECURITY};
+use crate::ad::{AdConnection, AdEntry, AdError};
+
+/// Runs forever.
+pub async fn run(shared: Arc<Shared>) {
+    let mut attempt = 0;
+    loop {
+        wait_primary(&shared).await;
+        match follow(&shared).await {
+            Ok(()) => attempt = 0,
+            Err(e) => {
+                tracing::warn!(error = %e, "cloud → AD sync failed; retrying");
+                shared.note_error(&e);
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+async fn follow(shared: &Shared) -> Result<(), String> {
+    let mut conn = shared.connect().await.map_err(|e| e.to_string())?;
+    let mut cursor = shared.cloud.state().await.map_err(|e| e.to_string())?.feed_cursor;
+    let mut links: HashMap<Uuid, Uuid> = HashMap::new();
+    loop {
+        if !shared.primary.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let page = shared.cloud.feed(cursor, 20).await.map_err(|e| e.to_string())?;
+        let domain = shared.domain.read().await.clone();
+        for entry in &page.entries {
+            for (id, guid) in &entry.ad_guids {
+                links.insert(*id, *guid);
+            }
+            apply(shared, &mut conn, &domain, &mut links, entry)
+                .await
+                .map_err(|e| format!("change {}: {e}", entry.seq))?;
+        }
+        if page.next_cursor > cursor {
+            shared.cloud.ack(page.next_cursor).await.map_err(|e| e.to_string())?;
+            cursor = page.next_cursor;
+        }
+    }
+}
+
+async fn find(conn: &mut AdConnection, root: &str, guid: Uuid) -> Result<Option<AdEntry>, AdError> {
+    Ok(conn
+        .search_paged(root, ldap3::Scope::Subtree, &guid_filter(guid), READ_ATTRS)
+        .await?
+        .into_iter()
+        .next())
+}
+
+/// The AD object linked to a cloud id, looking the link up in the cloud when
+/// the feed entry predates it.
+async fn linked(
+    shared: &Shared,
+    conn: &mut AdConnection,
+    root: &str,
+    links: &mut HashMap<Uuid, Uuid>,
+    id: Uuid,
+) -> Result<Option<AdEntry>, String> {
+    if !links.contains_key(&id) {
+        for l in shared.cloud.links().await.map_err(|e| e.to_string())? {
+            links.insert(l.object_id, l.guid);
+        }
+    }
+    match links.get(&id) {
+        Some(g) => find(conn, root, *g).await.map_err(|e| e.to_string()),
+        None => Ok(None),
+    }
+}
+
+async fn apply(
+    shared: &Shared,
+    conn: &mut AdConnection,
+    domain: &DomainInfo,
+    links: &mut HashMap<Uuid, Uuid>,
+    entry: &FeedEntry,
+) -> Result<(), String> {
+    let root = domain.root_dn.as_str();
+    match &entry.change {
+        CloudChange::UpsertUser { id, record } => {
+            let existing = match linked(shared, conn, root, links, *id).await? {
+                Some(e) => Some(e),
+                None => by_sam(conn, root, &record.username).await,
+            };
+            match existing {
+                Some(e) => update_user(shared, conn, &e, record).await?,
+                None => create_user(shared, conn, domain, *id, record, links).await?,
+            }
+        }
+        CloudChange::UpsertGroup { id, record } => {
+            let existing = match linked(shared, conn, root, links, *id).await? {
+                Some(e) => Some(e),
+                None => by_sam(conn, root, &sam_account_name_for(&record.name, 64)).await,
+            };
+            match existing {
+                Some(e) => update_group(shared, conn, &e, record).await?,
+                None => create_group(shared, conn, domain, *id, record, links).await?,
+            }
+        }
+        CloudChange::Delete { id, kind } => {
+            let Some(e) = linked(shared, conn, root, links, *id).await? else {
+                return Ok(());
+            };
+            match (kind, domain.policies.cloud_delete_action) {
+                (ObjectKind::User, CloudDeleteAction::Disable) => {
+                    conn.set_enabled(&e.dn, false).await.map_err(|e| e.to_string())?;
+                    tracing::info!(dn = %e.dn, "cloud → AD: user deleted in the cloud, disabled in AD (policy)");
+                }
+                _ => {
+                    conn.delete(&e.dn).await.map_err(|e| e.to_string())?;
+                    tracing::info!(dn = %e.dn, "cloud → AD: deleted");
+                }
+            }
+            links.remove(id);
+            shared.applied.fetch_add(1, Ordering::SeqCst);
+        }
+        CloudChange::AddMember { group, member, .. } | CloudChange::RemoveMember { group, member, .. } => {
+            let add = matches!(entry.change, CloudChange::AddMember { .. });
+            let (Some(g), Some(m)) = (
+                linked(shared, conn, root, links, *group).await?,
+                linked(shared, conn, root, links, *member).await?,
+            ) else {
+                tracing::debug!(seq = entry.seq, "membership of objects not in AD: skipped");
+                return Ok(());
+            };
+            let have = g.strs("member").iter().any(|d| d.eq_ignore_ascii_case(&m.dn));
+            if have == add {
+                return Ok(());
+            }
+            let r = if add {
+                conn.add_members(&g.dn, std::slice::from_ref(&m.dn)).await
+            } else {
+                conn.remove_members(&g.dn, std::slice::from_ref(&m.dn)).await
+            };
+            r.map_err(|e| e.to_string())?;
+            tracing::info!(group = %g.dn, member = %m.dn, add, "cloud → AD: membership");
+            shared.applied.fetch_add(1, Ordering::SeqCst);
+        }
+        CloudChange::PasswordSet { user } => {
+            tracing::warn!(%user, "a password set in the cloud is not written to AD yet (sealed password delivery is not built)");
+        }
+    }
+    Ok(())
+}
+
+async fn by_sam(conn: &mut AdConnection, root: &str, sam: &str) -> Option<AdEntry> {
+    let filter = format!("(sAMAccountName={})", ldap3::ldap_escape(sam));
+    conn.search_paged(root, ldap3::Scope::Subtree, &filter, READ_ATTRS)
+        .await
+        .ok()?
+        .into_iter()
+        .next()
+}
+
+/// LDAP attribute → desired value, from a user record.
+fn user_attrs(r: &UserRecord) -> Vec<(&'static str, Option<String>)> {
+    vec![
+        ("givenName", r.given_name.clone()),
+        ("sn", r.family_name.clone()),
+        ("displayName", r.display_name.clone()),
+        ("mail", r.email.clone()),
+        ("telephoneNumber", r.phone.clone()),
+        ("mobile", r.mobile.clone()),
+        ("title", r.title.clone()),
+        ("department", r.department.clone()),
+        ("company", r.company.clone()),
+        ("description", r.description.clone()),
+        ("employeeID", r.employee_number.clone()),
+    ]
+}
+
+async fn update_user(shared: &Shared, conn: &mut AdConnection, e: &AdEntry, r: &UserRecord) -> Result<(), String> {
+    let mut changes: Vec<(&str, Option<String>)> = user_attrs(r)
+        .into_iter()
+        .filter(|(attr, want)| e.str(attr).filter(|s| !s.is_empty()) != *want)
+        .collect();
+    if e.str("sAMAccountName").as_deref() != Some(r.username.as_str()) {
+        changes.push(("sAMAccountName", Some(r.username.clone())));
+    }
+    let enabled = e.int("userAccountControl").unwrap_or(0) & 2 == 0;
+    if changes.is_empty() && enabled == r.active {
+        return Ok(());
+    }
+    let refs: Vec<(&str, Option<&str>)> = changes.iter().map(|(k, v)| (*k, v.as_deref())).collect();
+    conn.set_attributes(&e.dn, &refs).await.map_err(|e| e.to_string())?;
+    if enabled != r.active {
+        if let Err(err) = conn.set_enabled(&e.dn, r.active).await {
+            // AD refuses to enable an account that has no password yet.
+            tracing::warn!(dn = %e.dn, error = %err, "cannot change the account state");
+        }
+    }
+    tracing::info!(dn = %e.dn, changed = ?changes.iter().map(|c| c.0).collect::<Vec<_>>(), active = r.active, "cloud → AD: user updated");
+    shared.applied.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
+
+async fn create_user(
+    shared: &Shared,
+    conn: &mut AdConnection,
+    domain: &DomainInfo,
+    id: Uuid,
+    r: &UserRecord,
+    links: &mut HashMap<Uuid, Uuid>,
+) -> Result<(), String> {
+    let u = NewAdUser {
+        sam_account_name: r.username.clone(),
+        upn: Some(format!("{}@{}", r.username, domain.name)),
+        cn: Some(r.display_name.clone().unwrap_or_else(|| r.username.clone())),
+        attributes: user_attrs(r)
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_owned(), v?)))
+            .collect(),
+        password: None,
+        enabled: false,
+    };
+    let dn = conn.create_user(&domain.user_ou, &u).await.map_err(|e| e.to_string())?;
+    let guid = conn
+        .read_entry(&dn, &["objectGUID"])
+        .await
+        .map_err(|e| e.to_string())?
+        .and_then(|e| e.guid())
+        .ok_or("the new user has no objectGUID")?;
+    shared
+        .cloud
+        .put_link(&LinkInfo {
+            object_id: id,
+            kind: ObjectKind::User,
+            guid,
+            dn: dn.clone(),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    links.insert(id, guid);
+    tracing::info!(%dn, "cloud → AD: user created (disabled until a password is set)");
+    shared.applied.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
+
+async fn update_group(shared: &Shared, conn: &mut AdConnection, e: &AdEntry, r: &GroupRecord) -> Result<(), String> {
+    let sam = sam_account_name_for(&r.name, 64);
+    let mut changes: Vec<(&str, Option<String>)> = Vec::new();
+    if e.str("sAMAccountName").as_deref() != Some(sam.as_str()) {
+        changes.push(("sAMAccountName", Some(sam)));
+    }
+    if e.str("description").filter(|s| !s.is_empty()) != r.description {
+        changes.push(("description", r.description.clone()));
+    }
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let refs: Vec<(&str, Option<&str>)> = changes.iter().map(|(k, v)| (*k, v.as_deref())).collect();
+    conn.set_attributes(&e.dn, &refs).await.map_err(|e| e.to_string())?;
+    tracing::info!(dn = %e.dn, "cloud → AD: group updated");
+    shared.applied.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
+
+async fn create_group(
+    shared: &Shared,
+    conn: &mut AdConnection,
+    domain: &DomainInfo,
+    id: Uuid,
+    r: &GroupRecord,
+    links: &mut HashMap<Uuid, Uuid>,
+) -> Result<(), String> {
+    let g = NewAdGroup {
+        name: r.name.clone(),
+        description: r.description.clone(),
+        group_type: GROUP_GLOBAL_SECURITY,
+    };
+    let dn = conn
+        .create_group(&domain.user_ou, &g)
+        .await
+        .map_err(|e| e.to_string())?;
+    let guid = conn
+        .read_entry(&dn, &["objectGUID"])
+        .await
+        .map_err(|e| e.to_string())?
+        .and_then(|e| e.guid())
+        .ok_or("the new group has no objectGUID")?;
+    shared
+        .cloud
+        .put_link(&LinkInfo {
+            object_id: id,
+            kind: ObjectKind::Group,
+            guid,
+            dn: dn.clone(),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    links.insert(id, guid);
+    tracing::info!(%dn, "cloud → AD: group created");
+    shared.applied.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! The sync engine: keeps one AD domain and the cloud directory in step.
+//!
+//! Two directions run side by side on their own LDAP connections:
+//! [`ad_to_cloud`] (full import, then DirSync increments woken by the
+//! rootDSE's USN, and reconciliation for deletes) and [`cloud_to_ad`]
+//! (long-poll of the cloud feed, applied to AD, then acknowledged). Only the
+//! agent holding the domain's primary lease syncs; the heartbeat keeps it.
+
+pub mod ad_to_cloud;
+pub mod cloud_to_ad;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_proto::agent::{DomainInfo, HeartbeatRequest};
+use tokio::sync::RwLock;
+
+use crate::ad::{AdConnection, AdError, AdSettings};
+use crate::cloud::CloudClient;
+
+/// Shared between the engine's tasks.
+pub struct Shared {
+    /// The cloud.
+    pub cloud: CloudClient,
+    /// How to reach the DC.
+    pub ad: AdSettings,
+    /// Service account.
+    pub bind_user: String,
+    /// Its password.
+    pub bind_password: String,
+    /// The domain as the cloud last described it.
+    pub domain: RwLock<DomainInfo>,
+    /// Holds the primary lease.
+    pub primary: AtomicBool,
+    /// Changes pushed to the cloud.
+    pub pushed: AtomicU64,
+    /// Changes applied to AD.
+    pub applied: AtomicU64,
+    /// The last error, for the heartbeat.
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// A fresh bound connection to the DC.
+    pub async fn connect(&self) -> Result<AdConnection, AdError> {
+        let mut c = AdConnection::connect(&self.ad).await?;
+        c.bind(&self.bind_user, &self.bind_password).await?;
+        Ok(c)
+    }
+
+    fn note_error(&self, e: &str) {
+        if let Ok(mut g) = self.last_error.lock() {
+            *g = Some(e.to_owned());
+        }
+    }
+}
+
+/// Retry delays: 0.5 s doubling to 30 s, with jitter.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = 500u64.saturating_mul(1 << attempt.min(6)).min(30_000);
+    let jitter = u64::from(std::process::id() ^ attempt.wrapping_mul(2_654_435_761)) % (base / 4 + 1);
+    Duration::from_millis(base - base / 8 + jitter)
+}
+
+/// Runs the engine until `stop` resolves.
+pub async fn run(shared: Arc<Shared>, stop: impl std::future::Future<Output = ()>) {
+    let hb = tokio::spawn(heartbeat_loop(shared.clone()));
+    let up = tokio::spawn(ad_to_cloud::run(shared.clone()));
+    let down = tokio::spawn(cloud_to_ad::run(shared.clone()));
+    stop.await;
+    hb.abort();
+    up.abort();
+    down.abort();
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>) {
+    let mut attempt = 0;
+    loop {
+        let req = HeartbeatRequest {
+            state: if shared.primary.load(Ordering::SeqCst) {
+                "syncing".into()
+            } else {
+                "standby".into()
+            },
+            last_error: shared.last_error.lock().ok().and_then(|g| g.clone()),
+            ad_objects: 0,
+            pushed: shared.pushed.load(Ordering::SeqCst),
+            applied: shared.applied.load(Ordering::SeqCst),
+        };
+        match shared.cloud.heartbeat(&req).await {
+            Ok(r) => {
+                attempt = 0;
+                let was = shared.primary.swap(r.primary, Ordering::SeqCst);
+                if was != r.primary {
+                    tracing::info!(
+                        primary = r.primary,
+                        "primary lease {}",
+                        if r.primary { "taken" } else { "lost: standing by" }
+                    );
+                }
+                *shared.domain.write().await = r.domain;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            Err(e) => {
+                shared.primary.store(false, Ordering::SeqCst);
+                tracing::warn!(error = %e, "heartbeat failed");
+                shared.note_error(&e.to_string());
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Waits until this agent is primary.
+pub async fn wait_primary(shared: &Shared) {
+    while !shared.primary.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

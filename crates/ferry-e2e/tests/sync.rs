@@ -1,0 +1,312 @@
+//! Two-way sync end to end: a real Samba AD DC, a real ferry-cloud (HTTP on
+//! loopback, SQLite) and the agent's sync engine, each change checked on
+//! the far side by an independent client (ldapsearch for AD, SCIM for the
+//! cloud).
+#![allow(clippy::unwrap_used, clippy::panic)] // a failed unwrap is a failed test
+
+#[path = "../../ferry-agent/tests/common/mod.rs"]
+mod dc;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dc::Dc;
+use ferry_agent::ad::write::NewAdUser;
+use ferry_agent::ad::AdSettings;
+use ferry_agent::cloud::CloudClient;
+use ferry_agent::preflight::Task;
+use ferry_agent::sync::{self, Shared};
+use ferry_cloud::app::{serve, AppState, Config};
+use ferry_cloud::clock::SystemClock;
+use ferry_cloud::secrets::{hash_password, new_token, token_hash, API_TOKEN_PREFIX};
+use ferry_cloud::store::{Store, TokenKind};
+use serde_json::{json, Value};
+
+const SVC_PW: &str = "Svc-Sync-Pa55";
+
+struct Cloud {
+    base: String,
+    token: String,
+    store: Store,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Cloud {
+    async fn start() -> Cloud {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("f.db").display()))
+            .await
+            .unwrap();
+        let token = new_token(API_TOKEN_PREFIX);
+        let mut tx = store.begin().await.unwrap();
+        let org = tx.insert_org("Acme", 1).await.unwrap();
+        let admin = tx
+            .insert_admin(org.id, "admin@acme.test", &hash_password("x-password").unwrap(), 1)
+            .await
+            .unwrap();
+        tx.insert_token(org.id, admin.id, TokenKind::Api, "t", &token_hash(&token), 1, None)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = AppState::new(store.clone(), Arc::new(SystemClock), Config::default());
+        tokio::spawn(async move { serve(listener, state, std::future::pending()).await.unwrap() });
+        Cloud {
+            base,
+            token,
+            store,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let st = resp.status().as_u16();
+        (st, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn user(&self, name: &str) -> Option<Value> {
+        let (_, v) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/scim/v2/Users?filter=userName%20eq%20%22{name}%22"),
+                None,
+            )
+            .await;
+        v["Resources"].as_array().and_then(|a| a.first().cloned())
+    }
+
+    async fn feed_head(&self) -> i64 {
+        let mut tx = self.store.begin().await.unwrap();
+        let orgs = tx.list_orgs().await.unwrap();
+        tx.feed_head(orgs[0].id).await.unwrap()
+    }
+}
+
+async fn eventually<F, Fut, T>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(45),
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A fresh DC with a delegated service account, a cloud with the domain, and
+/// a registered agent running its sync engine.
+async fn setup() -> (Dc, Cloud, tokio::sync::oneshot::Sender<()>) {
+    let dc = Dc::start();
+    let mut admin = dc.admin().await;
+    let svc = NewAdUser {
+        sam_account_name: "svc-sync".into(),
+        password: Some(SVC_PW.into()),
+        enabled: true,
+        ..Default::default()
+    };
+    let svc_dn = admin
+        .create_user(&format!("CN=Users,{}", dc.base_dn), &svc)
+        .await
+        .unwrap();
+    admin
+        .set_attributes(&svc_dn, &[("userAccountControl", Some("66048"))])
+        .await
+        .unwrap();
+    let ldif = dc.ldapsearch(&dc.base_dn, "(sAMAccountName=svc-sync)", &["objectSid"]);
+    let raw = {
+        use base64::Engine as _;
+        let b64 = ldif.lines().find_map(|l| l.strip_prefix("objectSid:: ")).unwrap();
+        base64::engine::general_purpose::STANDARD.decode(b64.trim()).unwrap()
+    };
+    let sid = ferry_agent::preflight::sd::sid_to_string(&raw).unwrap();
+    let sddl: String = Task::ALL.iter().map(|t| t.sddl(&sid)).collect();
+    dc.samba_tool(&["dsacl", "set", "--objectdn", &dc.base_dn, "--sddl", &sddl]);
+    // An AD user that exists before the agent starts.
+    dc.ldapmodify(
+        &format!("dn: CN=Early Bird,CN=Users,{}\nobjectClass: user\nsAMAccountName: early\ngivenName: Early\nsn: Bird\nmail: early@example.test\n", dc.base_dn),
+        true,
+    );
+
+    let cloud = Cloud::start().await;
+    let (st, d) = cloud
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/domains",
+            Some(json!({"name": dc.realm.to_lowercase(), "netbios_name": dc.domain})),
+        )
+        .await;
+    assert_eq!(st, 201, "{d}");
+    let (_, k) = cloud
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/domains/{}/connect-keys", d["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    let reg = json!({"connect_key": k["connect_key"], "hostname": "dc1", "version": "0.1.0", "public_key": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="});
+    let r: Value = cloud
+        .http
+        .post(format!("{}/agent/v1/register", cloud.base))
+        .json(&reg)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let client = CloudClient::new(&cloud.base, r["agent_token"].as_str().unwrap()).unwrap();
+    let first = client.heartbeat(&Default::default()).await.unwrap();
+    let mut ad = AdSettings::new(&dc.ldaps_url);
+    ad.ca_file = Some(dc.ca_file.clone());
+    let shared = Arc::new(Shared {
+        cloud: client,
+        ad,
+        bind_user: format!("{}\\svc-sync", dc.domain),
+        bind_password: SVC_PW.into(),
+        domain: tokio::sync::RwLock::new(first.domain),
+        primary: std::sync::atomic::AtomicBool::new(first.primary),
+        pushed: Default::default(),
+        applied: Default::default(),
+        last_error: Default::default(),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(sync::run(shared, async {
+        stop_rx.await.ok();
+    }));
+    (dc, cloud, stop_tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_flow_both_ways_and_settle() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("ferry_agent=info")
+        .with_test_writer()
+        .try_init();
+    let (dc, cloud, _stop) = setup().await;
+    let users = format!("CN=Users,{}", dc.base_dn);
+
+    // Full import: the user that existed before the agent is in the cloud.
+    let early = eventually("the initial import", || async { cloud.user("early").await }).await;
+    assert_eq!(early["name"]["givenName"], "Early");
+    assert_eq!(early["emails"][0]["value"], "early@example.test");
+    assert!(
+        cloud.user("svc-sync").await.is_none(),
+        "the agent's own account is never synced"
+    );
+    assert!(cloud.user("krbtgt").await.is_none() && cloud.user("Administrator").await.is_none());
+
+    // AD → cloud: create, change.
+    let mut admin = dc.admin().await;
+    let ann_user = NewAdUser {
+        sam_account_name: "ann".into(),
+        cn: Some("Ann Lee".into()),
+        attributes: vec![("givenName".into(), "Ann".into()), ("title".into(), "Engineer".into())],
+        password: Some("Ann-Pa55-word".into()),
+        enabled: true,
+        ..Default::default()
+    };
+    admin.create_user(&users, &ann_user).await.unwrap();
+    let ann = eventually("an AD user in the cloud", || async { cloud.user("ann").await }).await;
+    assert_eq!(ann["title"], "Engineer");
+    assert_eq!(ann["active"], true, "an enabled AD account is active");
+    dc.ldapmodify(
+        &format!("dn: CN=Ann Lee,{users}\nchangetype: modify\nreplace: title\ntitle: Architect\n"),
+        false,
+    );
+    eventually("an AD change in the cloud", || async {
+        cloud.user("ann").await.filter(|u| u["title"] == "Architect")
+    })
+    .await;
+
+    // cloud → AD: a user created in the cloud lands in the user OU.
+    let (st, bob) = cloud
+        .call(
+            reqwest::Method::POST,
+            "/scim/v2/Users",
+            Some(json!({"userName": "bob", "name": {"givenName": "Bob", "familyName": "Stone"}, "title": "Ops"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{bob}");
+    eventually("a cloud user in AD", || async {
+        let l = dc.ldapsearch(
+            &users,
+            "(sAMAccountName=bob)",
+            &["title", "userPrincipalName", "givenName"],
+        );
+        (l.contains("title: Ops") && l.contains(&format!("userPrincipalName: bob@{}", dc.realm.to_lowercase())))
+            .then_some(())
+    })
+    .await;
+
+    // The AD account waits for a password (disabled), but the cloud user stays active.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(cloud.user("bob").await.unwrap()["active"], true);
+
+    // A group made in the cloud with an AD user in it.
+    let (st, g) = cloud
+        .call(
+            reqwest::Method::POST,
+            "/scim/v2/Groups",
+            Some(json!({"displayName": "Builders", "members": [{"value": ann["id"]}]})),
+        )
+        .await;
+    assert_eq!(st, 201, "{g}");
+    eventually("a cloud group with its member in AD", || async {
+        let l = dc.ldapsearch(&users, "(cn=Builders)", &["member"]);
+        l.contains("member: CN=Ann Lee").then_some(())
+    })
+    .await;
+
+    // Suspending in the cloud disables in AD.
+    let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "path": "active", "value": false}]});
+    cloud
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/scim/v2/Users/{}", ann["id"].as_str().unwrap()),
+            Some(patch),
+        )
+        .await;
+    eventually("a suspension in AD", || async {
+        let l = dc.ldapsearch(&users, "(sAMAccountName=ann)", &["userAccountControl"]);
+        l.lines()
+            .find_map(|x| x.strip_prefix("userAccountControl: "))
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|v| v & 2 != 0)
+    })
+    .await;
+
+    // An AD delete removes the cloud user (found by reconciliation).
+    dc.ldapmodify(&format!("dn: CN=Early Bird,{users}\nchangetype: delete\n"), false);
+    eventually("an AD delete in the cloud", || async {
+        cloud.user("early").await.is_none().then_some(())
+    })
+    .await;
+
+    // No echo: once settled, nothing more is written.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let head = cloud.feed_head().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        cloud.feed_head().await,
+        head,
+        "the cloud feed is quiet after the changes settled"
+    );
+}
