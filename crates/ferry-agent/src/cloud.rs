@@ -137,6 +137,12 @@ impl CloudClient {
         Ok(r.links)
     }
 
+    /// The password of feed entry `seq`, sealed to this agent.
+    pub async fn sealed(&self, seq: i64) -> Result<ferry_proto::seal::Sealed, CloudError> {
+        self.call::<(), _>(reqwest::Method::GET, &format!("/secrets/{seq}"), None)
+            .await
+    }
+
     /// Records a link.
     pub async fn put_link(&self, link: &LinkInfo) -> Result<(), CloudError> {
         let _: LinkInfo = self.call(reqwest::Method::POST, "/links", Some(link)).await?;

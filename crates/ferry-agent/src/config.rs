@@ -13,6 +13,9 @@ pub struct AgentConfig {
     pub agent_id: String,
     /// File holding the agent token (mode 0600).
     pub agent_token_file: PathBuf,
+    /// File holding the agent's X25519 secret key (mode 0600): passwords set
+    /// in the cloud arrive sealed to it.
+    pub agent_key_file: PathBuf,
     /// The DC: `ldaps://…` or `ldap://…` (StartTLS).
     pub ldap_url: String,
     /// CA file for the DC's certificate.
@@ -39,7 +42,11 @@ impl AgentConfig {
         })?;
         let mut c: AgentConfig = serde_json::from_str(&text)
             .map_err(|e| anyhow::anyhow!("{} is not a valid agent config: {e}", path.display()))?;
-        for p in [&mut c.agent_token_file, &mut c.bind_password_file] {
+        for p in [
+            &mut c.agent_token_file,
+            &mut c.agent_key_file,
+            &mut c.bind_password_file,
+        ] {
             if p.is_relative() {
                 *p = dir.join(&*p);
             }

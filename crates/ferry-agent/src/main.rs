@@ -154,6 +154,7 @@ async fn run_sync(a: RunArgs) -> Result<ExitCode> {
     let c = AgentConfig::load(&a.config_dir)?;
     let token = AgentConfig::secret(&c.agent_token_file)?;
     let password = AgentConfig::secret(&c.bind_password_file)?;
+    let secret_key = AgentConfig::secret(&c.agent_key_file)?;
     let cloud = ferry_agent::cloud::CloudClient::new(&c.cloud_url, &token)?;
     let mut ad = AdSettings::new(&c.ldap_url);
     ad.ca_file = c.ca_file.clone();
@@ -179,6 +180,7 @@ async fn run_sync(a: RunArgs) -> Result<ExitCode> {
         ad,
         bind_user: c.bind_user,
         bind_password: password,
+        secret_key,
         domain: tokio::sync::RwLock::new(first.domain),
         primary: std::sync::atomic::AtomicBool::new(first.primary),
         pushed: Default::default(),

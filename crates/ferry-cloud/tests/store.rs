@@ -153,7 +153,7 @@ both_engines!(memberships_follow_deletes, |engine| async move {
     let org = create_org(&store, "A").await.id;
     let c = ctx(org);
     let mut tx = store.begin().await.unwrap();
-    let u = directory::create_user(&mut tx, &c, user("ann")).await.unwrap();
+    let u = directory::create_user(&mut tx, &c, user("ann"), None).await.unwrap();
     let inner = directory::create_group(
         &mut tx,
         &c,
@@ -217,20 +217,26 @@ both_engines!(
         let a = create_org(&store, "A").await.id;
         let b = create_org(&store, "B").await.id;
         let mut tx = store.begin().await.unwrap();
-        let u = directory::create_user(&mut tx, &ctx(a), user("ann")).await.unwrap();
-        directory::create_user(&mut tx, &ctx(b), user("bob")).await.unwrap();
+        let u = directory::create_user(&mut tx, &ctx(a), user("ann"), None)
+            .await
+            .unwrap();
+        directory::create_user(&mut tx, &ctx(b), user("bob"), None)
+            .await
+            .unwrap();
         assert_eq!(tx.feed_head(a).await.unwrap(), 1);
         assert_eq!(tx.feed_head(b).await.unwrap(), 1);
         let audit_before = tx.list_audit(a, None, 100).await.unwrap().len();
         // Same state again: no write, no feed, no audit.
-        let (_, changed) = directory::update_user(&mut tx, &ctx(a), &u, user("ann")).await.unwrap();
+        let (_, changed) = directory::update_user(&mut tx, &ctx(a), &u, user("ann"), None)
+            .await
+            .unwrap();
         assert!(!changed);
         assert_eq!(tx.feed_head(a).await.unwrap(), 1);
         assert_eq!(tx.list_audit(a, None, 100).await.unwrap().len(), audit_before);
         // A real change: one feed entry with the new record.
         let mut next = user("ann");
         next.active = false;
-        let (_, changed) = directory::update_user(&mut tx, &ctx(a), &u, next).await.unwrap();
+        let (_, changed) = directory::update_user(&mut tx, &ctx(a), &u, next, None).await.unwrap();
         assert!(changed);
         let feed = tx.read_feed(a, 1, 10).await.unwrap();
         assert_eq!(feed.len(), 1);
@@ -248,7 +254,7 @@ both_engines!(concurrent_writers_get_distinct_sequence_numbers, |engine| async m
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             let mut tx = store.begin().await.unwrap();
-            directory::create_user(&mut tx, &ctx(org), user(&format!("u{i}")))
+            directory::create_user(&mut tx, &ctx(org), user(&format!("u{i}")), None)
                 .await
                 .unwrap();
             tx.commit().await.unwrap();

@@ -161,7 +161,8 @@ async fn setup() -> (Dc, Cloud, tokio::sync::oneshot::Sender<()>) {
             None,
         )
         .await;
-    let reg = json!({"connect_key": k["connect_key"], "hostname": "dc1", "version": "0.1.0", "public_key": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="});
+    let (secret_key, public_key) = ferry_proto::seal::generate_keypair();
+    let reg = json!({"connect_key": k["connect_key"], "hostname": "dc1", "version": "0.1.0", "public_key": public_key});
     let r: Value = cloud
         .http
         .post(format!("{}/agent/v1/register", cloud.base))
@@ -181,6 +182,7 @@ async fn setup() -> (Dc, Cloud, tokio::sync::oneshot::Sender<()>) {
         ad,
         bind_user: format!("{}\\svc-sync", dc.domain),
         bind_password: SVC_PW.into(),
+        secret_key,
         domain: tokio::sync::RwLock::new(first.domain),
         primary: std::sync::atomic::AtomicBool::new(first.primary),
         pushed: Default::default(),
@@ -259,6 +261,34 @@ async fn changes_flow_both_ways_and_settle() {
     // The AD account waits for a password (disabled), but the cloud user stays active.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(cloud.user("bob").await.unwrap()["active"], true);
+
+    // A password set in the cloud reaches AD (sealed to the agent on the way):
+    // the account is enabled and the password works for a real bind.
+    let bob_id = bob["id"].as_str().unwrap().to_owned();
+    let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "path": "password", "value": "Bob-Cloud-Pa55"}]});
+    let (st, _) = cloud
+        .call(reqwest::Method::PATCH, &format!("/scim/v2/Users/{bob_id}"), Some(patch))
+        .await;
+    assert_eq!(st, 200);
+    let bind_as = format!("{}\\bob", dc.domain);
+    eventually("the cloud password works in AD", || async {
+        let mut c = ferry_agent::ad::AdConnection::connect(&dc.admin_settings())
+            .await
+            .ok()?;
+        c.bind(&bind_as, "Bob-Cloud-Pa55").await.ok()
+    })
+    .await;
+    assert!(dc
+        .ldapsearch(&users, "(sAMAccountName=bob)", &["userAccountControl"])
+        .contains("userAccountControl: 512"));
+    let mut tx = cloud.store.begin().await.unwrap();
+    let orgs = tx.list_orgs().await.unwrap();
+    let feed = tx.read_feed(orgs[0].id, 0, 1000).await.unwrap();
+    drop(tx);
+    assert!(
+        !format!("{feed:?}").contains("Bob-Cloud-Pa55"),
+        "no plaintext in the feed"
+    );
 
     // A group made in the cloud with an AD user in it.
     let (st, g) = cloud

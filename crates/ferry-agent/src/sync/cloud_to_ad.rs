@@ -14,7 +14,10 @@ use uuid::Uuid;
 use super::{backoff, wait_primary, Shared};
 use crate::ad::guid::guid_filter;
 use crate::ad::mapping::READ_ATTRS;
-use crate::ad::write::{sam_account_name_for, NewAdGroup, NewAdUser, GROUP_GLOBAL_SECURITY};
+use crate::ad::write::{
+    sam_account_name_for, NewAdGroup, NewAdUser, GROUP_GLOBAL_SECURITY, UF_ACCOUNTDISABLE, UF_NORMAL_ACCOUNT,
+    UF_PASSWD_NOTREQD,
+};
 use crate::ad::{AdConnection, AdEntry, AdError};
 
 /// Runs forever.
@@ -156,7 +159,7 @@ async fn apply(
             shared.applied.fetch_add(1, Ordering::SeqCst);
         }
         CloudChange::PasswordSet { user } => {
-            tracing::warn!(%user, "a password set in the cloud is not written to AD yet (sealed password delivery is not built)");
+            set_password(shared, conn, root, links, entry.seq, *user).await?;
         }
     }
     Ok(())
@@ -309,6 +312,55 @@ async fn create_group(
         .map_err(|e| e.to_string())?;
     links.insert(id, guid);
     tracing::info!(%dn, "cloud → AD: group created");
+    shared.applied.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Writes a password set in the cloud: fetch the box sealed to this agent,
+/// open it, set it in AD (over the encrypted connection), and enable an
+/// account that was only waiting for a password. A password the domain's
+/// policy refuses is reported and skipped: retrying cannot make it pass.
+async fn set_password(
+    shared: &Shared,
+    conn: &mut AdConnection,
+    root: &str,
+    links: &mut HashMap<Uuid, Uuid>,
+    seq: i64,
+    user: Uuid,
+) -> Result<(), String> {
+    let Some(e) = linked(shared, conn, root, links, user).await? else {
+        tracing::warn!(%user, "a password for a user with no AD account: skipped");
+        return Ok(());
+    };
+    let sealed = match shared.cloud.sealed(seq).await {
+        Ok(s) => s,
+        Err(err) if err.code() == Some("not_found") => {
+            tracing::warn!(dn = %e.dn, "no password sealed to this agent (it registered after the change): skipped");
+            return Ok(());
+        }
+        Err(err) => return Err(err.to_string()),
+    };
+    let context = format!("ferry-password:{user}:{seq}");
+    let password = ferry_proto::seal::open(&shared.secret_key, &context, &sealed).map_err(|e| e.to_string())?;
+    let password = std::str::from_utf8(&password).map_err(|_| "the sealed password is not UTF-8".to_owned())?;
+    match conn.set_password(&e.dn, password, false).await {
+        Ok(()) => {}
+        Err(AdError::PasswordPolicy(why)) => {
+            tracing::warn!(dn = %e.dn, "the domain refused the password set in the cloud: {why}");
+            shared.note_error(&format!("password for {} refused by the domain's policy", e.dn));
+            return Ok(());
+        }
+        Err(err) => return Err(err.to_string()),
+    }
+    let uac = e.int("userAccountControl").unwrap_or(0);
+    if uac & UF_PASSWD_NOTREQD != 0 {
+        // Created without a password: now it has one, it may be enabled.
+        let next = (uac & !UF_PASSWD_NOTREQD & !UF_ACCOUNTDISABLE) | UF_NORMAL_ACCOUNT;
+        conn.set_attributes(&e.dn, &[("userAccountControl", Some(&next.to_string()))])
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    tracing::info!(dn = %e.dn, "cloud → AD: password set");
     shared.applied.fetch_add(1, Ordering::SeqCst);
     Ok(())
 }

@@ -29,6 +29,8 @@ pub struct Shared {
     pub bind_user: String,
     /// Its password.
     pub bind_password: String,
+    /// This agent's X25519 secret key (base64).
+    pub secret_key: String,
     /// The domain as the cloud last described it.
     pub domain: RwLock<DomainInfo>,
     /// Holds the primary lease.

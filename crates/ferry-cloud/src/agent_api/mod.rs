@@ -34,6 +34,7 @@ pub fn router() -> Router<AppState> {
         .route("/feed", get(feed))
         .route("/ack", post(ack))
         .route("/links", get(list_links).post(put_link))
+        .route("/secrets/{seq}", get(sealed_secret))
 }
 
 fn domain_info(d: &Domain) -> DomainInfo {
@@ -349,4 +350,21 @@ async fn put_link(
     tx.put_link(agent.org_id, &link).await?;
     tx.commit().await?;
     Ok(Json(req))
+}
+
+/// `GET /agent/v1/secrets/{seq}`: the password of feed entry `seq`, sealed
+/// to this agent's key.
+async fn sealed_secret(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    axum::extract::Path(seq): axum::extract::Path<i64>,
+) -> Result<Json<ferry_proto::seal::Sealed>, ApiError> {
+    let mut tx = state.store.begin().await?;
+    let sealed = tx
+        .get_sealed(agent.org_id, agent.id, seq)
+        .await?
+        .ok_or_else(|| ApiError::not_found("sealed secret for this agent and entry"))?;
+    serde_json::from_str(&sealed)
+        .map(Json)
+        .map_err(|_| ApiError::from(crate::store::StoreError::Corrupt("sealed secret".into())))
 }

@@ -159,7 +159,7 @@ async fn upsert_user(
                 doc: apply_user_record(&current.doc, &record),
                 password_hash: None,
             };
-            let (row, changed) = super::update_user(tx, ctx, &current, next).await?;
+            let (row, changed) = super::update_user(tx, ctx, &current, next, None).await?;
             (row.id, changed)
         }
         None => {
@@ -170,7 +170,7 @@ async fn upsert_user(
                 doc: apply_user_record(&json!({}), &record),
                 password_hash: None,
             };
-            (super::create_user(tx, ctx, new).await?.id, true)
+            (super::create_user(tx, ctx, new, None).await?.id, true)
         }
     };
     put_link(tx, ctx, domain, ObjectKind::User, id, guid, dn).await?;

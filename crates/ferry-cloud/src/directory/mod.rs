@@ -34,9 +34,9 @@ pub struct WriteCtx {
 /// The origin of changes made in the cloud itself.
 pub const ORIGIN_CLOUD: &str = "cloud";
 
-/// Creates a user.
-pub async fn create_user(tx: &mut Tx, ctx: &WriteCtx, user: NewUser) -> StoreResult<UserRow> {
-    let has_password = user.password_hash.is_some();
+/// Creates a user. `password` is the plaintext of `user.password_hash`, if
+/// one was set: it is sealed to every agent and then forgotten.
+pub async fn create_user(tx: &mut Tx, ctx: &WriteCtx, user: NewUser, password: Option<&str>) -> StoreResult<UserRow> {
     let row = tx.insert_user(ctx.org_id, &user, ctx.now).await?;
     let change = CloudChange::UpsertUser {
         id: row.id,
@@ -44,9 +44,8 @@ pub async fn create_user(tx: &mut Tx, ctx: &WriteCtx, user: NewUser) -> StoreRes
     };
     tx.append_feed(ctx.org_id, &ctx.origin, row.id, &change, ctx.now)
         .await?;
-    if has_password {
-        let pw = CloudChange::PasswordSet { user: row.id };
-        tx.append_feed(ctx.org_id, &ctx.origin, row.id, &pw, ctx.now).await?;
+    if let Some(p) = password {
+        password_set(tx, ctx, row.id, p).await?;
     }
     let details = json!({ "userName": row.username, "active": row.active });
     audit(tx, ctx, "user.create", &target(ObjectKind::User, row.id), details).await?;
@@ -61,6 +60,7 @@ pub async fn update_user(
     ctx: &WriteCtx,
     current: &UserRow,
     next: NewUser,
+    password: Option<&str>,
 ) -> StoreResult<(UserRow, bool)> {
     let attrs_changed = next.username != current.username
         || next.external_id != current.external_id
@@ -97,8 +97,9 @@ pub async fn update_user(
         audit(tx, ctx, action, &target(ObjectKind::User, row.id), details).await?;
     }
     if password_changed {
-        let pw = CloudChange::PasswordSet { user: row.id };
-        tx.append_feed(ctx.org_id, &ctx.origin, row.id, &pw, ctx.now).await?;
+        if let Some(p) = password {
+            password_set(tx, ctx, row.id, p).await?;
+        }
         audit(
             tx,
             ctx,
@@ -109,6 +110,36 @@ pub async fn update_user(
         .await?;
     }
     Ok((row, true))
+}
+
+/// Records a password change in the feed, with the password sealed to each
+/// agent of the org (the feed entry itself carries no secret).
+async fn password_set(tx: &mut Tx, ctx: &WriteCtx, user: Uuid, password: &str) -> StoreResult<()> {
+    let seq = tx
+        .append_feed(
+            ctx.org_id,
+            &ctx.origin,
+            user,
+            &CloudChange::PasswordSet { user },
+            ctx.now,
+        )
+        .await?;
+    for agent in tx.list_org_agents(ctx.org_id).await? {
+        let context = password_context(user, seq);
+        match ferry_proto::seal::seal(&agent.public_key, &context, password.as_bytes()) {
+            Ok(sealed) => {
+                let text = serde_json::to_string(&sealed).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                tx.insert_sealed(ctx.org_id, agent.id, seq, &text, ctx.now).await?;
+            }
+            Err(e) => tracing::warn!(agent = %agent.id, error = %e, "cannot seal a password to this agent's key"),
+        }
+    }
+    Ok(())
+}
+
+/// The associated data a sealed password is bound to.
+pub fn password_context(user: Uuid, seq: i64) -> String {
+    format!("ferry-password:{user}:{seq}")
 }
 
 /// Deletes a user (and its memberships).

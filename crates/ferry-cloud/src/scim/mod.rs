@@ -492,15 +492,18 @@ async fn hash(password: Option<String>) -> Result<Option<String>, ScimError> {
     Ok(Some(h))
 }
 
-async fn new_user_from(body: &Value) -> Result<NewUser, ScimError> {
+/// A user from a SCIM body, and the plaintext password it set (to be sealed
+/// for the agents, then dropped).
+async fn new_user_from(body: &Value) -> Result<(NewUser, Option<String>), ScimError> {
     let u = split_user(normalize(&USERS, body)?)?;
-    Ok(NewUser {
+    let user = NewUser {
         username: u.username,
         external_id: u.external_id,
         active: u.active,
         doc: u.doc,
-        password_hash: hash(u.password).await?,
-    })
+        password_hash: hash(u.password.clone()).await?,
+    };
+    Ok((user, u.password))
 }
 
 async fn create_user(
@@ -509,10 +512,10 @@ async fn create_user(
     headers: HeaderMap,
     ScimBody(body): ScimBody,
 ) -> Result<Response, ScimError> {
-    let new = new_user_from(&body).await?;
+    let (new, password) = new_user_from(&body).await?;
     let ctx = ctx(&state, &auth);
     let mut tx = state.store.begin().await?;
-    let row = directory::create_user(&mut tx, &ctx, new).await?;
+    let row = directory::create_user(&mut tx, &ctx, new, password.as_deref()).await?;
     state.commit(tx).await?;
     Ok(created(resource::render_user(&row, &[], &base(&state, &headers))))
 }
@@ -559,12 +562,12 @@ async fn replace_user(
     Path(id): Path<String>,
     ScimBody(body): ScimBody,
 ) -> Result<Response, ScimError> {
-    let next = new_user_from(&body).await?;
+    let (next, password) = new_user_from(&body).await?;
     let ctx = ctx(&state, &auth);
     let mut tx = state.store.begin().await?;
     let current = load_user(&mut tx, &auth, &id).await?;
     check_if_match(&headers, current.version)?;
-    let (row, _) = directory::update_user(&mut tx, &ctx, &current, next).await?;
+    let (row, _) = directory::update_user(&mut tx, &ctx, &current, next, password.as_deref()).await?;
     let resp = respond_user(&mut tx, &auth, &row, &base(&state, &headers), &HashMap::new()).await?;
     state.commit(tx).await?;
     Ok(resp)
@@ -584,8 +587,8 @@ async fn patch_user(
     let mut working = resource::user_working(&current);
     patch::apply_patch(&USERS, &mut working, &body)?;
     // The working copy never holds the stored password, so one present now was set by this PATCH.
-    let next = new_user_from(&Value::Object(working)).await?;
-    let (row, _) = directory::update_user(&mut tx, &ctx, &current, next).await?;
+    let (next, password) = new_user_from(&Value::Object(working)).await?;
+    let (row, _) = directory::update_user(&mut tx, &ctx, &current, next, password.as_deref()).await?;
     let resp = respond_user(&mut tx, &auth, &row, &base(&state, &headers), &HashMap::new()).await?;
     state.commit(tx).await?;
     Ok(resp)

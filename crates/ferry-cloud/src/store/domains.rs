@@ -485,3 +485,60 @@ impl Tx {
         Ok(id)
     }
 }
+
+impl Tx {
+    /// Every agent of the org that is not revoked.
+    pub async fn list_org_agents(&mut self, org_id: Uuid) -> StoreResult<Vec<Agent>> {
+        let sql =
+            format!("SELECT {AGENT_COLS} FROM agents WHERE org_id = $1 AND revoked_at IS NULL ORDER BY created_at");
+        let rows = sqlx::query(&sql)
+            .bind(org_id.to_string())
+            .fetch_all(self.conn())
+            .await?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
+    /// Stores a box sealed to one agent for one feed entry.
+    pub async fn insert_sealed(
+        &mut self,
+        org_id: Uuid,
+        agent_id: Uuid,
+        seq: i64,
+        sealed: &str,
+        now: i64,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO sealed_secrets (org_id, agent_id, seq, sealed, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(org_id.to_string())
+        .bind(agent_id.to_string())
+        .bind(seq)
+        .bind(sealed)
+        .bind(now)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// The box sealed to `agent_id` for feed entry `seq`.
+    pub async fn get_sealed(&mut self, org_id: Uuid, agent_id: Uuid, seq: i64) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT sealed FROM sealed_secrets WHERE org_id = $1 AND agent_id = $2 AND seq = $3")
+            .bind(org_id.to_string())
+            .bind(agent_id.to_string())
+            .bind(seq)
+            .fetch_optional(self.conn())
+            .await?;
+        Ok(row.map(|r| r.try_get("sealed")).transpose()?)
+    }
+
+    /// Drops an agent's boxes up to `seq` (acknowledged: AD has them).
+    pub async fn delete_sealed_upto(&mut self, org_id: Uuid, agent_id: Uuid, seq: i64) -> StoreResult<()> {
+        sqlx::query("DELETE FROM sealed_secrets WHERE org_id = $1 AND agent_id = $2 AND seq <= $3")
+            .bind(org_id.to_string())
+            .bind(agent_id.to_string())
+            .bind(seq)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+}

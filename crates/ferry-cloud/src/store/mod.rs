@@ -26,7 +26,10 @@ pub use domains::{Agent, ConnectKeyProblem, ConnectKeyRow, Domain, DomainSetting
 pub use journal::{AuditEntry, FeedLink, FeedRow};
 
 /// Migrations, in order; each runs once, in its own transaction.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("0001_init.sql")),
+    (2, include_str!("0002_sealed_secrets.sql")),
+];
 
 /// Which database engine is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
