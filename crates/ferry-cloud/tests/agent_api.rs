@@ -290,30 +290,124 @@ both_engines!(
     }
 );
 
-both_engines!(mass_deletes_are_quarantined, |engine| async move {
-    let s = TestServer::start(engine).await;
-    let (_domain, a) = setup(&s, json!({"delete_threshold": 2})).await;
-    heartbeat(&s, &a).await;
-    let guids: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
-    let users = guids
-        .iter()
-        .enumerate()
-        .map(|(i, g)| ad_user(*g, &format!("u{i}")))
-        .collect();
-    push(&s, &a, None, "c1", users).await;
-    let deletes = guids.iter().map(|g| AdChange::Delete { guid: *g }).collect();
-    let (st, v) = push(&s, &a, Some("c1"), "c2", deletes).await;
-    assert_eq!(st, StatusCode::OK);
-    assert_eq!((v["applied"].as_i64(), v["quarantined"].as_i64()), (Some(0), Some(3)));
-    for i in 0..3 {
-        assert!(
-            scim_user(&s, &format!("u{i}")).await.is_some(),
-            "nothing deleted meanwhile"
+both_engines!(
+    mass_deletes_are_quarantined_until_approved_or_rejected,
+    |engine| async move {
+        let s = TestServer::start(engine).await;
+        let (domain, a) = setup(&s, json!({"delete_threshold": 2})).await;
+        heartbeat(&s, &a).await;
+        let guids: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+        let users = guids
+            .iter()
+            .enumerate()
+            .map(|(i, g)| ad_user(*g, &format!("u{i}")))
+            .collect();
+        push(&s, &a, None, "c1", users).await;
+        let deletes = guids.iter().map(|g| AdChange::Delete { guid: *g }).collect();
+        let (st, v) = push(&s, &a, Some("c1"), "c2", deletes).await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!((v["applied"].as_i64(), v["quarantined"].as_i64()), (Some(0), Some(3)));
+        for i in 0..3 {
+            assert!(
+                scim_user(&s, &format!("u{i}")).await.is_some(),
+                "nothing deleted meanwhile"
+            );
+        }
+        let (_, audit) = s.call(Method::GET, "/api/v1/audit?limit=1", None).await;
+        assert_eq!(audit["entries"][0]["action"], "sync.deletes_quarantined");
+        let (_, q) = s
+            .call(Method::GET, &format!("/api/v1/domains/{domain}/quarantine"), None)
+            .await;
+        assert_eq!(q["quarantine"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            (
+                q["quarantine"][0]["status"].as_str(),
+                q["quarantine"][0]["deletes"].as_i64()
+            ),
+            (Some("pending"), Some(3))
         );
+        let qid = q["quarantine"][0]["id"].as_str().unwrap().to_owned();
+
+        // Reconciliation sends the same deletes again: they are not held twice.
+        let again = guids.iter().map(|g| AdChange::Delete { guid: *g }).collect();
+        let (_, v) = push(&s, &a, Some("c2"), "c3", again).await;
+        assert_eq!((v["applied"].as_i64(), v["quarantined"].as_i64()), (Some(0), Some(0)));
+        let (_, q) = s
+            .call(Method::GET, &format!("/api/v1/domains/{domain}/quarantine"), None)
+            .await;
+        assert_eq!(q["quarantine"].as_array().unwrap().len(), 1);
+
+        // Approval carries them out.
+        let (st, v) = s
+            .call(
+                Method::POST,
+                &format!("/api/v1/domains/{domain}/quarantine/{qid}/approve"),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["applied"], 3);
+        for i in 0..3 {
+            assert!(scim_user(&s, &format!("u{i}")).await.is_none());
+        }
+        let (st, _) = s
+            .call(
+                Method::POST,
+                &format!("/api/v1/domains/{domain}/quarantine/{qid}/approve"),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "decided once");
+
+        // Rejection keeps the cloud users and unlinks them, so they are not deleted later.
+        let more: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+        let users = more
+            .iter()
+            .enumerate()
+            .map(|(i, g)| ad_user(*g, &format!("k{i}")))
+            .collect();
+        push(&s, &a, Some("c3"), "c4", users).await;
+        let deletes: Vec<AdChange> = more.iter().map(|g| AdChange::Delete { guid: *g }).collect();
+        let (_, v) = push(&s, &a, Some("c4"), "c5", deletes.clone()).await;
+        assert_eq!(v["quarantined"], 3);
+        let (_, q) = s
+            .call(Method::GET, &format!("/api/v1/domains/{domain}/quarantine"), None)
+            .await;
+        let pending = q["quarantine"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["status"] == "pending")
+            .unwrap()
+            .clone();
+        let (st, _) = s
+            .call(
+                Method::POST,
+                &format!(
+                    "/api/v1/domains/{domain}/quarantine/{}/reject",
+                    pending["id"].as_str().unwrap()
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK);
+        let (_, v) = push(&s, &a, Some("c5"), "c6", deletes).await;
+        assert_eq!((v["applied"].as_i64(), v["quarantined"].as_i64()), (Some(0), Some(0)));
+        for i in 0..3 {
+            assert!(scim_user(&s, &format!("k{i}")).await.is_some(), "kept after rejection");
+        }
+        let other = s.other_org("Globex").await;
+        let (st, _) = s
+            .call_as(
+                &other.token,
+                Method::GET,
+                &format!("/api/v1/domains/{domain}/quarantine"),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::NOT_FOUND);
     }
-    let (_, audit) = s.call(Method::GET, "/api/v1/audit?limit=1", None).await;
-    assert_eq!(audit["entries"][0]["action"], "sync.deletes_quarantined");
-});
+);
 
 both_engines!(feed_long_poll_excludes_own_changes_and_acks, |engine| async move {
     let s = TestServer::start(engine).await;

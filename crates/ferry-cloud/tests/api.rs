@@ -491,7 +491,8 @@ async fn openapi_documents_every_route_that_exists() {
         for method in ops.as_object().unwrap().keys() {
             let url = path
                 .replace("{id}", "00000000-0000-0000-0000-000000000000")
-                .replace("{agent_id}", "00000000-0000-0000-0000-000000000000");
+                .replace("{agent_id}", "00000000-0000-0000-0000-000000000000")
+                .replace("{qid}", "00000000-0000-0000-0000-000000000000");
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let (st, v) = s.call(m, &format!("/api/v1{url}"), Some(json!({}))).await;
             assert_ne!(

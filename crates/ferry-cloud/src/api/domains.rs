@@ -421,3 +421,102 @@ mod tests {
         assert_eq!(agent_status(0, 300_000), "offline");
     }
 }
+
+/// `GET /api/v1/domains/{id}/quarantine`: deletes held for a decision.
+pub(super) async fn list_quarantine(
+    State(state): State<AppState>,
+    auth: AdminAuth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id, "domain")?;
+    let mut tx = state.store.begin().await?;
+    tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;
+    let list = tx.list_quarantine(auth.org_id, id, false).await?;
+    let items: Vec<Value> = list
+        .iter()
+        .map(|q| json!({"id": q.id, "created_at": q.created_at, "status": q.status, "deletes": q.changes.len(), "changes": q.changes}))
+        .collect();
+    Ok(Json(json!({ "quarantine": items })))
+}
+
+async fn decide(
+    state: AppState,
+    auth: AdminAuth,
+    id: String,
+    qid: String,
+    approve: bool,
+) -> Result<Json<Value>, ApiError> {
+    use crate::directory::{self, ad_apply, WriteCtx};
+    let id = parse_id(&id, "domain")?;
+    let qid = parse_id(&qid, "quarantine entry")?;
+    let now = state.now();
+    let mut tx = state.store.begin().await?;
+    let domain = tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;
+    let entry = tx
+        .list_quarantine(auth.org_id, id, true)
+        .await?
+        .into_iter()
+        .find(|q| q.id == qid)
+        .ok_or_else(|| ApiError::not_found("pending quarantine entry"))?;
+    if !tx
+        .decide_quarantine(auth.org_id, id, qid, if approve { "approved" } else { "rejected" })
+        .await?
+    {
+        return Err(ApiError::not_found("pending quarantine entry"));
+    }
+    let ctx = WriteCtx {
+        org_id: auth.org_id,
+        origin: domain.id.to_string(),
+        actor: auth.actor.clone(),
+        now,
+    };
+    let mut applied = 0u64;
+    for change in &entry.changes {
+        let ferry_proto::agent::AdChange::Delete { guid } = change else {
+            continue;
+        };
+        if approve {
+            if ad_apply::apply_one(&mut tx, &ctx, &domain, change).await? {
+                applied += 1;
+            }
+        } else {
+            // Keep the cloud objects: they are no longer tied to AD.
+            tx.delete_link(auth.org_id, domain.id, *guid).await?;
+        }
+    }
+    let action = if approve {
+        "sync.quarantine_approve"
+    } else {
+        "sync.quarantine_reject"
+    };
+    directory::audit(
+        &mut tx,
+        &ctx,
+        action,
+        &format!("domain:{id}"),
+        json!({"entry": qid, "deletes": entry.changes.len()}),
+    )
+    .await?;
+    state.commit(tx).await?;
+    Ok(Json(
+        json!({"id": qid, "status": if approve { "approved" } else { "rejected" }, "applied": applied}),
+    ))
+}
+
+/// `POST /api/v1/domains/{id}/quarantine/{qid}/approve`: carry out the held deletes.
+pub(super) async fn approve_quarantine(
+    State(state): State<AppState>,
+    auth: AdminAuth,
+    Path((id, qid)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    decide(state, auth, id, qid, true).await
+}
+
+/// `POST /api/v1/domains/{id}/quarantine/{qid}/reject`: keep the cloud objects, unlinked from AD.
+pub(super) async fn reject_quarantine(
+    State(state): State<AppState>,
+    auth: AdminAuth,
+    Path((id, qid)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    decide(state, auth, id, qid, false).await
+}

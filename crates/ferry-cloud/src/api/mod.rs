@@ -28,6 +28,15 @@ pub fn router() -> Router<AppState> {
         .route("/domains/{id}/connect-keys", post(domains::create_connect_key))
         .route("/domains/{id}/agents", get(domains::list_agents))
         .route("/domains/{id}/agents/{agent_id}", delete(domains::revoke_agent))
+        .route("/domains/{id}/quarantine", get(domains::list_quarantine))
+        .route(
+            "/domains/{id}/quarantine/{qid}/approve",
+            post(domains::approve_quarantine),
+        )
+        .route(
+            "/domains/{id}/quarantine/{qid}/reject",
+            post(domains::reject_quarantine),
+        )
         .route("/audit", get(audit::list))
 }
 

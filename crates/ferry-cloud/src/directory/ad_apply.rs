@@ -46,23 +46,41 @@ pub async fn apply_ad_changes(
         let current = tx.get_domain(ctx.org_id, domain.id).await?.ad_cookie;
         return Err(ApplyError::CookieMismatch { current });
     }
-    let deletes = batch
-        .changes
-        .iter()
-        .filter(|c| matches!(c, AdChange::Delete { .. }))
-        .count();
+    // Only deletes of linked objects count: the others change nothing.
+    let mut deletes = 0usize;
+    for c in &batch.changes {
+        if let AdChange::Delete { guid } = c {
+            if tx.link_by_guid(ctx.org_id, domain.id, *guid).await?.is_some() {
+                deletes += 1;
+            }
+        }
+    }
     let quarantine = deletes > domain.settings.policies.delete_threshold as usize;
     let mut applied = 0u64;
     let mut held = Vec::new();
     for change in &batch.changes {
-        if quarantine && matches!(change, AdChange::Delete { .. }) {
-            held.push(change.clone());
+        if let (true, AdChange::Delete { guid }) = (quarantine, change) {
+            if tx.link_by_guid(ctx.org_id, domain.id, *guid).await?.is_some() {
+                held.push(change.clone());
+            }
             continue;
         }
         if apply_one(tx, ctx, domain, change).await? {
             applied += 1;
         }
     }
+    // A delete already held (reconciliation re-sends it every round) is not held twice.
+    let already: std::collections::HashSet<Uuid> = tx
+        .list_quarantine(ctx.org_id, domain.id, true)
+        .await?
+        .iter()
+        .flat_map(|q| q.changes.iter())
+        .filter_map(|c| match c {
+            AdChange::Delete { guid } => Some(*guid),
+            _ => None,
+        })
+        .collect();
+    held.retain(|c| !matches!(c, AdChange::Delete { guid } if already.contains(guid)));
     if !held.is_empty() {
         tx.insert_quarantine(ctx.org_id, domain.id, &held, ctx.now).await?;
         let details = json!({ "deletes": held.len(), "threshold": domain.settings.policies.delete_threshold });

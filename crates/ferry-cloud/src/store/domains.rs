@@ -542,3 +542,69 @@ impl Tx {
         Ok(())
     }
 }
+
+/// Deletes held for an admin's decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quarantine {
+    /// Id.
+    pub id: Uuid,
+    /// Domain.
+    pub domain_id: Uuid,
+    /// When held.
+    pub created_at: i64,
+    /// The held changes.
+    pub changes: Vec<ferry_proto::agent::AdChange>,
+    /// `pending`, `approved` or `rejected`.
+    pub status: String,
+}
+
+impl Tx {
+    /// A domain's quarantine entries, newest first (`pending_only` to filter).
+    pub async fn list_quarantine(
+        &mut self,
+        org_id: Uuid,
+        domain_id: Uuid,
+        pending_only: bool,
+    ) -> StoreResult<Vec<Quarantine>> {
+        let sql = format!(
+            "SELECT id, domain_id, created_at, changes, status FROM quarantine WHERE org_id = $1 AND domain_id = $2 {} ORDER BY created_at DESC",
+            if pending_only { "AND status = 'pending'" } else { "" }
+        );
+        let rows = sqlx::query(&sql)
+            .bind(org_id.to_string())
+            .bind(domain_id.to_string())
+            .fetch_all(self.conn())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Quarantine {
+                    id: get_uuid(r, "id")?,
+                    domain_id: get_uuid(r, "domain_id")?,
+                    created_at: r.try_get("created_at")?,
+                    changes: get_json(r, "changes")?,
+                    status: r.try_get("status")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Moves a pending entry to `approved` or `rejected`; `false` when it was not pending.
+    pub async fn decide_quarantine(
+        &mut self,
+        org_id: Uuid,
+        domain_id: Uuid,
+        id: Uuid,
+        status: &str,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE quarantine SET status = $1 WHERE id = $2 AND org_id = $3 AND domain_id = $4 AND status = 'pending'",
+        )
+        .bind(status)
+        .bind(id.to_string())
+        .bind(org_id.to_string())
+        .bind(domain_id.to_string())
+        .execute(self.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 pub use accounts::{Admin, Org, TokenKind, TokenRow};
 pub use directory::{GroupRow, Link, Member, NewGroup, NewUser, UserQuery, UserRow};
-pub use domains::{Agent, ConnectKeyProblem, ConnectKeyRow, Domain, DomainSettings, Lease};
+pub use domains::{Agent, ConnectKeyProblem, ConnectKeyRow, Domain, DomainSettings, Lease, Quarantine};
 pub use journal::{AuditEntry, FeedLink, FeedRow};
 
 /// Migrations, in order; each runs once, in its own transaction.
