@@ -388,40 +388,6 @@ fn apply_policy_patch(mut p: DomainPolicies, patch: PolicyPatch) -> Result<Domai
     Ok(p)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dns_names_and_root_dns() {
-        assert_eq!(validate_dns_name("Example.TEST.").ok().as_deref(), Some("example.test"));
-        assert!(validate_dns_name("example").is_err());
-        assert!(validate_dns_name("-bad.test").is_err());
-        assert!(validate_dns_name("a..test").is_err());
-        assert!(validate_dns_name("DC=example,DC=test").is_err());
-        assert_eq!(root_dn_of("corp.example.test"), "DC=corp,DC=example,DC=test");
-        assert_eq!(default_netbios("averyveryverylongname.test"), "AVERYVERYVERYLO");
-    }
-
-    #[test]
-    fn user_ou_must_be_inside_the_domain() {
-        let root = "DC=example,DC=test";
-        assert!(validate_user_ou("OU=Staff,DC=example,DC=test", root).is_ok());
-        assert!(validate_user_ou("ou=staff,dc=EXAMPLE,dc=test", root).is_ok());
-        assert!(validate_user_ou("OU=Staff,DC=other,DC=test", root).is_err());
-        assert!(validate_user_ou("DC=example,DC=test", root).is_err());
-        assert!(validate_user_ou("Staff,DC=example,DC=test", root).is_err());
-    }
-
-    #[test]
-    fn status_thresholds() {
-        assert_eq!(agent_status(0, 29_999), "active");
-        assert_eq!(agent_status(0, 30_000), "stale");
-        assert_eq!(agent_status(0, 299_999), "stale");
-        assert_eq!(agent_status(0, 300_000), "offline");
-    }
-}
-
 /// `GET /api/v1/domains/{id}/quarantine`: deletes held for a decision.
 pub(super) async fn list_quarantine(
     State(state): State<AppState>,
@@ -519,4 +485,38 @@ pub(super) async fn reject_quarantine(
     Path((id, qid)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     decide(state, auth, id, qid, false).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_names_and_root_dns() {
+        assert_eq!(validate_dns_name("Example.TEST.").ok().as_deref(), Some("example.test"));
+        assert!(validate_dns_name("example").is_err());
+        assert!(validate_dns_name("-bad.test").is_err());
+        assert!(validate_dns_name("a..test").is_err());
+        assert!(validate_dns_name("DC=example,DC=test").is_err());
+        assert_eq!(root_dn_of("corp.example.test"), "DC=corp,DC=example,DC=test");
+        assert_eq!(default_netbios("averyveryverylongname.test"), "AVERYVERYVERYLO");
+    }
+
+    #[test]
+    fn user_ou_must_be_inside_the_domain() {
+        let root = "DC=example,DC=test";
+        assert!(validate_user_ou("OU=Staff,DC=example,DC=test", root).is_ok());
+        assert!(validate_user_ou("ou=staff,dc=EXAMPLE,dc=test", root).is_ok());
+        assert!(validate_user_ou("OU=Staff,DC=other,DC=test", root).is_err());
+        assert!(validate_user_ou("DC=example,DC=test", root).is_err());
+        assert!(validate_user_ou("Staff,DC=example,DC=test", root).is_err());
+    }
+
+    #[test]
+    fn status_thresholds() {
+        assert_eq!(agent_status(0, 29_999), "active");
+        assert_eq!(agent_status(0, 30_000), "stale");
+        assert_eq!(agent_status(0, 299_999), "stale");
+        assert_eq!(agent_status(0, 300_000), "offline");
+    }
 }
