@@ -111,9 +111,14 @@ where
     }
 }
 
-/// A fresh DC with a delegated service account, a cloud with the domain, and
-/// a registered agent running its sync engine.
-async fn setup() -> (Dc, Cloud, tokio::sync::oneshot::Sender<()>) {
+/// A registered agent's identity.
+struct Enrolled {
+    token: String,
+    secret_key: String,
+}
+
+/// A fresh DC with a delegated service account, and a cloud with the domain.
+async fn prepare() -> (Dc, Cloud, String) {
     let dc = Dc::start();
     let mut admin = dc.admin().await;
     let svc = NewAdUser {
@@ -154,10 +159,15 @@ async fn setup() -> (Dc, Cloud, tokio::sync::oneshot::Sender<()>) {
         )
         .await;
     assert_eq!(st, 201, "{d}");
+    let domain = d["id"].as_str().unwrap().to_owned();
+    (dc, cloud, domain)
+}
+
+async fn enrol(cloud: &Cloud, domain: &str) -> Enrolled {
     let (_, k) = cloud
         .call(
             reqwest::Method::POST,
-            &format!("/api/v1/domains/{}/connect-keys", d["id"].as_str().unwrap()),
+            &format!("/api/v1/domains/{domain}/connect-keys"),
             None,
         )
         .await;
@@ -173,7 +183,16 @@ async fn setup() -> (Dc, Cloud, tokio::sync::oneshot::Sender<()>) {
         .json()
         .await
         .unwrap();
-    let client = CloudClient::new(&cloud.base, r["agent_token"].as_str().unwrap()).unwrap();
+    Enrolled {
+        token: r["agent_token"].as_str().unwrap().to_owned(),
+        secret_key,
+    }
+}
+
+/// Runs a sync engine in this process; it stops when the sender drops.
+async fn run_engine(dc: &Dc, cloud: &Cloud, agent: &Enrolled) -> tokio::sync::oneshot::Sender<()> {
+    let client = CloudClient::new(&cloud.base, &agent.token).unwrap();
+    let secret_key = agent.secret_key.clone();
     let first = client.heartbeat(&Default::default()).await.unwrap();
     let mut ad = AdSettings::new(&dc.ldaps_url);
     ad.ca_file = Some(dc.ca_file.clone());
@@ -193,7 +212,14 @@ async fn setup() -> (Dc, Cloud, tokio::sync::oneshot::Sender<()>) {
     tokio::spawn(sync::run(shared, async {
         stop_rx.await.ok();
     }));
-    (dc, cloud, stop_tx)
+    stop_tx
+}
+
+async fn setup() -> (Dc, Cloud, tokio::sync::oneshot::Sender<()>) {
+    let (dc, cloud, domain) = prepare().await;
+    let agent = enrol(&cloud, &domain).await;
+    let stop = run_engine(&dc, &cloud, &agent).await;
+    (dc, cloud, stop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -339,4 +365,208 @@ async fn changes_flow_both_ways_and_settle() {
         head,
         "the cloud feed is quiet after the changes settled"
     );
+}
+
+/// The `ferry-agent` binary cargo built next to this test.
+fn agent_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(|d| d.parent()).unwrap().join("ferry-agent");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// An agent config directory as the installer writes it.
+fn write_config(dir: &std::path::Path, dc: &Dc, cloud: &Cloud, agent: &Enrolled) {
+    use std::os::unix::fs::PermissionsExt;
+    for (name, secret) in [
+        ("agent.token", &agent.token),
+        ("agent.key", &agent.secret_key),
+        ("bind.password", &SVC_PW.to_owned()),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(&p, secret).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let config = json!({
+        "cloud_url": cloud.base,
+        "agent_id": "test",
+        "agent_token_file": "agent.token",
+        "agent_key_file": "agent.key",
+        "ldap_url": dc.ldaps_url,
+        "ca_file": dc.ca_file,
+        "bind_user": format!("{}\\svc-sync", dc.domain),
+        "bind_password_file": "bind.password",
+    });
+    std::fs::write(dir.join("agent.json"), config.to_string()).unwrap();
+}
+
+struct AgentProcess(std::process::Child);
+
+impl AgentProcess {
+    fn spawn(dir: &std::path::Path, log: &str) -> AgentProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(log))
+            .unwrap();
+        AgentProcess(
+            std::process::Command::new(agent_binary())
+                .args(["run", "--config-dir"])
+                .arg(dir)
+                .env("RUST_LOG", "info")
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn kill9(&mut self) {
+        self.0.kill().ok(); // SIGKILL
+        self.0.wait().ok();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+async fn cloud_user_count(cloud: &Cloud) -> i64 {
+    let (_, v) = cloud.call(reqwest::Method::GET, "/scim/v2/Users?count=0", None).await;
+    v["totalResults"].as_i64().unwrap_or(-1)
+}
+
+fn ad_count(dc: &Dc, base: &str, filter: &str) -> usize {
+    dc.ldapsearch(base, filter, &["dn"])
+        .lines()
+        .filter(|l| l.starts_with("dn:"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_mid_import_and_mid_stream_then_restart_converges() {
+    let (dc, cloud, domain) = prepare().await;
+    // The early user from prepare() is there too.
+    let bulk = dc.new_ou("bulk").await;
+    let mut ldif = String::new();
+    for i in 0..2000 {
+        ldif.push_str(&format!(
+            "dn: CN=bulk{i},{bulk}\nobjectClass: user\nsAMAccountName: bulk{i}\ngivenName: Bulk\nsn: User {i}\nuserAccountControl: 512\n\n"
+        ));
+    }
+    dc.ldapmodify(&ldif, true);
+    let agent = enrol(&cloud, &domain).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &dc, &cloud, &agent);
+    let expected = 2001;
+
+    // SIGKILL in the middle of the import.
+    let mut p = AgentProcess::spawn(dir.path(), "agent.log");
+    let killed_at = eventually("the import to start", || async {
+        let n = cloud_user_count(&cloud).await;
+        (n > 0).then_some(n)
+    })
+    .await;
+    p.kill9();
+    let after_kill = cloud_user_count(&cloud).await;
+    eprintln!("killed the agent with {killed_at} of {expected} users imported ({after_kill} committed)");
+    // Restart: the import resumes from the stored cookie and converges.
+    let _p = AgentProcess::spawn(dir.path(), "agent.log");
+    eventually("the import to finish after the restart", || async {
+        (cloud_user_count(&cloud).await == expected).then_some(())
+    })
+    .await;
+    let client = CloudClient::new(&cloud.base, &agent.token).unwrap();
+    let links = client.links().await.unwrap();
+    assert_eq!(links.len(), expected as usize, "one link per user, nothing duplicated");
+    let bulk5 = cloud.user("bulk5").await.unwrap();
+    assert_eq!(bulk5["name"]["familyName"], "User 5");
+    drop(_p);
+
+    // SIGKILL while a stream of cloud changes is being applied to AD.
+    for i in 0..40 {
+        let (st, v) = cloud
+            .call(
+                reqwest::Method::POST,
+                "/scim/v2/Users",
+                Some(json!({"userName": format!("stream{i}"), "title": "stream"})),
+            )
+            .await;
+        assert_eq!(st, 201, "{v}");
+    }
+    let users = format!("CN=Users,{}", dc.base_dn);
+    let mut p = AgentProcess::spawn(dir.path(), "agent.log");
+    let seen = eventually("the stream to start reaching AD", || async {
+        let n = ad_count(&dc, &users, "(title=stream)");
+        (n > 0).then_some(n)
+    })
+    .await;
+    p.kill9();
+    eprintln!("killed the agent with {seen} of 40 cloud users in AD");
+    let _p = AgentProcess::spawn(dir.path(), "agent.log");
+    eventually("every cloud user in AD after the restart", || async {
+        (ad_count(&dc, &users, "(title=stream)") == 40).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(ad_count(&dc, &users, "(title=stream)"), 40, "nothing created twice");
+    assert_eq!(
+        cloud_user_count(&cloud).await,
+        expected + 40,
+        "and nothing echoed back as a duplicate"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_standby_takes_over_when_the_primary_stops() {
+    let (dc, cloud, domain) = prepare().await;
+    let one = enrol(&cloud, &domain).await;
+    let two = enrol(&cloud, &domain).await;
+    let stop_one = run_engine(&dc, &cloud, &one).await;
+    eventually("the first agent to import", || async { cloud.user("early").await }).await;
+    let stop_two = run_engine(&dc, &cloud, &two).await;
+    let (_, agents) = cloud
+        .call(reqwest::Method::GET, &format!("/api/v1/domains/{domain}/agents"), None)
+        .await;
+    assert_eq!(
+        agents["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["primary"] == true)
+            .count(),
+        1
+    );
+    // The primary stops; within the lease (30 s) the standby takes over and changes keep flowing.
+    drop(stop_one);
+    let users = format!("CN=Users,{}", dc.base_dn);
+    dc.ldapmodify(
+        &format!("dn: CN=After Failover,{users}\nobjectClass: user\nsAMAccountName: afterfail\n"),
+        true,
+    );
+    let start = Instant::now();
+    eventually("a change after failover", || async { cloud.user("afterfail").await }).await;
+    eprintln!(
+        "failover: change visible {:.1} s after the primary stopped",
+        start.elapsed().as_secs_f32()
+    );
+    let (st, _) = cloud
+        .call(
+            reqwest::Method::POST,
+            "/scim/v2/Users",
+            Some(json!({"userName": "cloudside"})),
+        )
+        .await;
+    assert_eq!(st, 201);
+    eventually("cloud → AD after failover", || async {
+        (ad_count(&dc, &users, "(sAMAccountName=cloudside)") == 1).then_some(())
+    })
+    .await;
+    drop(stop_two);
 }
