@@ -105,6 +105,12 @@ impl CloudClient {
         self.call(reqwest::Method::POST, "/heartbeat", Some(req)).await
     }
 
+    /// Frees this agent's primary lease (on a clean stop).
+    pub async fn release(&self) -> Result<(), CloudError> {
+        let _: serde_json::Value = self.call::<(), _>(reqwest::Method::POST, "/release", None).await?;
+        Ok(())
+    }
+
     /// Where the domain's sync stands.
     pub async fn state(&self) -> Result<SyncState, CloudError> {
         self.call::<(), _>(reqwest::Method::GET, "/state", None).await

@@ -177,6 +177,13 @@ both_engines!(one_primary_and_takeover, |engine| async move {
         .collect();
     assert_eq!(primary.len(), 1);
     assert_eq!(primary[0]["id"], two.id.as_str());
+    // A clean stop releases the lease: the other agent takes it at once.
+    let (st, v) = s.call_as(&two.token, Method::POST, "/agent/v1/release", None).await;
+    assert_eq!((st, v["released"].as_bool()), (StatusCode::OK, Some(true)));
+    assert_eq!(heartbeat(&s, &one).await["primary"], true);
+    let (_, v) = s.call_as(&two.token, Method::POST, "/agent/v1/release", None).await;
+    assert_eq!(v["released"], false, "only the holder releases");
+    assert_eq!(heartbeat(&s, &one).await["primary"], true);
 });
 
 both_engines!(ad_batches_apply_once_with_cookie_cas, |engine| async move {

@@ -190,7 +190,7 @@ async fn enrol(cloud: &Cloud, domain: &str) -> Enrolled {
 }
 
 /// Runs a sync engine in this process; it stops when the sender drops.
-async fn run_engine(dc: &Dc, cloud: &Cloud, agent: &Enrolled) -> tokio::sync::oneshot::Sender<()> {
+async fn run_engine(dc: &Dc, cloud: &Cloud, agent: &Enrolled) -> Engine {
     let client = CloudClient::new(&cloud.base, &agent.token).unwrap();
     let secret_key = agent.secret_key.clone();
     let first = client.heartbeat(&Default::default()).await.unwrap();
@@ -209,13 +209,32 @@ async fn run_engine(dc: &Dc, cloud: &Cloud, agent: &Enrolled) -> tokio::sync::on
         last_error: Default::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(sync::run(shared, async {
+    let task = tokio::spawn(sync::run(shared, async {
         stop_rx.await.ok();
     }));
-    stop_tx
+    Engine {
+        stop: Some(stop_tx),
+        task: Some(task),
+    }
 }
 
-async fn setup() -> (Dc, Cloud, tokio::sync::oneshot::Sender<()>) {
+/// An engine running in this process.
+struct Engine {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Stops cleanly (the engine releases its lease).
+    async fn stop(mut self) {
+        self.stop.take();
+        if let Some(t) = self.task.take() {
+            t.await.ok();
+        }
+    }
+}
+
+async fn setup() -> (Dc, Cloud, Engine) {
     let (dc, cloud, domain) = prepare().await;
     let agent = enrol(&cloud, &domain).await;
     let stop = run_engine(&dc, &cloud, &agent).await;
@@ -543,8 +562,9 @@ async fn the_standby_takes_over_when_the_primary_stops() {
             .count(),
         1
     );
-    // The primary stops; within the lease (30 s) the standby takes over and changes keep flowing.
-    drop(stop_one);
+    // The primary stops cleanly and releases its lease: the standby takes
+    // over at its next heartbeat, and changes keep flowing.
+    stop_one.stop().await;
     let users = format!("CN=Users,{}", dc.base_dn);
     dc.ldapmodify(
         &format!("dn: CN=After Failover,{users}\nobjectClass: user\nsAMAccountName: afterfail\n"),
@@ -568,5 +588,5 @@ async fn the_standby_takes_over_when_the_primary_stops() {
         (ad_count(&dc, &users, "(sAMAccountName=cloudside)") == 1).then_some(())
     })
     .await;
-    drop(stop_two);
+    stop_two.stop().await;
 }

@@ -74,6 +74,12 @@ pub async fn run(shared: Arc<Shared>, stop: impl std::future::Future<Output = ()
     hb.abort();
     up.abort();
     down.abort();
+    // Hand over at once rather than when the lease runs out.
+    if shared.primary.swap(false, Ordering::SeqCst) {
+        if let Err(e) = shared.cloud.release().await {
+            tracing::warn!(error = %e, "could not release the primary lease; a standby takes over when it expires");
+        }
+    }
 }
 
 async fn heartbeat_loop(shared: Arc<Shared>) {
@@ -102,7 +108,13 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
                     );
                 }
                 *shared.domain.write().await = r.domain;
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                // A standby asks more often, to take over soon after a release.
+                let every = if r.primary {
+                    Duration::from_secs(5)
+                } else {
+                    Duration::from_secs(2)
+                };
+                tokio::time::sleep(every).await;
             }
             Err(e) => {
                 shared.primary.store(false, Ordering::SeqCst);

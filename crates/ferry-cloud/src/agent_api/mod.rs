@@ -29,6 +29,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/register", post(register))
         .route("/heartbeat", post(heartbeat))
+        .route("/release", post(release))
         .route("/state", get(sync_state))
         .route("/changes", post(push_changes))
         .route("/feed", get(feed))
@@ -158,6 +159,20 @@ async fn heartbeat(
         lease_expires_at: lease.expires_at,
         domain: domain_info(&domain),
     }))
+}
+
+/// `POST /agent/v1/release`: the agent is stopping; free its lease now.
+async fn release(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut tx = state.store.begin().await?;
+    let released = tx.release_lease(&agent).await?;
+    tx.commit().await?;
+    if released {
+        tracing::info!(agent = %agent.id, "primary lease released");
+    }
+    Ok(Json(json!({ "released": released })))
 }
 
 /// `GET /agent/v1/state`.

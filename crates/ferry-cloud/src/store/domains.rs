@@ -394,6 +394,20 @@ impl Tx {
         })
     }
 
+    /// Gives up the primary lease if `agent` holds it (a clean stop), so a
+    /// standby takes over at its next heartbeat instead of after the lease.
+    pub async fn release_lease(&mut self, agent: &Agent) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE domains SET lease_agent_id = NULL, lease_expires_at = 0 WHERE id = $1 AND org_id = $2 AND lease_agent_id = $3",
+        )
+        .bind(agent.domain_id.to_string())
+        .bind(agent.org_id.to_string())
+        .bind(agent.id.to_string())
+        .execute(self.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Moves the stored DirSync cookie from `from` to `to`; `false` when the
     /// stored cookie is not `from` (another agent moved it).
     pub async fn swap_ad_cookie(
