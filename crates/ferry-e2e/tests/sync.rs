@@ -368,6 +368,84 @@ async fn changes_flow_both_ways_and_settle() {
     })
     .await;
 
+    // AD: disable, rename and move keep identity.
+    let mut admin = dc.admin().await;
+    // (bob has a password now; an account that never had one stays "waiting".)
+    let bob_dn = format!("CN=bob,{users}");
+    admin.set_enabled(&bob_dn, false).await.unwrap();
+    eventually("an AD disable in the cloud", || async {
+        cloud.user("bob").await.filter(|u| u["active"] == false)
+    })
+    .await;
+    let moved_ou = dc.new_ou("moved").await;
+    let ann_dn = format!("CN=Ann Lee,{users}");
+    let new_dn = admin
+        .rename_move(&ann_dn, Some("Ann Lee-Smith"), Some(&moved_ou))
+        .await
+        .unwrap();
+    admin
+        .set_attributes(&new_dn, &[("sAMAccountName", Some("ann.smith"))])
+        .await
+        .unwrap();
+    let renamed = eventually("an AD rename in the cloud", || async { cloud.user("ann.smith").await }).await;
+    assert_eq!(
+        renamed["id"], ann["id"],
+        "the same cloud user: identity is the objectGUID"
+    );
+    assert!(cloud.user("ann").await.is_none());
+
+    // AD groups, nested, arrive with their members; a rename follows.
+    dc.ldapmodify(
+        &format!("dn: CN=Inner,{users}\nobjectClass: group\nsAMAccountName: inner\nmember: {new_dn}\n"),
+        true,
+    );
+    dc.ldapmodify(
+        &format!("dn: CN=Outer,{users}\nobjectClass: group\nsAMAccountName: outer\nmember: CN=Inner,{users}\n"),
+        true,
+    );
+    let group = |name: &'static str| {
+        let cloud = &cloud;
+        async move {
+            let (_, v) = cloud
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/scim/v2/Groups?filter=displayName%20eq%20%22{name}%22"),
+                    None,
+                )
+                .await;
+            v["Resources"].as_array().and_then(|a| a.first().cloned())
+        }
+    };
+    let outer = eventually("a nested AD group in the cloud", || async {
+        group("outer").await.filter(|g| g["members"][0]["type"] == "Group")
+    })
+    .await;
+    let inner = group("inner").await.unwrap();
+    assert_eq!(inner["members"][0]["value"], ann["id"]);
+    assert_eq!(outer["members"][0]["value"], inner["id"]);
+    dc.ldapmodify(
+        &format!("dn: CN=Inner,{users}\nchangetype: modify\nreplace: sAMAccountName\nsAMAccountName: inner-renamed\n"),
+        false,
+    );
+    eventually("an AD group rename in the cloud", || async {
+        group("inner-renamed").await
+    })
+    .await;
+    // A group deleted in the cloud is deleted in AD.
+    cloud
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/scim/v2/Groups/{}", outer["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    eventually("a cloud group delete in AD", || async {
+        (!dc.ldapsearch(&users, "(objectClass=group)", &["cn"])
+            .contains("cn: Outer"))
+        .then_some(())
+    })
+    .await;
+
     // An AD delete removes the cloud user (found by reconciliation).
     dc.ldapmodify(&format!("dn: CN=Early Bird,{users}\nchangetype: delete\n"), false);
     eventually("an AD delete in the cloud", || async {
