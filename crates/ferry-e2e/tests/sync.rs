@@ -93,7 +93,16 @@ impl Cloud {
     }
 }
 
-async fn eventually<F, Fut, T>(what: &str, mut f: F) -> T
+async fn eventually<F, Fut, T>(what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    poll_until(what, Duration::from_millis(200), f).await
+}
+
+/// Polls `f` every `every` until it answers, for at most 45 s.
+async fn poll_until<F, Fut, T>(what: &str, every: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -107,7 +116,7 @@ where
             start.elapsed() < Duration::from_secs(45),
             "timed out waiting for: {what}"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -667,4 +676,60 @@ async fn the_standby_takes_over_when_the_primary_stops() {
     })
     .await;
     stop_two.stop().await;
+}
+
+/// Change latency, both ways: a benchmark, not a test (run with
+/// `cargo test -p ferry-e2e --release -- --ignored latency --nocapture`).
+/// Prints median and p99; asserts nothing about time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn latency() {
+    let (dc, cloud, _engine) = setup().await;
+    let users = format!("CN=Users,{}", dc.base_dn);
+    let mut admin = dc.admin().await;
+    let u = NewAdUser {
+        sam_account_name: "lat".into(),
+        password: Some("Lat-Pa55-w".into()),
+        enabled: true,
+        ..Default::default()
+    };
+    let dn = admin.create_user(&users, &u).await.unwrap();
+    let lat = eventually("the user in the cloud", || async { cloud.user("lat").await }).await;
+    let id = lat["id"].as_str().unwrap().to_owned();
+    let pct = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        (v[v.len() / 2], v[(v.len() * 99 / 100).min(v.len() - 1)])
+    };
+    let mut up = Vec::new();
+    for i in 0..50 {
+        let title = format!("ad-{i}");
+        let t = Instant::now();
+        admin.set_attributes(&dn, &[("title", Some(&title))]).await.unwrap();
+        poll_until("AD → cloud", Duration::from_millis(10), || async {
+            cloud.user("lat").await.filter(|u| u["title"] == title.as_str())
+        })
+        .await;
+        up.push(t.elapsed().as_secs_f64());
+    }
+    let reader = tokio::sync::Mutex::new(dc.admin().await);
+    let mut down = Vec::new();
+    for i in 0..50 {
+        let title = format!("cloud-{i}");
+        let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "path": "title", "value": title}]});
+        let t = Instant::now();
+        cloud
+            .call(reqwest::Method::PATCH, &format!("/scim/v2/Users/{id}"), Some(patch))
+            .await;
+        poll_until("cloud → AD", Duration::from_millis(10), || async {
+            let e = reader.lock().await.read_entry(&dn, &["title"]).await.ok()??;
+            (e.str("title").as_deref() == Some(title.as_str())).then_some(())
+        })
+        .await;
+        down.push(t.elapsed().as_secs_f64());
+    }
+    let (u50, u99) = pct(up);
+    let (d50, d99) = pct(down);
+    println!("change latency over 50 changes each (Samba DC, SQLite cloud, loopback; polled every 10 ms):");
+    println!("  AD → cloud: median {u50:.3} s, p99 {u99:.3} s");
+    println!("  cloud → AD: median {d50:.3} s, p99 {d99:.3} s");
 }
