@@ -87,7 +87,32 @@ fn ad_user(guid: Uuid, name: &str) -> AdChange {
             active: true,
             ..Default::default()
         }),
+        changed_at: None,
     }
+}
+
+fn ad_user_with(guid: Uuid, name: &str, title: &str, department: &str, changed_at: Option<i64>) -> AdChange {
+    AdChange::UpsertUser {
+        guid,
+        dn: format!("CN={name},CN=Users,DC=example,DC=test"),
+        record: Box::new(UserRecord {
+            username: name.into(),
+            title: Some(title.into()),
+            department: Some(department.into()),
+            active: true,
+            ..Default::default()
+        }),
+        changed_at,
+    }
+}
+
+async fn set_title(s: &TestServer, id: &str, title: &str) {
+    let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                       "Operations": [{"op": "replace", "path": "title", "value": title}]});
+    let (st, v) = s
+        .call(Method::PATCH, &format!("/scim/v2/Users/{id}"), Some(patch))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
 }
 
 async fn scim_user(s: &TestServer, name: &str) -> Option<Value> {
@@ -519,4 +544,119 @@ both_engines!(an_agent_sees_only_its_own_org, |engine| async move {
     // The other org's admin cannot see this agent.
     let (_, d) = s.call_as(&other.token, Method::GET, "/api/v1/domains", None).await;
     assert_eq!(d["domains"], json!([]));
+});
+
+both_engines!(concurrent_edits_follow_the_authority_policy, |engine| async move {
+    use ferry_cloud::clock::Clock;
+    for policy in ["ad", "cloud", "latest"] {
+        let s = TestServer::start(engine).await;
+        let (_domain, a) = setup(&s, json!({"authority": policy})).await;
+        heartbeat(&s, &a).await;
+        let guid = Uuid::new_v4();
+        push(&s, &a, None, "c1", vec![ad_user_with(guid, "carl", "T0", "D0", None)]).await;
+        let id = scim_user(&s, "carl").await.unwrap()["id"].as_str().unwrap().to_owned();
+
+        // Not a conflict: the cloud changed the title, AD changed the department
+        // and still shows the old title. The cloud's title must survive.
+        set_title(&s, &id, "Cloud1").await;
+        let cursor = feed(&s, &a, 0, 0).await.next_cursor;
+        let (_, v) = push(
+            &s,
+            &a,
+            Some("c1"),
+            "c2",
+            vec![ad_user_with(guid, "carl", "T0", "D1", None)],
+        )
+        .await;
+        assert_eq!(v["applied"], 1, "{policy}");
+        let u = scim_user(&s, "carl").await.unwrap();
+        assert_eq!(
+            u["title"], "Cloud1",
+            "{policy}: a stale AD value does not revert the cloud's change"
+        );
+        assert_eq!(
+            u["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"]["department"], "D1",
+            "{policy}"
+        );
+        let f = feed(&s, &a, cursor, 0).await;
+        let down = f.entries.iter().any(|e| matches!(&e.change, ferry_proto::agent::CloudChange::UpsertUser { record, .. } if record.title.as_deref() == Some("Cloud1") && record.department.as_deref() == Some("D1")));
+        assert!(down, "{policy}: the cloud's title is sent down to AD: {:?}", f.entries);
+
+        // AD catches up: both sides agree; nothing more is written.
+        push(
+            &s,
+            &a,
+            Some("c2"),
+            "c3",
+            vec![ad_user_with(guid, "carl", "Cloud1", "D1", None)],
+        )
+        .await;
+        let mut tx = s.store.begin().await.unwrap();
+        let head = tx.feed_head(s.org.id).await.unwrap();
+        drop(tx);
+
+        // A real conflict: both changed the title since they last agreed.
+        set_title(&s, &id, "C2").await;
+        let now = s.clock.now_ms();
+        let ad_time = if policy == "latest" { Some(now + 10_000) } else { None };
+        push(
+            &s,
+            &a,
+            Some("c3"),
+            "c4",
+            vec![ad_user_with(guid, "carl", "A2", "D1", ad_time)],
+        )
+        .await;
+        let want = match policy {
+            "cloud" => "C2",
+            _ => "A2",
+        };
+        assert_eq!(scim_user(&s, "carl").await.unwrap()["title"], want, "{policy}");
+        let (_, audit) = s.call(Method::GET, "/api/v1/audit?limit=20", None).await;
+        let conflict = audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["action"] == "sync.conflict")
+            .unwrap_or_else(|| panic!("{policy}: the conflict is audited: {audit}"));
+        assert_eq!(conflict["details"]["attribute"], "title");
+        assert_eq!(
+            (
+                conflict["details"]["ad"].as_str(),
+                conflict["details"]["cloud"].as_str()
+            ),
+            (Some("A2"), Some("C2"))
+        );
+        assert_eq!(conflict["details"]["winner"], if want == "C2" { "cloud" } else { "ad" });
+        let mut tx = s.store.begin().await.unwrap();
+        assert!(tx.feed_head(s.org.id).await.unwrap() > head);
+        drop(tx);
+
+        if policy == "latest" {
+            // The cloud's edit is the later one this time.
+            push(
+                &s,
+                &a,
+                Some("c4"),
+                "c5",
+                vec![ad_user_with(guid, "carl", "A2", "D1", None)],
+            )
+            .await;
+            set_title(&s, &id, "C3").await;
+            let past = Some(s.clock.now_ms() - 60_000);
+            push(
+                &s,
+                &a,
+                Some("c5"),
+                "c6",
+                vec![ad_user_with(guid, "carl", "A3", "D1", past)],
+            )
+            .await;
+            assert_eq!(
+                scim_user(&s, "carl").await.unwrap()["title"],
+                "C3",
+                "latest: the later cloud edit wins"
+            );
+        }
+    }
 });

@@ -157,6 +157,10 @@ pub enum AdChange {
         dn: String,
         /// The user's attributes.
         record: Box<UserRecord>,
+        /// When AD last changed the object (`whenChanged`, unix ms): the
+        /// `latest` authority policy compares it with the cloud's change.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        changed_at: Option<i64>,
     },
     /// A group was created or changed.
     UpsertGroup {

@@ -52,7 +52,27 @@ pub const READ_ATTRS: &[&str] = &[
     "isCriticalSystemObject",
     "isDeleted",
     "uSNChanged",
+    "whenChanged",
 ];
+
+/// `whenChanged` (GeneralizedTime, `20261125183000.0Z`) as unix ms.
+pub fn when_changed(e: &AdEntry) -> Option<i64> {
+    let s = e.str("whenChanged")?;
+    let d = |a: usize, b: usize| -> Option<i64> { s.get(a..b)?.parse().ok() };
+    let (y, mo, day, h, mi, sec) = (d(0, 4)?, d(4, 6)?, d(6, 8)?, d(8, 10)?, d(10, 12)?, d(12, 14)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&day) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + h) * 60 + mi) * 60_000 + sec * 1000)
+}
 
 /// The record of a user entry, and its manager's DN (the caller resolves
 /// it to the manager's objectGUID).
@@ -192,6 +212,20 @@ mod tests {
                 description: Some("Everyone".into())
             }
         );
+    }
+
+    #[test]
+    fn when_changed_is_unix_ms() {
+        assert_eq!(
+            when_changed(&entry("x", &[("whenChanged", "19700101000000.0Z")])),
+            Some(0)
+        );
+        assert_eq!(
+            when_changed(&entry("x", &[("whenChanged", "20231114221320.0Z")])),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(when_changed(&entry("x", &[("whenChanged", "garbage")])), None);
+        assert_eq!(when_changed(&entry("x", &[])), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::{backoff, wait_primary, Shared};
 use crate::ad::dn::dn_within;
 use crate::ad::guid::guid_filter;
-use crate::ad::mapping::{excluded, group_record, is_tombstone, user_record, READ_ATTRS};
+use crate::ad::mapping::{excluded, group_record, is_tombstone, user_record, when_changed, READ_ATTRS};
 use crate::ad::read::member_delta;
 use crate::ad::{AdConnection, AdEntry};
 
@@ -142,6 +142,7 @@ async fn full_import(shared: &Shared, conn: &mut AdConnection, mut cookie: Optio
                 guid,
                 dn: e.dn.clone(),
                 record: Box::new(rec.clone()),
+                changed_at: when_changed(e),
             };
             users.push(upsert);
             if let Some(m) = manager.and_then(|m| guid_of.get(&m.to_lowercase()).copied()) {
@@ -151,6 +152,7 @@ async fn full_import(shared: &Shared, conn: &mut AdConnection, mut cookie: Optio
                     guid,
                     dn: e.dn.clone(),
                     record: Box::new(rec),
+                    changed_at: when_changed(e),
                 });
             }
         }
@@ -258,6 +260,7 @@ async fn increment(shared: &Shared, conn: &mut AdConnection, cookie: Option<Stri
                 guid,
                 dn: full.dn.clone(),
                 record: Box::new(rec),
+                changed_at: when_changed(&full),
             });
         }
     }

@@ -361,6 +361,7 @@ async fn put_link(
         ad_guid: req.guid,
         ad_dn: req.dn.clone(),
         synced_at: now,
+        base: None,
     };
     tx.put_link(agent.org_id, &link).await?;
     tx.commit().await?;

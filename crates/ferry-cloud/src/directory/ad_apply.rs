@@ -4,7 +4,7 @@
 //! Identity is the AD `objectGUID` (through the domain's links), never a DN
 //! or a name, so renames and moves keep the cloud object.
 
-use ferry_proto::agent::{AdChange, AdDeleteAction, PushChangesRequest, PushChangesResponse};
+use ferry_proto::agent::{AdChange, AdDeleteAction, Authority, PushChangesRequest, PushChangesResponse};
 use ferry_proto::record::{GroupRecord, ObjectKind, UserRecord};
 use serde_json::json;
 use uuid::Uuid;
@@ -103,7 +103,12 @@ pub async fn apply_ad_changes(
 /// Applies one change; `true` when the cloud changed.
 pub async fn apply_one(tx: &mut Tx, ctx: &WriteCtx, domain: &Domain, change: &AdChange) -> StoreResult<bool> {
     match change {
-        AdChange::UpsertUser { guid, dn, record } => upsert_user(tx, ctx, domain, *guid, dn, record).await,
+        AdChange::UpsertUser {
+            guid,
+            dn,
+            record,
+            changed_at,
+        } => upsert_user(tx, ctx, domain, *guid, dn, record, *changed_at).await,
         AdChange::UpsertGroup { guid, dn, record } => upsert_group(tx, ctx, domain, *guid, dn, record).await,
         AdChange::Delete { guid } => delete(tx, ctx, domain, *guid).await,
         AdChange::SetMembers { group, members } => {
@@ -137,6 +142,7 @@ async fn upsert_user(
     guid: Uuid,
     dn: &str,
     record: &UserRecord,
+    changed_at: Option<i64>,
 ) -> StoreResult<bool> {
     let mut record = record.clone();
     record.manager = match &record.manager {
@@ -148,7 +154,12 @@ async fn upsert_user(
         },
         None => None,
     };
-    let existing = match tx.link_by_guid(ctx.org_id, domain.id, guid).await? {
+    let link = tx.link_by_guid(ctx.org_id, domain.id, guid).await?;
+    let base: Option<UserRecord> = link
+        .as_ref()
+        .and_then(|l| l.base.clone())
+        .and_then(|b| serde_json::from_value(b).ok());
+    let existing = match &link {
         Some(link) => tx.get_user(ctx.org_id, link.object_id).await?,
         None if domain.settings.policies.match_existing_users => {
             match tx.find_user_by_username(ctx.org_id, &record.username).await? {
@@ -167,6 +178,34 @@ async fn upsert_user(
         // the cloud's state stands (a new user counts as active).
         record.active = existing.as_ref().is_none_or(|u| u.active);
         record.awaiting_password = false;
+    }
+    // Three-way merge against the last agreed record: a field only the
+    // cloud changed keeps the cloud's value (AD's is merely stale), a field
+    // only AD changed takes AD's, a field both changed is a conflict the
+    // domain's authority policy settles.
+    let mut cloud_wins_somewhere = false;
+    if let (Some(base), Some(current)) = (&base, &existing) {
+        let cloud = super::record::user_record(current);
+        let (merged, conflicts, cloud_kept) = merge_user(
+            base,
+            &cloud,
+            &record,
+            domain.settings.policies.authority,
+            changed_at,
+            current.updated_at,
+        );
+        for c in &conflicts {
+            audit(
+                tx,
+                ctx,
+                "sync.conflict",
+                &target(ObjectKind::User, current.id),
+                c.clone(),
+            )
+            .await?;
+        }
+        cloud_wins_somewhere = cloud_kept;
+        record = merged;
     }
     let (id, changed) = match existing {
         Some(current) => {
@@ -191,8 +230,87 @@ async fn upsert_user(
             (super::create_user(tx, ctx, new, None).await?.id, true)
         }
     };
-    put_link(tx, ctx, domain, ObjectKind::User, id, guid, dn).await?;
+    if cloud_wins_somewhere {
+        // AD still holds other values than the cloud kept: send the cloud's
+        // record back down (the agent writes only the differences).
+        if let Some(row) = tx.get_user(ctx.org_id, id).await? {
+            let change = ferry_proto::agent::CloudChange::UpsertUser {
+                id,
+                record: Box::new(super::record::user_record(&row)),
+            };
+            tx.append_feed(ctx.org_id, super::ORIGIN_CLOUD, id, &change, ctx.now)
+                .await?;
+        }
+    }
+    let agreed = serde_json::to_value(&record).ok();
+    put_link_with_base(tx, ctx, domain, ObjectKind::User, id, guid, dn, agreed).await?;
     Ok(changed)
+}
+
+/// One field's three-way merge: `(value, conflict, cloud kept a value AD lacks)`.
+fn merge_field<T: Clone + PartialEq + serde::Serialize>(
+    name: &str,
+    base: &T,
+    cloud: &T,
+    ad: &T,
+    ad_wins_conflict: bool,
+    conflicts: &mut Vec<serde_json::Value>,
+) -> (T, bool) {
+    if ad == cloud || cloud == base {
+        return (ad.clone(), false);
+    }
+    if ad == base {
+        return (cloud.clone(), true);
+    }
+    let winner = if ad_wins_conflict { "ad" } else { "cloud" };
+    conflicts.push(json!({ "attribute": name, "ad": ad, "cloud": cloud, "base": base, "winner": winner }));
+    if ad_wins_conflict {
+        (ad.clone(), false)
+    } else {
+        (cloud.clone(), true)
+    }
+}
+
+/// Merges an AD record into the cloud's, against the last agreed `base`.
+pub fn merge_user(
+    base: &UserRecord,
+    cloud: &UserRecord,
+    ad: &UserRecord,
+    authority: Authority,
+    ad_changed_at: Option<i64>,
+    cloud_changed_at: i64,
+) -> (UserRecord, Vec<serde_json::Value>, bool) {
+    let ad_wins = match authority {
+        Authority::Ad => true,
+        Authority::Cloud => false,
+        // whenChanged has 1 s resolution: a tie goes to AD, where the edit is visible to both.
+        Authority::Latest => ad_changed_at.is_none_or(|a| a + 999 >= cloud_changed_at),
+    };
+    let mut conflicts = Vec::new();
+    let mut kept = false;
+    let mut out = ad.clone();
+    macro_rules! field {
+        ($f:ident) => {{
+            let (v, k) = merge_field(stringify!($f), &base.$f, &cloud.$f, &ad.$f, ad_wins, &mut conflicts);
+            out.$f = v;
+            kept |= k;
+        }};
+    }
+    field!(username);
+    field!(given_name);
+    field!(family_name);
+    field!(display_name);
+    field!(email);
+    field!(phone);
+    field!(mobile);
+    field!(title);
+    field!(department);
+    field!(company);
+    field!(description);
+    field!(employee_number);
+    field!(manager);
+    field!(active);
+    (out, conflicts, kept)
 }
 
 async fn upsert_group(
@@ -290,6 +408,20 @@ async fn put_link(
     guid: Uuid,
     dn: &str,
 ) -> StoreResult<()> {
+    put_link_with_base(tx, ctx, domain, kind, object_id, guid, dn, None).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn put_link_with_base(
+    tx: &mut Tx,
+    ctx: &WriteCtx,
+    domain: &Domain,
+    kind: ObjectKind,
+    object_id: Uuid,
+    guid: Uuid,
+    dn: &str,
+    base: Option<serde_json::Value>,
+) -> StoreResult<()> {
     let link = Link {
         domain_id: domain.id,
         kind,
@@ -297,6 +429,7 @@ async fn put_link(
         ad_guid: guid,
         ad_dn: dn.to_owned(),
         synced_at: ctx.now,
+        base,
     };
     tx.put_link(ctx.org_id, &link).await
 }

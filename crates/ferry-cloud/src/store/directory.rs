@@ -104,6 +104,8 @@ pub struct Link {
     pub ad_dn: String,
     /// Last sync through this link.
     pub synced_at: i64,
+    /// The record both sides last agreed on (users), as JSON.
+    pub base: Option<serde_json::Value>,
 }
 
 /// Which users to list. Equality tests here are pushed into SQL; the rest of
@@ -449,7 +451,7 @@ impl Tx {
     /// The link of an AD object in a domain.
     pub async fn link_by_guid(&mut self, org_id: Uuid, domain_id: Uuid, guid: Uuid) -> StoreResult<Option<Link>> {
         let row = sqlx::query(
-            "SELECT domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at FROM links
+            "SELECT domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at, base FROM links
              WHERE org_id = $1 AND domain_id = $2 AND ad_guid = $3",
         )
         .bind(org_id.to_string())
@@ -468,7 +470,7 @@ impl Tx {
         object_id: Uuid,
     ) -> StoreResult<Option<Link>> {
         let row = sqlx::query(
-            "SELECT domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at FROM links
+            "SELECT domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at, base FROM links
              WHERE org_id = $1 AND domain_id = $2 AND object_id = $3",
         )
         .bind(org_id.to_string())
@@ -482,7 +484,7 @@ impl Tx {
     /// Every link of a cloud object (one per domain).
     pub async fn links_of(&mut self, org_id: Uuid, object_id: Uuid) -> StoreResult<Vec<Link>> {
         let rows = sqlx::query(
-            "SELECT domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at FROM links
+            "SELECT domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at, base FROM links
              WHERE org_id = $1 AND object_id = $2 ORDER BY domain_id",
         )
         .bind(org_id.to_string())
@@ -495,9 +497,10 @@ impl Tx {
     /// Creates or moves a link.
     pub async fn put_link(&mut self, org_id: Uuid, link: &Link) -> StoreResult<()> {
         sqlx::query(
-            "INSERT INTO links (org_id, domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (domain_id, ad_guid) DO UPDATE SET object_kind = $3, object_id = $4, ad_dn = $6, synced_at = $7",
+            "INSERT INTO links (org_id, domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at, base)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (domain_id, ad_guid) DO UPDATE SET object_kind = $3, object_id = $4, ad_dn = $6, synced_at = $7,
+                 base = COALESCE(excluded.base, links.base)",
         )
         .bind(org_id.to_string())
         .bind(link.domain_id.to_string())
@@ -506,6 +509,7 @@ impl Tx {
         .bind(link.ad_guid.to_string())
         .bind(&link.ad_dn)
         .bind(link.synced_at)
+        .bind(link.base.as_ref().map(serde_json::Value::to_string))
         .execute(self.conn())
         .await
         .map_err(|e| conflict_as(e, "the cloud object is linked to another AD object".into()))?;
@@ -515,7 +519,7 @@ impl Tx {
     /// Every link of a domain.
     pub async fn links_of_domain(&mut self, org_id: Uuid, domain_id: Uuid) -> StoreResult<Vec<Link>> {
         let rows = sqlx::query(
-            "SELECT domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at FROM links
+            "SELECT domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at, base FROM links
              WHERE org_id = $1 AND domain_id = $2 ORDER BY ad_guid",
         )
         .bind(org_id.to_string())
@@ -582,5 +586,9 @@ fn link_from_row(r: &AnyRow) -> StoreResult<Link> {
         ad_guid: get_uuid(r, "ad_guid")?,
         ad_dn: r.try_get("ad_dn")?,
         synced_at: r.try_get("synced_at")?,
+        base: r
+            .try_get::<Option<String>, _>("base")?
+            .map(|b| serde_json::from_str(&b).map_err(|e| StoreError::Corrupt(format!("base: {e}"))))
+            .transpose()?,
     })
 }

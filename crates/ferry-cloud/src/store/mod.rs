@@ -29,6 +29,7 @@ pub use journal::{AuditEntry, FeedLink, FeedRow};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("0001_init.sql")),
     (2, include_str!("0002_sealed_secrets.sql")),
+    (3, include_str!("0003_link_base.sql")),
 ];
 
 /// Which database engine is behind the pool.
