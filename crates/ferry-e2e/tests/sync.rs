@@ -455,6 +455,68 @@ async fn changes_flow_both_ways_and_settle() {
     })
     .await;
 
+    // AD membership changes reach the cloud; AD group deletes too.
+    dc.ldapmodify(
+        &format!("dn: CN=Inner,{users}\nchangetype: modify\nadd: member\nmember: CN=bob,{users}\n"),
+        false,
+    );
+    eventually("an AD member add in the cloud", || async {
+        group("inner-renamed")
+            .await
+            .filter(|g| g["members"].as_array().is_some_and(|m| m.len() == 2))
+    })
+    .await;
+    dc.ldapmodify(
+        &format!("dn: CN=Inner,{users}\nchangetype: modify\ndelete: member\nmember: {new_dn}\n"),
+        false,
+    );
+    eventually("an AD member removal in the cloud", || async {
+        group("inner-renamed")
+            .await
+            .filter(|g| g["members"].as_array().is_some_and(|m| m.len() == 1))
+    })
+    .await;
+    dc.ldapmodify(&format!("dn: CN=Inner,{users}\nchangetype: delete\n"), false);
+    eventually("an AD group delete in the cloud", || async {
+        group("inner-renamed").await.is_none().then_some(())
+    })
+    .await;
+
+    // Cloud: a change, a member removal, a group rename, a user delete.
+    let builders = group("Builders").await.unwrap();
+    let bid = builders["id"].as_str().unwrap().to_owned();
+    let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [
+        {"op": "replace", "path": "displayName", "value": "Makers"},
+        {"op": "remove", "path": format!("members[value eq \"{}\"]", ann["id"].as_str().unwrap())}]});
+    let (st, v) = cloud
+        .call(reqwest::Method::PATCH, &format!("/scim/v2/Groups/{bid}"), Some(patch))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    eventually("a cloud group rename and member removal in AD", || async {
+        let l = dc.ldapsearch(&users, "(cn=Builders)", &["sAMAccountName", "member"]);
+        (l.contains("sAMAccountName: Makers") && !l.contains("member:")).then_some(())
+    })
+    .await;
+    let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "path": "title", "value": "Lead"}]});
+    cloud
+        .call(reqwest::Method::PATCH, &format!("/scim/v2/Users/{bob_id}"), Some(patch))
+        .await;
+    eventually("a cloud change in AD", || async {
+        dc.ldapsearch(&users, "(sAMAccountName=bob)", &["title"])
+            .contains("title: Lead")
+            .then_some(())
+    })
+    .await;
+    admin.set_enabled(&bob_dn, true).await.unwrap();
+    cloud
+        .call(reqwest::Method::DELETE, &format!("/scim/v2/Users/{bob_id}"), None)
+        .await;
+    eventually("a cloud delete disables the AD user (default policy)", || async {
+        let l = dc.ldapsearch(&users, "(sAMAccountName=bob)", &["userAccountControl"]);
+        l.contains("userAccountControl: 514").then_some(())
+    })
+    .await;
+
     // An AD delete removes the cloud user (found by reconciliation).
     dc.ldapmodify(&format!("dn: CN=Early Bird,{users}\nchangetype: delete\n"), false);
     eventually("an AD delete in the cloud", || async {

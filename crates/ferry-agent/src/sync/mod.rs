@@ -82,7 +82,8 @@ pub async fn run(shared: Arc<Shared>, stop: impl std::future::Future<Output = ()
     }
 }
 
-async fn heartbeat_loop(shared: Arc<Shared>) {
+/// Heartbeats forever, keeping `shared.primary` and the domain settings current.
+pub async fn heartbeat_loop(shared: Arc<Shared>) {
     let mut attempt = 0;
     loop {
         let req = HeartbeatRequest {
