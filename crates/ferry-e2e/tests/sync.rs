@@ -795,3 +795,105 @@ async fn latency() {
     println!("  AD → cloud: median {u50:.3} s, p99 {u99:.3} s");
     println!("  cloud → AD: median {d50:.3} s, p99 {d99:.3} s");
 }
+
+/// A conflict made for real: with the agent stopped, the same attribute is
+/// changed in AD and in the cloud; then AD → cloud runs first (so AD's
+/// change meets the cloud's), then cloud → AD. Both sides end with the
+/// value the domain's authority policy picks, and the conflict is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_real_conflict_follows_the_authority_policy() {
+    let (dc, cloud, domain) = prepare().await;
+    let agent = enrol(&cloud, &domain).await;
+    let users = format!("CN=Users,{}", dc.base_dn);
+    let mut admin = dc.admin().await;
+    for (i, policy) in ["ad", "cloud"].into_iter().enumerate() {
+        let (st, _) = cloud
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/api/v1/domains/{domain}"),
+                Some(json!({"policies": {"authority": policy}})),
+            )
+            .await;
+        assert_eq!(st, 200);
+        let name = format!("conf{i}");
+        let u = NewAdUser {
+            sam_account_name: name.clone(),
+            attributes: vec![("title".into(), "Base".into())],
+            password: Some("Conf-Pa55-w".into()),
+            enabled: true,
+            ..Default::default()
+        };
+        let dn = admin.create_user(&users, &u).await.unwrap();
+        let engine = run_engine(&dc, &cloud, &agent).await;
+        let cu = eventually("the user in the cloud", || async {
+            cloud.user(&name).await.filter(|u| u["title"] == "Base")
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        engine.stop().await;
+
+        // Both sides change the title while the agent is away.
+        admin.set_attributes(&dn, &[("title", Some("From AD"))]).await.unwrap();
+        let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "path": "title", "value": "From cloud"}]});
+        cloud
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/scim/v2/Users/{}", cu["id"].as_str().unwrap()),
+                Some(patch),
+            )
+            .await;
+
+        // AD → cloud alone first.
+        let shared = engine_shared(&dc, &cloud, &agent).await;
+        let hb = tokio::spawn(sync::heartbeat_loop(shared.clone()));
+        let up = tokio::spawn(sync::ad_to_cloud::run(shared.clone()));
+        let want = if policy == "ad" { "From AD" } else { "From cloud" };
+        eventually("the conflict to be settled in the cloud", || async {
+            let (_, a) = cloud.call(reqwest::Method::GET, "/api/v1/audit?limit=50", None).await;
+            a["entries"]
+                .as_array()?
+                .iter()
+                .find(|e| e["action"] == "sync.conflict" && e["details"]["winner"] == policy)
+                .map(|_| ())
+        })
+        .await;
+        assert_eq!(cloud.user(&name).await.unwrap()["title"], want, "{policy}");
+        // Then cloud → AD: AD ends with the same value.
+        let down = tokio::spawn(sync::cloud_to_ad::run(shared.clone()));
+        eventually("AD to agree", || async {
+            dc.ldapsearch(&users, &format!("(sAMAccountName={name})"), &["title"])
+                .contains(&format!("title: {want}"))
+                .then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            cloud.user(&name).await.unwrap()["title"],
+            want,
+            "{policy}: settled, no flip-flop"
+        );
+        for t in [hb, up, down] {
+            t.abort();
+        }
+        shared.cloud.release().await.ok();
+    }
+}
+
+async fn engine_shared(dc: &Dc, cloud: &Cloud, agent: &Enrolled) -> Arc<Shared> {
+    let client = CloudClient::new(&cloud.base, &agent.token).unwrap();
+    let first = client.heartbeat(&Default::default()).await.unwrap();
+    let mut ad = AdSettings::new(&dc.ldaps_url);
+    ad.ca_file = Some(dc.ca_file.clone());
+    Arc::new(Shared {
+        cloud: client,
+        ad,
+        bind_user: format!("{}\\svc-sync", dc.domain),
+        bind_password: SVC_PW.into(),
+        secret_key: agent.secret_key.clone(),
+        domain: tokio::sync::RwLock::new(first.domain),
+        primary: std::sync::atomic::AtomicBool::new(first.primary),
+        pushed: Default::default(),
+        applied: Default::default(),
+        last_error: Default::default(),
+    })
+}

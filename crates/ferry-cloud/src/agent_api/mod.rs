@@ -258,14 +258,18 @@ async fn feed(
         let grew = state.feed_grew.notified();
         tokio::pin!(grew);
         grew.as_mut().enable();
-        let rows = {
-            let mut tx = state.store.begin().await?;
-            tx.read_feed(agent.org_id, q.after, limit).await?
-        };
+        let mut tx = state.store.begin().await?;
+        let rows = tx.read_feed(agent.org_id, q.after, limit).await?;
         let next_cursor = rows.last().map_or(q.after, |r| r.seq);
-        let entries: Vec<FeedEntry> = rows
+        let mut current = Vec::with_capacity(rows.len());
+        for r in rows.into_iter().filter(|r| r.origin != own_origin) {
+            if let Some(r) = with_current_state(&mut tx, agent.org_id, r).await? {
+                current.push(r);
+            }
+        }
+        drop(tx);
+        let entries: Vec<FeedEntry> = current
             .into_iter()
-            .filter(|r| r.origin != own_origin)
             .map(|r| FeedEntry {
                 seq: r.seq,
                 origin: r.origin,
@@ -289,6 +293,31 @@ async fn feed(
             _ = tokio::time::sleep_until(deadline) => {}
         }
     }
+}
+
+/// An upsert entry carries the object's state *now*, not when the entry was
+/// written: applying an old snapshot after a newer change (say, a conflict
+/// AD won meanwhile) would undo it. Upserts of objects deleted since are
+/// dropped (their delete entry follows).
+async fn with_current_state(
+    tx: &mut crate::store::Tx,
+    org_id: uuid::Uuid,
+    mut row: crate::store::FeedRow,
+) -> Result<Option<crate::store::FeedRow>, ApiError> {
+    use crate::directory::record::{group_record, user_record};
+    use ferry_proto::agent::CloudChange;
+    match &mut row.change {
+        CloudChange::UpsertUser { id, record } => match tx.get_user(org_id, *id).await? {
+            Some(u) => **record = user_record(&u),
+            None => return Ok(None),
+        },
+        CloudChange::UpsertGroup { id, record } => match tx.get_group(org_id, *id).await? {
+            Some(g) => *record = group_record(&g),
+            None => return Ok(None),
+        },
+        _ => {}
+    }
+    Ok(Some(row))
 }
 
 /// `POST /agent/v1/ack`: everything up to `cursor` is in AD.
