@@ -497,6 +497,21 @@ async fn changes_flow_both_ways_and_settle() {
         (l.contains("sAMAccountName: Makers") && !l.contains("member:")).then_some(())
     })
     .await;
+    // A group nested in a group, in the cloud, nests in AD.
+    let (st, crew) = cloud
+        .call(
+            reqwest::Method::POST,
+            "/scim/v2/Groups",
+            Some(json!({"displayName": "Crew", "members": [{"value": bid, "type": "Group"}]})),
+        )
+        .await;
+    assert_eq!(st, 201, "{crew}");
+    eventually("a nested cloud group in AD", || async {
+        dc.ldapsearch(&users, "(cn=Crew)", &["member"])
+            .contains("member: CN=Builders,")
+            .then_some(())
+    })
+    .await;
     let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "path": "title", "value": "Lead"}]});
     cloud
         .call(reqwest::Method::PATCH, &format!("/scim/v2/Users/{bob_id}"), Some(patch))
@@ -896,4 +911,83 @@ async fn engine_shared(dc: &Dc, cloud: &Cloud, agent: &Enrolled) -> Arc<Shared> 
         applied: Default::default(),
         last_error: Default::default(),
     })
+}
+
+/// A mass delete in AD is held in quarantine until an admin approves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mass_delete_in_ad_waits_for_approval() {
+    let (dc, cloud, domain) = prepare().await;
+    let (st, _) = cloud
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/domains/{domain}"),
+            Some(json!({"policies": {"delete_threshold": 2}})),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let ou = dc.new_ou("mass").await;
+    for i in 0..3 {
+        dc.ldapmodify(
+            &format!("dn: CN=m{i},{ou}\nobjectClass: user\nsAMAccountName: mass{i}\n"),
+            true,
+        );
+    }
+    let agent = enrol(&cloud, &domain).await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    for i in 0..3 {
+        eventually("the users in the cloud", || async {
+            cloud.user(&format!("mass{i}")).await
+        })
+        .await;
+    }
+    let mut admin = dc.admin().await;
+    for i in 0..3 {
+        admin.delete(&format!("CN=m{i},{ou}")).await.unwrap();
+    }
+    let qid = eventually("the deletes in quarantine", || async {
+        let (_, q) = cloud
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/domains/{domain}/quarantine"),
+                None,
+            )
+            .await;
+        q["quarantine"]
+            .as_array()?
+            .iter()
+            .find(|e| e["status"] == "pending" && e["deletes"] == 3)
+            .map(|e| e["id"].as_str().unwrap_or_default().to_owned())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for i in 0..3 {
+        assert!(
+            cloud.user(&format!("mass{i}")).await.is_some(),
+            "nothing deleted before approval"
+        );
+    }
+    let (_, q) = cloud
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/domains/{domain}/quarantine"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        q["quarantine"].as_array().unwrap().len(),
+        1,
+        "held once, though reconciliation keeps finding them"
+    );
+    let (st, v) = cloud
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/domains/{domain}/quarantine/{qid}/approve"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    for i in 0..3 {
+        assert!(cloud.user(&format!("mass{i}")).await.is_none(), "deleted once approved");
+    }
+    engine.stop().await;
 }

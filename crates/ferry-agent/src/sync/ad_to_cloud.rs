@@ -214,7 +214,9 @@ async fn increment(shared: &Shared, conn: &mut AdConnection, cookie: Option<Stri
         return Ok(current);
     }
     let svc = service_account_dn(shared, conn, &root).await;
+    // Objects first, then memberships: a member must be linked before it is added.
     let mut changes = Vec::new();
+    let mut memberships = Vec::new();
     for e in &batch.entries {
         let Some(guid) = e.guid() else { continue };
         if is_tombstone(e) {
@@ -240,13 +242,13 @@ async fn increment(shared: &Shared, conn: &mut AdConnection, cookie: Option<Stri
             let added = guids_of(conn, &root, &added).await;
             let removed = guids_of(conn, &root, &removed).await;
             if !added.is_empty() {
-                changes.push(AdChange::AddMembers {
+                memberships.push(AdChange::AddMembers {
                     group: guid,
                     members: added,
                 });
             }
             if !removed.is_empty() {
-                changes.push(AdChange::RemoveMembers {
+                memberships.push(AdChange::RemoveMembers {
                     group: guid,
                     members: removed,
                 });
@@ -264,6 +266,7 @@ async fn increment(shared: &Shared, conn: &mut AdConnection, cookie: Option<Stri
             });
         }
     }
+    changes.extend(memberships);
     let mut c = cookie;
     push(shared, &mut c, next.clone(), changes).await?;
     Ok(next)
