@@ -127,7 +127,8 @@ struct Enrolled {
 }
 
 /// A fresh DC with a delegated service account, and a cloud with the domain.
-async fn prepare() -> (Dc, Cloud, String) {
+/// A fresh DC with a delegated service account (and one user).
+async fn delegated_dc() -> Dc {
     let dc = Dc::start();
     let mut admin = dc.admin().await;
     let svc = NewAdUser {
@@ -159,6 +160,12 @@ async fn prepare() -> (Dc, Cloud, String) {
         true,
     );
 
+    dc
+}
+
+/// A fresh delegated DC, and a cloud with the domain.
+async fn prepare() -> (Dc, Cloud, String) {
+    let dc = delegated_dc().await;
     let cloud = Cloud::start().await;
     let (st, d) = cloud
         .call(
@@ -990,4 +997,132 @@ async fn a_mass_delete_in_ad_waits_for_approval() {
         assert!(cloud.user(&format!("mass{i}")).await.is_none(), "deleted once approved");
     }
     engine.stop().await;
+}
+
+/// The `ferry-cloud` binary cargo built next to this test.
+fn cloud_binary() -> std::path::PathBuf {
+    agent_binary().with_file_name("ferry-cloud")
+}
+
+struct CloudProcess(std::process::Child);
+
+impl CloudProcess {
+    fn spawn(data: &std::path::Path, port: u16) -> CloudProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.join("cloud.log"))
+            .unwrap();
+        CloudProcess(
+            std::process::Command::new(cloud_binary())
+                .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+                .arg(data.join("db"))
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for CloudProcess {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_the_cloud_mid_import_then_restart_converges() {
+    let dc = delegated_dc().await;
+    let bulk = dc.new_ou("bulk").await;
+    let mut ldif = String::new();
+    for i in 0..1500 {
+        ldif.push_str(&format!(
+            "dn: CN=c{i},{bulk}\nobjectClass: user\nsAMAccountName: c{i}\nuserAccountControl: 512\n\n"
+        ));
+    }
+    dc.ldapmodify(&ldif, true);
+    let expected = 1501; // with the user delegated_dc() made
+
+    let work = tempfile::tempdir().unwrap();
+    let token_file = work.path().join("admin.token");
+    let out = std::process::Command::new(cloud_binary())
+        .args([
+            "init",
+            "--org",
+            "Acme",
+            "--admin-email",
+            "admin@acme.test",
+            "--data-dir",
+        ])
+        .arg(work.path().join("db"))
+        .arg("--token-out")
+        .arg(&token_file)
+        .env("FERRY_ADMIN_PASSWORD", "Admin-Pa55-word")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_owned();
+    let http = reqwest::Client::new();
+    let up = || async {
+        let start = Instant::now();
+        while http.get(format!("{base}/healthz")).send().await.is_err() {
+            assert!(start.elapsed() < Duration::from_secs(20), "the cloud did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let mut server = CloudProcess::spawn(work.path(), port);
+    up().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let cloud = Cloud {
+        base: base.clone(),
+        token,
+        // Not used for this cloud (it runs in its own process); keeps the helper type.
+        store: Store::open(&format!("sqlite://{}", store_dir.path().join("unused.db").display()))
+            .await
+            .unwrap(),
+        http: http.clone(),
+        _dir: store_dir,
+    };
+    let (st, d) = cloud
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/domains",
+            Some(json!({"name": dc.realm.to_lowercase(), "netbios_name": dc.domain})),
+        )
+        .await;
+    assert_eq!(st, 201, "{d}");
+    let agent = enrol(&cloud, d["id"].as_str().unwrap()).await;
+    write_config(dir.path(), &dc, &cloud, &agent);
+    let _agent = AgentProcess::spawn(dir.path(), "agent.log");
+
+    let seen = eventually("the import to start", || async {
+        let n = cloud_user_count(&cloud).await;
+        (n > 0).then_some(n)
+    })
+    .await;
+    server.0.kill().ok(); // SIGKILL, mid-import
+    server.0.wait().ok();
+    eprintln!("killed the cloud with {seen} of {expected} users imported");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _server = CloudProcess::spawn(work.path(), port);
+    up().await;
+    eventually("the import to finish after the cloud restarts", || async {
+        (cloud_user_count(&cloud).await == expected).then_some(())
+    })
+    .await;
+    let client = CloudClient::new(&base, &agent.token).unwrap();
+    assert_eq!(
+        client.links().await.unwrap().len(),
+        expected as usize,
+        "nothing duplicated"
+    );
 }
