@@ -183,6 +183,7 @@ async fn run_sync(a: RunArgs) -> Result<ExitCode> {
         secret_key,
         domain: tokio::sync::RwLock::new(first.domain),
         primary: std::sync::atomic::AtomicBool::new(first.primary),
+        ad_objects: Default::default(),
         pushed: Default::default(),
         applied: Default::default(),
         last_error: Default::default(),

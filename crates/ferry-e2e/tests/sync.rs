@@ -220,6 +220,7 @@ async fn run_engine(dc: &Dc, cloud: &Cloud, agent: &Enrolled) -> Engine {
         secret_key,
         domain: tokio::sync::RwLock::new(first.domain),
         primary: std::sync::atomic::AtomicBool::new(first.primary),
+        ad_objects: Default::default(),
         pushed: Default::default(),
         applied: Default::default(),
         last_error: Default::default(),
@@ -759,6 +760,20 @@ async fn the_standby_takes_over_when_the_primary_stops() {
         (ad_count(&dc, &users, "(sAMAccountName=cloudside)") == 1).then_some(())
     })
     .await;
+    // Heartbeats report status and counts to the console.
+    eventually("the agent's report", || async {
+        let (_, a) = cloud
+            .call(reqwest::Method::GET, &format!("/api/v1/domains/{domain}/agents"), None)
+            .await;
+        a["agents"].as_array()?.iter().find(|x| {
+            x["primary"] == true
+                && x["report"]["state"] == "syncing"
+                && x["report"]["ad_objects"].as_u64().unwrap_or(0) >= 2
+                && x["report"]["applied"].as_u64().unwrap_or(0) >= 1
+        })?;
+        Some(())
+    })
+    .await;
     stop_two.stop().await;
 }
 
@@ -914,6 +929,7 @@ async fn engine_shared(dc: &Dc, cloud: &Cloud, agent: &Enrolled) -> Arc<Shared> 
         secret_key: agent.secret_key.clone(),
         domain: tokio::sync::RwLock::new(first.domain),
         primary: std::sync::atomic::AtomicBool::new(first.primary),
+        ad_objects: Default::default(),
         pushed: Default::default(),
         applied: Default::default(),
         last_error: Default::default(),

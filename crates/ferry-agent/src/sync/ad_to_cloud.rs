@@ -292,6 +292,7 @@ async fn reconcile(shared: &Shared, conn: &mut AdConnection, cookie: Option<Stri
     // every link read here has its object in the set read next.
     let links = shared.cloud.links().await.map_err(|e| e.to_string())?;
     let present = conn.in_scope_guids(&root).await.map_err(|e| e.to_string())?;
+    shared.ad_objects.store(present.len() as u64, Ordering::SeqCst);
     let gone: Vec<AdChange> = links
         .iter()
         .filter(|l| matches!(l.kind, ObjectKind::User | ObjectKind::Group) && !present.contains(&l.guid))

@@ -35,6 +35,8 @@ pub struct Shared {
     pub domain: RwLock<DomainInfo>,
     /// Holds the primary lease.
     pub primary: AtomicBool,
+    /// Users and groups in scope in AD, at the last reconciliation.
+    pub ad_objects: AtomicU64,
     /// Changes pushed to the cloud.
     pub pushed: AtomicU64,
     /// Changes applied to AD.
@@ -93,7 +95,7 @@ pub async fn heartbeat_loop(shared: Arc<Shared>) {
                 "standby".into()
             },
             last_error: shared.last_error.lock().ok().and_then(|g| g.clone()),
-            ad_objects: 0,
+            ad_objects: shared.ad_objects.load(Ordering::SeqCst),
             pushed: shared.pushed.load(Ordering::SeqCst),
             applied: shared.applied.load(Ordering::SeqCst),
         };
