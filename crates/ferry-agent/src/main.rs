@@ -146,8 +146,6 @@ async fn check(a: CheckArgs) -> Result<ExitCode> {
 }
 
 async fn run_sync(a: RunArgs) -> Result<ExitCode> {
-    use std::sync::Arc;
-
     use ferry_agent::config::AgentConfig;
     use ferry_agent::sync::{self, Shared};
 
@@ -175,19 +173,7 @@ async fn run_sync(a: RunArgs) -> Result<ExitCode> {
         }
     };
     tracing::info!(domain = %first.domain.name, root = %first.domain.root_dn, primary = first.primary, "ferry-agent running");
-    let shared = Arc::new(Shared {
-        cloud,
-        ad,
-        bind_user: c.bind_user,
-        bind_password: password,
-        secret_key,
-        domain: tokio::sync::RwLock::new(first.domain),
-        primary: std::sync::atomic::AtomicBool::new(first.primary),
-        ad_objects: Default::default(),
-        pushed: Default::default(),
-        applied: Default::default(),
-        last_error: Default::default(),
-    });
+    let shared = Shared::new(cloud, ad, c.bind_user, password, secret_key, first);
     sync::run(shared, shutdown_signal()).await;
     tracing::info!("ferry-agent stopped");
     Ok(ExitCode::SUCCESS)

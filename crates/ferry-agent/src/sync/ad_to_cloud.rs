@@ -17,7 +17,7 @@ use ferry_proto::agent::{AdChange, PushChangesRequest};
 use ferry_proto::record::ObjectKind;
 use uuid::Uuid;
 
-use super::{backoff, wait_primary, Shared};
+use super::Shared;
 use crate::ad::dn::dn_within;
 use crate::ad::guid::guid_filter;
 use crate::ad::mapping::{excluded, group_record, is_tombstone, user_record, when_changed, READ_ATTRS};
@@ -31,19 +31,7 @@ const IMPORT: &str = "import:";
 
 /// Runs forever: import if needed, then follow changes.
 pub async fn run(shared: Arc<Shared>) {
-    let mut attempt = 0;
-    loop {
-        wait_primary(&shared).await;
-        match follow(&shared).await {
-            Ok(()) => attempt = 0,
-            Err(e) => {
-                tracing::warn!(error = %e, "AD → cloud sync failed; retrying");
-                shared.note_error(&e);
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-            }
-        }
-    }
+    super::supervise(shared, "AD → cloud", |s| async move { follow(&s).await }).await
 }
 
 async fn follow(shared: &Shared) -> Result<(), String> {

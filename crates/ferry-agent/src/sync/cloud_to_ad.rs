@@ -11,7 +11,7 @@ use ferry_proto::agent::{CloudChange, CloudDeleteAction, DomainInfo, FeedEntry, 
 use ferry_proto::record::{GroupRecord, ObjectKind, UserRecord};
 use uuid::Uuid;
 
-use super::{backoff, wait_primary, Shared};
+use super::Shared;
 use crate::ad::guid::guid_filter;
 use crate::ad::mapping::READ_ATTRS;
 use crate::ad::write::{
@@ -22,19 +22,7 @@ use crate::ad::{AdConnection, AdEntry, AdError};
 
 /// Runs forever.
 pub async fn run(shared: Arc<Shared>) {
-    let mut attempt = 0;
-    loop {
-        wait_primary(&shared).await;
-        match follow(&shared).await {
-            Ok(()) => attempt = 0,
-            Err(e) => {
-                tracing::warn!(error = %e, "cloud → AD sync failed; retrying");
-                shared.note_error(&e);
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-            }
-        }
-    }
+    super::supervise(shared, "cloud → AD", |s| async move { follow(&s).await }).await
 }
 
 async fn follow(shared: &Shared) -> Result<(), String> {

@@ -46,6 +46,30 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The engine's state, from the first heartbeat's answer.
+    pub fn new(
+        cloud: CloudClient,
+        ad: AdSettings,
+        bind_user: String,
+        bind_password: String,
+        secret_key: String,
+        first: ferry_proto::agent::HeartbeatResponse,
+    ) -> Arc<Shared> {
+        Arc::new(Shared {
+            cloud,
+            ad,
+            bind_user,
+            bind_password,
+            secret_key,
+            domain: RwLock::new(first.domain),
+            primary: AtomicBool::new(first.primary),
+            ad_objects: AtomicU64::new(0),
+            pushed: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
+            last_error: std::sync::Mutex::new(None),
+        })
+    }
+
     /// A fresh bound connection to the DC.
     pub async fn connect(&self) -> Result<AdConnection, AdError> {
         let mut c = AdConnection::connect(&self.ad).await?;
@@ -123,6 +147,28 @@ pub async fn heartbeat_loop(shared: Arc<Shared>) {
                 shared.primary.store(false, Ordering::SeqCst);
                 tracing::warn!(error = %e, "heartbeat failed");
                 shared.note_error(&e.to_string());
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Runs one direction of the sync forever: while primary, `follow` runs
+/// until it fails (then it is retried with backoff) or the lease is lost.
+pub async fn supervise<F, Fut>(shared: Arc<Shared>, direction: &'static str, follow: F)
+where
+    F: Fn(Arc<Shared>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut attempt = 0;
+    loop {
+        wait_primary(&shared).await;
+        match follow(shared.clone()).await {
+            Ok(()) => attempt = 0,
+            Err(e) => {
+                tracing::warn!(error = %e, "{direction} sync failed; retrying");
+                shared.note_error(&e);
                 tokio::time::sleep(backoff(attempt)).await;
                 attempt += 1;
             }

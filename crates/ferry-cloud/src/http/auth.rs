@@ -41,25 +41,18 @@ impl FromRequestParts<AppState> for AdminAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let ClientIp(ip) = ClientIp::from_request_parts(parts, state)
-            .await
-            .unwrap_or(ClientIp("unknown".into()));
-        let now = state.now();
-        let Some(token) = bearer(parts) else {
-            return Err(ApiError::unauthorized(
-                "unauthorized",
-                "send an admin API token as 'Authorization: Bearer <token>' (create one with ferry-cloud init or the console)",
-            ));
-        };
-        state
-            .token_limiter
-            .check(&ip, now)
-            .map_err(|l| ApiError::limited(l, "authentications"))?;
+        let token = checked_bearer(
+            parts,
+            state,
+            None,
+            "send an admin API token as 'Authorization: Bearer <token>' (create one with ferry-cloud init or the console)",
+        )
+        .await?;
         let mut tx = state.store.begin().await?;
-        let row = tx.find_token(&token_hash(token)).await?;
+        let row = tx.find_token(&token_hash(&token.value)).await?;
         drop(tx);
         let Some(row) = row else {
-            state.token_limiter.fail(&ip, now);
+            token.failed(state);
             return Err(ApiError::unauthorized("invalid_token", "the bearer token is not valid"));
         };
         if row.revoked {
@@ -68,7 +61,7 @@ impl FromRequestParts<AppState> for AdminAuth {
                 "the token was revoked (signed out); sign in again",
             ));
         }
-        if row.expires_at.is_some_and(|e| e <= now) {
+        if row.expires_at.is_some_and(|e| e <= token.now) {
             return Err(ApiError::unauthorized(
                 "token_expired",
                 "the session expired; sign in again",
@@ -92,25 +85,18 @@ impl FromRequestParts<AppState> for AgentAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let ClientIp(ip) = ClientIp::from_request_parts(parts, state)
-            .await
-            .unwrap_or(ClientIp("unknown".into()));
-        let now = state.now();
-        let Some(token) = bearer(parts).filter(|t| t.starts_with(AGENT_TOKEN_PREFIX)) else {
-            return Err(ApiError::unauthorized(
-                "unauthorized",
-                "send the agent token from registration as 'Authorization: Bearer <token>'",
-            ));
-        };
-        state
-            .token_limiter
-            .check(&ip, now)
-            .map_err(|l| ApiError::limited(l, "authentications"))?;
+        let token = checked_bearer(
+            parts,
+            state,
+            Some(AGENT_TOKEN_PREFIX),
+            "send the agent token from registration as 'Authorization: Bearer <token>'",
+        )
+        .await?;
         let mut tx = state.store.begin().await?;
-        let agent = tx.find_agent_by_token(&token_hash(token)).await?;
+        let agent = tx.find_agent_by_token(&token_hash(&token.value)).await?;
         drop(tx);
         let Some(agent) = agent else {
-            state.token_limiter.fail(&ip, now);
+            token.failed(state);
             return Err(ApiError::unauthorized("invalid_token", "the agent token is not valid"));
         };
         if agent.revoked_at.is_some() {
@@ -121,4 +107,44 @@ impl FromRequestParts<AppState> for AgentAuth {
         }
         Ok(AgentAuth(agent))
     }
+}
+
+/// A bearer token that passed the unknown-token limiter.
+struct Bearer {
+    value: String,
+    ip: String,
+    now: i64,
+}
+
+impl Bearer {
+    /// Counts an unknown token against the client's address.
+    fn failed(&self, state: &AppState) {
+        state.token_limiter.fail(&self.ip, self.now);
+    }
+}
+
+/// The request's bearer token (with `prefix`, when given), refused while
+/// the client's address is limited for sending unknown tokens.
+async fn checked_bearer(
+    parts: &mut Parts,
+    state: &AppState,
+    prefix: Option<&str>,
+    missing: &str,
+) -> Result<Bearer, ApiError> {
+    let ClientIp(ip) = ClientIp::from_request_parts(parts, state)
+        .await
+        .unwrap_or(ClientIp("unknown".into()));
+    let now = state.now();
+    let Some(value) = bearer(parts).filter(|t| prefix.is_none_or(|p| t.starts_with(p))) else {
+        return Err(ApiError::unauthorized("unauthorized", missing));
+    };
+    state
+        .token_limiter
+        .check(&ip, now)
+        .map_err(|l| ApiError::limited(l, "authentications"))?;
+    Ok(Bearer {
+        value: value.to_owned(),
+        ip,
+        now,
+    })
 }
