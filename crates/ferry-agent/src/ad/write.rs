@@ -92,6 +92,33 @@ impl AdConnection {
         }
     }
 
+    /// An LDAP add; `what` names it in errors.
+    async fn add_entry(
+        &mut self,
+        dn: &str,
+        attrs: Vec<(Vec<u8>, HashSet<Vec<u8>>)>,
+        what: &str,
+    ) -> Result<(), AdError> {
+        let r = self
+            .ldap
+            .with_timeout(self.timeout)
+            .add(dn, attrs)
+            .await
+            .map_err(|e| self.io_error(e))?;
+        self.check(r, what)
+    }
+
+    /// An LDAP modify; `what` names it in errors.
+    async fn modify_entry(&mut self, dn: &str, mods: Vec<Mod<Vec<u8>>>, what: &str) -> Result<(), AdError> {
+        let r = self
+            .ldap
+            .with_timeout(self.timeout)
+            .modify(dn, mods)
+            .await
+            .map_err(|e| self.io_error(e))?;
+        self.check(r, what)
+    }
+
     fn require_encryption(&self) -> Result<(), AdError> {
         if self.encrypted() {
             Ok(())
@@ -138,13 +165,7 @@ impl AdConnection {
             (None, _) => UF_NORMAL_ACCOUNT | UF_ACCOUNTDISABLE | UF_PASSWD_NOTREQD,
         };
         attrs.push((b"userAccountControl".to_vec(), set(&uac.to_string())));
-        let r = self
-            .ldap
-            .with_timeout(self.timeout)
-            .add(&dn, attrs)
-            .await
-            .map_err(|e| self.io_error(e))?;
-        self.check(r, &format!("create user {dn}"))?;
+        self.add_entry(&dn, attrs, &format!("create user {dn}")).await?;
         Ok(dn)
     }
 
@@ -160,13 +181,7 @@ impl AdConnection {
                 None => Mod::Replace(k.as_bytes().to_vec(), HashSet::new()),
             })
             .collect();
-        let r = self
-            .ldap
-            .with_timeout(self.timeout)
-            .modify(dn, mods)
-            .await
-            .map_err(|e| self.io_error(e))?;
-        self.check(r, &format!("modify {dn}"))
+        self.modify_entry(dn, mods, &format!("modify {dn}")).await
     }
 
     /// Enables or disables an account (the ACCOUNTDISABLE bit, others kept).
@@ -199,14 +214,8 @@ impl AdConnection {
         if must_change {
             mods.push(Mod::Replace(b"pwdLastSet".to_vec(), set("0")));
         }
-        let r = self
-            .ldap
-            .with_timeout(self.timeout)
-            .modify(dn, mods)
-            .await
-            .map_err(|e| self.io_error(e))?;
         // The password itself never goes into an error message.
-        self.check(r, &format!("set the password of {dn}"))
+        self.modify_entry(dn, mods, &format!("set the password of {dn}")).await
     }
 
     /// Renames (new CN) and/or moves (new parent) an object; identity
@@ -268,13 +277,7 @@ impl AdConnection {
         if let Some(d) = g.description.as_deref().filter(|d| !d.is_empty()) {
             attrs.push((b"description".to_vec(), set(d)));
         }
-        let r = self
-            .ldap
-            .with_timeout(self.timeout)
-            .add(&dn, attrs)
-            .await
-            .map_err(|e| self.io_error(e))?;
-        self.check(r, &format!("create group {dn}"))?;
+        self.add_entry(&dn, attrs, &format!("create group {dn}")).await?;
         Ok(dn)
     }
 
@@ -298,14 +301,8 @@ impl AdConnection {
             } else {
                 Mod::Delete(b"member".to_vec(), vals)
             };
-            let r = self
-                .ldap
-                .with_timeout(self.timeout)
-                .modify(group, vec![m])
-                .await
-                .map_err(|e| self.io_error(e))?;
             let what = if add { "add members to" } else { "remove members from" };
-            self.check(r, &format!("{what} {group}"))?;
+            self.modify_entry(group, vec![m], &format!("{what} {group}")).await?;
         }
         Ok(())
     }

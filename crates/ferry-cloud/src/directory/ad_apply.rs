@@ -243,7 +243,7 @@ async fn upsert_user(
         }
     }
     let agreed = serde_json::to_value(&record).ok();
-    put_link_with_base(tx, ctx, domain, ObjectKind::User, id, guid, dn, agreed).await?;
+    put_link(tx, ctx, domain, ObjectKind::User, id, guid, dn, agreed).await?;
     Ok(changed)
 }
 
@@ -347,7 +347,7 @@ async fn upsert_group(
             (super::create_group(tx, ctx, new, &[]).await?.id, true)
         }
     };
-    put_link(tx, ctx, domain, ObjectKind::Group, id, guid, dn).await?;
+    put_link(tx, ctx, domain, ObjectKind::Group, id, guid, dn, None).await?;
     Ok(changed)
 }
 
@@ -399,20 +399,8 @@ async fn resolve_members(tx: &mut Tx, ctx: &WriteCtx, domain: &Domain, guids: &[
     Ok(out)
 }
 
-async fn put_link(
-    tx: &mut Tx,
-    ctx: &WriteCtx,
-    domain: &Domain,
-    kind: ObjectKind,
-    object_id: Uuid,
-    guid: Uuid,
-    dn: &str,
-) -> StoreResult<()> {
-    put_link_with_base(tx, ctx, domain, kind, object_id, guid, dn, None).await
-}
-
 #[allow(clippy::too_many_arguments)]
-async fn put_link_with_base(
+async fn put_link(
     tx: &mut Tx,
     ctx: &WriteCtx,
     domain: &Domain,
