@@ -1041,3 +1041,82 @@ async fn kill_9_of_the_cloud_mid_import_then_restart_converges() {
         "nothing duplicated"
     );
 }
+
+/// A mass delete in AD is held in quarantine until an admin approves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mass_delete_in_ad_waits_for_approval() {
+    let (dc, cloud, domain) = prepare().await;
+    let (st, _) = cloud
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/domains/{domain}"),
+            Some(json!({"policies": {"delete_threshold": 2}})),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let ou = dc.new_ou("mass").await;
+    for i in 0..3 {
+        dc.ldapmodify(
+            &format!("dn: CN=m{i},{ou}\nobjectClass: user\nsAMAccountName: mass{i}\n"),
+            true,
+        );
+    }
+    let agent = enrol(&cloud, &domain).await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    for i in 0..3 {
+        eventually("the users in the cloud", || async {
+            cloud.user(&format!("mass{i}")).await
+        })
+        .await;
+    }
+    let mut admin = dc.admin().await;
+    for i in 0..3 {
+        admin.delete(&format!("CN=m{i},{ou}")).await.unwrap();
+    }
+    let qid = eventually("the deletes in quarantine", || async {
+        let (_, q) = cloud
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/domains/{domain}/quarantine"),
+                None,
+            )
+            .await;
+        q["quarantine"]
+            .as_array()?
+            .iter()
+            .find(|e| e["status"] == "pending" && e["deletes"] == 3)
+            .map(|e| e["id"].as_str().unwrap_or_default().to_owned())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for i in 0..3 {
+        assert!(
+            cloud.user(&format!("mass{i}")).await.is_some(),
+            "nothing deleted before approval"
+        );
+    }
+    let (_, q) = cloud
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/domains/{domain}/quarantine"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        q["quarantine"].as_array().unwrap().len(),
+        1,
+        "held once, though reconciliation keeps finding them"
+    );
+    let (st, v) = cloud
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/domains/{domain}/quarantine/{qid}/approve"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    for i in 0..3 {
+        assert!(cloud.user(&format!("mass{i}")).await.is_none(), "deleted once approved");
+    }
+    engine.stop().await;
+}
