@@ -70,6 +70,8 @@ pub struct Inner {
     pub token_limiter: RateLimiter,
     /// Woken when the change feed grows (long-polls wait on it).
     pub feed_grew: Notify,
+    /// SHA-256 (hex) and size of the agent binary, computed on first download.
+    pub agent_checksum: tokio::sync::OnceCell<(String, u64)>,
 }
 
 impl std::ops::Deref for AppState {
@@ -90,6 +92,7 @@ impl AppState {
             connect_key_limiter: RateLimiter::new(10, 15 * 60 * 1000),
             token_limiter: RateLimiter::new(30, 5 * 60 * 1000),
             feed_grew: Notify::new(),
+            agent_checksum: tokio::sync::OnceCell::new(),
         }))
     }
 
@@ -114,6 +117,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", crate::api::router())
         .nest("/agent/v1", crate::agent_api::router())
         .nest("/scim/v2", crate::scim::router())
+        .nest("/downloads", crate::downloads::router())
         .fallback(crate::http::not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(

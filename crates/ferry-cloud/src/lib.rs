@@ -7,6 +7,7 @@ pub mod api;
 pub mod app;
 pub mod clock;
 pub mod directory;
+pub mod downloads;
 pub mod http;
 pub mod ratelimit;
 pub mod scim;

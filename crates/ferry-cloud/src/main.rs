@@ -122,9 +122,18 @@ async fn serve(a: ServeArgs) -> Result<()> {
         )
     })?;
     let addr = listener.local_addr()?;
+    // By default, offer the ferry-agent installed next to this binary.
+    let agent_binary = a.agent_binary.or_else(|| {
+        let sibling = std::env::current_exe().ok()?.with_file_name("ferry-agent");
+        sibling.exists().then_some(sibling)
+    });
+    match &agent_binary {
+        Some(p) => tracing::info!(path = %p.display(), "offering the agent binary at /downloads/ferry-agent"),
+        None => tracing::warn!("no ferry-agent binary to offer at /downloads/ferry-agent (see --agent-binary)"),
+    }
     let config = Config {
         public_url: a.public_url,
-        agent_binary: a.agent_binary,
+        agent_binary,
         ..Config::default()
     };
     let state = AppState::new(store.clone(), Arc::new(SystemClock), config);

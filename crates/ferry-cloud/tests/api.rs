@@ -505,3 +505,54 @@ async fn openapi_documents_every_route_that_exists() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_agent_binary_downloads_with_its_checksum() {
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("ferry-agent");
+    let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&bin, &content).unwrap();
+    let config = ferry_cloud::app::Config {
+        agent_binary: Some(bin),
+        ..Default::default()
+    };
+    let s = TestServer::start_with(Engine::Sqlite, config).await;
+    let want = hex::encode(sha2::Sha256::digest(&content));
+
+    let resp = s
+        .http
+        .get(format!("{}/downloads/ferry-agent", s.base))
+        .bearer_auth(&s.org.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-checksum-sha256"], want.as_str());
+    assert!(resp.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains("ferry-agent"));
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), content.as_slice());
+    let sum = s
+        .http
+        .get(format!("{}/downloads/ferry-agent.sha256", s.base))
+        .bearer_auth(&s.org.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(sum, format!("{want}  ferry-agent\n"));
+    let (st, _) = s.call_as("", Method::GET, "/downloads/ferry-agent", None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "admins only");
+
+    let none = TestServer::start(Engine::Sqlite).await;
+    let (st, v) = none.call(Method::GET, "/downloads/ferry-agent", None).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("agent_binary_unavailable"))
+    );
+    assert!(v["message"].as_str().unwrap().contains("--agent-binary"));
+}
