@@ -38,8 +38,10 @@ async fn follow(shared: &Shared) -> Result<(), String> {
     let mut conn = shared.connect().await.map_err(|e| e.to_string())?;
     let state = shared.cloud.state().await.map_err(|e| e.to_string())?;
     let mut cookie = state.ad_cookie;
+    // Looked up once per connection, not on every change.
+    let svc = service_account_dn(shared, &mut conn, &root(shared).await).await;
     if cookie.as_deref().is_none_or(|c| c.starts_with(IMPORT)) {
-        cookie = Some(full_import(shared, &mut conn, cookie).await?);
+        cookie = Some(full_import(shared, &mut conn, cookie, &svc).await?);
     }
     let mut last_usn = -1;
     let mut last_reconcile = Instant::now() - Duration::from_secs(3600);
@@ -49,7 +51,7 @@ async fn follow(shared: &Shared) -> Result<(), String> {
         }
         let usn = conn.highest_committed_usn().await.map_err(|e| e.to_string())?;
         if usn != last_usn || last_reconcile.elapsed() > Duration::from_secs(30) {
-            cookie = Some(increment(shared, &mut conn, cookie.clone()).await?);
+            cookie = Some(increment(shared, &mut conn, cookie.clone(), &svc).await?);
             reconcile(shared, &mut conn, cookie.clone()).await?;
             last_usn = usn;
             last_reconcile = Instant::now();
@@ -75,7 +77,12 @@ async fn service_account_dn(shared: &Shared, conn: &mut AdConnection, root: &str
 
 /// Reads everything in scope and pushes it; returns the DirSync cookie the
 /// increments start from (taken before the read, so nothing is missed).
-async fn full_import(shared: &Shared, conn: &mut AdConnection, mut cookie: Option<String>) -> Result<String, String> {
+async fn full_import(
+    shared: &Shared,
+    conn: &mut AdConnection,
+    mut cookie: Option<String>,
+    svc: &str,
+) -> Result<String, String> {
     let root = root(shared).await;
     let started = Instant::now();
     tracing::info!(%root, "full import: starting");
@@ -88,10 +95,9 @@ async fn full_import(shared: &Shared, conn: &mut AdConnection, mut cookie: Optio
         .read_users_and_groups(&root, READ_ATTRS)
         .await
         .map_err(|e| e.to_string())?;
-    let svc = service_account_dn(shared, conn, &root).await;
     let in_scope: Vec<&AdEntry> = entries
         .iter()
-        .filter(|e| match excluded(e, &svc) {
+        .filter(|e| match excluded(e, svc) {
             Some(why) => {
                 tracing::debug!(dn = %e.dn, why, "skipped");
                 false
@@ -187,7 +193,12 @@ async fn push(shared: &Shared, cookie: &mut Option<String>, to: String, changes:
 }
 
 /// One DirSync round; pushes what changed; returns the new cookie.
-async fn increment(shared: &Shared, conn: &mut AdConnection, cookie: Option<String>) -> Result<String, String> {
+async fn increment(
+    shared: &Shared,
+    conn: &mut AdConnection,
+    cookie: Option<String>,
+    svc: &str,
+) -> Result<String, String> {
     let root = root(shared).await;
     let current = cookie.clone().unwrap_or_default();
     let raw = B64
@@ -201,7 +212,6 @@ async fn increment(shared: &Shared, conn: &mut AdConnection, cookie: Option<Stri
     if batch.entries.is_empty() && next == current {
         return Ok(current);
     }
-    let svc = service_account_dn(shared, conn, &root).await;
     // Objects first, then memberships: a member must be linked before it is added.
     let mut changes = Vec::new();
     let mut memberships = Vec::new();
@@ -217,7 +227,7 @@ async fn increment(shared: &Shared, conn: &mut AdConnection, cookie: Option<Stri
             .await
             .map_err(|e| e.to_string())?;
         let Some(full) = full.into_iter().next() else { continue };
-        if !dn_within(&full.dn, &root) || excluded(&full, &svc).is_some() {
+        if !dn_within(&full.dn, &root) || excluded(&full, svc).is_some() {
             continue;
         }
         if full.has_class("group") {

@@ -224,25 +224,8 @@ async fn create_user(
         enabled: false,
     };
     let dn = conn.create_user(&domain.user_ou, &u).await.map_err(|e| e.to_string())?;
-    let guid = conn
-        .read_entry(&dn, &["objectGUID"])
-        .await
-        .map_err(|e| e.to_string())?
-        .and_then(|e| e.guid())
-        .ok_or("the new user has no objectGUID")?;
-    shared
-        .cloud
-        .put_link(&LinkInfo {
-            object_id: id,
-            kind: ObjectKind::User,
-            guid,
-            dn: dn.clone(),
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    links.insert(id, guid);
+    link_new(shared, conn, links, id, ObjectKind::User, dn.clone()).await?;
     tracing::info!(%dn, "cloud → AD: user created (disabled until a password is set)");
-    shared.applied.fetch_add(1, Ordering::SeqCst);
     Ok(())
 }
 
@@ -282,24 +265,37 @@ async fn create_group(
         .create_group(&domain.user_ou, &g)
         .await
         .map_err(|e| e.to_string())?;
+    link_new(shared, conn, links, id, ObjectKind::Group, dn.clone()).await?;
+    tracing::info!(%dn, "cloud → AD: group created");
+    Ok(())
+}
+
+/// Records the link of an object this agent just created in AD.
+async fn link_new(
+    shared: &Shared,
+    conn: &mut AdConnection,
+    links: &mut HashMap<Uuid, Uuid>,
+    id: Uuid,
+    kind: ObjectKind,
+    dn: String,
+) -> Result<(), String> {
     let guid = conn
         .read_entry(&dn, &["objectGUID"])
         .await
         .map_err(|e| e.to_string())?
         .and_then(|e| e.guid())
-        .ok_or("the new group has no objectGUID")?;
+        .ok_or_else(|| format!("the new object {dn} has no objectGUID"))?;
     shared
         .cloud
         .put_link(&LinkInfo {
             object_id: id,
-            kind: ObjectKind::Group,
+            kind,
             guid,
-            dn: dn.clone(),
+            dn,
         })
         .await
         .map_err(|e| e.to_string())?;
     links.insert(id, guid);
-    tracing::info!(%dn, "cloud → AD: group created");
     shared.applied.fetch_add(1, Ordering::SeqCst);
     Ok(())
 }
