@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use ferry_proto::agent::{
-    AckRequest, ApiErrorBody, FeedResponse, HeartbeatRequest, HeartbeatResponse, LinkInfo, LinksResponse,
-    PushChangesRequest, PushChangesResponse, SyncState,
+    AckRequest, AgentSelf, ApiErrorBody, ConnectKeyCheckRequest, ConnectKeyCheckResponse, FeedResponse,
+    HeartbeatRequest, HeartbeatResponse, LinkInfo, LinksResponse, PushChangesRequest, PushChangesResponse,
+    RegisterRequest, RegisterResponse, SyncState,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -76,7 +77,10 @@ impl CloudClient {
         body: Option<&B>,
     ) -> Result<T, CloudError> {
         let url = format!("{}/agent/v1{path}", self.base);
-        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        let mut req = self.http.request(method, &url);
+        if !self.token.is_empty() {
+            req = req.bearer_auth(&self.token);
+        }
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -87,7 +91,12 @@ impl CloudClient {
         let resp = req.send().await.map_err(unreachable)?;
         let status = resp.status();
         if status.is_success() {
-            return resp.json().await.map_err(unreachable);
+            let bytes = resp.bytes().await.map_err(unreachable)?;
+            let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+            return serde_json::from_slice(bytes).map_err(|e| CloudError::Unreachable {
+                url: self.base.clone(),
+                detail: format!("unexpected answer from {url}: {e} (is this a Ferry cloud?)"),
+            });
         }
         let body: ApiErrorBody = resp.json().await.unwrap_or(ApiErrorBody {
             code: "unknown".into(),
@@ -98,6 +107,36 @@ impl CloudClient {
             code: body.code,
             message: body.message,
         })
+    }
+
+    /// A client with no identity yet, for the install wizard's calls
+    /// (check a Connect Key, register).
+    pub fn anonymous(base: &str) -> Result<Self, CloudError> {
+        Self::new(base, "")
+    }
+
+    /// The domain a Connect Key belongs to, without using the key.
+    pub async fn check_connect_key(&self, connect_key: &str) -> Result<ConnectKeyCheckResponse, CloudError> {
+        let req = ConnectKeyCheckRequest {
+            connect_key: connect_key.trim().to_owned(),
+        };
+        self.call(reqwest::Method::POST, "/connect-key", Some(&req)).await
+    }
+
+    /// Trades a Connect Key for an agent identity.
+    pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, CloudError> {
+        self.call(reqwest::Method::POST, "/register", Some(req)).await
+    }
+
+    /// The cloud's view of this agent.
+    pub async fn me(&self) -> Result<AgentSelf, CloudError> {
+        self.call::<(), _>(reqwest::Method::GET, "/me", None).await
+    }
+
+    /// Revokes this agent's own identity (uninstall).
+    pub async fn deregister(&self) -> Result<(), CloudError> {
+        let _: serde_json::Value = self.call::<(), _>(reqwest::Method::POST, "/deregister", None).await?;
+        Ok(())
     }
 
     /// Heartbeat (and primary lease).

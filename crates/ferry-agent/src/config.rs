@@ -1,24 +1,56 @@
-//! The agent's configuration (`agent.json` in the config directory).
+//! The agent's configuration directory, as `ferry-agent install` writes it:
+//!
+//! - `agent.json` (0600): where the cloud and the DC are, the service
+//!   account's name, and two sealed secrets: the agent token and the service
+//!   account's password. Neither is in the file in plaintext.
+//! - `agent.key` (0600): the agent's X25519 secret key. Passwords set in the
+//!   cloud arrive sealed to it, and it opens the two secrets above.
+//! - `dc-ca.pem`: a copy of the DC's CA certificate, when one was given, so
+//!   the install does not depend on where the admin kept it.
+//!
+//! What the sealing buys: `agent.json` can be read, backed up, attached to a
+//! support ticket or leaked without giving away a password or token; both
+//! need `agent.key` too, which never leaves the host and which `run` refuses
+//! to use while anyone but its owner can read it. What it does not: root on
+//! the agent's host can read both files (as it could on any OS without a
+//! hardware key store).
+//!
+//! The directory is written whole or not at all: into a staging directory
+//! beside it, then renamed into place.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use anyhow::{anyhow, bail, Context, Result};
+use ferry_proto::seal::{self, Sealed};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use zeroize::Zeroizing;
 
-/// What `ferry-agent run` needs.
+/// The config file in the config directory.
+pub const CONFIG_FILE: &str = "agent.json";
+/// The agent's secret key in the config directory.
+pub const KEY_FILE: &str = "agent.key";
+/// The copy of the DC's CA certificate.
+pub const CA_FILE: &str = "dc-ca.pem";
+
+/// `agent.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AgentConfig {
+    /// Format version (1).
+    pub version: u32,
     /// The cloud's base URL.
     pub cloud_url: String,
     /// This agent's id.
-    pub agent_id: String,
-    /// File holding the agent token (mode 0600).
-    pub agent_token_file: PathBuf,
-    /// File holding the agent's X25519 secret key (mode 0600): passwords set
-    /// in the cloud arrive sealed to it.
-    pub agent_key_file: PathBuf,
+    pub agent_id: Uuid,
+    /// The domain's DNS name, for people reading the file.
+    pub domain: String,
+    /// The Root DN checked at install.
+    pub root_dn: String,
     /// The DC: `ldaps://…` or `ldap://…` (StartTLS).
     pub ldap_url: String,
-    /// CA file for the DC's certificate.
+    /// CA file for the DC's certificate (relative: in the config directory).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// Skip certificate verification (lab only).
@@ -26,30 +58,70 @@ pub struct AgentConfig {
     pub insecure_skip_tls_verify: bool,
     /// The service account, `DOMAIN\user`.
     pub bind_user: String,
-    /// File holding the service account's password (mode 0600).
-    pub bind_password_file: PathBuf,
+    /// The agent token, sealed to `agent.key`.
+    pub agent_token: Sealed,
+    /// The service account's password, sealed to `agent.key`.
+    pub bind_password: Sealed,
+    /// The systemd unit the installer set up, if any.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// When it was installed (unix ms).
+    #[serde(default)]
+    pub installed_at: i64,
+}
+
+/// The secrets `run` needs, opened.
+pub struct AgentSecrets {
+    /// Bearer token for the cloud.
+    pub agent_token: Zeroizing<String>,
+    /// The service account's password.
+    pub bind_password: Zeroizing<String>,
+    /// The agent's X25519 secret key (base64).
+    pub secret_key: Zeroizing<String>,
+}
+
+fn context(agent_id: Uuid, what: &str) -> String {
+    format!("ferry-agent config v1 {what} {agent_id}")
 }
 
 impl AgentConfig {
+    /// Seals the two secrets into a config for `agent_id`.
+    pub fn seal_secrets(
+        secret_key: &str,
+        agent_id: Uuid,
+        agent_token: &str,
+        bind_password: &str,
+    ) -> Result<(Sealed, Sealed)> {
+        let pk = seal::public_key(secret_key).map_err(|e| anyhow!("the agent key: {e}"))?;
+        let t = seal::seal(&pk, &context(agent_id, "agent_token"), agent_token.as_bytes())
+            .map_err(|e| anyhow!("sealing the agent token: {e}"))?;
+        let p = seal::seal(&pk, &context(agent_id, "bind_password"), bind_password.as_bytes())
+            .map_err(|e| anyhow!("sealing the password: {e}"))?;
+        Ok((t, p))
+    }
+
+    /// Whether `dir` holds an installed agent.
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(CONFIG_FILE).exists()
+    }
+
     /// Reads `DIR/agent.json`.
-    pub fn load(dir: &Path) -> anyhow::Result<AgentConfig> {
-        let path = dir.join("agent.json");
+    pub fn load(dir: &Path) -> Result<AgentConfig> {
+        let path = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot read {}: {e} (is the agent installed in this directory?)",
+            anyhow!(
+                "cannot read {}: {e} (is the agent installed there? `ferry-agent install` writes it)",
                 path.display()
             )
         })?;
-        let mut c: AgentConfig = serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{} is not a valid agent config: {e}", path.display()))?;
-        for p in [
-            &mut c.agent_token_file,
-            &mut c.agent_key_file,
-            &mut c.bind_password_file,
-        ] {
-            if p.is_relative() {
-                *p = dir.join(&*p);
-            }
+        let mut c: AgentConfig =
+            serde_json::from_str(&text).map_err(|e| anyhow!("{} is not a valid agent config: {e}", path.display()))?;
+        if c.version != 1 {
+            bail!(
+                "{} has format version {}; this agent reads version 1",
+                path.display(),
+                c.version
+            );
         }
         if let Some(ca) = c.ca_file.as_mut() {
             if ca.is_relative() {
@@ -59,9 +131,260 @@ impl AgentConfig {
         Ok(c)
     }
 
-    /// Reads a secret file, trimmed of its line end.
-    pub fn secret(path: &Path) -> anyhow::Result<String> {
-        let s = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        Ok(s.trim_end_matches(['\r', '\n']).to_owned())
+    /// Opens the sealed secrets with `DIR/agent.key`, which must be readable
+    /// by its owner only.
+    pub fn secrets(&self, dir: &Path) -> Result<AgentSecrets> {
+        let key_path = dir.join(KEY_FILE);
+        check_private(&key_path)?;
+        let secret_key = Zeroizing::new(
+            std::fs::read_to_string(&key_path)
+                .with_context(|| format!("cannot read {}", key_path.display()))?
+                .trim()
+                .to_owned(),
+        );
+        let open = |what: &str, s: &Sealed| -> Result<Zeroizing<String>> {
+            let bytes = seal::open(&secret_key, &context(self.agent_id, what), s).map_err(|e| {
+                anyhow!(
+                    "cannot open the {what} in {}: {e} ({} does not belong with this config; install the agent again)",
+                    dir.join(CONFIG_FILE).display(),
+                    key_path.display()
+                )
+            })?;
+            let text = String::from_utf8(bytes.to_vec()).map_err(|_| anyhow!("the {what} is not text"))?;
+            Ok(Zeroizing::new(text))
+        };
+        Ok(AgentSecrets {
+            agent_token: open("agent_token", &self.agent_token)?,
+            bind_password: open("bind_password", &self.bind_password)?,
+            secret_key,
+        })
+    }
+}
+
+/// Refuses a secret file others can read, as ssh does with private keys.
+fn check_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "{} is readable by others (mode {mode:o}): run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Writes a whole config directory at `dir`: staged beside it, then renamed
+/// into place (replacing an older install, whose files are removed). On
+/// error nothing is left behind and an existing install is untouched.
+pub fn write_dir(dir: &Path, config: &AgentConfig, secret_key: &str, ca_source: Option<&Path>) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let name = dir
+        .file_name()
+        .ok_or_else(|| anyhow!("{} is not a directory name", dir.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let staging = parent.join(format!(".{name}.new-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .with_context(|| format!("cannot create {}", staging.display()))?;
+    let result = (|| -> Result<()> {
+        let mut config = config.clone();
+        if let Some(src) = ca_source {
+            let pem = std::fs::read(src).with_context(|| format!("cannot read {}", src.display()))?;
+            write_private(&staging.join(CA_FILE), &pem)?;
+            config.ca_file = Some(PathBuf::from(CA_FILE));
+        }
+        write_private(&staging.join(KEY_FILE), format!("{secret_key}\n").as_bytes())?;
+        let json = serde_json::to_vec_pretty(&config)?;
+        write_private(&staging.join(CONFIG_FILE), &json)?;
+        swap_into_place(&staging, dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
+}
+
+fn swap_into_place(staging: &Path, dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return std::fs::rename(staging, dir).with_context(|| format!("cannot create {}", dir.display()));
+    }
+    let old = dir.with_file_name(format!(
+        ".{}.old-{}",
+        dir.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::rename(dir, &old).with_context(|| format!("cannot move the old {} aside", dir.display()))?;
+    if let Err(e) = std::fs::rename(staging, dir) {
+        let _ = std::fs::rename(&old, dir);
+        return Err(e).with_context(|| format!("cannot create {}", dir.display()));
+    }
+    remove_install(&old)?;
+    Ok(())
+}
+
+/// Removes the files an install wrote in `dir`, then `dir` if that left it
+/// empty (an admin's own files there are kept).
+pub fn remove_install(dir: &Path) -> Result<()> {
+    for f in [CONFIG_FILE, KEY_FILE, CA_FILE] {
+        match std::fs::remove_file(dir.join(f)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", dir.join(f).display())),
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        // Not empty: the admin's files stay.
+        Err(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn sample(secret_key: &str, id: Uuid) -> AgentConfig {
+        let (t, p) = AgentConfig::seal_secrets(secret_key, id, "fca_token", "Svc-Pa55!").unwrap();
+        AgentConfig {
+            version: 1,
+            cloud_url: "http://127.0.0.1:1".into(),
+            agent_id: id,
+            domain: "example.test".into(),
+            root_dn: "DC=example,DC=test".into(),
+            ldap_url: "ldaps://dc".into(),
+            ca_file: None,
+            insecure_skip_tls_verify: false,
+            bind_user: "EXAMPLE\\svc".into(),
+            agent_token: t,
+            bind_password: p,
+            service: None,
+            installed_at: 1,
+        }
+    }
+
+    #[test]
+    fn written_whole_private_and_sealed() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("agent");
+        let (sk, _) = seal::generate_keypair();
+        let id = Uuid::new_v4();
+        let ca = tmp.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        write_dir(&dir, &sample(&sk, id), &sk, Some(&ca)).unwrap();
+        for f in [CONFIG_FILE, KEY_FILE, CA_FILE] {
+            let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{f}");
+        }
+        let json = std::fs::read_to_string(dir.join(CONFIG_FILE)).unwrap();
+        assert!(!json.contains("Svc-Pa55!") && !json.contains("fca_token"), "{json}");
+        let c = AgentConfig::load(&dir).unwrap();
+        assert_eq!(c.ca_file.as_deref(), Some(dir.join(CA_FILE).as_path()));
+        let s = c.secrets(&dir).unwrap();
+        assert_eq!(s.agent_token.as_str(), "fca_token");
+        assert_eq!(s.bind_password.as_str(), "Svc-Pa55!");
+        // No staging directory is left beside it.
+        let left: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+
+        // A replacement swaps the whole directory.
+        let (sk2, _) = seal::generate_keypair();
+        write_dir(&dir, &sample(&sk2, id), &sk2, None).unwrap();
+        assert!(!dir.join(CA_FILE).exists());
+        assert_eq!(
+            AgentConfig::load(&dir)
+                .unwrap()
+                .secrets(&dir)
+                .unwrap()
+                .bind_password
+                .as_str(),
+            "Svc-Pa55!"
+        );
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 2);
+    }
+
+    fn secrets_error(dir: &Path) -> String {
+        match AgentConfig::load(dir).unwrap().secrets(dir) {
+            Ok(_) => String::from("(opened)"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_readable_key_or_a_foreign_key_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("agent");
+        let (sk, _) = seal::generate_keypair();
+        let id = Uuid::new_v4();
+        write_dir(&dir, &sample(&sk, id), &sk, None).unwrap();
+        let key = dir.join(KEY_FILE);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = secrets_error(&dir);
+        assert!(e.contains("readable by others") && e.contains("chmod 600"), "{e}");
+        std::fs::remove_file(&key).unwrap();
+        let (other, _) = seal::generate_keypair();
+        write_private(&key, other.as_bytes()).unwrap();
+        let e = secrets_error(&dir);
+        assert!(e.contains("does not belong"), "{e}");
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing_and_keeps_the_old_install() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("agent");
+        let (sk, _) = seal::generate_keypair();
+        let id = Uuid::new_v4();
+        write_dir(&dir, &sample(&sk, id), &sk, None).unwrap();
+        let missing_ca = tmp.path().join("no-such-ca.pem");
+        let (sk2, _) = seal::generate_keypair();
+        let e = write_dir(&dir, &sample(&sk2, id), &sk2, Some(&missing_ca)).unwrap_err();
+        assert!(e.to_string().contains("no-such-ca.pem"), "{e}");
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+        assert!(AgentConfig::load(&dir).unwrap().secrets(&dir).is_ok());
+    }
+
+    #[test]
+    fn removal_keeps_the_admins_own_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("agent");
+        let (sk, _) = seal::generate_keypair();
+        write_dir(&dir, &sample(&sk, Uuid::new_v4()), &sk, None).unwrap();
+        std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+        remove_install(&dir).unwrap();
+        assert!(!dir.join(CONFIG_FILE).exists() && !dir.join(KEY_FILE).exists());
+        assert!(dir.join("notes.txt").exists());
+        std::fs::remove_file(dir.join("notes.txt")).unwrap();
+        remove_install(&dir).unwrap();
+        assert!(!dir.exists());
     }
 }

@@ -1,9 +1,10 @@
 //! Ferry's sync agent: the AD connector, the preflight checks of the
-//! service account, and (to come) the sync engine and install wizard.
+//! service account, the sync engine, and the install wizard.
 #![deny(missing_docs)]
 
 pub mod ad;
 pub mod cloud;
 pub mod config;
+pub mod install;
 pub mod preflight;
 pub mod sync;

@@ -24,8 +24,75 @@ struct Cli {
 enum Command {
     /// Check the domain controller and the service account (the install guide's rules), each item ✓ or ✗ with its fix.
     Check(CheckArgs),
+    /// Install the agent: a wizard in the terminal, or --non-interactive for automation.
+    Install(Box<InstallArgs>),
     /// Run the sync: keep the AD domain and the cloud directory in step, until stopped.
     Run(RunArgs),
+    /// Show the installed agent's state: registered, primary, last sync, counts, errors.
+    Status(StatusArgs),
+    /// Stop the agent's service, revoke the agent in the cloud and remove its files.
+    Uninstall(UninstallArgs),
+}
+
+#[derive(Args)]
+struct InstallArgs {
+    /// Ask nothing: every value comes from the flags; exit non-zero at the first failed check
+    /// (2 bad input, 3 domain controller or service account, 4 Connect Key, 5 cloud unreachable, 6 install).
+    #[arg(long)]
+    non_interactive: bool,
+    /// The cloud's URL (default: the one the Connect Key carries).
+    #[arg(long)]
+    cloud_url: Option<String>,
+    /// The Connect Key from the console (or set FERRY_CONNECT_KEY).
+    #[arg(long, env = "FERRY_CONNECT_KEY", hide_env_values = true)]
+    connect_key: Option<String>,
+    /// The domain controller: ldaps://dc.example.com or ldap://dc.example.com (StartTLS).
+    #[arg(long)]
+    ldap_url: Option<String>,
+    /// PEM file with the CA that signed the DC's certificate (default: the system's trust store).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Accept any DC certificate. Lab use only: the connection can then be intercepted.
+    #[arg(long)]
+    insecure_skip_tls_verify: bool,
+    /// The Root DN, e.g. DC=example,DC=com.
+    #[arg(long)]
+    root_dn: Option<String>,
+    /// The service account, as DOMAIN\user.
+    #[arg(long)]
+    bind_user: Option<String>,
+    /// A file holding the service account's password (or set FERRY_BIND_PASSWORD).
+    #[arg(long)]
+    bind_password_file: Option<PathBuf>,
+    /// Where the agent's config goes.
+    #[arg(long, default_value = "/etc/ferry-agent")]
+    config_dir: PathBuf,
+    /// Do not set up a systemd service; print the command that runs the agent instead.
+    #[arg(long)]
+    no_service: bool,
+    /// Replace an agent already installed in the config directory (it is revoked).
+    #[arg(long)]
+    replace: bool,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// The agent's configuration directory.
+    #[arg(long, default_value = "/etc/ferry-agent")]
+    config_dir: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct UninstallArgs {
+    /// The agent's configuration directory.
+    #[arg(long, default_value = "/etc/ferry-agent")]
+    config_dir: PathBuf,
+    /// Remove the files even when the cloud cannot be told (revoke the agent in the console then).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -97,7 +164,10 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Check(a) => check(a).await,
+        Command::Install(a) => install(*a).await,
         Command::Run(a) => run_sync(a).await,
+        Command::Status(a) => status(a).await,
+        Command::Uninstall(a) => uninstall(a).await,
     }
 }
 
@@ -145,15 +215,102 @@ async fn check(a: CheckArgs) -> Result<ExitCode> {
     }
 }
 
+async fn install(a: InstallArgs) -> Result<ExitCode> {
+    use ferry_agent::install::{self, wizard, NonInteractive};
+    if !a.non_interactive {
+        if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            bail!("the install wizard needs a terminal: run it in one, or pass --non-interactive with the values as flags (see --help)");
+        }
+        let code = wizard::run(wizard::Options {
+            config_dir: a.config_dir,
+            service: !a.no_service,
+            insecure_skip_tls_verify: a.insecure_skip_tls_verify,
+        })
+        .await;
+        return Ok(ExitCode::from(code));
+    }
+    let mut missing = Vec::new();
+    for (flag, v) in [
+        ("--connect-key", a.connect_key.is_none()),
+        ("--ldap-url", a.ldap_url.is_none()),
+        ("--root-dn", a.root_dn.is_none()),
+        ("--bind-user", a.bind_user.is_none()),
+    ] {
+        if v {
+            missing.push(flag);
+        }
+    }
+    if !missing.is_empty() {
+        eprintln!("error: --non-interactive needs {}", missing.join(", "));
+        return Ok(ExitCode::from(2));
+    }
+    let bind_user = a.bind_user.unwrap_or_default();
+    let password = if a.bind_password_file.is_some() || std::env::var_os("FERRY_BIND_PASSWORD").is_some() {
+        read_password(&a.bind_password_file, &bind_user)?
+    } else {
+        eprintln!("error: --non-interactive needs --bind-password-file (or FERRY_BIND_PASSWORD)");
+        return Ok(ExitCode::from(2));
+    };
+    let dc = DcArgs {
+        ldap_url: a.ldap_url.unwrap_or_default(),
+        ca_file: a.ca_file,
+        insecure_skip_tls_verify: a.insecure_skip_tls_verify,
+        no_starttls: false,
+    };
+    let n = NonInteractive {
+        answers: install::Answers {
+            cloud_url: a.cloud_url.unwrap_or_default(),
+            connect_key: zeroize::Zeroizing::new(a.connect_key.unwrap_or_default()),
+            ad: settings(&dc),
+            root_dn: a.root_dn.unwrap_or_default(),
+            bind_user,
+            bind_password: zeroize::Zeroizing::new(password),
+            config_dir: a.config_dir,
+            service: !a.no_service,
+        },
+        replace: a.replace,
+    };
+    match install::non_interactive(n, |step| println!("{step}")).await {
+        Ok(done) => {
+            print!("{}", install::summary(&done));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(p) => {
+            eprintln!("error: {}", p.message);
+            Ok(ExitCode::from(p.step.exit_code()))
+        }
+    }
+}
+
+async fn status(a: StatusArgs) -> Result<ExitCode> {
+    let s = ferry_agent::install::manage::status(&a.config_dir).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s.json)?);
+    } else {
+        print!("{}", s.text);
+    }
+    Ok(if s.healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn uninstall(a: UninstallArgs) -> Result<ExitCode> {
+    for line in ferry_agent::install::manage::uninstall(&a.config_dir, a.force).await? {
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn run_sync(a: RunArgs) -> Result<ExitCode> {
     use ferry_agent::config::AgentConfig;
+    use ferry_agent::install::service::EXIT_NOT_ACCEPTED;
     use ferry_agent::sync::{self, Shared};
 
     let c = AgentConfig::load(&a.config_dir)?;
-    let token = AgentConfig::secret(&c.agent_token_file)?;
-    let password = AgentConfig::secret(&c.bind_password_file)?;
-    let secret_key = AgentConfig::secret(&c.agent_key_file)?;
-    let cloud = ferry_agent::cloud::CloudClient::new(&c.cloud_url, &token)?;
+    let secrets = c.secrets(&a.config_dir)?;
+    let cloud = ferry_agent::cloud::CloudClient::new(&c.cloud_url, &secrets.agent_token)?;
     let mut ad = AdSettings::new(&c.ldap_url);
     ad.ca_file = c.ca_file.clone();
     ad.insecure_skip_tls_verify = c.insecure_skip_tls_verify;
@@ -163,7 +320,8 @@ async fn run_sync(a: RunArgs) -> Result<ExitCode> {
         match cloud.heartbeat(&Default::default()).await {
             Ok(r) => break r,
             Err(e) if e.code() == Some("agent_revoked") || e.code() == Some("invalid_token") => {
-                bail!("{e}: install the agent again with a new Connect Key");
+                eprintln!("error: {e}: install the agent again with a new Connect Key");
+                return Ok(ExitCode::from(EXIT_NOT_ACCEPTED));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot reach the cloud yet; retrying");
@@ -172,11 +330,25 @@ async fn run_sync(a: RunArgs) -> Result<ExitCode> {
             }
         }
     };
-    tracing::info!(domain = %first.domain.name, root = %first.domain.root_dn, primary = first.primary, "ferry-agent running");
-    let shared = Shared::new(cloud, ad, c.bind_user, password, secret_key, first);
-    sync::run(shared, shutdown_signal()).await;
-    tracing::info!("ferry-agent stopped");
-    Ok(ExitCode::SUCCESS)
+    tracing::info!(agent = %c.agent_id, domain = %first.domain.name, root = %first.domain.root_dn, primary = first.primary, "ferry-agent running");
+    let shared = Shared::new(
+        cloud,
+        ad,
+        c.bind_user,
+        secrets.bind_password.to_string(),
+        secrets.secret_key.to_string(),
+        first,
+    );
+    match sync::run(shared, shutdown_signal()).await {
+        sync::Ended::Stopped => {
+            tracing::info!("ferry-agent stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        sync::Ended::NotAccepted => {
+            eprintln!("error: the cloud no longer accepts this agent (revoked in the console, or uninstalled): install it again with a new Connect Key");
+            Ok(ExitCode::from(EXIT_NOT_ACCEPTED))
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -18,40 +18,13 @@ pub const API_TOKEN_PREFIX: &str = "fct_";
 pub const SESSION_PREFIX: &str = "fcs_";
 /// Prefix of agent tokens.
 pub const AGENT_TOKEN_PREFIX: &str = "fca_";
-/// Prefix of Connect Keys (version 1).
-pub const CONNECT_KEY_PREFIX: &str = "fck1";
+pub use ferry_proto::connect_key::{connect_key_url, new_connect_key, CONNECT_KEY_PREFIX};
 
 /// A new random token with the given prefix.
 pub fn new_token(prefix: &str) -> String {
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
     format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
-}
-
-/// A new Connect Key that carries the cloud's URL, so the agent's wizard
-/// needs one thing pasted instead of two: `fck1.<base64url(url)>.<secret>`.
-pub fn new_connect_key(cloud_url: &str) -> String {
-    let mut bytes = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    format!(
-        "{CONNECT_KEY_PREFIX}.{}.{}",
-        URL_SAFE_NO_PAD.encode(cloud_url.as_bytes()),
-        URL_SAFE_NO_PAD.encode(bytes)
-    )
-}
-
-/// The cloud URL a Connect Key carries, if it is well formed.
-pub fn connect_key_url(key: &str) -> Option<String> {
-    let mut parts = key.trim().split('.');
-    if parts.next()? != CONNECT_KEY_PREFIX {
-        return None;
-    }
-    let url = URL_SAFE_NO_PAD.decode(parts.next()?).ok()?;
-    let secret = parts.next()?;
-    if secret.len() != 43 || parts.next().is_some() {
-        return None;
-    }
-    String::from_utf8(url).ok()
 }
 
 /// What the store keeps of a token or key: hex SHA-256.
@@ -84,14 +57,6 @@ mod tests {
         assert!(a.starts_with("fct_"));
         assert_ne!(a, b);
         assert_eq!(a.len(), 4 + 43);
-    }
-
-    #[test]
-    fn connect_key_carries_the_url() {
-        let k = new_connect_key("https://ferry.example.test:8443");
-        assert_eq!(connect_key_url(&k).as_deref(), Some("https://ferry.example.test:8443"));
-        assert_eq!(connect_key_url("fck1.bm9wZQ.short"), None);
-        assert_eq!(connect_key_url("garbage"), None);
     }
 
     #[test]

@@ -177,6 +177,85 @@ both_engines!(register_validates_its_input, |engine| async move {
     assert_eq!(st, StatusCode::UNAUTHORIZED, "an admin token is not an agent token");
 });
 
+both_engines!(
+    a_key_is_checked_without_being_used_and_an_agent_can_leave,
+    |engine| async move {
+        use base64::Engine as _;
+        let s = TestServer::start(engine).await;
+        let (_, d) = s
+            .call(Method::POST, "/api/v1/domains", Some(json!({"name": "example.test"})))
+            .await;
+        let domain = d["id"].as_str().unwrap().to_owned();
+        let (_, k) = s
+            .call(Method::POST, &format!("/api/v1/domains/{domain}/connect-keys"), None)
+            .await;
+        let key = json!({"connect_key": k["connect_key"]});
+        for _ in 0..2 {
+            let (st, v) = s
+                .call_as("", Method::POST, "/agent/v1/connect-key", Some(key.clone()))
+                .await;
+            assert_eq!(st, StatusCode::OK, "{v}");
+            assert_eq!(v["domain"]["root_dn"], "DC=example,DC=test");
+            assert_eq!(v["domain"]["name"], "example.test");
+            assert_eq!(v["expires_at"], k["expires_at"]);
+        }
+        let (st, v) = s
+            .call_as(
+                "",
+                Method::POST,
+                "/agent/v1/connect-key",
+                Some(json!({"connect_key": "fck1.x.y"})),
+            )
+            .await;
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("connect_key_invalid"))
+        );
+        s.clock.advance(8 * 24 * 3600 * 1000);
+        let (_, v) = s
+            .call_as("", Method::POST, "/agent/v1/connect-key", Some(key.clone()))
+            .await;
+        assert_eq!(v["code"], "connect_key_expired");
+        s.clock.advance(-(8 * 24 * 3600 * 1000));
+
+        // Checking did not use the key: it registers, and is then used.
+        let body = json!({"connect_key": k["connect_key"], "hostname": "dc", "version": "0.1.0",
+                      "public_key": base64::engine::general_purpose::STANDARD.encode([1u8; 32])});
+        let (st, r) = s.call_as("", Method::POST, "/agent/v1/register", Some(body)).await;
+        assert_eq!(st, StatusCode::CREATED, "{r}");
+        let a = Agent {
+            token: r["agent_token"].as_str().unwrap().to_owned(),
+            id: r["agent_id"].as_str().unwrap().to_owned(),
+        };
+        let (_, v) = s.call_as("", Method::POST, "/agent/v1/connect-key", Some(key)).await;
+        assert_eq!(v["code"], "connect_key_used");
+
+        // The agent's own view, then it deregisters (uninstall).
+        heartbeat(&s, &a).await;
+        let (st, me) = s.call_as(&a.token, Method::GET, "/agent/v1/me", None).await;
+        assert_eq!(st, StatusCode::OK, "{me}");
+        assert_eq!(me["agent_id"], a.id.as_str());
+        assert_eq!(
+            (me["status"].as_str(), me["primary"].as_bool()),
+            (Some("active"), Some(true))
+        );
+        assert_eq!(me["report"]["state"], "idle");
+        let (st, _) = s.call_as(&a.token, Method::POST, "/agent/v1/deregister", None).await;
+        assert_eq!(st, StatusCode::NO_CONTENT);
+        let (st, v) = s.call_as(&a.token, Method::GET, "/agent/v1/me", None).await;
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("agent_revoked"))
+        );
+        let (_, agents) = s
+            .call(Method::GET, &format!("/api/v1/domains/{domain}/agents"), None)
+            .await;
+        assert_eq!(agents["agents"].as_array().unwrap().len(), 0);
+        let (_, audit) = s.call(Method::GET, "/api/v1/audit", None).await;
+        assert!(audit.to_string().contains("agent.uninstall"), "{audit}");
+    }
+);
+
 both_engines!(one_primary_and_takeover, |engine| async move {
     let s = TestServer::start(engine).await;
     let (domain, one) = setup(&s, json!({})).await;

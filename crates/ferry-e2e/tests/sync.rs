@@ -4,206 +4,18 @@
 //! cloud).
 #![allow(clippy::unwrap_used, clippy::panic)] // a failed unwrap is a failed test
 
-#[path = "../../ferry-agent/tests/common/mod.rs"]
-mod dc;
+mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dc::Dc;
+use common::*;
 use ferry_agent::ad::write::NewAdUser;
 use ferry_agent::ad::AdSettings;
 use ferry_agent::cloud::CloudClient;
-use ferry_agent::preflight::Task;
 use ferry_agent::sync::{self, Shared};
-use ferry_cloud::app::{serve, AppState, Config};
-use ferry_cloud::clock::SystemClock;
-use ferry_cloud::secrets::{hash_password, new_token, token_hash, API_TOKEN_PREFIX};
-use ferry_cloud::store::{Store, TokenKind};
-use serde_json::{json, Value};
-
-const SVC_PW: &str = "Svc-Sync-Pa55";
-
-struct Cloud {
-    base: String,
-    token: String,
-    store: Store,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
-
-impl Cloud {
-    async fn start() -> Cloud {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!("sqlite://{}", dir.path().join("f.db").display()))
-            .await
-            .unwrap();
-        let token = new_token(API_TOKEN_PREFIX);
-        let mut tx = store.begin().await.unwrap();
-        let org = tx.insert_org("Acme", 1).await.unwrap();
-        let admin = tx
-            .insert_admin(org.id, "admin@acme.test", &hash_password("x-password").unwrap(), 1)
-            .await
-            .unwrap();
-        tx.insert_token(org.id, admin.id, TokenKind::Api, "t", &token_hash(&token), 1, None)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let state = AppState::new(store.clone(), Arc::new(SystemClock), Config::default());
-        tokio::spawn(async move { serve(listener, state, std::future::pending()).await.unwrap() });
-        Cloud {
-            base,
-            token,
-            store,
-            http: reqwest::Client::new(),
-            _dir: dir,
-        }
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut r = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.unwrap();
-        let st = resp.status().as_u16();
-        (st, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn user(&self, name: &str) -> Option<Value> {
-        let (_, v) = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/scim/v2/Users?filter=userName%20eq%20%22{name}%22"),
-                None,
-            )
-            .await;
-        v["Resources"].as_array().and_then(|a| a.first().cloned())
-    }
-
-    async fn feed_head(&self) -> i64 {
-        let mut tx = self.store.begin().await.unwrap();
-        let orgs = tx.list_orgs().await.unwrap();
-        tx.feed_head(orgs[0].id).await.unwrap()
-    }
-}
-
-async fn eventually<F, Fut, T>(what: &str, f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    poll_until(what, Duration::from_millis(200), f).await
-}
-
-/// Polls `f` every `every` until it answers, for at most 45 s.
-async fn poll_until<F, Fut, T>(what: &str, every: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(45),
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(every).await;
-    }
-}
-
-/// A registered agent's identity.
-struct Enrolled {
-    token: String,
-    secret_key: String,
-}
-
-/// A fresh DC with a delegated service account, and a cloud with the domain.
-/// A fresh DC with a delegated service account (and one user).
-async fn delegated_dc() -> Dc {
-    let dc = Dc::start();
-    let mut admin = dc.admin().await;
-    let svc = NewAdUser {
-        sam_account_name: "svc-sync".into(),
-        password: Some(SVC_PW.into()),
-        enabled: true,
-        ..Default::default()
-    };
-    let svc_dn = admin
-        .create_user(&format!("CN=Users,{}", dc.base_dn), &svc)
-        .await
-        .unwrap();
-    admin
-        .set_attributes(&svc_dn, &[("userAccountControl", Some("66048"))])
-        .await
-        .unwrap();
-    let ldif = dc.ldapsearch(&dc.base_dn, "(sAMAccountName=svc-sync)", &["objectSid"]);
-    let raw = {
-        use base64::Engine as _;
-        let b64 = ldif.lines().find_map(|l| l.strip_prefix("objectSid:: ")).unwrap();
-        base64::engine::general_purpose::STANDARD.decode(b64.trim()).unwrap()
-    };
-    let sid = ferry_agent::preflight::sd::sid_to_string(&raw).unwrap();
-    let sddl: String = Task::ALL.iter().map(|t| t.sddl(&sid)).collect();
-    dc.samba_tool(&["dsacl", "set", "--objectdn", &dc.base_dn, "--sddl", &sddl]);
-    // An AD user that exists before the agent starts.
-    dc.ldapmodify(
-        &format!("dn: CN=Early Bird,CN=Users,{}\nobjectClass: user\nsAMAccountName: early\ngivenName: Early\nsn: Bird\nmail: early@example.test\n", dc.base_dn),
-        true,
-    );
-
-    dc
-}
-
-/// A fresh delegated DC, and a cloud with the domain.
-async fn prepare() -> (Dc, Cloud, String) {
-    let dc = delegated_dc().await;
-    let cloud = Cloud::start().await;
-    let (st, d) = cloud
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/domains",
-            Some(json!({"name": dc.realm.to_lowercase(), "netbios_name": dc.domain})),
-        )
-        .await;
-    assert_eq!(st, 201, "{d}");
-    let domain = d["id"].as_str().unwrap().to_owned();
-    (dc, cloud, domain)
-}
-
-async fn enrol(cloud: &Cloud, domain: &str) -> Enrolled {
-    let (_, k) = cloud
-        .call(
-            reqwest::Method::POST,
-            &format!("/api/v1/domains/{domain}/connect-keys"),
-            None,
-        )
-        .await;
-    let (secret_key, public_key) = ferry_proto::seal::generate_keypair();
-    let reg = json!({"connect_key": k["connect_key"], "hostname": "dc1", "version": "0.1.0", "public_key": public_key});
-    let r: Value = cloud
-        .http
-        .post(format!("{}/agent/v1/register", cloud.base))
-        .json(&reg)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    Enrolled {
-        token: r["agent_token"].as_str().unwrap().to_owned(),
-        secret_key,
-    }
-}
+use ferry_cloud::store::Store;
+use serde_json::json;
 
 /// Runs a sync engine in this process; it stops when the sender drops.
 async fn run_engine(dc: &Dc, cloud: &Cloud, agent: &Enrolled) -> Engine {
@@ -221,7 +33,7 @@ async fn run_engine(dc: &Dc, cloud: &Cloud, agent: &Enrolled) -> Engine {
 /// An engine running in this process.
 struct Engine {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    task: Option<tokio::task::JoinHandle<sync::Ended>>,
 }
 
 impl Engine {
@@ -403,19 +215,7 @@ async fn changes_flow_both_ways_and_settle() {
         &format!("dn: CN=Outer,{users}\nobjectClass: group\nsAMAccountName: outer\nmember: CN=Inner,{users}\n"),
         true,
     );
-    let group = |name: &'static str| {
-        let cloud = &cloud;
-        async move {
-            let (_, v) = cloud
-                .call(
-                    reqwest::Method::GET,
-                    &format!("/scim/v2/Groups?filter=displayName%20eq%20%22{name}%22"),
-                    None,
-                )
-                .await;
-            v["Resources"].as_array().and_then(|a| a.first().cloned())
-        }
-    };
+    let group = |name: &'static str| cloud.group(name);
     let outer = eventually("a nested AD group in the cloud", || async {
         group("outer").await.filter(|g| g["members"][0]["type"] == "Group")
     })
@@ -541,41 +341,27 @@ async fn changes_flow_both_ways_and_settle() {
     );
 }
 
-/// The `ferry-agent` binary cargo built next to this test.
-fn agent_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(|d| d.parent()).unwrap().join("ferry-agent");
-    assert!(
-        bin.exists(),
-        "{} is missing: build the workspace (cargo test --workspace builds it)",
-        bin.display()
-    );
-    bin
-}
-
 /// An agent config directory as the installer writes it.
 fn write_config(dir: &std::path::Path, dc: &Dc, cloud: &Cloud, agent: &Enrolled) {
-    use std::os::unix::fs::PermissionsExt;
-    for (name, secret) in [
-        ("agent.token", &agent.token),
-        ("agent.key", &agent.secret_key),
-        ("bind.password", &SVC_PW.to_owned()),
-    ] {
-        let p = dir.join(name);
-        std::fs::write(&p, secret).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    let config = json!({
-        "cloud_url": cloud.base,
-        "agent_id": "test",
-        "agent_token_file": "agent.token",
-        "agent_key_file": "agent.key",
-        "ldap_url": dc.ldaps_url,
-        "ca_file": dc.ca_file,
-        "bind_user": format!("{}\\svc-sync", dc.domain),
-        "bind_password_file": "bind.password",
-    });
-    std::fs::write(dir.join("agent.json"), config.to_string()).unwrap();
+    use ferry_agent::config::{write_dir, AgentConfig};
+    let (agent_token, bind_password) =
+        AgentConfig::seal_secrets(&agent.secret_key, agent.agent_id, &agent.token, SVC_PW).unwrap();
+    let config = AgentConfig {
+        version: 1,
+        cloud_url: cloud.base.clone(),
+        agent_id: agent.agent_id,
+        domain: dc.realm.to_lowercase(),
+        root_dn: dc.base_dn.clone(),
+        ldap_url: dc.ldaps_url.clone(),
+        ca_file: None,
+        insecure_skip_tls_verify: false,
+        bind_user: format!("{}\\svc-sync", dc.domain),
+        agent_token,
+        bind_password,
+        service: None,
+        installed_at: 0,
+    };
+    write_dir(dir, &config, &agent.secret_key, Some(&dc.ca_file)).unwrap();
 }
 
 struct AgentProcess(std::process::Child);
@@ -914,11 +700,6 @@ async fn engine_shared(dc: &Dc, cloud: &Cloud, agent: &Enrolled) -> Arc<Shared> 
     )
 }
 
-/// The `ferry-cloud` binary cargo built next to this test.
-fn cloud_binary() -> std::path::PathBuf {
-    agent_binary().with_file_name("ferry-cloud")
-}
-
 struct CloudProcess(std::process::Child);
 
 impl CloudProcess {
@@ -1007,15 +788,8 @@ async fn kill_9_of_the_cloud_mid_import_then_restart_converges() {
         http: http.clone(),
         _dir: store_dir,
     };
-    let (st, d) = cloud
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/domains",
-            Some(json!({"name": dc.realm.to_lowercase(), "netbios_name": dc.domain})),
-        )
-        .await;
-    assert_eq!(st, 201, "{d}");
-    let agent = enrol(&cloud, d["id"].as_str().unwrap()).await;
+    let domain = add_domain(&cloud, &dc).await;
+    let agent = enrol(&cloud, &domain).await;
     write_config(dir.path(), &dc, &cloud, &agent);
     let _agent = AgentProcess::spawn(dir.path(), "agent.log");
 

@@ -123,6 +123,8 @@ pub struct HeartbeatRequest {
     pub pushed: u64,
     /// Changes applied since the agent started, cloud → AD.
     pub applied: u64,
+    /// When the agent last finished a sync pass without error (unix ms).
+    pub last_sync_at: Option<i64>,
 }
 
 /// Answer to [`HeartbeatRequest`].
@@ -333,4 +335,46 @@ pub struct LinkInfo {
 pub struct LinksResponse {
     /// The links.
     pub links: Vec<LinkInfo>,
+}
+
+/// `POST /agent/v1/connect-key`: what a Connect Key would register an agent
+/// for, asked without using the key up (the install wizard checks the key
+/// and the domain before it installs anything).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectKeyCheckRequest {
+    /// The Connect Key as pasted.
+    pub connect_key: String,
+}
+
+/// Answer to [`ConnectKeyCheckRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectKeyCheckResponse {
+    /// The domain the key belongs to.
+    pub domain: DomainInfo,
+    /// When the key stops working (unix ms).
+    pub expires_at: i64,
+}
+
+/// `GET /agent/v1/me`: the cloud's view of the calling agent, for
+/// `ferry-agent status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentSelf {
+    /// The agent's id.
+    pub agent_id: Uuid,
+    /// Host it registered from.
+    pub hostname: String,
+    /// Version it last reported.
+    pub version: String,
+    /// `active`, `stale` or `offline`, as the console shows it.
+    pub status: String,
+    /// Whether it holds the domain's primary lease.
+    pub primary: bool,
+    /// Last heartbeat (unix ms).
+    pub last_seen: i64,
+    /// Registration time (unix ms).
+    pub registered_at: i64,
+    /// The last heartbeat's report.
+    pub report: HeartbeatRequest,
+    /// The domain it serves.
+    pub domain: DomainInfo,
 }

@@ -6,5 +6,6 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod connect_key;
 pub mod record;
 pub mod seal;

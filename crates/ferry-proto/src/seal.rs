@@ -55,6 +55,12 @@ pub fn generate_keypair() -> (String, String) {
     (B64.encode(secret.to_bytes()), B64.encode(public.as_bytes()))
 }
 
+/// The public key (base64) of a secret key (base64).
+pub fn public_key(secret: &str) -> Result<String, SealError> {
+    let sk = StaticSecret::from(*Zeroizing::new(key32(secret)?));
+    Ok(B64.encode(PublicKey::from(&sk).as_bytes()))
+}
+
 fn key32(b64: &str) -> Result<[u8; 32], SealError> {
     let v = B64.decode(b64.trim()).map_err(|_| SealError::Malformed)?;
     v.try_into().map_err(|_| SealError::Malformed)
@@ -131,6 +137,7 @@ mod tests {
     fn only_the_recipient_opens_and_only_for_the_same_context() {
         let (sk, pk) = generate_keypair();
         let (other_sk, _) = generate_keypair();
+        assert_eq!(public_key(&sk).unwrap(), pk);
         let s = seal(&pk, "user:1", b"Pa55-w0rd").unwrap();
         assert_eq!(open(&sk, "user:1", &s).unwrap().as_slice(), b"Pa55-w0rd");
         assert_eq!(open(&other_sk, "user:1", &s), Err(SealError::Forged));

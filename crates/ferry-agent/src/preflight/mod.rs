@@ -221,41 +221,52 @@ const PRIVILEGED_BUILTIN: &[(&str, &str)] = &[
     ("S-1-5-32-551", "Backup Operators"),
 ];
 
+/// What is wrong with how the service account is written, if anything: the
+/// agent signs in as `DOMAIN\\user`.
+pub fn account_form_problem(account: &str) -> Option<String> {
+    let account = account.trim();
+    if account.is_empty() {
+        return Some("enter the service account as DOMAIN\\user".into());
+    }
+    match crate::ad::check_account_form(account) {
+        Err(e) => Some(e.to_string()),
+        Ok(()) if !account.contains('\\') => Some(format!(
+            "{account:?}: write the account as DOMAIN\\user (the domain's NetBIOS name, a backslash, the user name)"
+        )),
+        Ok(()) => None,
+    }
+}
+
+/// Why the service account's name will not do, if it will not: names with
+/// "ferry" in them are Ferry's own and never synced, so an account the
+/// agent signs in as must not look like one.
+pub fn account_name_problem(account: &str) -> Option<String> {
+    let user = account.trim().rsplit('\\').next().unwrap_or_default();
+    user.to_lowercase().contains("ferry").then(|| {
+        format!("{user:?} contains \"ferry\", a name reserved for Ferry's own objects: create a service account with another name, e.g. svc-dirsync")
+    })
+}
+
 /// Runs the checklist. Stops early only where later checks cannot run
 /// (no connection, no bind); everything else is checked and reported.
 pub async fn run(input: &PreflightInput) -> Report {
     let mut r = Report::default();
     let account = input.account.trim();
-    let form = crate::ad::check_account_form(account).and_then(|_| {
-        if account.contains('\\') {
-            Ok(())
-        } else {
-            Err(AdError::AccountForm(format!(
-                "{account:?}: write the account as DOMAIN\\user (the domain's NetBIOS name, a backslash, the user name)"
-            )))
-        }
-    });
+    let form = account_form_problem(account);
     r.push(
         "account_form",
         "Service account written as DOMAIN\\user",
-        form.is_ok(),
-        match &form {
-            Ok(()) => account.to_owned(),
-            Err(e) => e.to_string(),
-        },
+        form.is_none(),
+        form.clone().unwrap_or_else(|| account.to_owned()),
         Some("Enter the account with the domain in front, e.g. EXAMPLE\\svc-sync".into()),
     );
     let (domain_part, user_part) = account.split_once('\\').unwrap_or(("", account));
-    let name_ok = !user_part.to_lowercase().contains("ferry");
+    let name = account_name_problem(account);
     r.push(
         "account_name",
         "Account name does not contain \"ferry\"",
-        name_ok,
-        if name_ok {
-            user_part.to_owned()
-        } else {
-            format!("{user_part:?} contains \"ferry\", a name reserved for Ferry's own objects")
-        },
+        name.is_none(),
+        name.unwrap_or_else(|| user_part.to_owned()),
         Some("Create a service account with another name, e.g. svc-dirsync".into()),
     );
     let root_syntax = Dn::parse(&input.root_dn);
@@ -290,7 +301,7 @@ pub async fn run(input: &PreflightInput) -> Report {
         conn.url().to_owned(),
         None,
     );
-    if form.is_err() {
+    if form.is_some() {
         return r;
     }
     if let Err(e) = conn.bind(account, &input.password).await {
@@ -531,7 +542,8 @@ async fn read_dacl(conn: &mut AdConnection, dn: &str) -> Result<Vec<sd::Ace>, Ad
     parse_dacl(&raw).ok_or_else(|| AdError::Protocol(format!("the security descriptor of {dn} is malformed")))
 }
 
-fn fix_for(e: &AdError) -> String {
+/// How to fix a connection or sign-in error.
+pub fn fix_for(e: &AdError) -> String {
     match e {
         AdError::Tls { .. } => "Give the CA certificate that signed the DC's certificate (--ca-file), and connect by the name or address the certificate carries".into(),
         AdError::Connect { .. } => "Check the DC's address, that LDAPS (636) or LDAP with StartTLS (389) is reachable from this host, and that the DC runs".into(),

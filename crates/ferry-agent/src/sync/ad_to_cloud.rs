@@ -53,6 +53,7 @@ async fn follow(shared: &Shared) -> Result<(), String> {
         if usn != last_usn || last_reconcile.elapsed() > Duration::from_secs(30) {
             cookie = Some(increment(shared, &mut conn, cookie.clone(), &svc).await?);
             reconcile(shared, &mut conn, cookie.clone()).await?;
+            shared.synced();
             last_usn = usn;
             last_reconcile = Instant::now();
         }

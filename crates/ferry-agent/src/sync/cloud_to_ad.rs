@@ -47,6 +47,7 @@ async fn follow(shared: &Shared) -> Result<(), String> {
             shared.cloud.ack(page.next_cursor).await.map_err(|e| e.to_string())?;
             cursor = page.next_cursor;
         }
+        shared.synced();
     }
 }
 

@@ -9,7 +9,7 @@
 pub mod ad_to_cloud;
 pub mod cloud_to_ad;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,8 +41,10 @@ pub struct Shared {
     pub pushed: AtomicU64,
     /// Changes applied to AD.
     pub applied: AtomicU64,
-    /// The last error, for the heartbeat.
+    /// The last error, for the heartbeat; cleared by a clean pass.
     pub last_error: std::sync::Mutex<Option<String>>,
+    /// When a direction last completed a pass without error (unix ms; 0: never).
+    pub last_sync_at: AtomicI64,
 }
 
 impl Shared {
@@ -67,6 +69,7 @@ impl Shared {
             pushed: AtomicU64::new(0),
             applied: AtomicU64::new(0),
             last_error: std::sync::Mutex::new(None),
+            last_sync_at: AtomicI64::new(0),
         })
     }
 
@@ -75,6 +78,17 @@ impl Shared {
         let mut c = AdConnection::connect(&self.ad).await?;
         c.bind(&self.bind_user, &self.bind_password).await?;
         Ok(c)
+    }
+
+    /// A direction completed a pass: AD and the cloud agree up to now.
+    fn synced(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        self.last_sync_at.store(now, Ordering::SeqCst);
+        if let Ok(mut g) = self.last_error.lock() {
+            *g = None;
+        }
     }
 
     fn note_error(&self, e: &str) {
@@ -91,12 +105,24 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base - base / 8 + jitter)
 }
 
-/// Runs the engine until `stop` resolves.
-pub async fn run(shared: Arc<Shared>, stop: impl std::future::Future<Output = ()>) {
-    let hb = tokio::spawn(heartbeat_loop(shared.clone()));
+/// Why the engine stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// `stop` resolved.
+    Stopped,
+    /// The cloud no longer accepts this agent (revoked or uninstalled).
+    NotAccepted,
+}
+
+/// Runs the engine until `stop` resolves or the cloud revokes the agent.
+pub async fn run(shared: Arc<Shared>, stop: impl std::future::Future<Output = ()>) -> Ended {
+    let mut hb = tokio::spawn(heartbeat_loop(shared.clone()));
     let up = tokio::spawn(ad_to_cloud::run(shared.clone()));
     let down = tokio::spawn(cloud_to_ad::run(shared.clone()));
-    stop.await;
+    let ended = tokio::select! {
+        _ = stop => Ended::Stopped,
+        _ = &mut hb => Ended::NotAccepted,
+    };
     hb.abort();
     up.abort();
     down.abort();
@@ -106,9 +132,12 @@ pub async fn run(shared: Arc<Shared>, stop: impl std::future::Future<Output = ()
             tracing::warn!(error = %e, "could not release the primary lease; a standby takes over when it expires");
         }
     }
+    ended
 }
 
-/// Heartbeats forever, keeping `shared.primary` and the domain settings current.
+/// Heartbeats until the cloud stops accepting this agent (revoked in the
+/// console, or uninstalled), keeping `shared.primary` and the domain
+/// settings current.
 pub async fn heartbeat_loop(shared: Arc<Shared>) {
     let mut attempt = 0;
     loop {
@@ -122,6 +151,7 @@ pub async fn heartbeat_loop(shared: Arc<Shared>) {
             ad_objects: shared.ad_objects.load(Ordering::SeqCst),
             pushed: shared.pushed.load(Ordering::SeqCst),
             applied: shared.applied.load(Ordering::SeqCst),
+            last_sync_at: Some(shared.last_sync_at.load(Ordering::SeqCst)).filter(|t| *t > 0),
         };
         match shared.cloud.heartbeat(&req).await {
             Ok(r) => {
@@ -142,6 +172,11 @@ pub async fn heartbeat_loop(shared: Arc<Shared>) {
                     Duration::from_secs(2)
                 };
                 tokio::time::sleep(every).await;
+            }
+            Err(e) if matches!(e.code(), Some("agent_revoked") | Some("invalid_token")) => {
+                shared.primary.store(false, Ordering::SeqCst);
+                tracing::error!(error = %e, "the cloud no longer accepts this agent; stopping");
+                return;
             }
             Err(e) => {
                 shared.primary.store(false, Ordering::SeqCst);

@@ -10,8 +10,9 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ferry_proto::agent::{
-    AckRequest, DomainInfo, FeedEntry, FeedResponse, HeartbeatRequest, HeartbeatResponse, LinkInfo, LinksResponse,
-    PushChangesRequest, PushChangesResponse, RegisterRequest, RegisterResponse, SyncState,
+    AckRequest, AgentSelf, ConnectKeyCheckRequest, ConnectKeyCheckResponse, DomainInfo, FeedEntry, FeedResponse,
+    HeartbeatRequest, HeartbeatResponse, LinkInfo, LinksResponse, PushChangesRequest, PushChangesResponse,
+    RegisterRequest, RegisterResponse, SyncState,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -28,6 +29,9 @@ use crate::store::{Agent, ConnectKeyProblem, Domain};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/register", post(register))
+        .route("/connect-key", post(check_connect_key))
+        .route("/me", get(me))
+        .route("/deregister", post(deregister))
         .route("/heartbeat", post(heartbeat))
         .route("/release", post(release))
         .route("/state", get(sync_state))
@@ -80,21 +84,7 @@ async fn register(
         Ok(k) => k,
         Err(problem) => {
             state.connect_key_limiter.fail(&ip, now);
-            let (code, msg) = match problem {
-                ConnectKeyProblem::Unknown => (
-                    "connect_key_invalid",
-                    "the Connect Key is not valid: check it was copied whole, or create a new one in the console",
-                ),
-                ConnectKeyProblem::Expired => (
-                    "connect_key_expired",
-                    "the Connect Key has expired (keys last 7 days): create a new one in the console",
-                ),
-                ConnectKeyProblem::Used => (
-                    "connect_key_used",
-                    "the Connect Key was already used to register an agent: each key works once; create a new one in the console",
-                ),
-            };
-            return Err(ApiError::unauthorized(code, msg));
+            return Err(connect_key_refused(problem));
         }
     };
     let token = new_token(AGENT_TOKEN_PREFIX);
@@ -132,6 +122,91 @@ async fn register(
             domain: domain_info(&domain),
         }),
     ))
+}
+
+/// Why a Connect Key cannot register an agent, in words the wizard shows.
+fn connect_key_refused(problem: ConnectKeyProblem) -> ApiError {
+    let (code, msg) = match problem {
+        ConnectKeyProblem::Unknown => (
+            "connect_key_invalid",
+            "the Connect Key is not valid: check it was copied whole, or create a new one in the console",
+        ),
+        ConnectKeyProblem::Expired => (
+            "connect_key_expired",
+            "the Connect Key has expired (keys last 7 days): create a new one in the console",
+        ),
+        ConnectKeyProblem::Used => (
+            "connect_key_used",
+            "the Connect Key was already used to register an agent: each key works once; create a new one in the console",
+        ),
+    };
+    ApiError::unauthorized(code, msg)
+}
+
+/// `POST /agent/v1/connect-key`: the domain a Connect Key would register an
+/// agent for, without using the key. Counted against the same guess limit
+/// as registration.
+async fn check_connect_key(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    JsonBody(req): JsonBody<ConnectKeyCheckRequest>,
+) -> Result<Json<ConnectKeyCheckResponse>, ApiError> {
+    let now = state.now();
+    state
+        .connect_key_limiter
+        .check(&ip, now)
+        .map_err(|l| ApiError::limited(l, "Connect Key attempts"))?;
+    let mut tx = state.store.begin().await?;
+    let key = match tx.find_connect_key(&token_hash(&req.connect_key), now).await? {
+        Ok(k) => k,
+        Err(problem) => {
+            state.connect_key_limiter.fail(&ip, now);
+            return Err(connect_key_refused(problem));
+        }
+    };
+    let domain = tx.get_domain(key.org_id, key.domain_id).await?;
+    Ok(Json(ConnectKeyCheckResponse {
+        domain: domain_info(&domain),
+        expires_at: key.expires_at,
+    }))
+}
+
+/// `GET /agent/v1/me`: the cloud's view of the calling agent.
+async fn me(State(state): State<AppState>, AgentAuth(agent): AgentAuth) -> Result<Json<AgentSelf>, ApiError> {
+    let now = state.now();
+    let mut tx = state.store.begin().await?;
+    let d = tx.get_domain(agent.org_id, agent.domain_id).await?;
+    Ok(Json(AgentSelf {
+        agent_id: agent.id,
+        hostname: agent.hostname.clone(),
+        version: agent.version.clone(),
+        status: crate::api::agent_status(agent.last_seen_at, now).to_owned(),
+        primary: d.lease_agent_id == Some(agent.id) && d.lease_expires_at > now,
+        last_seen: agent.last_seen_at,
+        registered_at: agent.created_at,
+        report: serde_json::from_value(agent.report.clone()).unwrap_or_default(),
+        domain: domain_info(&d),
+    }))
+}
+
+/// `POST /agent/v1/deregister`: the agent is being uninstalled; its token
+/// stops working and its lease is freed, as when an admin revokes it.
+async fn deregister(State(state): State<AppState>, AgentAuth(agent): AgentAuth) -> Result<StatusCode, ApiError> {
+    let now = state.now();
+    let mut tx = state.store.begin().await?;
+    tx.revoke_agent(agent.org_id, agent.domain_id, agent.id, now).await?;
+    tx.append_audit(
+        agent.org_id,
+        &format!("agent:{}", agent.id),
+        "agent.uninstall",
+        &format!("agent:{}", agent.id),
+        &json!({"hostname": agent.hostname}),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(agent = %agent.id, hostname = %agent.hostname, "agent uninstalled itself");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn base64_32(s: &str) -> bool {

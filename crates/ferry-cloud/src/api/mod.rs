@@ -3,6 +3,7 @@
 
 mod audit;
 mod domains;
+pub use domains::agent_status;
 mod sessions;
 
 use axum::routing::{delete, get, post};

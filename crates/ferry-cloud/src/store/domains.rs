@@ -232,6 +232,29 @@ impl Tx {
         key_hash: &str,
         now: i64,
     ) -> StoreResult<Result<ConnectKeyRow, ConnectKeyProblem>> {
+        let key = match self.find_connect_key(key_hash, now).await? {
+            Ok(k) => k,
+            Err(p) => return Ok(Err(p)),
+        };
+        let done = sqlx::query("UPDATE connect_keys SET used_at = $1 WHERE id = $2 AND used_at IS NULL")
+            .bind(now)
+            .bind(key.id.to_string())
+            .execute(self.conn())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(Err(ConnectKeyProblem::Used));
+        }
+        Ok(Ok(key))
+    }
+
+    /// The Connect Key with this hash if it could register an agent now,
+    /// without using it up (the install wizard checks a key before it asks
+    /// to install).
+    pub async fn find_connect_key(
+        &mut self,
+        key_hash: &str,
+        now: i64,
+    ) -> StoreResult<Result<ConnectKeyRow, ConnectKeyProblem>> {
         let row =
             sqlx::query("SELECT id, org_id, domain_id, expires_at, used_at FROM connect_keys WHERE key_hash = $1")
                 .bind(key_hash)
@@ -252,14 +275,6 @@ impl Tx {
         }
         if key.expires_at <= now {
             return Ok(Err(ConnectKeyProblem::Expired));
-        }
-        let done = sqlx::query("UPDATE connect_keys SET used_at = $1 WHERE id = $2 AND used_at IS NULL")
-            .bind(now)
-            .bind(key.id.to_string())
-            .execute(self.conn())
-            .await?;
-        if done.rows_affected() == 0 {
-            return Ok(Err(ConnectKeyProblem::Used));
         }
         Ok(Ok(key))
     }

@@ -1,0 +1,171 @@
+//! `ferry-agent status` and `ferry-agent uninstall`.
+
+use std::path::Path;
+
+use ferry_proto::agent::AgentSelf;
+use serde_json::json;
+
+use super::service;
+use crate::cloud::{CloudClient, CloudError};
+use crate::config::{self, AgentConfig};
+
+/// What `status` found.
+pub struct Status {
+    /// For people.
+    pub text: String,
+    /// For scripts (`--json`).
+    pub json: serde_json::Value,
+    /// Registered, seen recently and reporting no error.
+    pub healthy: bool,
+}
+
+fn ago(now: i64, then: i64) -> String {
+    let s = (now - then).max(0) / 1000;
+    match s {
+        0..=119 => format!("{s} s ago"),
+        120..=7199 => format!("{} min ago", s / 60),
+        _ => format!("{} h ago", s / 3600),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The agent's state: the local install, its service, and the cloud's view.
+pub async fn status(dir: &Path) -> anyhow::Result<Status> {
+    let c = AgentConfig::load(dir)?;
+    let secrets = c.secrets(dir)?;
+    let mut text = format!(
+        "Installed:  {} (agent {}, domain {})\nDomain controller: {} as {}{}\n",
+        dir.display(),
+        c.agent_id,
+        c.domain,
+        c.ldap_url,
+        c.bind_user,
+        if c.insecure_skip_tls_verify {
+            " (certificate NOT verified)"
+        } else {
+            ""
+        }
+    );
+    let service_state = c.service.as_deref().map(|u| (u.to_owned(), service::state(u)));
+    match &service_state {
+        Some((u, st)) => text.push_str(&format!("Service:    {u} is {st}\n")),
+        None => text.push_str("Service:    none (started by hand: ferry-agent run --config-dir …)\n"),
+    }
+    let cloud = CloudClient::new(&c.cloud_url, &secrets.agent_token)?;
+    let now = now_ms();
+    let (healthy, cloud_json) = match cloud.me().await {
+        Ok(me) => {
+            text.push_str(&describe(&c.cloud_url, &me, now));
+            let healthy = me.status == "active" && me.report.last_error.is_none();
+            (healthy, serde_json::to_value(&me).unwrap_or_default())
+        }
+        Err(e) => {
+            let why = match &e {
+                CloudError::Refused { code, .. } if code == "agent_revoked" => {
+                    "this agent was revoked in the console: install it again with a new Connect Key".to_owned()
+                }
+                _ => e.to_string(),
+            };
+            text.push_str(&format!("Cloud:      {} — {why}\n", c.cloud_url));
+            (false, json!({ "error": why }))
+        }
+    };
+    let json = json!({
+        "config_dir": dir,
+        "agent_id": c.agent_id,
+        "domain": c.domain,
+        "ldap_url": c.ldap_url,
+        "bind_user": c.bind_user,
+        "service": service_state.map(|(u, s)| json!({"unit": u, "state": s})),
+        "cloud_url": c.cloud_url,
+        "cloud": cloud_json,
+        "healthy": healthy,
+    });
+    Ok(Status { text, json, healthy })
+}
+
+fn describe(url: &str, me: &AgentSelf, now: i64) -> String {
+    let mut s = format!(
+        "Cloud:      {url} — registered, {}{}, last seen {}\n",
+        me.status,
+        if me.primary {
+            ", primary (this agent syncs)"
+        } else {
+            ", standby"
+        },
+        ago(now, me.last_seen)
+    );
+    let r = &me.report;
+    s.push_str(&format!(
+        "Last sync:  {}; {} objects in AD; {} changes AD → cloud, {} cloud → AD since it started\n",
+        r.last_sync_at.map_or_else(|| "not yet".to_owned(), |t| ago(now, t)),
+        r.ad_objects,
+        r.pushed,
+        r.applied
+    ));
+    s.push_str(&format!("Errors:     {}\n", r.last_error.as_deref().unwrap_or("none")));
+    s
+}
+
+/// What `uninstall` did, line by line.
+pub async fn uninstall(dir: &Path, force: bool) -> anyhow::Result<Vec<String>> {
+    let mut done = Vec::new();
+    if !AgentConfig::exists(dir) {
+        done.push(format!(
+            "Nothing to uninstall: no agent is installed in {}.",
+            dir.display()
+        ));
+        return Ok(done);
+    }
+    let c = AgentConfig::load(dir)?;
+    let secrets = c.secrets(dir);
+    if let Some(unit) = &c.service {
+        if service::systemd_runs() {
+            service::stop(unit).ok();
+            done.push(format!("Stopped {unit}."));
+        }
+    }
+    let revoked = match &secrets {
+        Ok(s) => match CloudClient::new(&c.cloud_url, &s.agent_token) {
+            Ok(cloud) => match cloud.deregister().await {
+                Ok(()) => Ok(()),
+                Err(e) if matches!(e.code(), Some("agent_revoked") | Some("invalid_token")) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    match revoked {
+        Ok(()) => done.push(format!("Revoked agent {} in the cloud ({}).", c.agent_id, c.cloud_url)),
+        Err(e) if !force => {
+            if let Some(unit) = &c.service {
+                if service::systemd_runs() {
+                    service::start(unit).ok();
+                }
+            }
+            anyhow::bail!(
+                "cannot revoke agent {} in the cloud: {e}\nNothing was removed. Run this again when the cloud is reachable, or pass --force and revoke the agent in the console (Domain Agents → Revoke).",
+                c.agent_id
+            );
+        }
+        Err(e) => done.push(format!(
+            "! Could not revoke agent {} in the cloud ({e}): revoke it in the console (Domain Agents → Revoke).",
+            c.agent_id
+        )),
+    }
+    if let Some(unit) = &c.service {
+        if service::systemd_runs() {
+            service::remove(unit)?;
+            done.push(format!("Removed the service {unit}."));
+        }
+    }
+    config::remove_install(dir)?;
+    done.push(format!("Removed the agent's files from {}.", dir.display()));
+    Ok(done)
+}

@@ -1,0 +1,184 @@
+//! Running the agent as a systemd service, where systemd runs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// The unit's name.
+pub const UNIT: &str = "ferry-agent.service";
+/// Where the unit goes.
+pub const UNIT_DIR: &str = "/etc/systemd/system";
+/// `run` exits with this (EX_CONFIG) when the cloud no longer accepts the
+/// agent (revoked, uninstalled elsewhere): systemd must not restart it.
+pub const EXIT_NOT_ACCEPTED: u8 = 78;
+
+/// How the agent runs after the install.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A systemd unit was installed, enabled and started.
+    Systemd {
+        /// Its name.
+        unit: String,
+    },
+    /// The admin starts it: the exact command.
+    Manual {
+        /// `… run --config-dir …`.
+        command: String,
+        /// Whether systemd runs here (the admin asked for no service).
+        systemd: bool,
+    },
+}
+
+/// Whether systemd is this host's init (as `sd_booted()` decides).
+pub fn systemd_runs() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+fn this_binary() -> PathBuf {
+    std::env::current_exe()
+        .and_then(|p| p.canonicalize())
+        .unwrap_or_else(|_| PathBuf::from("ferry-agent"))
+}
+
+fn quoted(p: &Path) -> String {
+    let s = p.display().to_string();
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:@".contains(c)) {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// The command that runs the agent in the foreground.
+pub fn run_command(config_dir: &Path) -> String {
+    format!(
+        "{} run --config-dir {}",
+        quoted(&this_binary()),
+        quoted(&absolute(config_dir))
+    )
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
+}
+
+/// The unit file: the agent runs as root (it reads its root-only config),
+/// with the file system read-only to it and no way to gain privileges.
+pub fn unit_file(binary: &Path, config_dir: &Path) -> String {
+    let dir = absolute(config_dir);
+    format!(
+        "# Written by `ferry-agent install`; `ferry-agent uninstall` removes it.\n\
+[Unit]\n\
+Description=Ferry sync agent (Active Directory <-> Ferry cloud directory)\n\
+Wants=network-online.target\n\
+After=network-online.target\n\
+\n\
+[Service]\n\
+Type=simple\n\
+ExecStart={} run --config-dir {}\n\
+Restart=on-failure\n\
+RestartSec=5\n\
+RestartPreventExitStatus={EXIT_NOT_ACCEPTED}\n\
+NoNewPrivileges=yes\n\
+ProtectSystem=strict\n\
+ProtectHome=yes\n\
+PrivateTmp=yes\n\
+PrivateDevices=yes\n\
+ProtectKernelTunables=yes\n\
+ProtectKernelModules=yes\n\
+ProtectControlGroups=yes\n\
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX\n\
+CapabilityBoundingSet=\n\
+ReadOnlyPaths={}\n\
+\n\
+[Install]\n\
+WantedBy=multi-user.target\n",
+        quoted(binary),
+        quoted(&dir),
+        quoted(&dir),
+    )
+}
+
+fn systemctl(args: &[&str]) -> Result<()> {
+    let out = Command::new("systemctl")
+        .args(args)
+        .output()
+        .context("cannot run systemctl")?;
+    if !out.status.success() {
+        bail!(
+            "systemctl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Installs, enables and (re)starts the unit.
+pub fn install(config_dir: &Path) -> Result<Outcome> {
+    let path = Path::new(UNIT_DIR).join(UNIT);
+    std::fs::write(&path, unit_file(&this_binary(), config_dir))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let started = systemctl(&["daemon-reload"])
+        .and_then(|_| systemctl(&["enable", UNIT]))
+        .and_then(|_| systemctl(&["restart", UNIT]));
+    if let Err(e) = started {
+        let _ = remove(UNIT);
+        return Err(e);
+    }
+    Ok(Outcome::Systemd { unit: UNIT.into() })
+}
+
+/// Stops, disables and removes the unit.
+pub fn remove(unit: &str) -> Result<()> {
+    let _ = systemctl(&["disable", "--now", unit]);
+    let path = Path::new(UNIT_DIR).join(unit);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
+    let _ = systemctl(&["daemon-reload"]);
+    Ok(())
+}
+
+/// `systemctl is-active` of the unit, or why it cannot be told.
+pub fn state(unit: &str) -> String {
+    match Command::new("systemctl").args(["is-active", unit]).output() {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+/// Starts the unit again (an uninstall that could not finish).
+pub fn start(unit: &str) -> Result<()> {
+    systemctl(&["start", unit])
+}
+
+/// Stops the unit.
+pub fn stop(unit: &str) -> Result<()> {
+    systemctl(&["stop", unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_unit_runs_the_agent_hardened_and_never_restarts_a_revoked_one() {
+        let u = unit_file(Path::new("/usr/local/bin/ferry-agent"), Path::new("/etc/ferry agent"));
+        assert!(u.contains("ExecStart=/usr/local/bin/ferry-agent run --config-dir '/etc/ferry agent'\n"));
+        assert!(u.contains("RestartPreventExitStatus=78\n"));
+        assert!(u.contains("NoNewPrivileges=yes\n") && u.contains("ProtectSystem=strict\n"));
+        assert!(u.contains("ReadOnlyPaths='/etc/ferry agent'\n"));
+        assert!(u.contains("WantedBy=multi-user.target\n"));
+    }
+
+    #[test]
+    fn the_manual_command_is_absolute_and_quoted() {
+        let c = run_command(Path::new("/tmp/it's here"));
+        assert!(c.ends_with(" run --config-dir '/tmp/it'\\''s here'"), "{c}");
+        assert!(c.starts_with('/') || c.starts_with('\''), "{c}");
+    }
+}

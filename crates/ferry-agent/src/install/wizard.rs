@@ -1,0 +1,398 @@
+//! The interactive install wizard, in the terminal. It asks in the install
+//! guide's order and checks each answer as it is given, so a mistake is
+//! explained where it is made and answered again; nothing is written until
+//! the last step. Ctrl-C (or end of input) cancels and leaves nothing behind.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use zeroize::Zeroizing;
+
+use super::{
+    check_key, checklist, cloud_url_for, cloud_url_problem, dc_naming_context, dc_url_problem, default_dc_url, install,
+    root_dn_mismatch, root_dn_problem, summary, Answers,
+};
+use crate::ad::AdSettings;
+use crate::config::AgentConfig;
+use crate::preflight::{account_form_problem, account_name_problem};
+
+/// What the wizard is started with.
+pub struct Options {
+    /// Where the config goes.
+    pub config_dir: PathBuf,
+    /// Set up a systemd service where systemd runs.
+    pub service: bool,
+    /// Accept any DC certificate (lab only).
+    pub insecure_skip_tls_verify: bool,
+}
+
+/// The wizard was cancelled (Ctrl-C, end of input, or "q").
+#[derive(Debug)]
+pub struct Cancelled;
+
+/// Set while the install writes: Ctrl-C then waits for it to finish.
+static COMMITTING: AtomicBool = AtomicBool::new(false);
+static SAVED_TERMINAL: OnceLock<nix::libc::termios> = OnceLock::new();
+
+const CANCELLED: &str = "Cancelled: nothing was installed.";
+
+fn save_terminal() {
+    if let Ok(t) = nix::sys::termios::tcgetattr(std::io::stdin()) {
+        let _ = SAVED_TERMINAL.set(t.into());
+    }
+}
+
+/// Puts the terminal back as it was (echo on) after a hidden prompt was
+/// interrupted.
+fn restore_terminal() {
+    if let Some(t) = SAVED_TERMINAL.get() {
+        let t: nix::sys::termios::Termios = (*t).into();
+        let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, &t);
+    }
+}
+
+/// Ctrl-C: cancel at once, unless the install is being written (then it
+/// finishes, so nothing is left half-done).
+fn handle_interrupts() {
+    tokio::spawn(async {
+        loop {
+            if tokio::signal::ctrl_c().await.is_err() {
+                return;
+            }
+            if COMMITTING.load(Ordering::SeqCst) {
+                eprintln!("\nFinishing the install first; it takes a moment.");
+                continue;
+            }
+            restore_terminal();
+            eprintln!("\n{CANCELLED}");
+            std::process::exit(130);
+        }
+    });
+}
+
+struct Term;
+
+impl Term {
+    fn say(&self, text: &str) {
+        println!("{text}");
+    }
+
+    fn ask(&self, prompt: &str, default: Option<&str>) -> Result<String, Cancelled> {
+        match default {
+            Some(d) if !d.is_empty() => print!("{prompt} [{d}]: "),
+            _ => print!("{prompt}: "),
+        }
+        let _ = std::io::stdout().flush();
+        let mut line = String::new();
+        match std::io::stdin().lock().read_line(&mut line) {
+            Ok(0) | Err(_) => Err(Cancelled),
+            Ok(_) => {
+                let v = line.trim().to_owned();
+                Ok(if v.is_empty() {
+                    default.unwrap_or_default().to_owned()
+                } else {
+                    v
+                })
+            }
+        }
+    }
+
+    fn ask_secret(&self, prompt: &str) -> Result<Zeroizing<String>, Cancelled> {
+        rpassword::prompt_password(format!("{prompt}: "))
+            .map(Zeroizing::new)
+            .map_err(|_| Cancelled)
+    }
+
+    fn yes(&self, prompt: &str, default_yes: bool) -> Result<bool, Cancelled> {
+        let hint = if default_yes { "Y/n" } else { "y/N" };
+        loop {
+            let a = self.ask(&format!("{prompt} [{hint}]"), None)?.to_lowercase();
+            match a.as_str() {
+                "" => return Ok(default_yes),
+                "y" | "yes" => return Ok(true),
+                "n" | "no" => return Ok(false),
+                _ => self.say("  Answer y or n."),
+            }
+        }
+    }
+
+    fn refuse(&self, message: &str) {
+        for (i, line) in message.lines().enumerate() {
+            if i == 0 {
+                println!("  ✗ {line}");
+            } else {
+                println!("  {line}");
+            }
+        }
+    }
+}
+
+/// Runs the wizard; the exit code is 0 when the agent was installed.
+pub async fn run(opts: Options) -> u8 {
+    save_terminal();
+    handle_interrupts();
+    match steps(&Term, opts).await {
+        Ok(code) => code,
+        Err(Cancelled) => {
+            restore_terminal();
+            println!("\n{CANCELLED}");
+            130
+        }
+    }
+}
+
+async fn steps(t: &Term, opts: Options) -> Result<u8, Cancelled> {
+    t.say("Ferry sync agent setup\n");
+    t.say("This connects one Active Directory domain to your Ferry cloud directory, in both directions.");
+    t.say("You need: the domain's Root DN, a service account delegated the six tasks of the install guide,");
+    t.say("and a Connect Key from the console (Directories → your domain → Install a new Sync Agent).");
+    t.say("Nothing is installed until the last step; Ctrl-C cancels at any time.\n");
+    t.ask("Press Enter to start", None)?;
+
+    if AgentConfig::exists(&opts.config_dir) {
+        let what = AgentConfig::load(&opts.config_dir)
+            .map(|c| format!("agent {} for {}", c.agent_id, c.domain))
+            .unwrap_or_else(|_| "an agent".into());
+        t.say(&format!(
+            "\nNote: {what} is already installed in {}.",
+            opts.config_dir.display()
+        ));
+        if !t.yes(
+            "Replace it at the end? (the old agent is revoked once the new one works)",
+            false,
+        )? {
+            t.say(&format!(
+                "Nothing changed. To remove it: ferry-agent uninstall --config-dir {}",
+                opts.config_dir.display()
+            ));
+            return Ok(0);
+        }
+    }
+
+    t.say("\n[1/6] Cloud");
+    let cloud_url = loop {
+        let u = t.ask("Ferry cloud URL (Enter to take it from the Connect Key)", None)?;
+        if u.is_empty() {
+            break None;
+        }
+        match cloud_url_problem(&u) {
+            Some(m) => t.refuse(&m),
+            None => break Some(u),
+        }
+    };
+
+    t.say("\n[2/6] Root DN and domain controller");
+    let mut root_dn = String::new();
+    let mut ad: Option<AdSettings> = None;
+    loop {
+        let r = t.ask("Root DN (e.g. DC=example,DC=com)", Some(&root_dn))?;
+        if let Some(m) = root_dn_problem(&r) {
+            t.refuse(&m);
+            continue;
+        }
+        root_dn = r;
+        // The DC, asked again until it answers; the Root DN stands.
+        let (settings, served) = loop {
+            let settings = match ad.take() {
+                Some(s) => s,
+                None => ask_dc(t, &root_dn, opts.insecure_skip_tls_verify)?,
+            };
+            match dc_naming_context(&settings).await {
+                Ok(served) => break (settings, served),
+                Err(p) => t.refuse(&p.message),
+            }
+        };
+        match root_dn_mismatch(&root_dn, &served, &settings.url) {
+            Some(m) => {
+                t.refuse(&m);
+                root_dn = served;
+                ad = Some(settings);
+            }
+            None => {
+                t.say(&format!("  ✓ {} serves {served}", settings.url));
+                ad = Some(settings);
+                break;
+            }
+        }
+    }
+    let Some(ad) = ad else { return Err(Cancelled) };
+
+    t.say("\n[3/6] Service account");
+    t.say("The account the agent signs in as: an ordinary domain user, not an admin, delegated the six tasks.");
+    let (mut bind_user, mut password) = ask_account(t)?;
+
+    t.say("\n[4/6] Checks");
+    loop {
+        let report = checklist(&ad, &root_dn, &bind_user, &password).await;
+        print!("{}", report.render());
+        if report.ok() {
+            t.say("  All checks passed.");
+            break;
+        }
+        let bind_failed = report.get("bind").is_some_and(|c| !c.ok);
+        let a = t.ask(
+            "Fix the items marked ✗, then press Enter to check again (a = change the account or password, q = quit)",
+            None,
+        )?;
+        match a.to_lowercase().as_str() {
+            "q" => return Err(Cancelled),
+            "a" => (bind_user, password) = ask_account(t)?,
+            _ if bind_failed && a.is_empty() => {
+                t.say("  The sign-in failed: enter the account and password again.");
+                (bind_user, password) = ask_account(t)?;
+            }
+            _ => {}
+        }
+    }
+
+    t.say("\n[5/6] Connect Key");
+    t.say("In the console: Directories → your domain → Install a new Sync Agent; copy the Connect Key.");
+    let (cloud, key) = loop {
+        let key = Zeroizing::new(t.ask("Connect Key", None)?);
+        let cloud = match cloud_url_for(cloud_url.as_deref(), &key) {
+            Ok(c) => c,
+            Err(p) => {
+                t.refuse(&p.message);
+                continue;
+            }
+        };
+        match check_key(&cloud, &key, &root_dn).await {
+            Ok(info) => {
+                t.say(&format!(
+                    "  ✓ the key is for {} at {cloud} (valid until {})",
+                    info.domain.name,
+                    when(info.expires_at)
+                ));
+                break (cloud, key);
+            }
+            Err(p) => t.refuse(&p.message),
+        }
+    };
+
+    t.say("\n[6/6] Install");
+    let service = opts.service && super::service::systemd_runs();
+    t.say(&format!(
+        "The agent is installed in {} (the password and token encrypted at rest){}.",
+        opts.config_dir.display(),
+        if service {
+            " and runs as the systemd service ferry-agent"
+        } else {
+            ""
+        }
+    ));
+    if !t.yes("Install now?", true)? {
+        return Err(Cancelled);
+    }
+    COMMITTING.store(true, Ordering::SeqCst);
+    let answers = Answers {
+        cloud_url: cloud,
+        connect_key: key,
+        ad,
+        root_dn,
+        bind_user,
+        bind_password: password,
+        config_dir: opts.config_dir,
+        service: opts.service,
+    };
+    let done = install(&answers).await;
+    COMMITTING.store(false, Ordering::SeqCst);
+    match done {
+        Ok(i) => {
+            t.say("");
+            print!("{}", summary(&i));
+            Ok(0)
+        }
+        Err(p) => {
+            t.refuse(&format!("the install failed and was undone: {}", p.message));
+            Ok(p.step.exit_code())
+        }
+    }
+}
+
+fn ask_dc(t: &Term, root_dn: &str, insecure: bool) -> Result<AdSettings, Cancelled> {
+    let url = loop {
+        let u = t.ask("Domain controller", Some(&default_dc_url(root_dn)))?;
+        match dc_url_problem(&u) {
+            Some(m) => t.refuse(&m),
+            None => break u,
+        }
+    };
+    let ca = loop {
+        let c = t.ask(
+            "CA certificate of the domain controller (PEM file; Enter for the system's trust store)",
+            None,
+        )?;
+        if c.is_empty() {
+            break None;
+        }
+        let p = PathBuf::from(&c);
+        if p.is_file() {
+            break Some(p);
+        }
+        t.refuse(&format!(
+            "{c} is not a readable file: give the path of the CA's PEM file"
+        ));
+    };
+    let mut s = AdSettings::new(&url);
+    s.ca_file = ca;
+    s.insecure_skip_tls_verify = insecure;
+    s.starttls = url.starts_with("ldap://");
+    s.timeout = std::time::Duration::from_secs(15);
+    Ok(s)
+}
+
+fn ask_account(t: &Term) -> Result<(String, Zeroizing<String>), Cancelled> {
+    let user = loop {
+        let u = t.ask("Service account (DOMAIN\\user)", None)?;
+        match account_form_problem(&u).or_else(|| account_name_problem(&u)) {
+            Some(m) => t.refuse(&m),
+            None => break u,
+        }
+    };
+    let password = loop {
+        let p = t.ask_secret(&format!("Password for {user}"))?;
+        if p.is_empty() {
+            t.refuse("the password is empty: enter the service account's password");
+            continue;
+        }
+        break p;
+    };
+    Ok((user, password))
+}
+
+/// Unix ms as a UTC date and time.
+fn when(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
+}
+
+/// Days since 1970-01-01 → (year, month, day) (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_read_as_utc() {
+        assert_eq!(when(0), "1970-01-01 00:00 UTC");
+        assert_eq!(when(1_795_651_200_000), "2026-11-26 00:00 UTC");
+        assert_eq!(when(951_782_400_000 + 61_000), "2000-02-29 00:01 UTC");
+    }
+}

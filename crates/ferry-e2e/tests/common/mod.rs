@@ -1,0 +1,242 @@
+//! What the end-to-end suites share: a real ferry-cloud on loopback, a
+//! delegated Samba DC, enrolment, polling, and the built binaries.
+#![allow(dead_code)] // each suite uses its own part
+
+#[path = "../../../ferry-agent/tests/common/mod.rs"]
+pub mod dc;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use dc::Dc;
+use ferry_agent::ad::write::NewAdUser;
+use ferry_agent::preflight::Task;
+use ferry_cloud::app::{serve, AppState, Config};
+use ferry_cloud::clock::SystemClock;
+use ferry_cloud::secrets::{hash_password, new_token, token_hash, API_TOKEN_PREFIX};
+use ferry_cloud::store::{Store, TokenKind};
+use serde_json::{json, Value};
+
+pub const SVC_PW: &str = "Svc-Sync-Pa55";
+
+pub struct Cloud {
+    pub base: String,
+    pub token: String,
+    pub store: Store,
+    pub http: reqwest::Client,
+    pub _dir: tempfile::TempDir,
+}
+
+impl Cloud {
+    pub async fn start() -> Cloud {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("f.db").display()))
+            .await
+            .unwrap();
+        let token = new_token(API_TOKEN_PREFIX);
+        let mut tx = store.begin().await.unwrap();
+        let org = tx.insert_org("Acme", 1).await.unwrap();
+        let admin = tx
+            .insert_admin(org.id, "admin@acme.test", &hash_password("x-password").unwrap(), 1)
+            .await
+            .unwrap();
+        tx.insert_token(org.id, admin.id, TokenKind::Api, "t", &token_hash(&token), 1, None)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = AppState::new(store.clone(), Arc::new(SystemClock), Config::default());
+        tokio::spawn(async move { serve(listener, state, std::future::pending()).await.unwrap() });
+        Cloud {
+            base,
+            token,
+            store,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let st = resp.status().as_u16();
+        (st, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The SCIM user with this userName.
+    pub async fn user(&self, name: &str) -> Option<Value> {
+        self.scim_find("Users", "userName", name).await
+    }
+
+    /// The SCIM group with this displayName.
+    pub async fn group(&self, name: &str) -> Option<Value> {
+        self.scim_find("Groups", "displayName", name).await
+    }
+
+    async fn scim_find(&self, resource: &str, attr: &str, value: &str) -> Option<Value> {
+        let (_, v) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/scim/v2/{resource}?filter={attr}%20eq%20%22{value}%22"),
+                None,
+            )
+            .await;
+        v["Resources"].as_array().and_then(|a| a.first().cloned())
+    }
+
+    pub async fn feed_head(&self) -> i64 {
+        let mut tx = self.store.begin().await.unwrap();
+        let orgs = tx.list_orgs().await.unwrap();
+        tx.feed_head(orgs[0].id).await.unwrap()
+    }
+}
+
+pub async fn eventually<F, Fut, T>(what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    poll_until(what, Duration::from_millis(200), f).await
+}
+
+/// Polls `f` every `every` until it answers, for at most 45 s.
+pub async fn poll_until<F, Fut, T>(what: &str, every: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(45),
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// A registered agent's identity.
+pub struct Enrolled {
+    pub agent_id: uuid::Uuid,
+    pub token: String,
+    pub secret_key: String,
+}
+
+/// A fresh DC with a delegated service account, and a cloud with the domain.
+/// A fresh DC with a delegated service account (and one user).
+pub async fn delegated_dc() -> Dc {
+    let dc = Dc::start();
+    let mut admin = dc.admin().await;
+    let svc = NewAdUser {
+        sam_account_name: "svc-sync".into(),
+        password: Some(SVC_PW.into()),
+        enabled: true,
+        ..Default::default()
+    };
+    let svc_dn = admin
+        .create_user(&format!("CN=Users,{}", dc.base_dn), &svc)
+        .await
+        .unwrap();
+    admin
+        .set_attributes(&svc_dn, &[("userAccountControl", Some("66048"))])
+        .await
+        .unwrap();
+    let ldif = dc.ldapsearch(&dc.base_dn, "(sAMAccountName=svc-sync)", &["objectSid"]);
+    let raw = {
+        use base64::Engine as _;
+        let b64 = ldif.lines().find_map(|l| l.strip_prefix("objectSid:: ")).unwrap();
+        base64::engine::general_purpose::STANDARD.decode(b64.trim()).unwrap()
+    };
+    let sid = ferry_agent::preflight::sd::sid_to_string(&raw).unwrap();
+    let sddl: String = Task::ALL.iter().map(|t| t.sddl(&sid)).collect();
+    dc.samba_tool(&["dsacl", "set", "--objectdn", &dc.base_dn, "--sddl", &sddl]);
+    // An AD user that exists before the agent starts.
+    dc.ldapmodify(
+        &format!("dn: CN=Early Bird,CN=Users,{}\nobjectClass: user\nsAMAccountName: early\ngivenName: Early\nsn: Bird\nmail: early@example.test\n", dc.base_dn),
+        true,
+    );
+
+    dc
+}
+
+/// A fresh delegated DC, and a cloud with the domain.
+pub async fn prepare() -> (Dc, Cloud, String) {
+    let dc = delegated_dc().await;
+    let cloud = Cloud::start().await;
+    let domain = add_domain(&cloud, &dc).await;
+    (dc, cloud, domain)
+}
+
+/// Adds the DC's domain in the cloud; returns its id.
+pub async fn add_domain(cloud: &Cloud, dc: &Dc) -> String {
+    let (st, d) = cloud
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/domains",
+            Some(json!({"name": dc.realm.to_lowercase(), "netbios_name": dc.domain})),
+        )
+        .await;
+    assert_eq!(st, 201, "{d}");
+    d["id"].as_str().unwrap().to_owned()
+}
+
+/// A fresh Connect Key for the domain, as the console's install dialog shows it.
+pub async fn connect_key(cloud: &Cloud, domain: &str) -> String {
+    let (st, k) = cloud
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/domains/{domain}/connect-keys"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 201, "{k}");
+    k["connect_key"].as_str().unwrap().to_owned()
+}
+
+pub async fn enrol(cloud: &Cloud, domain: &str) -> Enrolled {
+    let key = connect_key(cloud, domain).await;
+    let (secret_key, public_key) = ferry_proto::seal::generate_keypair();
+    let reg = json!({"connect_key": key, "hostname": "dc1", "version": "0.1.0", "public_key": public_key});
+    let r: Value = cloud
+        .http
+        .post(format!("{}/agent/v1/register", cloud.base))
+        .json(&reg)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    Enrolled {
+        agent_id: r["agent_id"].as_str().unwrap().parse().unwrap(),
+        token: r["agent_token"].as_str().unwrap().to_owned(),
+        secret_key,
+    }
+}
+
+/// The `ferry-agent` binary cargo built next to this test.
+pub fn agent_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(|d| d.parent()).unwrap().join("ferry-agent");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// The `ferry-cloud` binary cargo built next to this test.
+pub fn cloud_binary() -> std::path::PathBuf {
+    agent_binary().with_file_name("ferry-cloud")
+}

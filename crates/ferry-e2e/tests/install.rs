@@ -1,0 +1,578 @@
+//! The install flow end to end (install guide steps 5–18): the real
+//! `ferry-agent` binary, driven through a pseudo-terminal or with flags,
+//! against a real Samba DC and a real ferry-cloud; the result checked in the
+//! cloud's admin API, in the files written, and by `status`/`uninstall`.
+#![allow(clippy::unwrap_used, clippy::panic)] // a failed unwrap is a failed test
+
+mod common;
+#[path = "common/pty.rs"]
+mod pty;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use ferry_agent::ad::write::NewAdUser;
+use pty::Pty;
+use serde_json::{json, Value};
+
+/// A key another agent has already used.
+async fn used_key(cloud: &Cloud, domain: &str) -> String {
+    let key = connect_key(cloud, domain).await;
+    let (_, pk) = ferry_proto::seal::generate_keypair();
+    let r = cloud
+        .http
+        .post(format!("{}/agent/v1/register", cloud.base))
+        .json(&json!({"connect_key": key, "hostname": "other-host", "version": "0.1.0", "public_key": pk}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    key
+}
+
+async fn agents(cloud: &Cloud, domain: &str) -> Vec<Value> {
+    let (st, v) = cloud
+        .call(reqwest::Method::GET, &format!("/api/v1/domains/{domain}/agents"), None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    v["agents"].as_array().cloned().unwrap_or_default()
+}
+
+/// Every file under `dir`, with no plaintext secret in any, each private.
+fn assert_no_plaintext(dir: &Path, secrets: &[&str]) {
+    let mut files = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let bytes = std::fs::read(&p).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        for s in secrets {
+            assert!(!text.contains(s), "{} holds a secret in plaintext", p.display());
+        }
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} has mode {mode:o}", p.display());
+        files += 1;
+    }
+    assert!(files >= 2, "the config directory is incomplete");
+    let json: Value = serde_json::from_slice(&std::fs::read(dir.join("agent.json")).unwrap()).unwrap();
+    assert!(
+        json["bind_password"]["ct"].is_string(),
+        "the password is sealed: {json}"
+    );
+    let dir_mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(dir_mode, 0o700);
+}
+
+/// The agent's token, read back as the agent reads it.
+fn installed_token(dir: &Path) -> String {
+    let c = ferry_agent::config::AgentConfig::load(dir).unwrap();
+    c.secrets(dir).unwrap().agent_token.to_string()
+}
+
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+/// Runs the command line the installer printed.
+fn run_printed(command: &str, log: &Path) -> Running {
+    let words: Vec<String> = command
+        .split_whitespace()
+        .map(|w| w.trim_matches('\'').to_owned())
+        .collect();
+    let log = std::fs::File::create(log).unwrap();
+    Running(
+        Command::new(&words[0])
+            .args(&words[1..])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn agent(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(agent_binary()).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_wizard_installs_an_agent_that_shows_active() {
+    let (dc, cloud, domain) = prepare().await;
+    let used = used_key(&cloud, &domain).await;
+    let fresh = connect_key(&cloud, &domain).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ferry-agent");
+    let dir_s = dir.to_str().unwrap();
+    let ca = dc.ca_file.to_str().unwrap();
+    let account = format!("{}\\svc-sync", dc.domain);
+
+    let mut t = Pty::spawn(
+        &agent_binary(),
+        &["install", "--config-dir", dir_s, "--no-service"],
+        &[("RUST_LOG", "warn")],
+    );
+    t.expect("Press Enter to start");
+    t.send_line("");
+    t.expect("Ferry cloud URL (Enter to take it from the Connect Key):");
+    t.send_line("");
+
+    // A wrong Root DN: the DC names the right one, offered as the default.
+    t.expect("Root DN (e.g. DC=example,DC=com):");
+    t.send_line("DC=wrong,DC=test");
+    t.expect("Domain controller [ldaps://wrong.test]:");
+    t.send_line(&dc.ldaps_url);
+    t.expect("CA certificate of the domain controller");
+    t.send_line(ca);
+    let said = t.expect(&format!("Root DN (e.g. DC=example,DC=com) [{}]:", dc.base_dn));
+    assert!(
+        said.contains("\"DC=wrong,DC=test\" is not this domain's Root DN")
+            && said.contains(&format!("serves {}. Enter {}", dc.base_dn, dc.base_dn)),
+        "{said}"
+    );
+    t.send_line("");
+    t.expect(&format!("✓ {} serves {}", dc.ldaps_url, dc.base_dn));
+
+    // A user name without the domain in front.
+    t.expect("Service account (DOMAIN\\user):");
+    t.send_line("svc-sync");
+    let said = t.expect("Service account (DOMAIN\\user):");
+    assert!(
+        said.contains("\"svc-sync\" has no domain: write it as DOMAIN\\svc-sync"),
+        "{said}"
+    );
+    t.send_line(&account);
+    t.expect(&format!("Password for {account}:"));
+    t.send_line(SVC_PW);
+    let checks = t.expect("All checks passed.");
+    assert!(checks.contains("✓ Sign-in as the service account"), "{checks}");
+    assert!(!checks.contains(SVC_PW), "the password was echoed: {checks}");
+
+    // A used Connect Key, then a fresh one.
+    t.expect("Connect Key:");
+    t.send_line(&used);
+    let said = t.expect("Connect Key:");
+    assert!(said.contains("✗ the Connect Key was already used"), "{said}");
+    t.send_line(&fresh);
+    t.expect(&format!("✓ the key is for {}", dc.realm.to_lowercase()));
+    t.expect("Install now? [Y/n]:");
+    t.send_line("");
+    t.expect("✓ Installed: agent");
+    let said = t.expect("Next:");
+    assert_eq!(t.wait().code(), Some(0), "{}", t.transcript());
+    let command = said
+        .lines()
+        .skip_while(|l| !l.contains("Start the agent with:"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no command printed: {said}"))
+        .trim()
+        .to_owned();
+    assert!(command.ends_with(&format!("run --config-dir {dir_s}")), "{command}");
+    assert!(!t.transcript().contains(SVC_PW));
+
+    let token = installed_token(&dir);
+    assert_no_plaintext(&dir, &[SVC_PW, &token]);
+
+    // The admin's view: the agent registered and, once running, active.
+    let mut running = run_printed(&command, &tmp.path().join("agent.log"));
+    let listed = eventually("the agent active and primary in the console's API", || async {
+        agents(&cloud, &domain)
+            .await
+            .into_iter()
+            .find(|a| a["hostname"] != "other-host" && a["status"] == "active" && a["primary"] == true)
+    })
+    .await;
+    assert_eq!(listed["version"], env!("CARGO_PKG_VERSION"));
+    // And it syncs: the user that was in AD before the install reaches the cloud.
+    eventually("the first import", || async { cloud.user("early").await }).await;
+
+    // `status` tells the same story.
+    let status = eventually("status reporting a sync", || async {
+        let (code, out, _) = agent(&["status", "--config-dir", dir_s]);
+        (code == 0 && out.contains("Last sync:") && !out.contains("Last sync:  not yet")).then_some(out)
+    })
+    .await;
+    assert!(
+        status.contains("registered, active, primary") && status.contains("Errors:     none"),
+        "{status}"
+    );
+
+    // `uninstall` revokes it and removes its files.
+    let (code, out, err) = agent(&["uninstall", "--config-dir", dir_s]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Revoked agent"), "{out}");
+    assert!(!dir.exists());
+    let left = agents(&cloud, &domain).await;
+    assert!(
+        left.iter().all(|a| a["id"] != listed["id"]),
+        "the uninstalled agent is gone from the console: {left:?}"
+    );
+    let r = cloud
+        .http
+        .post(format!("{}/agent/v1/heartbeat", cloud.base))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        401,
+        "the uninstalled agent's token no longer works"
+    );
+    // The agent still running learns it at its next heartbeat and stops for
+    // good (exit 78: systemd's unit does not restart it).
+    let code = eventually("the running agent to stop", || {
+        let st = running.0.try_wait().unwrap();
+        async move { st.map(|s| s.code()) }
+    })
+    .await;
+    assert_eq!(
+        code,
+        Some(78),
+        "{}",
+        std::fs::read_to_string(tmp.path().join("agent.log")).unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ctrl_c_in_the_wizard_leaves_nothing_installed() {
+    let (dc, cloud, domain) = prepare().await;
+    let key = connect_key(&cloud, &domain).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ferry-agent");
+    let mut t = Pty::spawn(
+        &agent_binary(),
+        &["install", "--config-dir", dir.to_str().unwrap(), "--no-service"],
+        &[("RUST_LOG", "warn")],
+    );
+    t.expect("Press Enter to start");
+    t.send_line("");
+    t.expect("Ferry cloud URL");
+    t.send_line("");
+    t.expect("Root DN (e.g. DC=example,DC=com):");
+    t.send_line(&dc.base_dn);
+    t.expect("Domain controller");
+    t.send_line(&dc.ldaps_url);
+    t.expect("CA certificate");
+    t.send_line(dc.ca_file.to_str().unwrap());
+    t.expect("Service account (DOMAIN\\user):");
+    t.send_line(&format!("{}\\svc-sync", dc.domain));
+    // Interrupted at the hidden password prompt.
+    t.expect("Password for");
+    std::thread::sleep(Duration::from_millis(300));
+    t.ctrl_c();
+    t.expect("Cancelled: nothing was installed.");
+    let st = t.wait();
+    assert_eq!(st.code(), Some(130), "{}", t.transcript());
+    assert!(!dir.exists());
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "nothing staged is left"
+    );
+    // The key was not used: it still registers.
+    let r = cloud
+        .http
+        .post(format!("{}/agent/v1/connect-key", cloud.base))
+        .json(&json!({"connect_key": key}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
+
+/// `install --non-interactive` with these flags (and the password file).
+struct Flags {
+    cloud_url: Option<String>,
+    key: String,
+    ldap_url: String,
+    ca: Option<PathBuf>,
+    root_dn: String,
+    user: String,
+    password_file: PathBuf,
+    dir: PathBuf,
+    extra: Vec<String>,
+}
+
+impl Flags {
+    fn run(&self) -> (i32, String, String) {
+        let mut args: Vec<String> = vec![
+            "install".into(),
+            "--non-interactive".into(),
+            "--no-service".into(),
+            "--connect-key".into(),
+            self.key.clone(),
+            "--ldap-url".into(),
+            self.ldap_url.clone(),
+            "--root-dn".into(),
+            self.root_dn.clone(),
+            "--bind-user".into(),
+            self.user.clone(),
+            "--bind-password-file".into(),
+            self.password_file.display().to_string(),
+            "--config-dir".into(),
+            self.dir.display().to_string(),
+        ];
+        if let Some(u) = &self.cloud_url {
+            args.extend(["--cloud-url".into(), u.clone()]);
+        }
+        if let Some(c) = &self.ca {
+            args.extend(["--ca-file".into(), c.display().to_string()]);
+        }
+        args.extend(self.extra.iter().cloned());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        agent(&refs)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_non_interactive_install_checks_everything_and_says_what_failed() {
+    let (dc, cloud, domain) = prepare().await;
+    // An account that exists but was delegated nothing.
+    let mut admin = dc.admin().await;
+    admin
+        .create_user(
+            &format!("CN=Users,{}", dc.base_dn),
+            &NewAdUser {
+                sam_account_name: "svc-plain".into(),
+                password: Some(SVC_PW.into()),
+                enabled: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let (st, other) = cloud
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/domains",
+            Some(json!({"name": "other.test", "netbios_name": "OTHER"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{other}");
+    let other_key = connect_key(&cloud, other["id"].as_str().unwrap()).await;
+    let used = used_key(&cloud, &domain).await;
+    let expired = {
+        use ferry_cloud::secrets::{new_connect_key, token_hash};
+        let key = new_connect_key(&cloud.base);
+        let mut tx = cloud.store.begin().await.unwrap();
+        let org = tx.list_orgs().await.unwrap()[0].id;
+        tx.insert_connect_key(org, domain.parse().unwrap(), &token_hash(&key), 1, 2)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        key
+    };
+    let key = connect_key(&cloud, &domain).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let pw = tmp.path().join("pw");
+    std::fs::write(&pw, format!("{SVC_PW}\n")).unwrap();
+    let bad_pw = tmp.path().join("bad-pw");
+    std::fs::write(&bad_pw, "Not-The-Pa55").unwrap();
+    let good = || Flags {
+        cloud_url: None,
+        key: key.clone(),
+        ldap_url: dc.ldaps_url.clone(),
+        ca: Some(dc.ca_file.clone()),
+        root_dn: dc.base_dn.clone(),
+        user: format!("{}\\svc-sync", dc.domain),
+        password_file: pw.clone(),
+        dir: tmp.path().join("agent"),
+        extra: vec![],
+    };
+    let nb = dc.domain.clone();
+    let cases: Vec<(&str, Flags, i32, String)> = vec![
+        (
+            "Root DN that is not a DN",
+            Flags {
+                root_dn: "example.test".into(),
+                ..good()
+            },
+            2,
+            "is not a distinguished name".into(),
+        ),
+        (
+            "account without the domain",
+            Flags {
+                user: "svc-sync".into(),
+                ..good()
+            },
+            2,
+            "\"svc-sync\" has no domain: write it as DOMAIN\\svc-sync".into(),
+        ),
+        (
+            "account named like Ferry's own",
+            Flags {
+                user: format!("{nb}\\ferry-sync"),
+                ..good()
+            },
+            2,
+            "contains \"ferry\"".into(),
+        ),
+        (
+            "not a Connect Key",
+            Flags {
+                key: "fca_pasted-the-wrong-thing".into(),
+                ..good()
+            },
+            4,
+            "this is not a Connect Key".into(),
+        ),
+        (
+            "Root DN of another domain",
+            Flags {
+                root_dn: "DC=wrong,DC=test".into(),
+                ..good()
+            },
+            3,
+            format!("the domain controller at {} serves {}", dc.ldaps_url, dc.base_dn),
+        ),
+        (
+            "DC certificate from an unknown CA",
+            Flags { ca: None, ..good() },
+            3,
+            "Give the CA certificate".into(),
+        ),
+        (
+            "DC not listening",
+            Flags {
+                ldap_url: "ldaps://127.0.0.1:1".into(),
+                ..good()
+            },
+            3,
+            "Check the DC's address".into(),
+        ),
+        (
+            "wrong password",
+            Flags {
+                password_file: bad_pw.clone(),
+                ..good()
+            },
+            3,
+            "✗ Sign-in as the service account".into(),
+        ),
+        (
+            "account not delegated",
+            Flags {
+                user: format!("{nb}\\svc-plain"),
+                ..good()
+            },
+            3,
+            "Delegate \"Create, delete, and manage user accounts\" to".into(),
+        ),
+        (
+            "mistyped Connect Key",
+            Flags {
+                key: ferry_cloud::secrets::new_connect_key(&cloud.base),
+                ..good()
+            },
+            4,
+            "the Connect Key is not valid".into(),
+        ),
+        (
+            "used Connect Key",
+            Flags {
+                key: used.clone(),
+                ..good()
+            },
+            4,
+            "the Connect Key was already used".into(),
+        ),
+        (
+            "expired Connect Key",
+            Flags {
+                key: expired.clone(),
+                ..good()
+            },
+            4,
+            "the Connect Key has expired".into(),
+        ),
+        (
+            "Connect Key of another domain",
+            Flags {
+                key: other_key.clone(),
+                ..good()
+            },
+            4,
+            format!("this Connect Key belongs to the domain other.test (Root DN DC=other,DC=test), but this domain controller serves {}", dc.base_dn),
+        ),
+        (
+            "cloud not reachable",
+            Flags {
+                cloud_url: Some("http://127.0.0.1:1".into()),
+                ..good()
+            },
+            5,
+            "cannot reach the cloud at http://127.0.0.1:1".into(),
+        ),
+    ];
+    for (what, flags, code, message) in &cases {
+        let (got, out, err) = flags.run();
+        assert_eq!(got, *code, "{what}: exit code\n{out}{err}");
+        assert!(
+            err.contains(message.as_str()),
+            "{what}: expected {message:?} in:\n{err}"
+        );
+        assert!(!flags.dir.exists(), "{what}: nothing is written");
+    }
+    let (got, _, err) = agent(&["install", "--non-interactive", "--connect-key", &key]);
+    assert_eq!(got, 2);
+    assert!(
+        err.contains("--non-interactive needs --ldap-url, --root-dn, --bind-user"),
+        "{err}"
+    );
+    assert_eq!(
+        agents(&cloud, &domain).await.len(),
+        1,
+        "only the 'used' key registered an agent"
+    );
+
+    // With every check passing, the same key (not used up by the failures) installs.
+    let (got, out, err) = good().run();
+    assert_eq!(got, 0, "{out}{err}");
+    assert!(out.contains("✓ Installed: agent"), "{out}");
+    assert!(out.contains("Start the agent with:"), "{out}");
+    let dir = tmp.path().join("agent");
+    assert_no_plaintext(&dir, &[SVC_PW, &installed_token(&dir)]);
+    assert_eq!(agents(&cloud, &domain).await.len(), 2);
+
+    // Again: refused while installed; with --replace the old agent is revoked.
+    let again = connect_key(&cloud, &domain).await;
+    let (got, _, err) = Flags {
+        key: again.clone(),
+        ..good()
+    }
+    .run();
+    assert_eq!(got, 2);
+    assert!(
+        err.contains("is already installed in") && err.contains("--replace"),
+        "{err}"
+    );
+    let old_token = installed_token(&dir);
+    let (got, out, err) = Flags {
+        key: again,
+        extra: vec!["--replace".into()],
+        ..good()
+    }
+    .run();
+    assert_eq!(got, 0, "{out}{err}");
+    assert_ne!(installed_token(&dir), old_token);
+    assert_eq!(agents(&cloud, &domain).await.len(), 2, "the replaced agent was revoked");
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        3,
+        "nothing staged is left beside the config (pw, bad-pw, agent)"
+    );
+}
