@@ -180,6 +180,10 @@ both_engines!(memberships_follow_deletes, |engine| async move {
         tx.groups_of(org, u.id).await.unwrap(),
         vec![(inner.id, "inner".to_owned())]
     );
+    let many = tx.groups_of_many(org, &[u.id, inner.id, outer.id]).await.unwrap();
+    assert_eq!(many.get(&u.id), Some(&vec![(inner.id, "inner".to_owned())]));
+    assert_eq!(many.get(&inner.id), Some(&vec![(outer.id, "outer".to_owned())]));
+    assert_eq!(many.get(&outer.id), None, "outer is in no group");
     assert!(!tx
         .add_member(
             org,

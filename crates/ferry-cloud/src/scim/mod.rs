@@ -415,12 +415,12 @@ async fn query_users(
 }
 
 async fn render_users(tx: &mut Tx, auth: &AdminAuth, rows: &[UserRow], base: &str) -> Result<Vec<Value>, ScimError> {
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let groups = tx.groups_of(auth.org_id, row.id).await?;
-        out.push(resource::render_user(row, &groups, base));
-    }
-    Ok(out)
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let mut groups = tx.groups_of_many(auth.org_id, &ids).await?;
+    Ok(rows
+        .iter()
+        .map(|row| resource::render_user(row, &groups.remove(&row.id).unwrap_or_default(), base))
+        .collect())
 }
 
 async fn list_groups(

@@ -437,6 +437,34 @@ impl Tx {
             .collect()
     }
 
+    /// [`Tx::groups_of`] for many objects at once (a page of a list): one
+    /// query per 500 ids instead of one per object.
+    pub async fn groups_of_many(
+        &mut self,
+        org_id: Uuid,
+        member_ids: &[Uuid],
+    ) -> StoreResult<std::collections::HashMap<Uuid, Vec<(Uuid, String)>>> {
+        let mut out: std::collections::HashMap<Uuid, Vec<(Uuid, String)>> = std::collections::HashMap::new();
+        for chunk in member_ids.chunks(500) {
+            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT m.member_id, g.id, g.name FROM memberships m JOIN dir_groups g ON g.id = m.group_id
+                 WHERE m.org_id = $1 AND g.org_id = $1 AND m.member_id IN ({}) ORDER BY g.name_key",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(org_id.to_string());
+            for id in chunk {
+                q = q.bind(id.to_string());
+            }
+            for r in q.fetch_all(self.conn()).await? {
+                out.entry(get_uuid(&r, "member_id")?)
+                    .or_default()
+                    .push((get_uuid(&r, "id")?, r.try_get("name")?));
+            }
+        }
+        Ok(out)
+    }
+
     /// What kind of object an id is in this org, if it exists there.
     pub async fn object_kind(&mut self, org_id: Uuid, id: Uuid) -> StoreResult<Option<ObjectKind>> {
         if self.get_user(org_id, id).await?.is_some() {

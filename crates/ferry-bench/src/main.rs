@@ -1,0 +1,737 @@
+//! `ferry-bench`: Ferry measured against its limits, on this machine.
+//!
+//! A Samba AD DC is filled with a benchmark directory (bulk, not counted);
+//! the baseline is a raw paged `ldapsearch` dump of the same objects with
+//! the same attributes from the same DC. Then the real `ferry-cloud` (SQLite)
+//! and the real `ferry-agent` (installed with a Connect Key) run, and each
+//! figure is measured from outside: import time, change latency each way,
+//! peak RSS (`VmHWM`), idle CPU (`/proc/PID/stat`), SCIM throughput.
+//! Run it with `scripts/bench` (release build).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+use ferry_agent::ad::mapping::READ_ATTRS;
+use ferry_agent::ad::{AdConnection, AdSettings, USERS_AND_GROUPS};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(name = "ferry-bench", about = "Ferry's benchmark (run it with scripts/bench)")]
+struct Opts {
+    /// Users in the benchmark directory.
+    #[arg(long, default_value_t = 10_000)]
+    users: usize,
+    /// Groups (each user is in 5 on average; one group in five is nested).
+    #[arg(long, default_value_t = 1_000)]
+    groups: usize,
+    /// Single changes timed in each direction.
+    #[arg(long, default_value_t = 50)]
+    changes: usize,
+    /// How long the agent is watched while idle.
+    #[arg(long, default_value_t = 60)]
+    idle_secs: u64,
+    /// How long each SCIM throughput figure runs.
+    #[arg(long, default_value_t = 5)]
+    scim_secs: u64,
+    /// Also write the figures as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Where ferry-cloud and ferry-agent are (default: next to this binary).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+fn say(s: &str) {
+    eprintln!("==> {s}");
+}
+
+/// A child process, killed when dropped.
+struct Proc(Child);
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A DC started by `scripts/samba-dc`, stopped when dropped.
+struct Dc {
+    vars: std::collections::HashMap<String, String>,
+    dir: PathBuf,
+}
+
+impl Dc {
+    fn start(dir: &Path) -> Result<Dc> {
+        for n in 0..20u32 {
+            let ip = format!("127.79.{}.{}", (std::process::id() + n) % 250 + 1, n + 1);
+            let out = Command::new("bash")
+                .args(["scripts/samba-dc", "start"])
+                .arg(dir)
+                .arg(&ip)
+                .output()
+                .context("run scripts/samba-dc (run the benchmark from the repository root)")?;
+            let err = String::from_utf8_lossy(&out.stderr);
+            if !out.status.success() {
+                if err.contains("is taken") {
+                    continue;
+                }
+                bail!("scripts/samba-dc failed: {err}");
+            }
+            let vars = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            return Ok(Dc {
+                vars,
+                dir: dir.to_owned(),
+            });
+        }
+        bail!("no free loopback address for the DC")
+    }
+
+    fn var(&self, k: &str) -> String {
+        self.vars.get(k).cloned().unwrap_or_default()
+    }
+
+    fn settings(&self) -> AdSettings {
+        let mut s = AdSettings::new(&self.var("FERRY_DC_LDAPS_URL"));
+        s.ca_file = Some(PathBuf::from(self.var("FERRY_DC_CA_FILE")));
+        s
+    }
+
+    async fn admin(&self) -> Result<AdConnection> {
+        let mut c = AdConnection::connect(&self.settings()).await?;
+        c.bind(&self.var("FERRY_DC_ADMIN_BIND"), &self.var("FERRY_DC_ADMIN_PASSWORD"))
+            .await?;
+        Ok(c)
+    }
+}
+
+impl Drop for Dc {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .args(["scripts/samba-dc", "stop"])
+            .arg(&self.dir)
+            .output();
+    }
+}
+
+/// Peak resident set size (kernel's high-water mark), MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// User + system CPU time of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // After the name: state is field 3; utime 14 and stime 15 (1-based).
+    let get = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    get(14) + get(15)
+}
+
+fn clock_ticks() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100.0, |v| v as f64)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    percentile(v, 50.0)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+struct Cloud {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Cloud {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await?;
+        let st = resp.status().as_u16();
+        Ok((st, resp.json().await.unwrap_or(Value::Null)))
+    }
+
+    async fn ok(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+        let (st, v) = self.call(method, path, body).await?;
+        if !(200..300).contains(&st) {
+            bail!("{path}: HTTP {st}: {v}");
+        }
+        Ok(v)
+    }
+
+    async fn total(&self, resource: &str) -> Result<u64> {
+        let v = self
+            .ok(reqwest::Method::GET, &format!("/scim/v2/{resource}?count=0"), None)
+            .await?;
+        Ok(v["totalResults"].as_u64().unwrap_or(0))
+    }
+
+    async fn user(&self, sam: &str) -> Result<Value> {
+        let v = self
+            .ok(
+                reqwest::Method::GET,
+                &format!("/scim/v2/Users?filter=userName%20eq%20%22{sam}%22"),
+                None,
+            )
+            .await?;
+        Ok(v["Resources"][0].clone())
+    }
+}
+
+fn user_dn(i: usize, base: &str) -> String {
+    format!("CN=User {i:06},OU=People,OU=Bench,{base}")
+}
+
+/// Times a raw paged `ldapsearch` dump of what the agent reads.
+fn baseline(dc: &Dc, base: &str) -> Result<(f64, usize)> {
+    let run = |count: bool| -> Result<(f64, usize)> {
+        let start = Instant::now();
+        let out = Command::new("ldapsearch")
+            .args(["-x", "-LLL", "-o", "ldif-wrap=no", "-E", "pr=1000/noprompt", "-H"])
+            .arg(dc.var("FERRY_DC_LDAPS_URL"))
+            .arg("-D")
+            .arg(format!("CN=Administrator,CN=Users,{base}"))
+            .arg("-w")
+            .arg(dc.var("FERRY_DC_ADMIN_PASSWORD"))
+            .args(["-b", base, USERS_AND_GROUPS])
+            .args(READ_ATTRS)
+            .env("LDAPTLS_CACERT", dc.var("FERRY_DC_CA_FILE"))
+            .stdout(if count { Stdio::piped() } else { Stdio::null() })
+            .stderr(Stdio::null())
+            .output()?;
+        let secs = start.elapsed().as_secs_f64();
+        if !out.status.success() {
+            bail!("ldapsearch failed ({})", out.status);
+        }
+        let n = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("dn:"))
+            .count();
+        Ok((secs, n))
+    };
+    let (_, n) = run(true)?;
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        times.push(run(false)?.0);
+    }
+    Ok((median(&mut times), n))
+}
+
+async fn delegate_service_account(dc: &Dc, base: &str, password: &str) -> Result<()> {
+    use ferry_agent::ad::write::NewAdUser;
+    let mut admin = dc.admin().await?;
+    let dn = admin
+        .create_user(
+            &format!("CN=Users,{base}"),
+            &NewAdUser {
+                sam_account_name: "svc-sync".into(),
+                password: Some(password.into()),
+                enabled: true,
+                ..Default::default()
+            },
+        )
+        .await?;
+    admin
+        .set_attributes(&dn, &[("userAccountControl", Some("66048"))])
+        .await?;
+    let e = admin
+        .read_entry(&dn, &["objectSid"])
+        .await?
+        .ok_or_else(|| anyhow!("the service account vanished"))?;
+    let raw = e.values("objectSid").first().cloned().unwrap_or_default();
+    let sid = ferry_agent::preflight::sd::sid_to_string(&raw).ok_or_else(|| anyhow!("bad objectSid"))?;
+    let sddl: String = ferry_agent::preflight::Task::ALL.iter().map(|t| t.sddl(&sid)).collect();
+    let out = Command::new("/usr/bin/python3")
+        .args(["/usr/bin/samba-tool", "dsacl", "set", "--objectdn", base, "--sddl", &sddl, "-H"])
+        .arg(dc.var("FERRY_DC_LDAP_URL"))
+        .arg("-U")
+        .arg(format!("Administrator%{}", dc.var("FERRY_DC_ADMIN_PASSWORD")))
+        .output()?;
+    if !out.status.success() {
+        bail!("samba-tool dsacl set: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn log_has(path: &Path, needle: &str) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|s| s.contains(needle))
+}
+
+/// Latencies (s) of `n` single changes: `make(i)` applies change i and
+/// returns a probe that is true once it is visible on the far side.
+async fn latencies<M, MF, P, PF>(n: usize, mut make: M, probe: P) -> Result<Vec<f64>>
+where
+    M: FnMut(usize) -> MF,
+    MF: std::future::Future<Output = Result<String>>,
+    P: Fn(usize, String) -> PF,
+    PF: std::future::Future<Output = Result<bool>>,
+{
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let value = make(i).await?;
+        let start = Instant::now();
+        loop {
+            if probe(i, value.clone()).await? {
+                out.push(start.elapsed().as_secs_f64());
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!("change {i} did not arrive within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(out)
+}
+
+/// Requests per second of `op` run by 4 workers for `secs`.
+async fn throughput<F, Fut>(secs: u64, op: F) -> Result<f64>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for w in 0..4u64 {
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < until {
+                op(w * 1_000_000 + n).await?;
+                n += 1;
+            }
+            Ok::<u64, anyhow::Error>(n)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / secs as f64)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    format!("{cores} cores ({cpu}), {mem:.0} GiB")
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let o = Opts::parse();
+    let bin = match &o.bin_dir {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .ok_or_else(|| anyhow!("no binary directory"))?
+            .to_owned(),
+    };
+    let work = std::env::temp_dir().join(format!("ferry-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let result = bench(&o, &bin, &work).await;
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
+    say(&format!("starting a Samba AD DC and filling it: {} users, {} groups", o.users, o.groups));
+    let dc = Dc::start(&work.join("dc"))?;
+    let base = dc.var("FERRY_DC_BASE_DN");
+    let started = Instant::now();
+    let st = Command::new("/usr/bin/python3")
+        .arg("scripts/lib/bench-populate.py")
+        .arg(dc.var("FERRY_DC_SMB_CONF"))
+        .arg(&base)
+        .arg(o.users.to_string())
+        .arg(o.groups.to_string())
+        .status()?;
+    if !st.success() {
+        bail!("filling the DC failed");
+    }
+    let populate_secs = started.elapsed().as_secs_f64();
+    let svc_pw = "Svc-Bench-Pa55";
+    delegate_service_account(&dc, &base, svc_pw).await?;
+
+    say("baseline: raw paged ldapsearch dump of the same objects and attributes (median of 3)");
+    let (baseline_secs, dumped) = baseline(&dc, &base)?;
+    eprintln!("    {dumped} entries in {baseline_secs:.2} s");
+
+    say("starting ferry-cloud (SQLite) and installing the agent with a Connect Key");
+    let data = work.join("cloud");
+    let token_file = work.join("admin.token");
+    let st = Command::new(bin.join("ferry-cloud"))
+        .args(["init", "--org", "Bench", "--admin-email", "admin@bench.test", "--data-dir"])
+        .arg(&data)
+        .arg("--token-out")
+        .arg(&token_file)
+        .env("FERRY_ADMIN_PASSWORD", "Bench-Admin-Pa55")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if !st.success() {
+        bail!("ferry-cloud init failed");
+    }
+    let port = free_port()?;
+    let base_url = format!("http://127.0.0.1:{port}");
+    let cloud_proc = Proc(
+        Command::new(bin.join("ferry-cloud"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(&data)
+            .stderr(std::fs::File::create(work.join("cloud.log"))?)
+            .spawn()?,
+    );
+    let cloud = Cloud {
+        base: base_url.clone(),
+        token: std::fs::read_to_string(&token_file)?.trim().to_owned(),
+        http: reqwest::Client::new(),
+    };
+    let ready = Instant::now();
+    while cloud.http.get(format!("{base_url}/healthz")).send().await.is_err() {
+        if ready.elapsed() > Duration::from_secs(30) {
+            bail!("ferry-cloud did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let d = cloud
+        .ok(
+            reqwest::Method::POST,
+            "/api/v1/domains",
+            Some(json!({"name": dc.var("FERRY_DC_REALM").to_lowercase(), "netbios_name": dc.var("FERRY_DC_DOMAIN")})),
+        )
+        .await?;
+    let domain = d["id"].as_str().unwrap_or_default().to_owned();
+    let k = cloud
+        .ok(
+            reqwest::Method::POST,
+            &format!("/api/v1/domains/{domain}/connect-keys"),
+            None,
+        )
+        .await?;
+    let pw_file = work.join("svc-password");
+    std::fs::write(&pw_file, svc_pw)?;
+    let agent_dir = work.join("agent");
+    let out = Command::new(bin.join("ferry-agent"))
+        .args(["install", "--non-interactive", "--no-service", "--connect-key"])
+        .arg(k["connect_key"].as_str().unwrap_or_default())
+        .arg("--ldap-url")
+        .arg(dc.var("FERRY_DC_LDAPS_URL"))
+        .arg("--ca-file")
+        .arg(dc.var("FERRY_DC_CA_FILE"))
+        .args(["--root-dn", &base, "--bind-user"])
+        .arg(format!("{}\\svc-sync", dc.var("FERRY_DC_DOMAIN")))
+        .arg("--bind-password-file")
+        .arg(&pw_file)
+        .arg("--config-dir")
+        .arg(&agent_dir)
+        .output()?;
+    if !out.status.success() {
+        bail!("ferry-agent install failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    say("initial import AD → cloud");
+    let agent_log = work.join("agent.log");
+    let import_start = Instant::now();
+    let agent_proc = Proc(
+        Command::new(bin.join("ferry-agent"))
+            .arg("run")
+            .arg("--config-dir")
+            .arg(&agent_dir)
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&agent_log)?)
+            .spawn()?,
+    );
+    let mut last_note = Instant::now();
+    while !log_has(&agent_log, "full import: done") {
+        if import_start.elapsed() > Duration::from_secs(1800) {
+            bail!("the import did not finish in 30 min (see {})", agent_log.display());
+        }
+        if last_note.elapsed() > Duration::from_secs(10) {
+            eprintln!(
+                "    {:.0} s: {} users, {} groups in the cloud",
+                import_start.elapsed().as_secs_f64(),
+                cloud.total("Users").await.unwrap_or(0),
+                cloud.total("Groups").await.unwrap_or(0)
+            );
+            last_note = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let import_secs = import_start.elapsed().as_secs_f64();
+    let (users_in_cloud, groups_in_cloud) = (cloud.total("Users").await?, cloud.total("Groups").await?);
+    if users_in_cloud < o.users as u64 || groups_in_cloud < o.groups as u64 {
+        bail!("the import ended with {users_in_cloud} users and {groups_in_cloud} groups in the cloud");
+    }
+    eprintln!("    {import_secs:.2} s; {users_in_cloud} users and {groups_in_cloud} groups in the cloud");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    say(&format!("change latency, {} single changes each way", o.changes));
+    let step = (o.users / o.changes.max(1)).max(1);
+    let writer = std::sync::Arc::new(tokio::sync::Mutex::new(dc.admin().await?));
+    let admin_cell = std::sync::Arc::new(tokio::sync::Mutex::new(dc.admin().await?));
+    let mut ad_to_cloud = latencies(
+        o.changes,
+        |i| {
+            let dn = user_dn((i * step) % o.users, &base);
+            let value = format!("ad-{i}-{}", import_start.elapsed().as_nanos());
+            let writer = writer.clone();
+            async move {
+                writer.lock().await.set_attributes(&dn, &[("title", Some(&value))]).await?;
+                Ok(value)
+            }
+        },
+        |i, value| {
+            let cloud = &cloud;
+            let sam = format!("u{:06}", (i * step) % o.users);
+            async move { Ok(cloud.user(&sam).await?["title"] == value.as_str()) }
+        },
+    )
+    .await?;
+    let ids: Vec<String> = {
+        let mut v = Vec::new();
+        for i in 0..o.changes {
+            let u = cloud.user(&format!("u{:06}", (i * step + step / 2) % o.users)).await?;
+            v.push(u["id"].as_str().unwrap_or_default().to_owned());
+        }
+        v
+    };
+    let mut cloud_to_ad = latencies(
+        o.changes,
+        |i| {
+            let cloud = &cloud;
+            let id = ids[i].clone();
+            let value = format!("cloud-{i}-{}", import_start.elapsed().as_nanos());
+            async move {
+                cloud
+                    .ok(
+                        reqwest::Method::PATCH,
+                        &format!("/scim/v2/Users/{id}"),
+                        Some(json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                                    "Operations": [{"op": "replace", "path": "title", "value": value}]})),
+                    )
+                    .await?;
+                Ok(value)
+            }
+        },
+        |i, value| {
+            let admin = admin_cell.clone();
+            let dn = user_dn((i * step + step / 2) % o.users, &base);
+            async move {
+                let e = admin.lock().await.read_entry(&dn, &["title"]).await?;
+                Ok(e.is_some_and(|e| e.values("title").first().map(|v| v.as_slice()) == Some(value.as_bytes())))
+            }
+        },
+    )
+    .await?;
+    ad_to_cloud.sort_by(f64::total_cmp);
+    cloud_to_ad.sort_by(f64::total_cmp);
+
+    say(&format!("agent idle for {} s", o.idle_secs));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (a0, c0) = (cpu_ticks(agent_proc.pid()), cpu_ticks(cloud_proc.pid()));
+    tokio::time::sleep(Duration::from_secs(o.idle_secs)).await;
+    let (a1, c1) = (cpu_ticks(agent_proc.pid()), cpu_ticks(cloud_proc.pid()));
+    let denom = o.idle_secs as f64 * clock_ticks() / 100.0;
+    let agent_idle_cpu = (a1 - a0) as f64 / denom;
+    let cloud_idle_cpu = (c1 - c0) as f64 / denom;
+    let agent_rss = peak_rss_mib(agent_proc.pid());
+    let cloud_rss_sync = peak_rss_mib(cloud_proc.pid());
+    drop(agent_proc);
+
+    say(&format!("SCIM throughput on the loaded store ({} s each, 4 clients; agent stopped)", o.scim_secs));
+    let shared = std::sync::Arc::new(cloud);
+    let users = o.users as u64;
+    let c = shared.clone();
+    let list = throughput(o.scim_secs, move |n| {
+        let c = c.clone();
+        async move {
+            let start = (n * 7919) % users + 1;
+            c.ok(reqwest::Method::GET, &format!("/scim/v2/Users?startIndex={start}&count=100"), None)
+                .await
+                .map(|_| ())
+        }
+    })
+    .await?;
+    let c = shared.clone();
+    let filter = throughput(o.scim_secs, move |n| {
+        let c = c.clone();
+        async move {
+            let sam = format!("u{:06}", (n * 7919) % users);
+            let u = c.user(&sam).await?;
+            if u.is_null() {
+                bail!("{sam} not found");
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let c = shared.clone();
+    let create = throughput(o.scim_secs, move |n| {
+        let c = c.clone();
+        async move {
+            c.ok(
+                reqwest::Method::POST,
+                "/scim/v2/Users",
+                Some(json!({"userName": format!("new{n}"), "name": {"givenName": "New", "familyName": format!("User{n}")}})),
+            )
+            .await
+            .map(|_| ())
+        }
+    })
+    .await?;
+    let cloud_rss = peak_rss_mib(cloud_proc.pid());
+    drop(cloud_proc);
+
+    let ratio = import_secs / baseline_secs;
+    let ok = |b: bool| if b { "✓" } else { "✗ missed" };
+    let p99_a = percentile(&ad_to_cloud, 99.0);
+    let p99_c = percentile(&cloud_to_ad, 99.0);
+    let memberships = ((o.users as f64) * 5.0).round();
+    println!();
+    println!(
+        "Ferry benchmark: {} users, {} groups (~{memberships} memberships, nested); {}",
+        o.users,
+        o.groups,
+        machine()
+    );
+    println!("{:<44} {:>22}  {:<12} ", "figure", "value", "target");
+    let row = |name: &str, value: String, target: &str| println!("{name:<44} {value:>22}  {target}");
+    row("populate the DC (bulk, not counted)", format!("{populate_secs:.1} s"), "");
+    row(
+        "baseline: paged ldapsearch dump",
+        format!("{baseline_secs:.2} s ({dumped} entries)"),
+        "",
+    );
+    row(
+        "initial import AD → cloud",
+        format!("{import_secs:.2} s = {ratio:.2}× baseline"),
+        &format!("≤ 3× {}", ok(ratio <= 3.0)),
+    );
+    row(
+        "  objects per second",
+        format!("{:.0}", (o.users + o.groups) as f64 / import_secs),
+        "",
+    );
+    row(
+        "change latency AD → cloud, median / p99",
+        format!(
+            "{:.3} / {:.3} s",
+            percentile(&ad_to_cloud, 50.0),
+            p99_a
+        ),
+        &format!("p99 ≤ 1.5 s {}", ok(p99_a <= 1.5)),
+    );
+    row(
+        "change latency cloud → AD, median / p99",
+        format!(
+            "{:.3} / {:.3} s",
+            percentile(&cloud_to_ad, 50.0),
+            p99_c
+        ),
+        &format!("p99 ≤ 1.5 s {}", ok(p99_c <= 1.5)),
+    );
+    row(
+        "agent peak RSS",
+        format!("{agent_rss:.1} MiB"),
+        &format!("≤ 100 MB {}", ok(agent_rss * 1.048_576 <= 100.0)),
+    );
+    row("cloud peak RSS (sync / after SCIM load)", format!("{cloud_rss_sync:.1} / {cloud_rss:.1} MiB"), "");
+    row(
+        &format!("agent CPU while idle ({} s)", o.idle_secs),
+        format!("{agent_idle_cpu:.2} %"),
+        &format!("≤ 1 % {}", ok(agent_idle_cpu <= 1.0)),
+    );
+    row("cloud CPU while the agent idles", format!("{cloud_idle_cpu:.2} %"), "");
+    row("SCIM list, 100 per page", format!("{list:.0} req/s"), "");
+    row("SCIM filter userName eq", format!("{filter:.0} req/s"), "");
+    row("SCIM create user", format!("{create:.0} req/s"), "");
+
+    if let Some(path) = &o.json {
+        let j = json!({
+            "machine": machine(),
+            "users": o.users,
+            "groups": o.groups,
+            "populate_secs": populate_secs,
+            "baseline_secs": baseline_secs,
+            "baseline_entries": dumped,
+            "import_secs": import_secs,
+            "import_ratio": ratio,
+            "import_objects_per_sec": (o.users + o.groups) as f64 / import_secs,
+            "latency_ad_to_cloud": {"median": percentile(&ad_to_cloud, 50.0), "p99": p99_a, "n": ad_to_cloud.len()},
+            "latency_cloud_to_ad": {"median": percentile(&cloud_to_ad, 50.0), "p99": p99_c, "n": cloud_to_ad.len()},
+            "agent_peak_rss_mib": agent_rss,
+            "cloud_peak_rss_mib": cloud_rss,
+            "agent_idle_cpu_percent": agent_idle_cpu,
+            "cloud_idle_cpu_percent": cloud_idle_cpu,
+            "idle_secs": o.idle_secs,
+            "scim_list_per_sec": list,
+            "scim_filter_per_sec": filter,
+            "scim_create_per_sec": create,
+            "targets_met": {
+                "import": ratio <= 3.0,
+                "latency_ad_to_cloud": p99_a <= 1.5,
+                "latency_cloud_to_ad": p99_c <= 1.5,
+                "agent_rss": agent_rss * 1.048_576 <= 100.0,
+                "agent_idle_cpu": agent_idle_cpu <= 1.0,
+            },
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&j)?)?;
+        eprintln!("figures written to {}", path.display());
+    }
+    Ok(())
+}
