@@ -283,7 +283,16 @@ async fn delegate_service_account(dc: &Dc, base: &str, password: &str) -> Result
     let sid = ferry_agent::preflight::sd::sid_to_string(&raw).ok_or_else(|| anyhow!("bad objectSid"))?;
     let sddl: String = ferry_agent::preflight::Task::ALL.iter().map(|t| t.sddl(&sid)).collect();
     let out = Command::new("/usr/bin/python3")
-        .args(["/usr/bin/samba-tool", "dsacl", "set", "--objectdn", base, "--sddl", &sddl, "-H"])
+        .args([
+            "/usr/bin/samba-tool",
+            "dsacl",
+            "set",
+            "--objectdn",
+            base,
+            "--sddl",
+            &sddl,
+            "-H",
+        ])
         .arg(dc.var("FERRY_DC_LDAP_URL"))
         .arg("-U")
         .arg(format!("Administrator%{}", dc.var("FERRY_DC_ADMIN_PASSWORD")))
@@ -356,8 +365,10 @@ fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -390,7 +401,10 @@ async fn main() -> Result<()> {
 }
 
 async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
-    say(&format!("starting a Samba AD DC and filling it: {} users, {} groups", o.users, o.groups));
+    say(&format!(
+        "starting a Samba AD DC and filling it: {} users, {} groups",
+        o.users, o.groups
+    ));
     let dc = Dc::start(&work.join("dc"))?;
     let base = dc.var("FERRY_DC_BASE_DN");
     let started = Instant::now();
@@ -416,7 +430,14 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
     let data = work.join("cloud");
     let token_file = work.join("admin.token");
     let st = Command::new(bin.join("ferry-cloud"))
-        .args(["init", "--org", "Bench", "--admin-email", "admin@bench.test", "--data-dir"])
+        .args([
+            "init",
+            "--org",
+            "Bench",
+            "--admin-email",
+            "admin@bench.test",
+            "--data-dir",
+        ])
         .arg(&data)
         .arg("--token-out")
         .arg(&token_file)
@@ -531,7 +552,11 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
             let value = format!("ad-{i}-{}", import_start.elapsed().as_nanos());
             let writer = writer.clone();
             async move {
-                writer.lock().await.set_attributes(&dn, &[("title", Some(&value))]).await?;
+                writer
+                    .lock()
+                    .await
+                    .set_attributes(&dn, &[("title", Some(&value))])
+                    .await?;
                 Ok(value)
             }
         },
@@ -593,7 +618,10 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
     let cloud_rss_sync = peak_rss_mib(cloud_proc.pid());
     drop(agent_proc);
 
-    say(&format!("SCIM throughput on the loaded store ({} s each, 4 clients; agent stopped)", o.scim_secs));
+    say(&format!(
+        "SCIM throughput on the loaded store ({} s each, 4 clients; agent stopped)",
+        o.scim_secs
+    ));
     let shared = std::sync::Arc::new(cloud);
     let users = o.users as u64;
     let c = shared.clone();
@@ -601,9 +629,13 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
         let c = c.clone();
         async move {
             let start = (n * 7919) % users + 1;
-            c.ok(reqwest::Method::GET, &format!("/scim/v2/Users?startIndex={start}&count=100"), None)
-                .await
-                .map(|_| ())
+            c.ok(
+                reqwest::Method::GET,
+                &format!("/scim/v2/Users?startIndex={start}&count=100"),
+                None,
+            )
+            .await
+            .map(|_| ())
         }
     })
     .await?;
@@ -651,7 +683,11 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
     );
     println!("{:<44} {:>22}  {:<12} ", "figure", "value", "target");
     let row = |name: &str, value: String, target: &str| println!("{name:<44} {value:>22}  {target}");
-    row("populate the DC (bulk, not counted)", format!("{populate_secs:.1} s"), "");
+    row(
+        "populate the DC (bulk, not counted)",
+        format!("{populate_secs:.1} s"),
+        "",
+    );
     row(
         "baseline: paged ldapsearch dump",
         format!("{baseline_secs:.2} s ({dumped} entries)"),
@@ -669,20 +705,12 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
     );
     row(
         "change latency AD → cloud, median / p99",
-        format!(
-            "{:.3} / {:.3} s",
-            percentile(&ad_to_cloud, 50.0),
-            p99_a
-        ),
+        format!("{:.3} / {:.3} s", percentile(&ad_to_cloud, 50.0), p99_a),
         &format!("p99 ≤ 1.5 s {}", ok(p99_a <= 1.5)),
     );
     row(
         "change latency cloud → AD, median / p99",
-        format!(
-            "{:.3} / {:.3} s",
-            percentile(&cloud_to_ad, 50.0),
-            p99_c
-        ),
+        format!("{:.3} / {:.3} s", percentile(&cloud_to_ad, 50.0), p99_c),
         &format!("p99 ≤ 1.5 s {}", ok(p99_c <= 1.5)),
     );
     row(
@@ -690,7 +718,11 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
         format!("{agent_rss:.1} MiB"),
         &format!("≤ 100 MB {}", ok(agent_rss * 1.048_576 <= 100.0)),
     );
-    row("cloud peak RSS (sync / after SCIM load)", format!("{cloud_rss_sync:.1} / {cloud_rss:.1} MiB"), "");
+    row(
+        "cloud peak RSS (sync / after SCIM load)",
+        format!("{cloud_rss_sync:.1} / {cloud_rss:.1} MiB"),
+        "",
+    );
     row(
         &format!("agent CPU while idle ({} s)", o.idle_secs),
         format!("{agent_idle_cpu:.2} %"),

@@ -31,10 +31,20 @@ const IMPORT: &str = "import:";
 
 /// Runs forever: import if needed, then follow changes.
 pub async fn run(shared: Arc<Shared>) {
-    super::supervise(shared, "AD → cloud", |s| async move { follow(&s).await }).await
+    super::supervise(shared, "AD → cloud", |s| async move { follow(s).await }).await
 }
 
-async fn follow(shared: &Shared) -> Result<(), String> {
+/// A task aborted when dropped (a reconciliation in flight when its loop ends).
+struct Background<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Background<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn follow(arc: Arc<Shared>) -> Result<(), String> {
+    let shared: &Shared = &arc;
     let mut conn = shared.connect().await.map_err(|e| e.to_string())?;
     let state = shared.cloud.state().await.map_err(|e| e.to_string())?;
     let mut cookie = state.ad_cookie;
@@ -44,22 +54,58 @@ async fn follow(shared: &Shared) -> Result<(), String> {
         cookie = Some(full_import(shared, &mut conn, cookie, &svc).await?);
     }
     let mut last_usn = -1;
-    let mut last_reconcile = Instant::now() - Duration::from_secs(3600);
+    let mut reconciling: Option<Background<Result<Vec<AdChange>, String>>> = None;
+    let mut last_reconcile = Instant::now() - RECONCILE_EVERY;
+    let mut reconcile_due = true;
     loop {
         if !shared.primary.load(Ordering::SeqCst) {
             return Ok(());
         }
         let usn = conn.highest_committed_usn().await.map_err(|e| e.to_string())?;
-        if usn != last_usn || last_reconcile.elapsed() > Duration::from_secs(30) {
-            cookie = Some(increment(shared, &mut conn, cookie.clone(), &svc).await?);
-            reconcile(shared, &mut conn, cookie.clone()).await?;
-            shared.synced();
+        if usn != last_usn {
+            let (next, suspect) = increment(shared, &mut conn, cookie.clone(), &svc).await?;
+            cookie = Some(next);
+            reconcile_due |= suspect;
             last_usn = usn;
+            shared.synced();
+        }
+        // Reconciliation (a read of every GUID in scope) finds what DirSync
+        // cannot show this account: deletions and moves out of scope. It
+        // runs when an increment hints at one, and every RECONCILE_EVERY as
+        // a safety net, on a connection of its own beside this loop: the
+        // read takes ~2 s per 10,000 objects on Samba, and changes must not
+        // wait behind it.
+        let due = (reconcile_due && last_reconcile.elapsed() >= RECONCILE_SPACING)
+            || last_reconcile.elapsed() >= RECONCILE_EVERY;
+        if due && reconciling.is_none() {
+            let s = arc.clone();
+            reconciling = Some(Background(tokio::spawn(async move { gone_from_ad(&s).await })));
             last_reconcile = Instant::now();
+            reconcile_due = false;
+        }
+        if reconciling.as_ref().is_some_and(|r| r.0.is_finished()) {
+            if let Some(mut r) = reconciling.take() {
+                let gone = (&mut r.0).await.map_err(|e| format!("reconciliation stopped: {e}"))??;
+                if !gone.is_empty() {
+                    tracing::info!(
+                        count = gone.len(),
+                        "objects gone from AD (deleted or moved out of scope)"
+                    );
+                    let to = cookie.clone().unwrap_or_default();
+                    let mut c = cookie.clone();
+                    push(shared, &mut c, to, gone).await?;
+                }
+                shared.synced();
+            }
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// The safety-net interval of reconciliation.
+const RECONCILE_EVERY: Duration = Duration::from_secs(60);
+/// The least time between two reconciliations an increment asked for.
+const RECONCILE_SPACING: Duration = Duration::from_secs(1);
 
 async fn root(shared: &Shared) -> String {
     shared.domain.read().await.root_dn.clone()
@@ -194,12 +240,16 @@ async fn push(shared: &Shared, cookie: &mut Option<String>, to: String, changes:
 }
 
 /// One DirSync round; pushes what changed; returns the new cookie.
+/// Pushes what DirSync reports since `cookie`; returns the next cookie, and
+/// whether the round hints at a deletion or a move out of scope that only
+/// reconciliation can confirm: the USN moved but nothing readable changed,
+/// an object left the scope, or a group lost members.
 async fn increment(
     shared: &Shared,
     conn: &mut AdConnection,
     cookie: Option<String>,
     svc: &str,
-) -> Result<String, String> {
+) -> Result<(String, bool), String> {
     let root = root(shared).await;
     let current = cookie.clone().unwrap_or_default();
     let raw = B64
@@ -211,8 +261,9 @@ async fn increment(
         .map_err(|e| e.to_string())?;
     let next = B64.encode(&batch.cookie);
     if batch.entries.is_empty() && next == current {
-        return Ok(current);
+        return Ok((current, true));
     }
+    let mut suspect = batch.entries.is_empty();
     // Objects first, then memberships: a member must be linked before it is added.
     let mut changes = Vec::new();
     let mut memberships = Vec::new();
@@ -227,8 +278,12 @@ async fn increment(
             .search_paged(&root, ldap3::Scope::Subtree, &guid_filter(guid), READ_ATTRS)
             .await
             .map_err(|e| e.to_string())?;
-        let Some(full) = full.into_iter().next() else { continue };
+        let Some(full) = full.into_iter().next() else {
+            suspect = true;
+            continue;
+        };
         if !dn_within(&full.dn, &root) || excluded(&full, svc).is_some() {
+            suspect = true;
             continue;
         }
         if full.has_class("group") {
@@ -238,6 +293,7 @@ async fn increment(
                 record: group_record(&full),
             });
             let (added, removed) = member_delta(e);
+            suspect |= !removed.is_empty();
             let added = guids_of(conn, &root, &added).await;
             let removed = guids_of(conn, &root, &removed).await;
             if !added.is_empty() {
@@ -268,7 +324,7 @@ async fn increment(
     changes.extend(memberships);
     let mut c = cookie;
     push(shared, &mut c, next.clone(), changes).await?;
-    Ok(next)
+    Ok((next, suspect))
 }
 
 async fn guids_of(conn: &mut AdConnection, root: &str, dns: &[String]) -> Vec<Uuid> {
@@ -284,27 +340,20 @@ async fn guids_of(conn: &mut AdConnection, root: &str, dns: &[String]) -> Vec<Uu
     out
 }
 
-/// Linked objects no longer in scope in AD were deleted (or moved out).
-async fn reconcile(shared: &Shared, conn: &mut AdConnection, cookie: Option<String>) -> Result<(), String> {
+/// Linked objects no longer in scope in AD were deleted (or moved out):
+/// their deletes, read on a connection of its own.
+async fn gone_from_ad(shared: &Shared) -> Result<Vec<AdChange>, String> {
     let root = root(shared).await;
+    let mut conn = shared.connect().await.map_err(|e| e.to_string())?;
     // Links first: a link is recorded only after its AD object exists, so
     // every link read here has its object in the set read next.
     let links = shared.cloud.links().await.map_err(|e| e.to_string())?;
     let present = conn.in_scope_guids(&root).await.map_err(|e| e.to_string())?;
+    conn.close().await;
     shared.ad_objects.store(present.len() as u64, Ordering::SeqCst);
-    let gone: Vec<AdChange> = links
+    Ok(links
         .iter()
         .filter(|l| matches!(l.kind, ObjectKind::User | ObjectKind::Group) && !present.contains(&l.guid))
         .map(|l| AdChange::Delete { guid: l.guid })
-        .collect();
-    if gone.is_empty() {
-        return Ok(());
-    }
-    tracing::info!(
-        count = gone.len(),
-        "objects gone from AD (deleted or moved out of scope)"
-    );
-    let to = cookie.clone().unwrap_or_default();
-    let mut c = cookie;
-    push(shared, &mut c, to, gone).await
+        .collect())
 }
