@@ -272,6 +272,50 @@ both_engines!(concurrent_writers_get_distinct_sequence_numbers, |engine| async m
     assert_eq!(seqs, (1..=8).collect::<Vec<_>>());
 });
 
+both_engines!(many_members_are_one_feed_run_and_one_audit_entry, |engine| async move {
+    let (_db, store) = fresh(engine).await;
+    let org = create_org(&store, "A").await.id;
+    let mut tx = store.begin().await.unwrap();
+    let c = ctx(org);
+    let mut members = Vec::new();
+    for i in 0..250 {
+        let u = directory::create_user(&mut tx, &c, user(&format!("m{i:03}")), None)
+            .await
+            .unwrap();
+        members.push(Member {
+            id: u.id,
+            kind: ObjectKind::User,
+        });
+    }
+    let g = directory::create_group(&mut tx, &c, group("big"), &[]).await.unwrap();
+    let head = tx.feed_head(org).await.unwrap();
+    let audit_before = tx.list_audit(org, None, 1000).await.unwrap().len();
+    assert!(directory::add_members(&mut tx, &c, g.id, &members).await.unwrap());
+    let feed = tx.read_feed(org, head, 1000).await.unwrap();
+    assert_eq!(feed.len(), 250, "one entry per member, across several INSERTs of 100");
+    let seqs: Vec<i64> = feed.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (head + 1..=head + 250).collect::<Vec<_>>());
+    for (row, m) in feed.iter().zip(&members) {
+        assert!(
+            matches!(row.change, CloudChange::AddMember { group, member, .. } if group == g.id && member == m.id),
+            "in order: {:?}",
+            row.change
+        );
+    }
+    let audit = tx.list_audit(org, None, 1000).await.unwrap();
+    assert_eq!(audit.len(), audit_before + 1);
+    assert_eq!(audit[0].action, "group.member_add");
+    assert_eq!(audit[0].details["members"].as_array().unwrap().len(), 250);
+    // Adding them again changes nothing.
+    assert!(!directory::add_members(&mut tx, &c, g.id, &members).await.unwrap());
+    assert_eq!(tx.feed_head(org).await.unwrap(), head + 250);
+    assert!(directory::remove_members(&mut tx, &c, g.id, &members[..2])
+        .await
+        .unwrap());
+    assert_eq!(tx.feed_head(org).await.unwrap(), head + 252);
+    assert_eq!(tx.group_members(org, g.id).await.unwrap().len(), 248);
+});
+
 both_engines!(domains_keys_agents_and_leases, |engine| async move {
     let (_db, store) = fresh(engine).await;
     let a = create_org(&store, "A").await.id;

@@ -387,16 +387,12 @@ async fn linked(
 /// they are outside the sync's scope, or arrive in a later batch with their
 /// own membership change.
 async fn resolve_members(tx: &mut Tx, ctx: &WriteCtx, domain: &Domain, guids: &[Uuid]) -> StoreResult<Vec<Member>> {
-    let mut out = Vec::with_capacity(guids.len());
-    for g in guids {
-        if let Some(link) = tx.link_by_guid(ctx.org_id, domain.id, *g).await? {
-            out.push(Member {
-                id: link.object_id,
-                kind: link.kind,
-            });
-        }
-    }
-    Ok(out)
+    let found = tx.objects_by_guids(ctx.org_id, domain.id, guids).await?;
+    Ok(guids
+        .iter()
+        .filter_map(|g| found.get(g))
+        .map(|(kind, id)| Member { id: *id, kind: *kind })
+        .collect())
 }
 
 #[allow(clippy::too_many_arguments)]

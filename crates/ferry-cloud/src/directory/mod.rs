@@ -234,67 +234,75 @@ pub async fn set_members(tx: &mut Tx, ctx: &WriteCtx, group_id: Uuid, wanted: &[
 
 /// Adds members (already-members are skipped); returns whether any was added.
 pub async fn add_members(tx: &mut Tx, ctx: &WriteCtx, group_id: Uuid, members: &[Member]) -> StoreResult<bool> {
-    let mut changed = false;
+    if members.iter().any(|m| m.id == group_id) {
+        return Err(StoreError::Conflict("a group cannot be a member of itself".into()));
+    }
+    let mut added = Vec::new();
     for m in members {
-        if m.id == group_id {
-            return Err(StoreError::Conflict("a group cannot be a member of itself".into()));
+        if tx.add_member(ctx.org_id, group_id, *m).await? {
+            added.push(*m);
         }
-        if !tx.add_member(ctx.org_id, group_id, *m).await? {
-            continue;
-        }
-        changed = true;
-        let change = CloudChange::AddMember {
-            group: group_id,
-            member: m.id,
-            member_kind: m.kind,
-        };
-        tx.append_feed(ctx.org_id, &ctx.origin, group_id, &change, ctx.now)
-            .await?;
-        let details = json!({ "member": target(m.kind, m.id) });
-        audit(
-            tx,
-            ctx,
-            "group.member_add",
-            &target(ObjectKind::Group, group_id),
-            details,
-        )
-        .await?;
     }
-    if changed {
-        tx.touch_group(ctx.org_id, group_id, ctx.now).await?;
+    record_members(tx, ctx, group_id, &added, true).await
+}
+
+/// Feed entries (one per member, as agents apply them) and one audit entry
+/// (naming every member) for members added or removed.
+async fn record_members(
+    tx: &mut Tx,
+    ctx: &WriteCtx,
+    group_id: Uuid,
+    changed: &[Member],
+    added: bool,
+) -> StoreResult<bool> {
+    if changed.is_empty() {
+        return Ok(false);
     }
-    Ok(changed)
+    let entries: Vec<(Uuid, CloudChange)> = changed
+        .iter()
+        .map(|m| {
+            let change = if added {
+                CloudChange::AddMember {
+                    group: group_id,
+                    member: m.id,
+                    member_kind: m.kind,
+                }
+            } else {
+                CloudChange::RemoveMember {
+                    group: group_id,
+                    member: m.id,
+                    member_kind: m.kind,
+                }
+            };
+            (group_id, change)
+        })
+        .collect();
+    tx.append_feed_many(ctx.org_id, &ctx.origin, &entries, ctx.now).await?;
+    let names: Vec<String> = changed.iter().map(|m| target(m.kind, m.id)).collect();
+    let details = if names.len() == 1 {
+        json!({ "member": names[0] })
+    } else {
+        json!({ "members": names })
+    };
+    let action = if added {
+        "group.member_add"
+    } else {
+        "group.member_remove"
+    };
+    audit(tx, ctx, action, &target(ObjectKind::Group, group_id), details).await?;
+    tx.touch_group(ctx.org_id, group_id, ctx.now).await?;
+    Ok(true)
 }
 
 /// Removes members (non-members are skipped); returns whether any was removed.
 pub async fn remove_members(tx: &mut Tx, ctx: &WriteCtx, group_id: Uuid, members: &[Member]) -> StoreResult<bool> {
-    let mut changed = false;
+    let mut removed = Vec::new();
     for m in members {
-        if !tx.remove_member(ctx.org_id, group_id, m.id).await? {
-            continue;
+        if tx.remove_member(ctx.org_id, group_id, m.id).await? {
+            removed.push(*m);
         }
-        changed = true;
-        let change = CloudChange::RemoveMember {
-            group: group_id,
-            member: m.id,
-            member_kind: m.kind,
-        };
-        tx.append_feed(ctx.org_id, &ctx.origin, group_id, &change, ctx.now)
-            .await?;
-        let details = json!({ "member": target(m.kind, m.id) });
-        audit(
-            tx,
-            ctx,
-            "group.member_remove",
-            &target(ObjectKind::Group, group_id),
-            details,
-        )
-        .await?;
     }
-    if changed {
-        tx.touch_group(ctx.org_id, group_id, ctx.now).await?;
-    }
-    Ok(changed)
+    record_members(tx, ctx, group_id, &removed, false).await
 }
 
 /// Deletes a group.

@@ -446,11 +446,10 @@ impl Tx {
     ) -> StoreResult<std::collections::HashMap<Uuid, Vec<(Uuid, String)>>> {
         let mut out: std::collections::HashMap<Uuid, Vec<(Uuid, String)>> = std::collections::HashMap::new();
         for chunk in member_ids.chunks(500) {
-            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
             let sql = format!(
                 "SELECT m.member_id, g.id, g.name FROM memberships m JOIN dir_groups g ON g.id = m.group_id
                  WHERE m.org_id = $1 AND g.org_id = $1 AND m.member_id IN ({}) ORDER BY g.name_key",
-                marks.join(", ")
+                placeholders(2, chunk.len())
             );
             let mut q = sqlx::query(&sql).bind(org_id.to_string());
             for id in chunk {
@@ -520,6 +519,60 @@ impl Tx {
         .fetch_all(self.conn())
         .await?;
         rows.iter().map(link_from_row).collect()
+    }
+
+    /// The (domain, objectGUID) links of many objects, by object id, ordered
+    /// by domain: what a feed entry keeps of them.
+    pub async fn link_guids_of_many(
+        &mut self,
+        org_id: Uuid,
+        object_ids: &[Uuid],
+    ) -> StoreResult<std::collections::HashMap<Uuid, Vec<(Uuid, Uuid)>>> {
+        let mut out: std::collections::HashMap<Uuid, Vec<(Uuid, Uuid)>> = std::collections::HashMap::new();
+        for chunk in object_ids.chunks(500) {
+            let sql = format!(
+                "SELECT object_id, domain_id, ad_guid FROM links WHERE org_id = $1 AND object_id IN ({})
+                 ORDER BY domain_id",
+                placeholders(2, chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(org_id.to_string());
+            for id in chunk {
+                q = q.bind(id.to_string());
+            }
+            for r in q.fetch_all(self.conn()).await? {
+                out.entry(get_uuid(&r, "object_id")?)
+                    .or_default()
+                    .push((get_uuid(&r, "domain_id")?, get_uuid(&r, "ad_guid")?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The cloud objects linked to many AD objects of a domain, by objectGUID.
+    pub async fn objects_by_guids(
+        &mut self,
+        org_id: Uuid,
+        domain_id: Uuid,
+        guids: &[Uuid],
+    ) -> StoreResult<std::collections::HashMap<Uuid, (ObjectKind, Uuid)>> {
+        let mut out = std::collections::HashMap::new();
+        for chunk in guids.chunks(500) {
+            let sql = format!(
+                "SELECT ad_guid, object_kind, object_id FROM links WHERE org_id = $1 AND domain_id = $2 AND ad_guid IN ({})",
+                placeholders(3, chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(org_id.to_string()).bind(domain_id.to_string());
+            for g in chunk {
+                q = q.bind(g.to_string());
+            }
+            for r in q.fetch_all(self.conn()).await? {
+                let kind: String = r.try_get("object_kind")?;
+                let kind =
+                    ObjectKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("object_kind {kind:?}")))?;
+                out.insert(get_uuid(&r, "ad_guid")?, (kind, get_uuid(&r, "object_id")?));
+            }
+        }
+        Ok(out)
     }
 
     /// Creates or moves a link.
@@ -603,6 +656,14 @@ fn member_from_row(r: &AnyRow) -> StoreResult<Member> {
         id: get_uuid(r, "member_id")?,
         kind: ObjectKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("member_kind {kind:?}")))?,
     })
+}
+
+/// `$first, $first+1, …` for `n` values.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn link_from_row(r: &AnyRow) -> StoreResult<Link> {
