@@ -39,6 +39,10 @@ struct Opts {
     /// Also write the figures as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Keep the filled DC in this directory and reuse it on later runs of
+    /// the same size (filling 10,000 users takes minutes).
+    #[arg(long)]
+    dc_dir: Option<PathBuf>,
     /// Where ferry-cloud and ferry-agent are (default: next to this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -71,6 +75,25 @@ struct Dc {
 }
 
 impl Dc {
+    /// Starts the DC kept in `dir` again.
+    fn resume(dir: &Path) -> Result<Dc> {
+        let out = Command::new("bash")
+            .args(["scripts/samba-dc", "resume"])
+            .arg(dir)
+            .output()
+            .context("run scripts/samba-dc")?;
+        if !out.status.success() {
+            bail!(
+                "scripts/samba-dc resume failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(Dc {
+            vars: parse_vars(&String::from_utf8_lossy(&out.stdout)),
+            dir: dir.to_owned(),
+        })
+    }
+
     fn start(dir: &Path) -> Result<Dc> {
         for n in 0..20u32 {
             let ip = format!("127.79.{}.{}", (std::process::id() + n) % 250 + 1, n + 1);
@@ -87,13 +110,8 @@ impl Dc {
                 }
                 bail!("scripts/samba-dc failed: {err}");
             }
-            let vars = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter_map(|l| l.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect();
             return Ok(Dc {
-                vars,
+                vars: parse_vars(&String::from_utf8_lossy(&out.stdout)),
                 dir: dir.to_owned(),
             });
         }
@@ -125,6 +143,13 @@ impl Drop for Dc {
             .arg(&self.dir)
             .output();
     }
+}
+
+fn parse_vars(out: &str) -> std::collections::HashMap<String, String> {
+    out.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 /// Peak resident set size (kernel's high-water mark), MiB.
@@ -261,6 +286,17 @@ fn baseline(dc: &Dc, base: &str) -> Result<(f64, usize)> {
 async fn delegate_service_account(dc: &Dc, base: &str, password: &str) -> Result<()> {
     use ferry_agent::ad::write::NewAdUser;
     let mut admin = dc.admin().await?;
+    let existing = admin
+        .search_paged(
+            base,
+            ldap3::Scope::Subtree,
+            "(sAMAccountName=svc-sync)",
+            &["objectGUID"],
+        )
+        .await?;
+    if !existing.is_empty() {
+        return Ok(());
+    }
     let dn = admin
         .create_user(
             &format!("CN=Users,{base}"),
@@ -401,26 +437,43 @@ async fn main() -> Result<()> {
 }
 
 async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
-    say(&format!(
-        "starting a Samba AD DC and filling it: {} users, {} groups",
-        o.users, o.groups
-    ));
-    let dc = Dc::start(&work.join("dc"))?;
-    let base = dc.var("FERRY_DC_BASE_DN");
-    let started = Instant::now();
-    let st = Command::new("/usr/bin/python3")
-        .arg("scripts/lib/bench-populate.py")
-        .arg(dc.var("FERRY_DC_SMB_CONF"))
-        .arg(&base)
-        .arg(o.users.to_string())
-        .arg(o.groups.to_string())
-        .status()?;
-    if !st.success() {
-        bail!("filling the DC failed");
-    }
-    let populate_secs = started.elapsed().as_secs_f64();
+    let size = format!("{} {}", o.users, o.groups);
+    let kept = o.dc_dir.clone();
+    let reuse = kept
+        .as_ref()
+        .is_some_and(|d| std::fs::read_to_string(d.join("bench-size")).is_ok_and(|s| s.trim() == size));
+    let dc_dir = kept.clone().unwrap_or_else(|| work.join("dc"));
     let svc_pw = "Svc-Bench-Pa55";
-    delegate_service_account(&dc, &base, svc_pw).await?;
+    let (dc, populate_secs) = if reuse {
+        say(&format!("reusing the filled DC in {}", dc_dir.display()));
+        let dc = Dc::resume(&dc_dir)?;
+        delegate_service_account(&dc, &dc.var("FERRY_DC_BASE_DN"), svc_pw).await?;
+        (dc, f64::NAN)
+    } else {
+        say(&format!(
+            "starting a Samba AD DC and filling it: {} users, {} groups",
+            o.users, o.groups
+        ));
+        let dc = Dc::start(&dc_dir)?;
+        let started = Instant::now();
+        let st = Command::new("/usr/bin/python3")
+            .arg("scripts/lib/bench-populate.py")
+            .arg(dc.var("FERRY_DC_SMB_CONF"))
+            .arg(dc.var("FERRY_DC_BASE_DN"))
+            .arg(o.users.to_string())
+            .arg(o.groups.to_string())
+            .status()?;
+        if !st.success() {
+            bail!("filling the DC failed");
+        }
+        let secs = started.elapsed().as_secs_f64();
+        delegate_service_account(&dc, &dc.var("FERRY_DC_BASE_DN"), svc_pw).await?;
+        if kept.is_some() {
+            std::fs::write(dc_dir.join("bench-size"), &size)?;
+        }
+        (dc, secs)
+    };
+    let base = dc.var("FERRY_DC_BASE_DN");
 
     say("baseline: raw paged ldapsearch dump of the same objects and attributes (median of 3)");
     let (baseline_secs, dumped) = baseline(&dc, &base)?;

@@ -109,15 +109,11 @@ impl AppState {
     }
 }
 
-/// Every route of the service.
+/// Every route of the service: the APIs and the console.
 pub fn router(state: AppState) -> Router {
     let limit = state.config.body_limit;
-    Router::new()
-        .route("/healthz", get(healthz))
-        .nest("/api/v1", crate::api::router())
-        .nest("/agent/v1", crate::agent_api::router())
-        .nest("/scim/v2", crate::scim::router())
-        .nest("/downloads", crate::downloads::router())
+    api_routes()
+        .merge(crate::console::router())
         .fallback(crate::http::not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(
@@ -125,6 +121,24 @@ pub fn router(state: AppState) -> Router {
             |req: &axum::http::Request<_>| tracing::info_span!("http", method = %req.method(), path = %req.uri().path()),
         ))
         .with_state(state)
+}
+
+/// The APIs alone, as the console calls them in process.
+pub fn api_router(state: AppState) -> Router {
+    let limit = state.config.body_limit;
+    api_routes()
+        .fallback(crate::http::not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+fn api_routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .nest("/api/v1", crate::api::router())
+        .nest("/agent/v1", crate::agent_api::router())
+        .nest("/scim/v2", crate::scim::router())
+        .nest("/downloads", crate::downloads::router())
 }
 
 async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> axum::response::Response {

@@ -6,6 +6,7 @@ pub mod agent_api;
 pub mod api;
 pub mod app;
 pub mod clock;
+pub mod console;
 pub mod directory;
 pub mod downloads;
 pub mod http;

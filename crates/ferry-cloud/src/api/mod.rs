@@ -39,6 +39,32 @@ pub fn router() -> Router<AppState> {
             post(domains::reject_quarantine),
         )
         .route("/audit", get(audit::list))
+        .route("/objects/{id}/links", get(object_links))
+}
+
+/// `GET /api/v1/objects/{id}/links`: where a user or group comes from — the
+/// AD objects (domain, DN) it is linked to and when each last synced.
+async fn object_links(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    auth: crate::http::auth::AdminAuth,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<axum::Json<serde_json::Value>, crate::http::ApiError> {
+    let id = parse_id(&id, "object")?;
+    let mut tx = state.store.begin().await?;
+    if tx.object_kind(auth.org_id, id).await?.is_none() {
+        return Err(crate::http::ApiError::not_found("object"));
+    }
+    let mut out = Vec::new();
+    for l in tx.links_of(auth.org_id, id).await? {
+        let domain = tx.get_domain(auth.org_id, l.domain_id).await?;
+        out.push(serde_json::json!({
+            "domain_id": l.domain_id,
+            "domain": domain.settings.name,
+            "dn": l.ad_dn,
+            "synced_at": l.synced_at,
+        }));
+    }
+    Ok(axum::Json(serde_json::json!({ "links": out })))
 }
 
 async fn openapi() -> axum::response::Response {

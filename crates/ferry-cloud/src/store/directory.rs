@@ -425,8 +425,11 @@ impl Tx {
     /// The groups an object is a direct member of, with their names.
     pub async fn groups_of(&mut self, org_id: Uuid, member_id: Uuid) -> StoreResult<Vec<(Uuid, String)>> {
         let rows = sqlx::query(
-            "SELECT g.id, g.name FROM memberships m JOIN dir_groups g ON g.id = m.group_id
-             WHERE m.member_id = $1 AND m.org_id = $2 AND g.org_id = $2 ORDER BY g.name_key",
+            // CROSS JOIN: SQLite must start from the member's few rows, not
+            // walk every group of the org in name order (PostgreSQL plans
+            // it as an inner join either way).
+            "SELECT g.id, g.name FROM memberships m CROSS JOIN dir_groups g
+             WHERE g.id = m.group_id AND m.member_id = $1 AND m.org_id = $2 AND g.org_id = $2 ORDER BY g.name_key",
         )
         .bind(member_id.to_string())
         .bind(org_id.to_string())
@@ -447,8 +450,9 @@ impl Tx {
         let mut out: std::collections::HashMap<Uuid, Vec<(Uuid, String)>> = std::collections::HashMap::new();
         for chunk in member_ids.chunks(500) {
             let sql = format!(
-                "SELECT m.member_id, g.id, g.name FROM memberships m JOIN dir_groups g ON g.id = m.group_id
-                 WHERE m.org_id = $1 AND g.org_id = $1 AND m.member_id IN ({}) ORDER BY g.name_key",
+                "SELECT m.member_id, g.id, g.name FROM memberships m CROSS JOIN dir_groups g
+                 WHERE g.id = m.group_id AND m.org_id = $1 AND g.org_id = $1 AND m.member_id IN ({})
+                 ORDER BY g.name_key",
                 placeholders(2, chunk.len())
             );
             let mut q = sqlx::query(&sql).bind(org_id.to_string());

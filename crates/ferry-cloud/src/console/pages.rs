@@ -1,0 +1,1210 @@
+//! The console's pages. Each reads and writes through the API (see the
+//! module above) and renders HTML; a refused write re-renders its form with
+//! the API's message and the values entered.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::Response;
+use axum::Form;
+use maud::{html, Markup};
+use serde_json::{json, Value};
+
+use super::{
+    field, layout, page, page_error, redirect, sign_in, start_page, with_cookie, Caller, Session, St, SESSION_COOKIE,
+};
+use crate::app::AppState;
+
+type F = Form<HashMap<String, String>>;
+type Q = Query<HashMap<String, String>>;
+
+fn csrf_input(s: &Session) -> Markup {
+    html! { input type="hidden" name="csrf" value=(s.csrf); }
+}
+
+fn error_box(msg: Option<&str>) -> Markup {
+    html! { @if let Some(m) = msg { p.error role="alert" { (m) } } }
+}
+
+fn notice(q: &HashMap<String, String>) -> Markup {
+    let text = match q.get("done").map(String::as_str) {
+        Some("saved") => "Saved.",
+        Some("created") => "Created.",
+        Some("deleted") => "Deleted.",
+        Some("revoked") => "The agent was revoked.",
+        Some("decided") => "Done.",
+        _ => return html! {},
+    };
+    html! { p.notice role="status" { (text) } }
+}
+
+fn when(ms: i64) -> String {
+    if ms <= 0 {
+        return "never".into();
+    }
+    let secs = ms / 1000;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// An id from a URL, checked before it reaches a query string.
+fn id_ok(id: &str) -> Result<(), Response> {
+    if uuid::Uuid::parse_str(id).is_ok() {
+        Ok(())
+    } else {
+        Err(page_error(StatusCode::NOT_FOUND, &format!("no such object: {id:?}")))
+    }
+}
+
+// ---- first run, sign-in, sign-out -------------------------------------------
+
+pub(super) async fn home(State(state): St, headers: HeaderMap) -> Response {
+    redirect(start_page(&state, &headers).await)
+}
+
+fn setup_page(msg: Option<&str>, form: &HashMap<String, String>) -> Response {
+    page(
+        if msg.is_some() {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::OK
+        },
+        layout(
+            "Set up Ferry",
+            "",
+            None,
+            html! {
+                section.narrow {
+                    h1 { "Set up Ferry" }
+                    p { "No organization exists yet. Create yours and its first admin." }
+                    (error_box(msg))
+                    form method="post" action="/setup" {
+                        label { "Organization" input name="org" required maxlength="200" value=(field(form, "org")); }
+                        label { "Admin e-mail" input name="email" type="email" required maxlength="254" autocomplete="username" value=(field(form, "email")); }
+                        label { "Password (8 characters or more)" input name="password" type="password" required minlength="8" maxlength="200" autocomplete="new-password"; }
+                        button type="submit" { "Create and sign in" }
+                    }
+                }
+            },
+        ),
+    )
+}
+
+pub(super) async fn setup_form(State(state): St) -> Response {
+    if super::has_org(&state).await {
+        return redirect("/signin");
+    }
+    setup_page(None, &HashMap::new())
+}
+
+pub(super) async fn setup(State(state): St, caller: Caller, Form(form): F) -> Response {
+    if super::has_org(&state).await {
+        return redirect("/signin");
+    }
+    let org = field(&form, "org");
+    let email = field(&form, "email").to_lowercase();
+    let password = form.get("password").cloned().unwrap_or_default();
+    let problem = if org.is_empty() || org.len() > 200 {
+        Some("Enter the organization's name (up to 200 characters).")
+    } else if !email.contains('@') || email.len() > 254 || email.contains(char::is_whitespace) {
+        Some("Enter a valid e-mail address for the admin.")
+    } else if password.chars().count() < 8 || password.len() > 200 {
+        Some("The password needs 8 to 200 characters.")
+    } else {
+        None
+    };
+    if let Some(p) = problem {
+        return setup_page(Some(p), &form);
+    }
+    let pw = password.clone();
+    let Ok(Ok(phc)) = tokio::task::spawn_blocking(move || crate::secrets::hash_password(&pw)).await else {
+        return page_error(StatusCode::INTERNAL_SERVER_ERROR, "the password could not be hashed");
+    };
+    let now = state.now();
+    let created = async {
+        let mut tx = state.store.begin().await?;
+        if !tx.list_orgs().await?.is_empty() {
+            return Ok::<bool, crate::store::StoreError>(false);
+        }
+        let o = tx.insert_org(org, now).await?;
+        let a = tx.insert_admin(o.id, &email, &phc, now).await?;
+        tx.append_audit(
+            o.id,
+            &format!("admin:{email}"),
+            "org.create",
+            &format!("admin:{}", a.id),
+            &json!({"org": org, "via": "console first run"}),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+    .await;
+    match created {
+        Ok(true) => match sign_in(&state, caller, &email, &password, "/directories").await {
+            Ok(r) => r,
+            Err(m) => page_error(StatusCode::UNAUTHORIZED, &m),
+        },
+        Ok(false) => redirect("/signin"),
+        Err(e) => page_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+fn signin_page(status: StatusCode, msg: Option<&str>, email: &str) -> Response {
+    page(
+        status,
+        layout(
+            "Sign in",
+            "",
+            None,
+            html! {
+                section.narrow {
+                    h1 { "Sign in to Ferry" }
+                    (error_box(msg))
+                    form method="post" action="/signin" {
+                        label { "E-mail" input name="email" type="email" required autofocus autocomplete="username" maxlength="254" value=(email); }
+                        label { "Password" input name="password" type="password" required autocomplete="current-password" maxlength="200"; }
+                        button type="submit" { "Sign in" }
+                    }
+                }
+            },
+        ),
+    )
+}
+
+pub(super) async fn signin_form(State(state): St) -> Response {
+    if !super::has_org(&state).await {
+        return redirect("/setup");
+    }
+    signin_page(StatusCode::OK, None, "")
+}
+
+pub(super) async fn signin(State(state): St, caller: Caller, Form(form): F) -> Response {
+    let email = field(&form, "email").to_owned();
+    let password = form.get("password").cloned().unwrap_or_default();
+    if email.is_empty() || password.is_empty() {
+        return signin_page(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("Enter your e-mail and password."),
+            &email,
+        );
+    }
+    match sign_in(&state, caller, &email, &password, "/directories").await {
+        Ok(r) => r,
+        Err(m) => signin_page(StatusCode::UNAUTHORIZED, Some(&m), &email),
+    }
+}
+
+pub(super) async fn signout(State(state): St, s: Session, Form(form): F) -> Response {
+    if let Err(r) = s.check(field(&form, "csrf")) {
+        return r;
+    }
+    s.api(&state, Method::DELETE, "/api/v1/sessions/current", None).await;
+    with_cookie(
+        redirect("/signin"),
+        &format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    )
+}
+
+// ---- directories ------------------------------------------------------------
+
+fn health(agents: &[Value]) -> (&'static str, String) {
+    let primary = agents.iter().find(|a| a["primary"] == true);
+    match primary {
+        Some(a) if a["status"] == "active" && a["report"]["last_error"].is_null() => {
+            ("green", format!("syncing ({})", a["hostname"].as_str().unwrap_or("")))
+        }
+        Some(a) if a["status"] == "active" => (
+            "yellow",
+            format!("error: {}", a["report"]["last_error"].as_str().unwrap_or("")),
+        ),
+        Some(_) => ("yellow", "the primary agent is not reporting".into()),
+        None if agents.is_empty() => ("red", "no agent installed".into()),
+        None => ("red", "no agent is syncing".into()),
+    }
+}
+
+fn directories_page(
+    s: &Session,
+    domains: &[(Value, Vec<Value>)],
+    msg: Option<&str>,
+    form: &HashMap<String, String>,
+    q: &HashMap<String, String>,
+) -> Response {
+    page(
+        if msg.is_some() {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::OK
+        },
+        layout(
+            "Directories",
+            "Directories",
+            Some(&s.csrf),
+            html! {
+                h1 { "Directories" }
+                (notice(q))
+                @if domains.is_empty() {
+                    p { "No Active Directory domain yet: add one below, then install its sync agent." }
+                } @else {
+                    table {
+                        thead { tr { th { "Domain" } th { "Root DN" } th { "Sync" } } }
+                        tbody {
+                            @for (d, agents) in domains {
+                                @let (color, text) = health(agents);
+                                tr {
+                                    td { a href={ "/directories/" (d["id"].as_str().unwrap_or("")) } { (d["name"].as_str().unwrap_or("")) } }
+                                    td { code { (d["root_dn"].as_str().unwrap_or("")) } }
+                                    td { span class={ "dot " (color) } aria-hidden="true" {} " " (text) }
+                                }
+                            }
+                        }
+                    }
+                }
+                h2 { "Add a domain" }
+                (error_box(msg))
+                form.inline method="post" action="/directories" {
+                    (csrf_input(s))
+                    label { "DNS name" input name="name" required maxlength="253" placeholder="example.com" value=(field(form, "name")); }
+                    label { "NetBIOS name (optional)" input name="netbios_name" maxlength="15" placeholder="EXAMPLE" value=(field(form, "netbios_name")); }
+                    button type="submit" { "Add domain" }
+                }
+            },
+        ),
+    )
+}
+
+async fn load_domains(state: &AppState, s: &Session) -> Result<Vec<(Value, Vec<Value>)>, Response> {
+    let list = s.get(state, "/api/v1/domains").await?;
+    let mut out = Vec::new();
+    for d in list["domains"].as_array().cloned().unwrap_or_default() {
+        let id = d["id"].as_str().unwrap_or_default().to_owned();
+        let agents = s.get(state, &format!("/api/v1/domains/{id}/agents")).await?;
+        out.push((d, agents["agents"].as_array().cloned().unwrap_or_default()));
+    }
+    Ok(out)
+}
+
+pub(super) async fn directories(State(state): St, s: Session, Query(q): Q) -> Response {
+    match load_domains(&state, &s).await {
+        Ok(d) => directories_page(&s, &d, None, &HashMap::new(), &q),
+        Err(r) => r,
+    }
+}
+
+pub(super) async fn add_domain(State(state): St, s: Session, Form(form): F) -> Response {
+    if let Err(r) = s.check(field(&form, "csrf")) {
+        return r;
+    }
+    let mut body = json!({ "name": field(&form, "name") });
+    if !field(&form, "netbios_name").is_empty() {
+        body["netbios_name"] = json!(field(&form, "netbios_name"));
+    }
+    let a = s.api(&state, Method::POST, "/api/v1/domains", Some(body)).await;
+    if a.ok() {
+        return redirect(&format!("/directories/{}", a.body["id"].as_str().unwrap_or("")));
+    }
+    match load_domains(&state, &s).await {
+        Ok(d) => directories_page(&s, &d, Some(&a.message()), &form, &HashMap::new()),
+        Err(r) => r,
+    }
+}
+
+struct DomainView {
+    domain: Value,
+    agents: Vec<Value>,
+    quarantine: Vec<Value>,
+    activity: Vec<Value>,
+}
+
+async fn load_domain(state: &AppState, s: &Session, id: &str) -> Result<DomainView, Response> {
+    id_ok(id)?;
+    let domain = s.get(state, &format!("/api/v1/domains/{id}")).await?;
+    let agents = s.get(state, &format!("/api/v1/domains/{id}/agents")).await?;
+    let quarantine = s.get(state, &format!("/api/v1/domains/{id}/quarantine")).await?;
+    let audit = s.get(state, "/api/v1/audit?limit=200").await?;
+    let activity = audit["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["details"]["origin"] == id || e["target"] == format!("domain:{id}").as_str())
+        .take(50)
+        .cloned()
+        .collect();
+    Ok(DomainView {
+        domain,
+        agents: agents["agents"].as_array().cloned().unwrap_or_default(),
+        quarantine: quarantine["quarantine"].as_array().cloned().unwrap_or_default(),
+        activity,
+    })
+}
+
+fn select(name: &str, current: &str, options: &[(&str, &str)]) -> Markup {
+    html! {
+        select name=(name) {
+            @for (v, label) in options {
+                option value=(v) selected[*v == current] { (label) }
+            }
+        }
+    }
+}
+
+fn domain_page(
+    s: &Session,
+    v: &DomainView,
+    tab: &str,
+    msg: Option<&str>,
+    install: Option<&Value>,
+    q: &HashMap<String, String>,
+) -> Response {
+    let d = &v.domain;
+    let id = d["id"].as_str().unwrap_or_default();
+    let p = &d["policies"];
+    let tabs = [
+        ("details", "Details"),
+        ("agents", "Domain Agents"),
+        ("activity", "Sync activity"),
+    ];
+    page(
+        if msg.is_some() {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::OK
+        },
+        layout(
+            d["name"].as_str().unwrap_or("Domain"),
+            "Directories",
+            Some(&s.csrf),
+            html! {
+                p.crumbs { a href="/directories" { "Directories" } " › " (d["name"].as_str().unwrap_or("")) }
+                div.titlebar {
+                    h1 { (d["name"].as_str().unwrap_or("")) }
+                    form method="post" action={ "/directories/" (id) "/install" } {
+                        (csrf_input(s))
+                        button.primary type="submit" id="install-agent" { "Install a new Sync Agent" }
+                    }
+                }
+                (notice(q))
+                @if let Some(k) = install {
+                    dialog open id="install-dialog" aria-labelledby="install-title" {
+                        h2 id="install-title" { "Install a new Sync Agent" }
+                        ol {
+                            li { "Download the agent: " a href=(k["download_url"].as_str().unwrap_or("")) download { "ferry-agent" } " (Linux, x86-64)." }
+                            li { "On the domain controller, create a service account and delegate it the six tasks (" code { "ferry-agent check" } " says what is missing)." }
+                            li { "Run " code { "sudo ./ferry-agent install" } " and paste this Connect Key when asked:" }
+                        }
+                        div.copy {
+                            input id="connect-key" readonly value=(k["connect_key"].as_str().unwrap_or("")) aria-label="Connect Key";
+                            button type="button" data-copy="connect-key" { "Copy" }
+                        }
+                        p.small { "The key works once and expires " (when(k["expires_at"].as_i64().unwrap_or(0))) ". It carries this console's address: " code { (k["cloud_url"].as_str().unwrap_or("")) } }
+                        form method="get" action={ "/directories/" (id) } {
+                            input type="hidden" name="tab" value="agents";
+                            button type="submit" { "Close" }
+                        }
+                    }
+                }
+                nav.tabs role="tablist" {
+                    @for (t, label) in tabs {
+                        a role="tab" href={ "/directories/" (id) "?tab=" (t) } aria-selected=(if t == tab { "true" } else { "false" }) { (label) }
+                    }
+                }
+                @if tab == "agents" {
+                    section id="agents" data-refresh="5" {
+                        @if v.agents.is_empty() {
+                            p { "No agent yet. Use “Install a new Sync Agent”." }
+                        } @else {
+                            table {
+                                thead { tr { th { "Status" } th { "Host" } th { "Version" } th { "Role" } th { "Last seen" } th { "Last error" } th {} } }
+                                tbody {
+                                    @for a in &v.agents {
+                                        @let status = a["status"].as_str().unwrap_or("offline");
+                                        @let color = match status { "active" => "green", "stale" => "yellow", _ => "red" };
+                                        tr.agent data-status=(status) {
+                                            td { span class={ "dot " (color) } aria-hidden="true" {} " " (status) }
+                                            td { (a["hostname"].as_str().unwrap_or("")) }
+                                            td { (a["version"].as_str().unwrap_or("")) }
+                                            td { @if a["primary"] == true { "primary" } @else { "standby" } }
+                                            td { (when(a["last_seen"].as_i64().unwrap_or(0))) }
+                                            td { (a["report"]["last_error"].as_str().unwrap_or("—")) }
+                                            td {
+                                                form method="post" action={ "/directories/" (id) "/agents/" (a["id"].as_str().unwrap_or("")) "/revoke" } {
+                                                    (csrf_input(s))
+                                                    button.danger type="submit" data-confirm="Revoke this agent? It stops syncing at once." { "Revoke" }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                } @else if tab == "activity" {
+                    h2 { "Deletes waiting for approval" }
+                    @if v.quarantine.iter().all(|q| q["status"] != "pending") {
+                        p { "None." }
+                    }
+                    @for item in v.quarantine.iter().filter(|q| q["status"] == "pending") {
+                        div.card {
+                            p { (item["deletes"]) " deletes from AD, held " (when(item["created_at"].as_i64().unwrap_or(0))) " (more than the domain's delete threshold)." }
+                            @for decision in ["approve", "reject"] {
+                                form.inline method="post" action={ "/directories/" (id) "/quarantine/" (item["id"]) "/" (decision) } {
+                                    (csrf_input(s))
+                                    button type="submit" class=(if decision == "approve" { "danger" } else { "" }) { (if decision == "approve" { "Approve the deletes" } else { "Reject" }) }
+                                }
+                            }
+                        }
+                    }
+                    h2 { "Recent changes" }
+                    table {
+                        thead { tr { th { "When" } th { "What" } th { "On" } th { "By" } } }
+                        tbody {
+                            @for e in &v.activity {
+                                tr { td { (when(e["at"].as_i64().unwrap_or(0))) } td { (e["action"].as_str().unwrap_or("")) } td { code { (e["target"].as_str().unwrap_or("")) } } td { (e["actor"].as_str().unwrap_or("")) } }
+                            }
+                        }
+                    }
+                } @else {
+                    (error_box(msg))
+                    form.details method="post" action={ "/directories/" (id) } {
+                        (csrf_input(s))
+                        dl {
+                            dt { "Root DN" } dd { code { (d["root_dn"].as_str().unwrap_or("")) } }
+                        }
+                        label { "NetBIOS name" input name="netbios_name" maxlength="15" required value=(d["netbios_name"].as_str().unwrap_or("")); }
+                        label { "Where users created in the cloud go (OU)" input name="user_ou" maxlength="1000" required value=(d["user_ou"].as_str().unwrap_or("")); }
+                        label { "When both sides changed the same attribute"
+                            (select("authority", p["authority"].as_str().unwrap_or(""), &[("latest", "the latest change wins"), ("ad", "AD wins"), ("cloud", "the cloud wins")])) }
+                        label { "A user deleted in AD"
+                            (select("ad_delete_action", p["ad_delete_action"].as_str().unwrap_or(""), &[("remove", "is deleted in the cloud"), ("unlink", "stays in the cloud, unlinked")])) }
+                        label { "A user deleted in the cloud"
+                            (select("cloud_delete_action", p["cloud_delete_action"].as_str().unwrap_or(""), &[("disable", "is disabled in AD"), ("delete", "is deleted in AD")])) }
+                        label { "Hold more deletes than this at once for approval" input name="delete_threshold" type="number" min="0" max="1000000" required value=(p["delete_threshold"]); }
+                        label.check { input type="checkbox" name="match_existing_users" value="on" checked[p["match_existing_users"] == true]; " Link existing cloud users with the same username" }
+                        button.primary type="submit" { "Save" }
+                    }
+                }
+            },
+        ),
+    )
+}
+
+pub(super) async fn domain(State(state): St, s: Session, Path(id): Path<String>, Query(q): Q) -> Response {
+    let tab = q.get("tab").map_or("details", String::as_str);
+    match load_domain(&state, &s, &id).await {
+        Ok(v) => domain_page(&s, &v, tab, None, None, &q),
+        Err(r) => r,
+    }
+}
+
+pub(super) async fn save_domain(State(state): St, s: Session, Path(id): Path<String>, Form(form): F) -> Response {
+    if let Err(r) = s.check(field(&form, "csrf")) {
+        return r;
+    }
+    if let Err(r) = id_ok(&id) {
+        return r;
+    }
+    let threshold = field(&form, "delete_threshold");
+    let body = match threshold.parse::<u32>() {
+        Ok(t) => Some(json!({
+            "netbios_name": field(&form, "netbios_name"),
+            "user_ou": field(&form, "user_ou"),
+            "policies": {
+                "authority": field(&form, "authority"),
+                "ad_delete_action": field(&form, "ad_delete_action"),
+                "cloud_delete_action": field(&form, "cloud_delete_action"),
+                "delete_threshold": t,
+                "match_existing_users": field(&form, "match_existing_users") == "on",
+            }
+        })),
+        Err(_) => None,
+    };
+    let msg = match body {
+        None => format!("The delete threshold must be a whole number from 0 up, not {threshold:?}."),
+        Some(b) => {
+            let a = s
+                .api(&state, Method::PATCH, &format!("/api/v1/domains/{id}"), Some(b))
+                .await;
+            if a.ok() {
+                return redirect(&format!("/directories/{id}?done=saved"));
+            }
+            if a.status == StatusCode::UNAUTHORIZED {
+                return redirect("/signin");
+            }
+            a.message()
+        }
+    };
+    match load_domain(&state, &s, &id).await {
+        Ok(v) => domain_page(&s, &v, "details", Some(&msg), None, &HashMap::new()),
+        Err(r) => r,
+    }
+}
+
+pub(super) async fn install_agent(State(state): St, s: Session, Path(id): Path<String>, Form(form): F) -> Response {
+    if let Err(r) = s.check(field(&form, "csrf")) {
+        return r;
+    }
+    if let Err(r) = id_ok(&id) {
+        return r;
+    }
+    let a = s
+        .api(
+            &state,
+            Method::POST,
+            &format!("/api/v1/domains/{id}/connect-keys"),
+            None,
+        )
+        .await;
+    if !a.ok() {
+        return page_error(a.status, &a.message());
+    }
+    match load_domain(&state, &s, &id).await {
+        Ok(v) => {
+            let mut r = domain_page(&s, &v, "agents", None, Some(&a.body), &HashMap::new());
+            // The key is shown once: never cache this page.
+            r.headers_mut()
+                .insert("cache-control", axum::http::HeaderValue::from_static("no-store"));
+            r
+        }
+        Err(r) => r,
+    }
+}
+
+pub(super) async fn revoke_agent(
+    State(state): St,
+    s: Session,
+    Path((id, agent)): Path<(String, String)>,
+    Form(form): F,
+) -> Response {
+    if let Err(r) = s.check(field(&form, "csrf")) {
+        return r;
+    }
+    if let Err(r) = id_ok(&id).and_then(|_| id_ok(&agent)) {
+        return r;
+    }
+    let a = s
+        .api(
+            &state,
+            Method::DELETE,
+            &format!("/api/v1/domains/{id}/agents/{agent}"),
+            None,
+        )
+        .await;
+    if !a.ok() {
+        return page_error(a.status, &a.message());
+    }
+    redirect(&format!("/directories/{id}?tab=agents&done=revoked"))
+}
+
+pub(super) async fn decide_quarantine(
+    State(state): St,
+    s: Session,
+    Path((id, qid, decision)): Path<(String, String, String)>,
+    Form(form): F,
+) -> Response {
+    if let Err(r) = s.check(field(&form, "csrf")) {
+        return r;
+    }
+    if let Err(r) = id_ok(&id).and_then(|_| id_ok(&qid)) {
+        return r;
+    }
+    if decision != "approve" && decision != "reject" {
+        return page_error(StatusCode::NOT_FOUND, "unknown decision");
+    }
+    let a = s
+        .api(
+            &state,
+            Method::POST,
+            &format!("/api/v1/domains/{id}/quarantine/{qid}/{decision}"),
+            None,
+        )
+        .await;
+    if !a.ok() {
+        return page_error(a.status, &a.message());
+    }
+    redirect(&format!("/directories/{id}?tab=activity&done=decided"))
+}
+
+// ---- users ------------------------------------------------------------------
+
+const PAGE: usize = 50;
+
+fn pager(base: &str, q: &str, start: usize, total: usize) -> Markup {
+    let prev = start.saturating_sub(PAGE).max(1);
+    html! {
+        nav.pager aria-label="pages" {
+            @if start > 1 { a href={ (base) "?q=" (enc(q)) "&start=" (prev) } { "‹ Previous" } }
+            span { (start.min(total)) "–" ((start + PAGE - 1).min(total)) " of " (total) }
+            @if start + PAGE <= total { a href={ (base) "?q=" (enc(q)) "&start=" (start + PAGE) } { "Next ›" } }
+        }
+    }
+}
+
+fn list_query(resource: &str, attr: &str, q: &HashMap<String, String>) -> (String, String, usize) {
+    let search = q.get("q").map_or("", |s| s.trim()).to_owned();
+    let start = q.get("start").and_then(|s| s.parse::<usize>().ok()).unwrap_or(1).max(1);
+    let mut uri = format!("/scim/v2/{resource}?startIndex={start}&count={PAGE}");
+    if !search.is_empty() {
+        let v = search.replace('\\', "\\\\").replace('"', "\\\"");
+        uri.push_str(&format!("&filter={}", enc(&format!("{attr} co \"{v}\""))));
+    }
+    (uri, search, start)
+}
+
+fn user_form_fields(u: &Value, form: Option<&HashMap<String, String>>) -> Markup {
+    let get = |name: &str, from_user: &str| -> String {
+        match form {
+            Some(f) => field(f, name).to_owned(),
+            None => from_user.to_owned(),
+        }
+    };
+    html! {
+        label { "First name" input name="given_name" maxlength="256" value=(get("given_name", u["name"]["givenName"].as_str().unwrap_or(""))); }
+        label { "Last name" input name="family_name" maxlength="256" value=(get("family_name", u["name"]["familyName"].as_str().unwrap_or(""))); }
+        label { "E-mail" input name="email" type="email" maxlength="254" value=(get("email", u["emails"][0]["value"].as_str().unwrap_or(""))); }
+        label { "Title" input name="title" maxlength="256" value=(get("title", u["title"].as_str().unwrap_or(""))); }
+    }
+}
+
+fn users_page(
+    s: &Session,
+    list: &Value,
+    search: &str,
+    start: usize,
+    msg: Option<&str>,
+    form: &HashMap<String, String>,
+    q: &HashMap<String, String>,
+) -> Response {
+    let total = list["totalResults"].as_u64().unwrap_or(0) as usize;
+    page(
+        if msg.is_some() {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::OK
+        },
+        layout(
+            "Users",
+            "Users",
+            Some(&s.csrf),
+            html! {
+                h1 { "Users" }
+                (notice(q))
+                form.search method="get" action="/users" role="search" {
+                    label { "Search by username" input type="search" name="q" value=(search) maxlength="256"; }
+                    button type="submit" { "Search" }
+                }
+                table {
+                    thead { tr { th { "Username" } th { "Name" } th { "E-mail" } th { "Status" } } }
+                    tbody {
+                        @for u in list["Resources"].as_array().into_iter().flatten() {
+                            tr {
+                                td { a href={ "/users/" (u["id"].as_str().unwrap_or("")) } { (u["userName"].as_str().unwrap_or("")) } }
+                                td { (u["name"]["formatted"].as_str().or(u["displayName"].as_str()).unwrap_or("")) }
+                                td { (u["emails"][0]["value"].as_str().unwrap_or("")) }
+                                td { @if u["active"] == false { "suspended" } @else { "active" } }
+                            }
+                        }
+                    }
+                }
+                (pager("/users", search, start, total))
+                h2 id="new" { "New user" }
+                (error_box(msg))
+                form.grid id="new-user" method="post" action="/users" {
+                    (csrf_input(s))
+                    label { "Username" input name="username" required maxlength="256" value=(field(form, "username")); }
+                    (user_form_fields(&Value::Null, Some(form)))
+                    label { "Password (optional; synced to AD)" input name="password" type="password" maxlength="256" autocomplete="new-password"; }
+                    button.primary type="submit" { "Create user" }
+                }
+            },
+        ),
+    )
+}
+
+pub(super) async fn users(State(state): St, s: Session, Query(q): Q) -> Response {
+    let (uri, search, start) = list_query("Users", "userName", &q);
+    match s.get(&state, &uri).await {
+        Ok(list) => users_page(&s, &list, &search, start, None, &HashMap::new(), &q),
+        Err(r) => r,
+    }
+}
+
+fn user_doc(form: &HashMap<String, String>) -> Value {
+    let mut doc = json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "name": {"givenName": field(form, "given_name"), "familyName": field(form, "family_name")},
+    });
+    if !field(form, "email").is_empty() {
+        doc["emails"] = json!([{"value": field(form, "email"), "type": "work", "primary": true}]);
+    }
+    if !field(form, "title").is_empty() {
+        doc["title"] = json!(field(form, "title"));
+    }
+    doc
+}
+
+/// What the console checks before the API: an e-mail must look like one
+/// (the API stores any string the directory may hold).
+fn user_form_problem(form: &HashMap<String, String>) -> Option<String> {
+    let email = field(form, "email");
+    if !email.is_empty() {
+        let ok = email
+            .split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.') && !d.ends_with('.'))
+            && !email.contains(char::is_whitespace);
+        if !ok {
+            return Some(format!("{email:?} is not a valid e-mail address."));
+        }
+    }
+    None
+}
+
+pub(super) async fn create_user(State(state): St, s: Session, Form(form): F) -> Response {
+    if let Err(r) = s.check(field(&form, "csrf")) {
+        return r;
+    }
+    let mut doc = user_doc(&form);
+    doc["userName"] = json!(field(&form, "username"));
+    if let Some(p) = form.get("password").filter(|p| !p.is_empty()) {
+        doc["password"] = json!(p);
+    }
+    let msg = if field(&form, "username").is_empty() {
+        "Enter a username.".to_owned()
+    } else if let Some(m) = user_form_problem(&form) {
+        m
+    } else {
+        let a = s.api(&state, Method::POST, "/scim/v2/Users", Some(doc)).await;
+        if a.ok() {
+            return redirect(&format!("/users/{}?done=created", a.body["id"].as_str().unwrap_or("")));
+        }
+        a.message()
+    };
+    let (uri, search, start) = list_query("Users", "userName", &HashMap::new());
+    match s.get(&state, &uri).await {
+        Ok(list) => users_page(&s, &list, &search, start, Some(&msg), &form, &HashMap::new()),
+        Err(r) => r,
+    }
+}
+
+fn source(links: &Value) -> Markup {
+    html! {
+        @match links["links"].as_array().filter(|l| !l.is_empty()) {
+            None => p.source { "Source: the cloud (not linked to AD)." },
+            Some(ls) => {
+                @for l in ls {
+                    p.source { "Source: AD domain " strong { (l["domain"].as_str().unwrap_or("")) } ", " code { (l["dn"].as_str().unwrap_or("")) } "; last synced " (when(l["synced_at"].as_i64().unwrap_or(0))) "." }
+                }
+            }
+        }
+    }
+}
+
+fn user_page(
+    s: &Session,
+    u: &Value,
+    links: &Value,
+    msg: Option<&str>,
+    form: Option<&HashMap<String, String>>,
+    q: &HashMap<String, String>,
+) -> Response {
+    let id = u["id"].as_str().unwrap_or_default();
+    let active = u["active"] != false;
+    page(
+        if msg.is_some() {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::OK
+        },
+        layout(
+            u["userName"].as_str().unwrap_or("User"),
+            "Users",
+            Some(&s.csrf),
+            html! {
+                p.crumbs { a href="/users" { "Users" } " › " (u["userName"].as_str().unwrap_or("")) }
+                h1 { (u["userName"].as_str().unwrap_or("")) @if !active { " " span.badge { "suspended" } } }
+                (notice(q))
+                (source(links))
+                (error_box(msg))
+                form.grid method="post" action={ "/users/" (id) } {
+                    (csrf_input(s))
+                    (user_form_fields(u, form))
+                    label { "Reset password (leave empty to keep it)" input name="password" type="password" maxlength="256" autocomplete="new-password"; }
+                    label.check { input type="checkbox" name="active" value="on" checked[active]; " Active (untick to suspend)" }
+                    button.primary type="submit" { "Save" }
+                }
+                h2 { "Groups" }
+                ul {
+                    @for g in u["groups"].as_array().into_iter().flatten() {
+                        li { a href={ "/groups/" (g["value"].as_str().unwrap_or("")) } { (g["display"].as_str().unwrap_or("")) } }
+                    }
+                }
+                form method="post" action={ "/users/" (id) "/delete" } {
+                    (csrf_input(s))
+                    button.danger type="submit" data-confirm="Delete this user? In AD it is disabled or deleted, as the domain's policy says." { "Delete user" }
+                }
+            },
+        ),
+    )
+}
+
+async fn object_links(state: &AppState, s: &Session, id: &str) -> Value {
+    let a = s
+        .api(state, Method::GET, &format!("/api/v1/objects/{id}/links"), None)
+        .await;
+    if a.ok() {
+        a.body
+    } else {
+        Value::Null
+    }
+}
+
+pub(super) async fn user(State(state): St, s: Session, Path(id): Path<String>, Query(q): Q) -> Response {
+    if let Err(r) = id_ok(&id) {
+        return r;
+    }
+    let u = match s.get(&state, &format!("/scim/v2/Users/{id}")).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let links = object_links(&state, &s, &id).await;
+    user_page(&s, &u, &links, None, None, &q)
+}
+
+pub(super) async fn update_user(State(state): St, s: Session, Path(id): Path<String>, Form(form): F) -> Response {
+    if let Err(r) = s.check(field(&form, "csrf")) {
+        return r;
+    }
+    if let Err(r) = id_ok(&id) {
+        return r;
+    }
+    let msg = match user_form_problem(&form) {
+        Some(m) => m,
+        None => {
+            let doc = user_doc(&form);
+            let mut ops = vec![
+                json!({"op": "replace", "path": "name.givenName", "value": doc["name"]["givenName"]}),
+                json!({"op": "replace", "path": "name.familyName", "value": doc["name"]["familyName"]}),
+                json!({"op": "replace", "path": "active", "value": field(&form, "active") == "on"}),
+            ];
+            for (path, key) in [("title", "title"), ("emails", "emails")] {
+                ops.push(if doc[key].is_null() {
+                    json!({"op": "remove", "path": path})
+                } else {
+                    json!({"op": "replace", "path": path, "value": doc[key]})
+                });
+            }
+            if let Some(p) = form.get("password").filter(|p| !p.is_empty()) {
+                ops.push(json!({"op": "replace", "path": "password", "value": p}));
+            }
+            let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops});
+            let a = s
+                .api(&state, Method::PATCH, &format!("/scim/v2/Users/{id}"), Some(body))
+                .await;
+            if a.ok() {
+                return redirect(&format!("/users/{id}?done=saved"));
+            }
+            a.message()
+        }
+    };
+    let u = match s.get(&state, &format!("/scim/v2/Users/{id}")).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let links = object_links(&state, &s, &id).await;
+    user_page(&s, &u, &links, Some(&msg), Some(&form), &HashMap::new())
+}
+
+pub(super) async fn delete_user(State(state): St, s: Session, Path(id): Path<String>, Form(form): F) -> Response {
+    if let Err(r) = s.check(field(&form, "csrf")) {
+        return r;
+    }
+    if let Err(r) = id_ok(&id) {
+        return r;
+    }
+    let a = s
+        .api(&state, Method::DELETE, &format!("/scim/v2/Users/{id}"), None)
+        .await;
+    if !a.ok() {
+        return page_error(a.status, &a.message());
+    }
+    redirect("/users?done=deleted")
+}
+
+// ---- groups -----------------------------------------------------------------
+
+fn groups_page(
+    s: &Session,
+    list: &Value,
+    search: &str,
+    start: usize,
+    msg: Option<&str>,
+    form: &HashMap<String, String>,
+    q: &HashMap<String, String>,
+) -> Response {
+    let total = list["totalResults"].as_u64().unwrap_or(0) as usize;
+    page(
+        if msg.is_some() {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::OK
+        },
+        layout(
+            "Groups",
+            "Groups",
+            Some(&s.csrf),
+            html! {
+                h1 { "Groups" }
+                (notice(q))
+                form.search method="get" action="/groups" role="search" {
+                    label { "Search by name" input type="search" name="q" value=(search) maxlength="256"; }
+                    button type="submit" { "Search" }
+                }
+                table {
+                    thead { tr { th { "Name" } th { "Members" } } }
+                    tbody {
+                        @for g in list["Resources"].as_array().into_iter().flatten() {
+                            tr {
+                                td { a href={ "/groups/" (g["id"].as_str().unwrap_or("")) } { (g["displayName"].as_str().unwrap_or("")) } }
+                                td { (g["members"].as_array().map_or(0, Vec::len)) }
+                            }
+                        }
+                    }
+                }
+                (pager("/groups", search, start, total))
+                h2 { "New group" }
+                (error_box(msg))
+                form.inline id="new-group" method="post" action="/groups" {
+                    (csrf_input(s))
+                    label { "Name" input name="name" required maxlength="256" value=(field(form, "name")); }
+                    button.primary type="submit" { "Create group" }
+                }
+            },
+        ),
+    )
+}
+
+pub(super) async fn groups(State(state): St, s: Session, Query(q): Q) -> Response {
+    let (uri, search, start) = list_query("Groups", "displayName", &q);
+    match s.get(&state, &uri).await {
+        Ok(list) => groups_page(&s, &list, &search, start, None, &HashMap::new(), &q),
+        Err(r) => r,
+    }
+}
+
+pub(super) async fn create_group(State(state): St, s: Session, Form(form): F) -> Response {
+    if let Err(r) = s.check(field(&form, "csrf")) {
+        return r;
+    }
+    let msg = if field(&form, "name").is_empty() {
+        "Enter the group's name.".to_owned()
+    } else {
+        let doc =
+            json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": field(&form, "name")});
+        let a = s.api(&state, Method::POST, "/scim/v2/Groups", Some(doc)).await;
+        if a.ok() {
+            return redirect(&format!("/groups/{}?done=created", a.body["id"].as_str().unwrap_or("")));
+        }
+        a.message()
+    };
+    let (uri, search, start) = list_query("Groups", "displayName", &HashMap::new());
+    match s.get(&state, &uri).await {
+        Ok(list) => groups_page(&s, &list, &search, start, Some(&msg), &form, &HashMap::new()),
+        Err(r) => r,
+    }
+}
+
+fn group_page(s: &Session, g: &Value, links: &Value, msg: Option<&str>, q: &HashMap<String, String>) -> Response {
+    let id = g["id"].as_str().unwrap_or_default();
+    page(
+        if msg.is_some() {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::OK
+        },
+        layout(
+            g["displayName"].as_str().unwrap_or("Group"),
+            "Groups",
+            Some(&s.csrf),
+            html! {
+                p.crumbs { a href="/groups" { "Groups" } " › " (g["displayName"].as_str().unwrap_or("")) }
+                h1 { (g["displayName"].as_str().unwrap_or("")) }
+                (notice(q))
+                (source(links))
+                (error_box(msg))
+                h2 { "Members" }
+                table {
+                    tbody {
+                        @for m in g["members"].as_array().into_iter().flatten() {
+                            tr.member {
+                                td { a href={ (if m["type"] == "Group" { "/groups/" } else { "/users/" }) (m["value"].as_str().unwrap_or("")) } { (m["display"].as_str().unwrap_or(m["value"].as_str().unwrap_or(""))) } }
+                                td { (m["type"].as_str().unwrap_or("User")) }
+                                td {
+                                    form method="post" action={ "/groups/" (id) } {
+                                        (csrf_input(s))
+                                        input type="hidden" name="remove" value=(m["value"].as_str().unwrap_or(""));
+                                        button type="submit" { "Remove" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                form.inline id="add-member" method="post" action={ "/groups/" (id) } {
+                    (csrf_input(s))
+                    label { "Add a member (username, or group name)" input name="add" required maxlength="256"; }
+                    button.primary type="submit" { "Add member" }
+                }
+                form method="post" action={ "/groups/" (id) "/delete" } {
+                    (csrf_input(s))
+                    button.danger type="submit" data-confirm="Delete this group?" { "Delete group" }
+                }
+            },
+        ),
+    )
+}
+
+pub(super) async fn group(State(state): St, s: Session, Path(id): Path<String>, Query(q): Q) -> Response {
+    if let Err(r) = id_ok(&id) {
+        return r;
+    }
+    let g = match s.get(&state, &format!("/scim/v2/Groups/{id}")).await {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    let links = object_links(&state, &s, &id).await;
+    group_page(&s, &g, &links, None, &q)
+}
+
+/// The id of the user (by username) or else group (by name) called `name`.
+async fn find_member(state: &AppState, s: &Session, name: &str) -> Option<String> {
+    let v = name.replace('\\', "\\\\").replace('"', "\\\"");
+    for (resource, attr) in [("Users", "userName"), ("Groups", "displayName")] {
+        let uri = format!("/scim/v2/{resource}?filter={}", enc(&format!("{attr} eq \"{v}\"")));
+        let a = s.api(state, Method::GET, &uri, None).await;
+        if let Some(id) = a.body["Resources"][0]["id"].as_str() {
+            return Some(id.to_owned());
+        }
+    }
+    None
+}
+
+pub(super) async fn update_group(State(state): St, s: Session, Path(id): Path<String>, Form(form): F) -> Response {
+    if let Err(r) = s.check(field(&form, "csrf")) {
+        return r;
+    }
+    if let Err(r) = id_ok(&id) {
+        return r;
+    }
+    let op = if !field(&form, "remove").is_empty() {
+        let m = field(&form, "remove");
+        if let Err(r) = id_ok(m) {
+            return r;
+        }
+        Ok(json!({"op": "remove", "path": format!("members[value eq \"{m}\"]")}))
+    } else {
+        let name = field(&form, "add");
+        match find_member(&state, &s, name).await {
+            _ if name.is_empty() => Err("Enter the username or group name to add.".to_owned()),
+            Some(m) => Ok(json!({"op": "add", "path": "members", "value": [{"value": m}]})),
+            None => Err(format!("No user or group is called {name:?}.")),
+        }
+    };
+    let msg = match op {
+        Err(m) => m,
+        Ok(op) => {
+            let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [op]});
+            let a = s
+                .api(&state, Method::PATCH, &format!("/scim/v2/Groups/{id}"), Some(body))
+                .await;
+            if a.ok() {
+                return redirect(&format!("/groups/{id}?done=saved"));
+            }
+            a.message()
+        }
+    };
+    let g = match s.get(&state, &format!("/scim/v2/Groups/{id}")).await {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    let links = object_links(&state, &s, &id).await;
+    group_page(&s, &g, &links, Some(&msg), &HashMap::new())
+}
+
+pub(super) async fn delete_group(State(state): St, s: Session, Path(id): Path<String>, Form(form): F) -> Response {
+    if let Err(r) = s.check(field(&form, "csrf")) {
+        return r;
+    }
+    if let Err(r) = id_ok(&id) {
+        return r;
+    }
+    let a = s
+        .api(&state, Method::DELETE, &format!("/scim/v2/Groups/{id}"), None)
+        .await;
+    if !a.ok() {
+        return page_error(a.status, &a.message());
+    }
+    redirect("/groups?done=deleted")
+}
+
+// ---- audit ------------------------------------------------------------------
+
+pub(super) async fn audit(State(state): St, s: Session, Query(q): Q) -> Response {
+    let before = q.get("before").and_then(|b| b.parse::<i64>().ok());
+    let uri = match before {
+        Some(b) => format!("/api/v1/audit?limit=100&before={b}"),
+        None => "/api/v1/audit?limit=100".to_owned(),
+    };
+    let list = match s.get(&state, &uri).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    page(
+        StatusCode::OK,
+        layout(
+            "Audit log",
+            "Audit log",
+            Some(&s.csrf),
+            html! {
+                h1 { "Audit log" }
+                table {
+                    thead { tr { th { "When" } th { "Who" } th { "What" } th { "On" } th { "Details" } } }
+                    tbody {
+                        @for e in list["entries"].as_array().into_iter().flatten() {
+                            tr {
+                                td { (when(e["at"].as_i64().unwrap_or(0))) }
+                                td { (e["actor"].as_str().unwrap_or("")) }
+                                td { (e["action"].as_str().unwrap_or("")) }
+                                td { code { (e["target"].as_str().unwrap_or("")) } }
+                                td.details { code { (e["details"].to_string()) } }
+                            }
+                        }
+                    }
+                }
+                @if let Some(n) = list["next_before"].as_i64() {
+                    p { a href={ "/audit?before=" (n) } { "Older entries ›" } }
+                }
+            },
+        ),
+    )
+}

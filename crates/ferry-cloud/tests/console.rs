@@ -1,0 +1,286 @@
+//! The admin console in a real browser (headless Chromium through
+//! chromedriver), against a real ferry-cloud over HTTP: the install guide's
+//! console steps, a directory admin's daily work, and bad input.
+#![allow(clippy::unwrap_used, clippy::panic)] // a failed unwrap is a failed test
+
+#[path = "common/browser.rs"]
+mod browser;
+mod common;
+
+use browser::Browser;
+use common::{create_org, Engine, TestServer};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+async fn sign_in(b: &Browser, s: &TestServer) {
+    b.goto(&format!("{}/", s.base)).await;
+    b.find("form[action='/signin']").await;
+    b.fill("input[name=email]", &s.org.admin_email).await;
+    b.fill("input[name=password]", &s.org.admin_password).await;
+    b.click("form[action='/signin'] button[type=submit]").await;
+    b.wait_text("Directories").await;
+}
+
+async fn register_agent(s: &TestServer, key: &str, hostname: &str) -> String {
+    use base64::Engine as _;
+    let body = json!({"connect_key": key, "hostname": hostname, "version": "0.1.0",
+                      "public_key": base64::engine::general_purpose::STANDARD.encode([7u8; 32])});
+    let (st, r) = s.call_as("", Method::POST, "/agent/v1/register", Some(body)).await;
+    assert_eq!(st, StatusCode::CREATED, "{r}");
+    let token = r["agent_token"].as_str().unwrap().to_owned();
+    let (st, _) = s
+        .call_as(
+            &token,
+            Method::POST,
+            "/agent/v1/heartbeat",
+            Some(json!({"state": "syncing"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    token
+}
+
+async fn user_count(s: &TestServer) -> u64 {
+    let (_, v) = s.call(Method::GET, "/scim/v2/Users?count=0", None).await;
+    v["totalResults"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_install_guide_console_steps_and_a_user_added_to_a_group() {
+    let s = TestServer::start(Engine::Sqlite).await;
+    let (_, d) = s
+        .call(
+            Method::POST,
+            "/api/v1/domains",
+            Some(json!({"name": "example.test", "netbios_name": "EXAMPLE"})),
+        )
+        .await;
+    let domain = d["id"].as_str().unwrap().to_owned();
+    let b = Browser::start("install-guide").await;
+
+    // 2. Sign in, the directories page.
+    sign_in(&b, &s).await;
+    b.check(b.url().await.ends_with("/directories"), "signed in, on Directories")
+        .await;
+    b.wait_text("no agent installed").await;
+    // 3. The domain.
+    b.click(&format!("a[href='/directories/{domain}']")).await;
+    b.wait_text("DC=example,DC=test").await;
+    // 4. Install a new Sync Agent: the dialog shows the Connect Key and its expiry.
+    b.click("#install-agent").await;
+    b.find("dialog[open]").await;
+    let key = b.value("#connect-key").await;
+    b.check(key.starts_with("fck1."), &format!("a Connect Key is shown: {key:?}"))
+        .await;
+    b.wait_text("The key works once and expires").await;
+    let download = b
+        .script("return document.querySelector('dialog a[download]').href")
+        .await;
+    b.check(
+        download.as_str().is_some_and(|h| h.ends_with("/downloads/ferry-agent")),
+        "the dialog links the agent download",
+    )
+    .await;
+    b.click("button[data-copy=connect-key]").await;
+    // 17–18. The agent registers with the key (the wizard does this through the API).
+    register_agent(&s, &key, "dc1.example.test").await;
+    // 19–20. Close the dialog: the Domain Agents tab shows the agent active.
+    b.click("dialog button[type=submit]").await;
+    b.find("tr.agent[data-status=active]").await;
+    b.wait_text("dc1.example.test").await;
+    b.wait_text("primary").await;
+    // The tab refreshes itself: a second agent appears without a reload.
+    let (_, k2) = s
+        .call(Method::POST, &format!("/api/v1/domains/{domain}/connect-keys"), None)
+        .await;
+    register_agent(&s, k2["connect_key"].as_str().unwrap(), "dc2.example.test").await;
+    b.wait_text("dc2.example.test").await;
+    // "Save" on the Details tab.
+    b.click("a[role=tab][href$='tab=details']").await;
+    b.fill("input[name=delete_threshold]", "250").await;
+    b.click("form.details button[type=submit]").await;
+    b.wait_text("Saved.").await;
+    let (_, d) = s.call(Method::GET, &format!("/api/v1/domains/{domain}"), None).await;
+    assert_eq!(d["policies"]["delete_threshold"], 250);
+    b.goto(&format!("{}/directories", s.base)).await;
+    b.wait_text("syncing (dc1.example.test)").await;
+
+    // A user, created and added to a group.
+    b.goto(&format!("{}/users", s.base)).await;
+    b.fill("input[name=username]", "ann").await;
+    b.fill("input[name=given_name]", "Ann").await;
+    b.fill("input[name=family_name]", "Archer").await;
+    b.fill("input[name=email]", "ann@example.test").await;
+    b.click("#new-user button[type=submit]").await;
+    b.wait_text("Created.").await;
+    b.wait_text("Source: the cloud").await;
+    b.goto(&format!("{}/groups", s.base)).await;
+    b.fill("input[name=name]", "Engineering").await;
+    b.click("#new-group button[type=submit]").await;
+    b.wait_text("Created.").await;
+    b.fill("input[name=add]", "ann").await;
+    b.click("#add-member button[type=submit]").await;
+    b.wait_text("Saved.").await;
+    b.check(b.count("tr.member").await == 1, "the group lists its member")
+        .await;
+    let (_, g) = s
+        .call(
+            Method::GET,
+            "/scim/v2/Groups?filter=displayName%20eq%20%22Engineering%22",
+            None,
+        )
+        .await;
+    let members = &g["Resources"][0]["members"];
+    assert_eq!(members.as_array().map(Vec::len), Some(1), "{g}");
+    let (_, u) = s
+        .call(Method::GET, "/scim/v2/Users?filter=userName%20eq%20%22ann%22", None)
+        .await;
+    assert_eq!(members[0]["value"], u["Resources"][0]["id"]);
+    assert_eq!(u["Resources"][0]["emails"][0]["value"], "ann@example.test");
+
+    // The audit log shows what was done, by whom.
+    b.goto(&format!("{}/audit", s.base)).await;
+    b.wait_text("group.member_add").await;
+    b.wait_text(&format!("admin:{}", s.org.admin_email)).await;
+
+    // Sign out: the session no longer works.
+    b.click("form.signout button").await;
+    b.find("form[action='/signin']").await;
+    b.goto(&format!("{}/users", s.base)).await;
+    b.find("form[action='/signin']").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_explained_and_changes_nothing() {
+    let s = TestServer::start(Engine::Sqlite).await;
+    let (_, d) = s
+        .call(Method::POST, "/api/v1/domains", Some(json!({"name": "example.test"})))
+        .await;
+    let domain = d["id"].as_str().unwrap().to_owned();
+    let (st, _) = s
+        .call(Method::POST, "/scim/v2/Users", Some(json!({"userName": "ann"})))
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    // Another org's user, for the cross-org URL.
+    let other = create_org(&s.store, "Other").await;
+    let (_, theirs) = s
+        .call_as(
+            &other.token,
+            Method::POST,
+            "/scim/v2/Users",
+            Some(json!({"userName": "theirs", "title": "Theirs"})),
+        )
+        .await;
+    let theirs_id = theirs["id"].as_str().unwrap().to_owned();
+
+    let b = Browser::start("bad-input").await;
+    // A wrong password.
+    b.goto(&format!("{}/signin", s.base)).await;
+    b.fill("input[name=email]", &s.org.admin_email).await;
+    b.fill("input[name=password]", "not-the-password").await;
+    b.click("form[action='/signin'] button[type=submit]").await;
+    b.wait_text("the e-mail or password is wrong").await;
+    sign_in(&b, &s).await;
+
+    let before = user_count(&s).await;
+    let long = "x".repeat(300);
+    for (username, email, expect) in [
+        ("", "", "Enter a username."),
+        (long.as_str(), "", "userName"),
+        ("ann", "", "ann"),
+        ("bob", "not-an-email", "is not a valid e-mail address"),
+    ] {
+        b.goto(&format!("{}/users", s.base)).await;
+        b.no_client_checks().await;
+        b.fill("input[name=username]", username).await;
+        b.fill("input[name=email]", email).await;
+        b.click("#new-user button[type=submit]").await;
+        b.find("p.error[role=alert]").await;
+        let msg = b.text("p.error").await;
+        b.check(
+            msg.contains(expect),
+            &format!("{username:?}/{email:?}: {msg:?} should say {expect:?}"),
+        )
+        .await;
+        b.check(
+            b.value("input[name=email]").await == email,
+            "the form keeps what was entered",
+        )
+        .await;
+        assert_eq!(user_count(&s).await, before, "{username:?}: nothing was created");
+    }
+
+    // Another org's user, by its id in a URL: not found, and untouched.
+    b.goto(&format!("{}/users/{theirs_id}", s.base)).await;
+    b.wait_text("Something is not right").await;
+    b.check(
+        !b.source().await.contains("Theirs"),
+        "nothing of the other org is shown",
+    )
+    .await;
+    b.goto(&format!("{}/users/not-an-id", s.base)).await;
+    b.wait_text("no such object").await;
+    let (_, t) = s
+        .call_as(&other.token, Method::GET, &format!("/scim/v2/Users/{theirs_id}"), None)
+        .await;
+    assert_eq!(t["title"], "Theirs");
+
+    // Domain details: a threshold that is not a number, a NetBIOS name too long.
+    for (field, value, expect) in [
+        (
+            "delete_threshold",
+            "lots",
+            "The delete threshold must be a whole number",
+        ),
+        ("netbios_name", "MUCH-TOO-LONG-NETBIOS", "netbios"),
+        ("user_ou", "OU=Elsewhere,DC=other,DC=test", "DC=example,DC=test"),
+    ] {
+        b.goto(&format!("{}/directories/{domain}", s.base)).await;
+        b.no_client_checks().await;
+        b.fill(&format!("input[name={field}]"), value).await;
+        b.click("form.details button[type=submit]").await;
+        b.find("p.error[role=alert]").await;
+        let msg = b.text("p.error").await.to_lowercase();
+        b.check(
+            msg.contains(&expect.to_lowercase()),
+            &format!("{field}={value:?}: {msg:?}"),
+        )
+        .await;
+    }
+    let (_, after) = s.call(Method::GET, &format!("/api/v1/domains/{domain}"), None).await;
+    assert_eq!(after["netbios_name"], d["netbios_name"]);
+    assert_eq!(after["policies"], d["policies"]);
+    assert_eq!(after["user_ou"], d["user_ou"]);
+
+    // A domain twice; an empty group name; a member that does not exist.
+    b.goto(&format!("{}/directories", s.base)).await;
+    b.fill("input[name=name]", "example.test").await;
+    b.click("form[action='/directories'] button[type=submit]").await;
+    b.find("p.error[role=alert]").await;
+    let (_, list) = s.call(Method::GET, "/api/v1/domains", None).await;
+    assert_eq!(list["domains"].as_array().unwrap().len(), 1);
+    b.goto(&format!("{}/groups", s.base)).await;
+    b.no_client_checks().await;
+    b.click("#new-group button[type=submit]").await;
+    b.wait_text("Enter the group's name.").await;
+    let (_, g) = s
+        .call(Method::POST, "/scim/v2/Groups", Some(json!({"displayName": "Ops"})))
+        .await;
+    b.goto(&format!("{}/groups/{}", s.base, g["id"].as_str().unwrap()))
+        .await;
+    b.fill("input[name=add]", "nobody").await;
+    b.click("#add-member button[type=submit]").await;
+    b.wait_text("No user or group is called \"nobody\".").await;
+
+    // A form without its CSRF token (another site's form) is refused.
+    let r = s
+        .http
+        .post(format!("{}/users", s.base))
+        .header("cookie", "ferry_session=fcs_forged")
+        .form(&[("username", "mallory"), ("csrf", "0000")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(user_count(&s).await, before);
+}
