@@ -36,6 +36,10 @@ struct Opts {
     /// How long each SCIM throughput figure runs.
     #[arg(long, default_value_t = 5)]
     scim_secs: u64,
+    /// Users in the store when the console's Users page is timed (topped
+    /// up through SCIM when the directory has fewer).
+    #[arg(long, default_value_t = 100_000)]
+    console_users: usize,
     /// Also write the figures as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -397,6 +401,94 @@ where
     Ok(total as f64 / secs as f64)
 }
 
+struct ConsoleFigures {
+    users: u64,
+    page_ms: f64,
+    search_ms: f64,
+    scim_ms: f64,
+}
+
+/// Times the console's Users page (signed in, as a browser asks for it)
+/// against the SCIM page it is built on, with `want` users in the store.
+async fn console_figures(cloud: &Cloud, want: usize) -> Result<ConsoleFigures> {
+    let have = cloud.total("Users").await? as usize;
+    if have < want {
+        say(&format!(
+            "adding {} users through SCIM for the console figure",
+            want - have
+        ));
+        let mut tasks = Vec::new();
+        let per = (want - have).div_ceil(8);
+        for w in 0..8 {
+            let (base, token, http) = (cloud.base.clone(), cloud.token.clone(), cloud.http.clone());
+            let n = per.min((want - have).saturating_sub(w * per));
+            tasks.push(tokio::spawn(async move {
+                for i in 0..n {
+                    let body = json!({"userName": format!("c{w}-{i:06}"), "name": {"givenName": "Console", "familyName": format!("User {i}")}});
+                    let r = http
+                        .post(format!("{base}/scim/v2/Users"))
+                        .bearer_auth(&token)
+                        .json(&body)
+                        .send()
+                        .await?;
+                    if !r.status().is_success() {
+                        bail!("adding a user failed: HTTP {}", r.status());
+                    }
+                }
+                Ok::<(), anyhow::Error>(())
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+    }
+    let users = cloud.total("Users").await?;
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let r = browser
+        .post(format!("{}/signin", cloud.base))
+        .form(&[("email", "admin@bench.test"), ("password", "Bench-Admin-Pa55")])
+        .send()
+        .await?;
+    let cookie = r
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.split(';').next().filter(|c| c.starts_with("ferry_session=")))
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("signing in to the console failed: HTTP {}", r.status()))?;
+    let time = |url: String, cookie: Option<String>| {
+        let browser = browser.clone();
+        let token = cloud.token.clone();
+        async move {
+            let mut ms = Vec::new();
+            for _ in 0..20 {
+                let mut req = browser.get(&url);
+                req = match &cookie {
+                    Some(c) => req.header(reqwest::header::COOKIE, c),
+                    None => req.bearer_auth(&token),
+                };
+                let start = Instant::now();
+                let r = req.send().await?;
+                if !r.status().is_success() {
+                    bail!("{url}: HTTP {}", r.status());
+                }
+                r.bytes().await?;
+                ms.push(start.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok::<f64, anyhow::Error>(median(&mut ms))
+        }
+    };
+    Ok(ConsoleFigures {
+        users,
+        page_ms: time(format!("{}/users", cloud.base), Some(cookie.clone())).await?,
+        search_ms: time(format!("{}/users?q=u0042", cloud.base), Some(cookie)).await?,
+        scim_ms: time(format!("{}/scim/v2/Users?startIndex=1&count=50", cloud.base), None).await?,
+    })
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -719,6 +811,7 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
         }
     })
     .await?;
+    let console = console_figures(&shared, o.console_users).await?;
     let cloud_rss = peak_rss_mib(cloud_proc.pid());
     drop(cloud_proc);
 
@@ -785,6 +878,20 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
     row("SCIM list, 100 per page", format!("{list:.0} req/s"), "");
     row("SCIM filter userName eq", format!("{filter:.0} req/s"), "");
     row("SCIM create user", format!("{create:.0} req/s"), "");
+    row(
+        &format!("console Users page, {} users (first page)", console.users),
+        format!(
+            "{:.1} ms = {:.2}× its SCIM page",
+            console.page_ms,
+            console.page_ms / console.scim_ms
+        ),
+        "",
+    );
+    row(
+        "console Users search (username contains)",
+        format!("{:.1} ms", console.search_ms),
+        "",
+    );
 
     if let Some(path) = &o.json {
         let j = json!({
@@ -807,6 +914,10 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
             "scim_list_per_sec": list,
             "scim_filter_per_sec": filter,
             "scim_create_per_sec": create,
+            "console_users": console.users,
+            "console_users_page_ms": console.page_ms,
+            "console_users_search_ms": console.search_ms,
+            "scim_users_page_ms": console.scim_ms,
             "targets_met": {
                 "import": ratio <= 3.0,
                 "latency_ad_to_cloud": p99_a <= 1.5,

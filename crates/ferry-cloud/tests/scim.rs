@@ -223,6 +223,52 @@ both_engines!(filters_paging_and_projection, |engine| async move {
     assert_eq!(names(&v), ["alice"]);
 });
 
+both_engines!(username_searches_are_paged_by_the_store, |engine| async move {
+    let s = TestServer::start(engine).await;
+    for name in ["alpha", "Alphabet", "beta_1", "betax1", "gamma%x", "delta"] {
+        create_user(&s, json!({"userName": name})).await;
+    }
+    let names = |v: &Value| -> Vec<String> {
+        v["Resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["userName"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for (filter, expect) in [
+        ("userName sw \"ALP\"", vec!["alpha", "Alphabet"]),
+        ("userName co \"a_1\"", vec!["beta_1"]),
+        ("userName co \"%\"", vec!["gamma%x"]),
+        ("userName ew \"TA\"", vec!["delta"]),
+        ("userName co \"zzz\"", vec![]),
+    ] {
+        let q: String = filter
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (st, v) = s.call(Method::GET, &format!("/scim/v2/Users?filter={q}"), None).await;
+        assert_eq!(st, StatusCode::OK, "{filter}: {v}");
+        assert_eq!(names(&v), expect, "{filter}");
+        assert_eq!(v["totalResults"], expect.len(), "{filter}");
+    }
+    // Paged: the total is the whole match, the page is one.
+    let (_, v) = s
+        .call(
+            Method::GET,
+            "/scim/v2/Users?filter=userName%20sw%20%22a%22&startIndex=2&count=1",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (v["totalResults"].as_u64(), names(&v)),
+        (Some(2), vec!["Alphabet".to_owned()])
+    );
+});
+
 both_engines!(groups_membership_and_nesting, |engine| async move {
     let s = TestServer::start(engine).await;
     let ann = create_user(&s, json!({"userName": "ann"})).await;

@@ -336,6 +336,30 @@ fn eq_on<'a>(f: &'a Filter, attr: &str) -> Option<&'a str> {
     }
 }
 
+/// `attr sw|co|ew "v"` as a LIKE pattern, when that is the whole filter.
+fn like_on(f: &Filter, attr: &str) -> Option<String> {
+    let Filter::Compare(p, op, Value::String(v)) = f else {
+        return None;
+    };
+    if p.sub.is_some() || p.urn.is_some() || !p.attr.eq_ignore_ascii_case(attr) {
+        return None;
+    }
+    let esc: String = v
+        .to_lowercase()
+        .chars()
+        .flat_map(|c| match c {
+            '%' | '_' | '\\' => vec!['\\', c],
+            c => vec![c],
+        })
+        .collect();
+    match op {
+        Op::Sw => Some(format!("{esc}%")),
+        Op::Co => Some(format!("%{esc}%")),
+        Op::Ew => Some(format!("%{esc}")),
+        _ => None,
+    }
+}
+
 fn list_response(rt: &ResourceType, p: &ListParams, total: usize, page: Vec<Value>) -> Result<Response, ScimError> {
     let include = parse_attr_list(p.attributes.as_deref())?;
     let exclude = parse_attr_list(p.excluded.as_deref())?;
@@ -396,10 +420,29 @@ async fn query_users(
         let page = render_users(&mut tx, auth, &rows, &b).await?;
         return list_response(&USERS, &p, total as usize, page);
     };
+    // A filter the store answers exactly is paged by the store (a search
+    // box over 100,000 users must not render them all).
+    let username_like = like_on(&f, "userName");
+    if let Some(pattern) = &username_like {
+        let (rows, total) = tx
+            .list_users(
+                auth.org_id,
+                &UserQuery {
+                    username_like: Some(pattern.clone()),
+                    offset,
+                    limit: p.count as i64,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let page = render_users(&mut tx, auth, &rows, &b).await?;
+        return list_response(&USERS, &p, total as usize, page);
+    }
     // Index-answerable equality narrows the candidates; the filter decides.
     let q = UserQuery {
         username_eq: eq_on(&f, "userName").map(str::to_owned),
         external_id_eq: eq_on(&f, "externalId").map(str::to_owned),
+        username_like: None,
         offset: 0,
         limit: i64::MAX,
     };

@@ -116,6 +116,9 @@ pub struct UserQuery {
     pub username_eq: Option<String>,
     /// `externalId eq`.
     pub external_id_eq: Option<String>,
+    /// A LIKE pattern on the lowercased username (`\\` escapes), for
+    /// `userName sw/co/ew`.
+    pub username_like: Option<String>,
     /// Rows to skip.
     pub offset: i64,
     /// Rows to return at most.
@@ -181,6 +184,10 @@ impl Tx {
         if let Some(x) = &q.external_id_eq {
             args.push(x.clone());
             cond.push_str(&format!(" AND external_id = ${}", args.len()));
+        }
+        if let Some(p) = &q.username_like {
+            args.push(p.to_lowercase());
+            cond.push_str(&format!(" AND username_key LIKE ${} ESCAPE '\\'", args.len()));
         }
         let count_sql = format!("SELECT COUNT(*) FROM dir_users WHERE {cond}");
         let mut count_q = sqlx::query(&count_sql);
