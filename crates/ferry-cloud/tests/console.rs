@@ -284,3 +284,40 @@ async fn bad_input_is_explained_and_changes_nothing() {
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(user_count(&s).await, before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_run_creates_the_organization_and_works_at_phone_width() {
+    let s = TestServer::start_empty(Engine::Sqlite).await;
+    let b = Browser::start("first-run").await;
+    b.goto(&format!("{}/", s.base)).await;
+    b.find("form[action='/setup']").await;
+    b.check(b.url().await.ends_with("/setup"), "no organization: the first-run page")
+        .await;
+    b.no_client_checks().await;
+    b.fill("input[name=org]", "Acme").await;
+    b.fill("input[name=email]", "owner@acme.test").await;
+    b.fill("input[name=password]", "short").await;
+    b.click("form[action='/setup'] button").await;
+    b.wait_text("The password needs 8 to 200 characters.").await;
+    b.fill("input[name=password]", "a-long-enough-password").await;
+    b.click("form[action='/setup'] button").await;
+    b.wait_text("No Active Directory domain yet").await;
+    let mut tx = s.store.begin().await.unwrap();
+    let orgs = tx.list_orgs().await.unwrap();
+    assert_eq!(orgs.len(), 1);
+    assert_eq!(orgs[0].name, "Acme");
+    drop(tx);
+    // Once there is an organization, the first-run page is gone.
+    b.goto(&format!("{}/setup", s.base)).await;
+    b.find("form[action='/signin']").await;
+
+    // At a phone's width every page fits: nothing scrolls sideways.
+    b.resize(375, 800).await;
+    for path in ["/signin", "/directories", "/users", "/groups", "/audit"] {
+        b.goto(&format!("{}{path}", s.base)).await;
+        let fits = b
+            .script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+            .await;
+        b.check(fits == json!(true), &format!("{path} fits 375 px")).await;
+    }
+}

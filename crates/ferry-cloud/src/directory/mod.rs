@@ -237,12 +237,7 @@ pub async fn add_members(tx: &mut Tx, ctx: &WriteCtx, group_id: Uuid, members: &
     if members.iter().any(|m| m.id == group_id) {
         return Err(StoreError::Conflict("a group cannot be a member of itself".into()));
     }
-    let mut added = Vec::new();
-    for m in members {
-        if tx.add_member(ctx.org_id, group_id, *m).await? {
-            added.push(*m);
-        }
-    }
+    let added = tx.add_members_many(ctx.org_id, group_id, members).await?;
     record_members(tx, ctx, group_id, &added, true).await
 }
 

@@ -418,6 +418,40 @@ impl Tx {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Adds many members in a few statements; returns those that were not
+    /// members yet, in the order given.
+    pub async fn add_members_many(
+        &mut self,
+        org_id: Uuid,
+        group_id: Uuid,
+        members: &[Member],
+    ) -> StoreResult<Vec<Member>> {
+        let mut added = std::collections::HashSet::new();
+        for chunk in members.chunks(200) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| format!("($1, $2, ${}, ${})", 3 + 2 * i, 4 + 2 * i))
+                .collect();
+            let sql = format!(
+                "INSERT INTO memberships (org_id, group_id, member_id, member_kind) VALUES {}
+                 ON CONFLICT (group_id, member_id) DO NOTHING RETURNING member_id",
+                rows.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(org_id.to_string()).bind(group_id.to_string());
+            for m in chunk {
+                q = q.bind(m.id.to_string()).bind(m.kind.as_str());
+            }
+            for r in q.fetch_all(self.conn()).await? {
+                added.insert(get_uuid(&r, "member_id")?);
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        Ok(members
+            .iter()
+            .filter(|m| added.contains(&m.id) && seen.insert(m.id))
+            .copied()
+            .collect())
+    }
+
     /// Removes a member; `false` when it was not one.
     pub async fn remove_member(&mut self, org_id: Uuid, group_id: Uuid, member_id: Uuid) -> StoreResult<bool> {
         let done = sqlx::query("DELETE FROM memberships WHERE org_id = $1 AND group_id = $2 AND member_id = $3")

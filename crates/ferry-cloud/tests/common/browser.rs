@@ -181,6 +181,16 @@ impl Browser {
             .to_owned()
     }
 
+    /// Resizes the window (CSS pixels).
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.cmd(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        )
+        .await;
+    }
+
     /// Runs a script in the page.
     pub async fn script(&self, js: &str) -> Value {
         self.cmd(

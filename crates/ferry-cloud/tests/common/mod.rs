@@ -106,9 +106,28 @@ impl TestServer {
     }
 
     pub async fn start_with(engine: Engine, config: Config) -> TestServer {
+        Self::start_inner(engine, config, true).await
+    }
+
+    /// A server with no organization yet (the console's first run); `org`
+    /// is a placeholder.
+    pub async fn start_empty(engine: Engine) -> TestServer {
+        Self::start_inner(engine, Config::default(), false).await
+    }
+
+    async fn start_inner(engine: Engine, config: Config, with_org: bool) -> TestServer {
         let db = TestDb::new(engine).await;
         let store = db.open().await;
-        let org = create_org(&store, "Acme").await;
+        let org = if with_org {
+            create_org(&store, "Acme").await
+        } else {
+            TestOrg {
+                id: Uuid::nil(),
+                admin_email: String::new(),
+                admin_password: String::new(),
+                token: String::new(),
+            }
+        };
         let clock = Arc::new(OffsetClock::default());
         let state = AppState::new(store.clone(), clock.clone(), config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
