@@ -171,17 +171,9 @@ impl AdConnection {
         let mut pager = Pager::default();
         let mut all = Vec::new();
         loop {
-            let ctrl = control(ber::PAGED_OID, false, ber::paged_request(MAX_PAGE_SIZE, pager.cookie()));
-            let (entries, ctrls) = self.search_raw(base, scope, filter, attrs, vec![ctrl]).await?;
+            let (entries, more) = self.search_page(base, scope, filter, attrs, &mut pager).await?;
             all.extend(entries);
-            let next = match find_control(&ctrls, ber::PAGED_OID).and_then(|c| c.val.as_deref()) {
-                Some(v) => Some(
-                    ber::parse_paged_response(v)
-                        .ok_or_else(|| AdError::Protocol("a malformed paged-results control".into()))?,
-                ),
-                None => None,
-            };
-            if !pager.advance(next)? {
+            if !more {
                 return Ok(all);
             }
         }
@@ -232,7 +224,37 @@ impl AdConnection {
     /// arrives complete (the rest of a ranged answer is fetched).
     pub async fn read_users_and_groups(&mut self, base: &str, attrs: &[&str]) -> Result<Vec<AdEntry>, AdError> {
         let mut entries = self.search_paged(base, Scope::Subtree, USERS_AND_GROUPS, attrs).await?;
-        for e in &mut entries {
+        self.complete_ranged(&mut entries).await?;
+        Ok(entries)
+    }
+
+    /// One page of a paged search, and whether the server has more: for a
+    /// reader that works on each page while the next is on its way.
+    pub async fn search_page(
+        &mut self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[&str],
+        pager: &mut Pager,
+    ) -> Result<(Vec<AdEntry>, bool), AdError> {
+        let ctrl = control(ber::PAGED_OID, false, ber::paged_request(MAX_PAGE_SIZE, pager.cookie()));
+        let (entries, ctrls) = self.search_raw(base, scope, filter, attrs, vec![ctrl]).await?;
+        let next = match find_control(&ctrls, ber::PAGED_OID).and_then(|c| c.val.as_deref()) {
+            Some(v) => Some(
+                ber::parse_paged_response(v)
+                    .ok_or_else(|| AdError::Protocol("a malformed paged-results control".into()))?,
+            ),
+            None => None,
+        };
+        let more = pager.advance(next)?;
+        Ok((entries, more))
+    }
+
+    /// Replaces `member;range=…` (a big group's first window) with every
+    /// member, read in windows.
+    pub async fn complete_ranged(&mut self, entries: &mut [AdEntry]) -> Result<(), AdError> {
+        for e in entries.iter_mut() {
             let ranged: Vec<String> = e.ranged("member").iter().map(|(k, _)| (*k).to_owned()).collect();
             if ranged.is_empty() {
                 continue;
@@ -243,7 +265,7 @@ impl AdConnection {
             }
             e.attrs.insert("member".into(), all);
         }
-        Ok(entries)
+        Ok(())
     }
 
     /// The objectGUIDs of every user and group under `base`: compared with

@@ -122,8 +122,12 @@ async fn service_account_dn(shared: &Shared, conn: &mut AdConnection, root: &str
         .unwrap_or_default()
 }
 
+const PUSH_STOPPED: &str = "the push to the cloud stopped";
+
 /// Reads everything in scope and pushes it; returns the DirSync cookie the
 /// increments start from (taken before the read, so nothing is missed).
+/// Each page of the read is turned into upserts and pushed while the next
+/// page is read; memberships and managers follow once every object is in.
 async fn full_import(
     shared: &Shared,
     conn: &mut AdConnection,
@@ -138,85 +142,130 @@ async fn full_import(
         .await
         .map_err(|e| e.to_string())?;
     let final_cookie = B64.encode(&start.cookie);
-    let entries = conn
-        .read_users_and_groups(&root, READ_ATTRS)
-        .await
-        .map_err(|e| e.to_string())?;
-    let in_scope: Vec<&AdEntry> = entries
-        .iter()
-        .filter(|e| match excluded(e, svc) {
-            Some(why) => {
-                tracing::debug!(dn = %e.dn, why, "skipped");
-                false
-            }
-            None => true,
-        })
-        .collect();
-    let guid_of: HashMap<String, Uuid> = in_scope
-        .iter()
-        .filter_map(|e| Some((e.dn.to_lowercase(), e.guid()?)))
-        .collect();
-    let mut users = Vec::new();
-    let mut managed = Vec::new();
-    let mut groups = Vec::new();
-    let mut members = Vec::new();
-    for e in &in_scope {
-        let Some(guid) = e.guid() else { continue };
-        if e.has_class("group") {
-            groups.push(AdChange::UpsertGroup {
-                guid,
-                dn: e.dn.clone(),
-                record: group_record(e),
-            });
-            let m: Vec<Uuid> = e
-                .strs("member")
-                .iter()
-                .filter_map(|d| guid_of.get(&d.to_lowercase()).copied())
-                .collect();
-            members.push(AdChange::SetMembers {
-                group: guid,
-                members: m,
-            });
-        } else {
-            let (mut rec, manager) = user_record(e);
-            let upsert = AdChange::UpsertUser {
-                guid,
-                dn: e.dn.clone(),
-                record: Box::new(rec.clone()),
-                changed_at: when_changed(e),
-            };
-            users.push(upsert);
-            if let Some(m) = manager.and_then(|m| guid_of.get(&m.to_lowercase()).copied()) {
-                // Managers are linked once every user exists: a second, cheap pass.
-                rec.manager = Some(m.to_string());
-                managed.push(AdChange::UpsertUser {
-                    guid,
-                    dn: e.dn.clone(),
-                    record: Box::new(rec),
-                    changed_at: when_changed(e),
+    // `None` ends the stream: the read finished. A stream that ends without
+    // it (the read failed) must not move the cookie to `final_cookie`.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Vec<AdChange>>>(2);
+    let produce = async move {
+        let send = |tx: &tokio::sync::mpsc::Sender<Option<Vec<AdChange>>>, batch: Vec<AdChange>| {
+            let tx = tx.clone();
+            async move { tx.send(Some(batch)).await.map_err(|_| PUSH_STOPPED.to_owned()) }
+        };
+        let mut pager = crate::ad::Pager::default();
+        let mut kept: Vec<AdEntry> = Vec::new();
+        let mut pending: Vec<AdChange> = Vec::new();
+        loop {
+            let (mut page, more) = conn
+                .search_page(
+                    &root,
+                    ldap3::Scope::Subtree,
+                    crate::ad::USERS_AND_GROUPS,
+                    READ_ATTRS,
+                    &mut pager,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            conn.complete_ranged(&mut page).await.map_err(|e| e.to_string())?;
+            for e in page {
+                if let Some(why) = excluded(&e, svc) {
+                    tracing::debug!(dn = %e.dn, why, "skipped");
+                    continue;
+                }
+                let Some(guid) = e.guid() else { continue };
+                pending.push(if e.has_class("group") {
+                    AdChange::UpsertGroup {
+                        guid,
+                        dn: e.dn.clone(),
+                        record: group_record(&e),
+                    }
+                } else {
+                    let (rec, _) = user_record(&e);
+                    AdChange::UpsertUser {
+                        guid,
+                        dn: e.dn.clone(),
+                        record: Box::new(rec),
+                        changed_at: when_changed(&e),
+                    }
                 });
+                kept.push(e);
+                if pending.len() >= BATCH {
+                    send(&tx, std::mem::take(&mut pending)).await?;
+                }
+            }
+            if !more {
+                break;
             }
         }
-    }
-    let all: Vec<AdChange> = users.into_iter().chain(groups).chain(members).chain(managed).collect();
-    let total = all.len();
-    let chunks: Vec<Vec<AdChange>> = all.chunks(BATCH).map(<[AdChange]>::to_vec).collect();
-    let n = chunks.len().max(1);
-    for (i, chunk) in chunks.into_iter().enumerate() {
-        let to = if i + 1 == n {
-            final_cookie.clone()
-        } else {
-            format!("{IMPORT}{}", i + 1)
-        };
-        let pushed = chunk.len();
-        push(shared, &mut cookie, to, chunk).await?;
-        tracing::info!(done = (i * BATCH + pushed), total, "full import: progress");
-    }
-    if total == 0 {
-        push(shared, &mut cookie, final_cookie.clone(), vec![]).await?;
-    }
+        // Then what needs every object linked first.
+        let guid_of: HashMap<String, Uuid> = kept
+            .iter()
+            .filter_map(|e| Some((e.dn.to_lowercase(), e.guid()?)))
+            .collect();
+        let mut later = Vec::new();
+        let mut managed = Vec::new();
+        for e in &kept {
+            let Some(guid) = e.guid() else { continue };
+            if e.has_class("group") {
+                let m: Vec<Uuid> = e
+                    .strs("member")
+                    .iter()
+                    .filter_map(|d| guid_of.get(&d.to_lowercase()).copied())
+                    .collect();
+                later.push(AdChange::SetMembers {
+                    group: guid,
+                    members: m,
+                });
+            } else {
+                let (mut rec, manager) = user_record(e);
+                if let Some(m) = manager.and_then(|m| guid_of.get(&m.to_lowercase()).copied()) {
+                    // Managers are linked once every user exists: a second, cheap pass.
+                    rec.manager = Some(m.to_string());
+                    managed.push(AdChange::UpsertUser {
+                        guid,
+                        dn: e.dn.clone(),
+                        record: Box::new(rec),
+                        changed_at: when_changed(e),
+                    });
+                }
+            }
+        }
+        pending.extend(later);
+        pending.extend(managed);
+        for chunk in pending.chunks(BATCH) {
+            send(&tx, chunk.to_vec()).await?;
+        }
+        tx.send(None).await.map_err(|_| PUSH_STOPPED.to_owned())?;
+        Ok::<usize, String>(kept.len())
+    };
+    // `move`: when the push fails, the receiver must go with it, so a read
+    // blocked on a full channel ends instead of waiting forever.
+    let last = final_cookie.clone();
+    let consume = async move {
+        let mut batches = 0usize;
+        let mut done = 0usize;
+        while let Some(item) = rx.recv().await {
+            let Some(chunk) = item else {
+                // The read finished: only now may the cookie become final.
+                push(shared, &mut cookie, last, vec![]).await?;
+                return Ok(done);
+            };
+            batches += 1;
+            done += chunk.len();
+            push(shared, &mut cookie, format!("{IMPORT}{batches}"), chunk).await?;
+            tracing::info!(done, "full import: progress");
+        }
+        Err("the read of AD stopped before its end".to_owned())
+    };
+    let (read, pushed) = tokio::join!(produce, consume);
+    // When one side fails the other stops too; report the cause.
+    let (objects, changes) = match (read, pushed) {
+        (Ok(o), Ok(c)) => (o, c),
+        (Err(r), Err(p)) if r == PUSH_STOPPED => return Err(p),
+        (Err(r), _) => return Err(r),
+        (Ok(_), Err(p)) => return Err(p),
+    };
     tracing::info!(
-        objects = total,
+        objects,
+        changes,
         secs = started.elapsed().as_secs_f32(),
         "full import: done"
     );
