@@ -9,3 +9,4 @@ pub mod agent;
 pub mod connect_key;
 pub mod record;
 pub mod seal;
+pub mod time;

@@ -263,7 +263,7 @@ async fn steps(t: &Term, opts: Options) -> Result<u8, Cancelled> {
                 t.say(&format!(
                     "  ✓ the key is for {} at {cloud} (valid until {})",
                     info.domain.name,
-                    when(info.expires_at)
+                    ferry_proto::time::utc(info.expires_at)
                 ));
                 break (cloud, key);
             }
@@ -360,39 +360,4 @@ fn ask_account(t: &Term) -> Result<(String, Zeroizing<String>), Cancelled> {
         break p;
     };
     Ok((user, password))
-}
-
-/// Unix ms as a UTC date and time.
-fn when(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
-}
-
-/// Days since 1970-01-01 → (year, month, day) (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates_read_as_utc() {
-        assert_eq!(when(0), "1970-01-01 00:00 UTC");
-        assert_eq!(when(1_795_651_200_000), "2026-11-26 00:00 UTC");
-        assert_eq!(when(951_782_400_000 + 61_000), "2000-02-29 00:01 UTC");
-    }
 }
