@@ -372,9 +372,16 @@ async fn sign_in(state: &AppState, caller: Caller, email: &str, password: &str, 
     }
     let token = a.body["token"].as_str().unwrap_or_default().to_owned();
     let max_age = state.config.session_ttl_ms / 1000;
+    let secure = caller.secure
+        || state
+            .config
+            .public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"));
     Ok(with_cookie(
         redirect(to),
-        &session_cookie(&token, caller.secure, max_age),
+        // Secure behind https: a TLS proxy in front, or an https public URL.
+        &session_cookie(&token, secure, max_age),
     ))
 }
 
