@@ -138,6 +138,15 @@ async fn the_install_guide_console_steps_and_a_user_added_to_a_group() {
     assert_eq!(members[0]["value"], u["Resources"][0]["id"]);
     assert_eq!(u["Resources"][0]["emails"][0]["value"], "ann@example.test");
 
+    // Delete the group (the browser's confirm dialog is answered yes).
+    let gid = g["Resources"][0]["id"].as_str().unwrap().to_owned();
+    b.goto(&format!("{}/groups/{gid}", s.base)).await;
+    b.script("window.confirm = () => true").await;
+    b.click("form[action$='/delete'] button").await;
+    b.wait_text("Deleted.").await;
+    let (st, _) = s.call(Method::GET, &format!("/scim/v2/Groups/{gid}"), None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+
     // The audit log shows what was done, by whom.
     b.goto(&format!("{}/audit", s.base)).await;
     b.wait_text("group.member_add").await;

@@ -19,6 +19,21 @@ use crate::app::AppState;
 type F = Form<HashMap<String, String>>;
 type Q = Query<HashMap<String, String>>;
 
+/// 422 when the page shows a refused form, else 200.
+fn form_status(msg: Option<&str>) -> StatusCode {
+    if msg.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    }
+}
+
+/// A POST's CSRF token and the ids in its URL, checked before anything else.
+fn guard(s: &Session, form: &HashMap<String, String>, ids: &[&str]) -> Result<(), Response> {
+    s.check(field(form, "csrf"))?;
+    ids.iter().try_for_each(|id| id_ok(id))
+}
+
 fn csrf_input(s: &Session) -> Markup {
     html! { input type="hidden" name="csrf" value=(s.csrf); }
 }
@@ -72,11 +87,7 @@ pub(super) async fn home(State(state): St, headers: HeaderMap) -> Response {
 
 fn setup_page(msg: Option<&str>, form: &HashMap<String, String>) -> Response {
     page(
-        if msg.is_some() {
-            StatusCode::UNPROCESSABLE_ENTITY
-        } else {
-            StatusCode::OK
-        },
+        form_status(msg),
         layout(
             "Set up Ferry",
             "",
@@ -205,7 +216,7 @@ pub(super) async fn signin(State(state): St, caller: Caller, Form(form): F) -> R
 }
 
 pub(super) async fn signout(State(state): St, s: Session, Form(form): F) -> Response {
-    if let Err(r) = s.check(field(&form, "csrf")) {
+    if let Err(r) = guard(&s, &form, &[]) {
         return r;
     }
     s.api(&state, Method::DELETE, "/api/v1/sessions/current", None).await;
@@ -241,11 +252,7 @@ fn directories_page(
     q: &HashMap<String, String>,
 ) -> Response {
     page(
-        if msg.is_some() {
-            StatusCode::UNPROCESSABLE_ENTITY
-        } else {
-            StatusCode::OK
-        },
+        form_status(msg),
         layout(
             "Directories",
             "Directories",
@@ -302,7 +309,7 @@ pub(super) async fn directories(State(state): St, s: Session, Query(q): Q) -> Re
 }
 
 pub(super) async fn add_domain(State(state): St, s: Session, Form(form): F) -> Response {
-    if let Err(r) = s.check(field(&form, "csrf")) {
+    if let Err(r) = guard(&s, &form, &[]) {
         return r;
     }
     let mut body = json!({ "name": field(&form, "name") });
@@ -375,11 +382,7 @@ fn domain_page(
         ("activity", "Sync activity"),
     ];
     page(
-        if msg.is_some() {
-            StatusCode::UNPROCESSABLE_ENTITY
-        } else {
-            StatusCode::OK
-        },
+        form_status(msg),
         layout(
             d["name"].as_str().unwrap_or("Domain"),
             "Directories",
@@ -507,10 +510,7 @@ pub(super) async fn domain(State(state): St, s: Session, Path(id): Path<String>,
 }
 
 pub(super) async fn save_domain(State(state): St, s: Session, Path(id): Path<String>, Form(form): F) -> Response {
-    if let Err(r) = s.check(field(&form, "csrf")) {
-        return r;
-    }
-    if let Err(r) = id_ok(&id) {
+    if let Err(r) = guard(&s, &form, &[&id]) {
         return r;
     }
     let threshold = field(&form, "delete_threshold");
@@ -550,10 +550,7 @@ pub(super) async fn save_domain(State(state): St, s: Session, Path(id): Path<Str
 }
 
 pub(super) async fn install_agent(State(state): St, s: Session, Path(id): Path<String>, Form(form): F) -> Response {
-    if let Err(r) = s.check(field(&form, "csrf")) {
-        return r;
-    }
-    if let Err(r) = id_ok(&id) {
+    if let Err(r) = guard(&s, &form, &[&id]) {
         return r;
     }
     let a = s
@@ -585,10 +582,7 @@ pub(super) async fn revoke_agent(
     Path((id, agent)): Path<(String, String)>,
     Form(form): F,
 ) -> Response {
-    if let Err(r) = s.check(field(&form, "csrf")) {
-        return r;
-    }
-    if let Err(r) = id_ok(&id).and_then(|_| id_ok(&agent)) {
+    if let Err(r) = guard(&s, &form, &[&id, &agent]) {
         return r;
     }
     let a = s
@@ -611,10 +605,7 @@ pub(super) async fn decide_quarantine(
     Path((id, qid, decision)): Path<(String, String, String)>,
     Form(form): F,
 ) -> Response {
-    if let Err(r) = s.check(field(&form, "csrf")) {
-        return r;
-    }
-    if let Err(r) = id_ok(&id).and_then(|_| id_ok(&qid)) {
+    if let Err(r) = guard(&s, &form, &[&id, &qid]) {
         return r;
     }
     if decision != "approve" && decision != "reject" {
@@ -686,11 +677,7 @@ fn users_page(
 ) -> Response {
     let total = list["totalResults"].as_u64().unwrap_or(0) as usize;
     page(
-        if msg.is_some() {
-            StatusCode::UNPROCESSABLE_ENTITY
-        } else {
-            StatusCode::OK
-        },
+        form_status(msg),
         layout(
             "Users",
             "Users",
@@ -769,7 +756,7 @@ fn user_form_problem(form: &HashMap<String, String>) -> Option<String> {
 }
 
 pub(super) async fn create_user(State(state): St, s: Session, Form(form): F) -> Response {
-    if let Err(r) = s.check(field(&form, "csrf")) {
+    if let Err(r) = guard(&s, &form, &[]) {
         return r;
     }
     let mut doc = user_doc(&form);
@@ -819,11 +806,7 @@ fn user_page(
     let id = u["id"].as_str().unwrap_or_default();
     let active = u["active"] != false;
     page(
-        if msg.is_some() {
-            StatusCode::UNPROCESSABLE_ENTITY
-        } else {
-            StatusCode::OK
-        },
+        form_status(msg),
         layout(
             u["userName"].as_str().unwrap_or("User"),
             "Users",
@@ -880,10 +863,7 @@ pub(super) async fn user(State(state): St, s: Session, Path(id): Path<String>, Q
 }
 
 pub(super) async fn update_user(State(state): St, s: Session, Path(id): Path<String>, Form(form): F) -> Response {
-    if let Err(r) = s.check(field(&form, "csrf")) {
-        return r;
-    }
-    if let Err(r) = id_ok(&id) {
+    if let Err(r) = guard(&s, &form, &[&id]) {
         return r;
     }
     let msg = match user_form_problem(&form) {
@@ -924,19 +904,28 @@ pub(super) async fn update_user(State(state): St, s: Session, Path(id): Path<Str
 }
 
 pub(super) async fn delete_user(State(state): St, s: Session, Path(id): Path<String>, Form(form): F) -> Response {
-    if let Err(r) = s.check(field(&form, "csrf")) {
-        return r;
-    }
-    if let Err(r) = id_ok(&id) {
+    delete_object(&state, &s, &form, "Users", &id).await
+}
+
+/// Deletes a SCIM user or group (after the form's checks) and goes back to
+/// its list.
+async fn delete_object(
+    state: &AppState,
+    s: &Session,
+    form: &HashMap<String, String>,
+    resource: &str,
+    id: &str,
+) -> Response {
+    if let Err(r) = guard(s, form, &[id]) {
         return r;
     }
     let a = s
-        .api(&state, Method::DELETE, &format!("/scim/v2/Users/{id}"), None)
+        .api(state, Method::DELETE, &format!("/scim/v2/{resource}/{id}"), None)
         .await;
     if !a.ok() {
         return page_error(a.status, &a.message());
     }
-    redirect("/users?done=deleted")
+    redirect(&format!("/{}?done=deleted", resource.to_lowercase()))
 }
 
 // ---- groups -----------------------------------------------------------------
@@ -952,11 +941,7 @@ fn groups_page(
 ) -> Response {
     let total = list["totalResults"].as_u64().unwrap_or(0) as usize;
     page(
-        if msg.is_some() {
-            StatusCode::UNPROCESSABLE_ENTITY
-        } else {
-            StatusCode::OK
-        },
+        form_status(msg),
         layout(
             "Groups",
             "Groups",
@@ -1001,7 +986,7 @@ pub(super) async fn groups(State(state): St, s: Session, Query(q): Q) -> Respons
 }
 
 pub(super) async fn create_group(State(state): St, s: Session, Form(form): F) -> Response {
-    if let Err(r) = s.check(field(&form, "csrf")) {
+    if let Err(r) = guard(&s, &form, &[]) {
         return r;
     }
     let msg = if field(&form, "name").is_empty() {
@@ -1025,11 +1010,7 @@ pub(super) async fn create_group(State(state): St, s: Session, Form(form): F) ->
 fn group_page(s: &Session, g: &Value, links: &Value, msg: Option<&str>, q: &HashMap<String, String>) -> Response {
     let id = g["id"].as_str().unwrap_or_default();
     page(
-        if msg.is_some() {
-            StatusCode::UNPROCESSABLE_ENTITY
-        } else {
-            StatusCode::OK
-        },
+        form_status(msg),
         layout(
             g["displayName"].as_str().unwrap_or("Group"),
             "Groups",
@@ -1098,10 +1079,7 @@ async fn find_member(state: &AppState, s: &Session, name: &str) -> Option<String
 }
 
 pub(super) async fn update_group(State(state): St, s: Session, Path(id): Path<String>, Form(form): F) -> Response {
-    if let Err(r) = s.check(field(&form, "csrf")) {
-        return r;
-    }
-    if let Err(r) = id_ok(&id) {
+    if let Err(r) = guard(&s, &form, &[&id]) {
         return r;
     }
     let op = if !field(&form, "remove").is_empty() {
@@ -1140,19 +1118,7 @@ pub(super) async fn update_group(State(state): St, s: Session, Path(id): Path<St
 }
 
 pub(super) async fn delete_group(State(state): St, s: Session, Path(id): Path<String>, Form(form): F) -> Response {
-    if let Err(r) = s.check(field(&form, "csrf")) {
-        return r;
-    }
-    if let Err(r) = id_ok(&id) {
-        return r;
-    }
-    let a = s
-        .api(&state, Method::DELETE, &format!("/scim/v2/Groups/{id}"), None)
-        .await;
-    if !a.ok() {
-        return page_error(a.status, &a.message());
-    }
-    redirect("/groups?done=deleted")
+    delete_object(&state, &s, &form, "Groups", &id).await
 }
 
 // ---- audit ------------------------------------------------------------------
