@@ -885,14 +885,10 @@ pub(super) async fn update_user(State(state): St, s: Session, Path(id): Path<Str
             if let Some(p) = form.get("password").filter(|p| !p.is_empty()) {
                 ops.push(json!({"op": "replace", "path": "password", "value": p}));
             }
-            let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops});
-            let a = s
-                .api(&state, Method::PATCH, &format!("/scim/v2/Users/{id}"), Some(body))
-                .await;
-            if a.ok() {
-                return redirect(&format!("/users/{id}?done=saved"));
+            match patch_object(&state, &s, "Users", &id, ops).await {
+                Ok(done) => return done,
+                Err(m) => m,
             }
-            a.message()
         }
     };
     let u = match s.get(&state, &format!("/scim/v2/Users/{id}")).await {
@@ -905,6 +901,26 @@ pub(super) async fn update_user(State(state): St, s: Session, Path(id): Path<Str
 
 pub(super) async fn delete_user(State(state): St, s: Session, Path(id): Path<String>, Form(form): F) -> Response {
     delete_object(&state, &s, &form, "Users", &id).await
+}
+
+/// A SCIM PATCH of a user or group: on success the redirect to its page,
+/// else the API's message for the form.
+async fn patch_object(
+    state: &AppState,
+    s: &Session,
+    resource: &str,
+    id: &str,
+    ops: Vec<Value>,
+) -> Result<Response, String> {
+    let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops});
+    let a = s
+        .api(state, Method::PATCH, &format!("/scim/v2/{resource}/{id}"), Some(body))
+        .await;
+    if a.ok() {
+        Ok(redirect(&format!("/{}/{id}?done=saved", resource.to_lowercase())))
+    } else {
+        Err(a.message())
+    }
 }
 
 /// Deletes a SCIM user or group (after the form's checks) and goes back to
@@ -1098,16 +1114,10 @@ pub(super) async fn update_group(State(state): St, s: Session, Path(id): Path<St
     };
     let msg = match op {
         Err(m) => m,
-        Ok(op) => {
-            let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [op]});
-            let a = s
-                .api(&state, Method::PATCH, &format!("/scim/v2/Groups/{id}"), Some(body))
-                .await;
-            if a.ok() {
-                return redirect(&format!("/groups/{id}?done=saved"));
-            }
-            a.message()
-        }
+        Ok(op) => match patch_object(&state, &s, "Groups", &id, vec![op]).await {
+            Ok(done) => return done,
+            Err(m) => m,
+        },
     };
     let g = match s.get(&state, &format!("/scim/v2/Groups/{id}")).await {
         Ok(g) => g,

@@ -406,11 +406,16 @@ async fn query_users(
     let f = p.parsed_filter()?;
     let mut tx = state.store.begin().await?;
     let offset = (p.start_index - 1) as i64;
-    let Some(f) = f else {
+    // No filter, or one the store answers exactly (`userName sw/co/ew`):
+    // the store pages it (a search box over 100,000 users must not render
+    // them all).
+    let username_like = f.as_ref().and_then(|f| like_on(f, "userName"));
+    let Some(f) = f.filter(|_| username_like.is_none()) else {
         let (rows, total) = tx
             .list_users(
                 auth.org_id,
                 &UserQuery {
+                    username_like,
                     offset,
                     limit: p.count as i64,
                     ..Default::default()
@@ -420,24 +425,6 @@ async fn query_users(
         let page = render_users(&mut tx, auth, &rows, &b).await?;
         return list_response(&USERS, &p, total as usize, page);
     };
-    // A filter the store answers exactly is paged by the store (a search
-    // box over 100,000 users must not render them all).
-    let username_like = like_on(&f, "userName");
-    if let Some(pattern) = &username_like {
-        let (rows, total) = tx
-            .list_users(
-                auth.org_id,
-                &UserQuery {
-                    username_like: Some(pattern.clone()),
-                    offset,
-                    limit: p.count as i64,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let page = render_users(&mut tx, auth, &rows, &b).await?;
-        return list_response(&USERS, &p, total as usize, page);
-    }
     // Index-answerable equality narrows the candidates; the filter decides.
     let q = UserQuery {
         username_eq: eq_on(&f, "userName").map(str::to_owned),
