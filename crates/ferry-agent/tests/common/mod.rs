@@ -5,13 +5,19 @@
 //! stops it when the process ends. `Dc::start()` starts a further DC on its
 //! own address (a copy of the provisioned template), stopped on drop.
 //! Tests isolate themselves in OUs of their own.
+//!
+//! With `FERRY_TEST_AD_DOUBLE` set (the double's limits, e.g.
+//! `--page-size 50 --value-range 7`), every DC is fronted by the
+//! Windows-AD test double (`scripts/ad-double`): the URLs and CA file lead
+//! to the double, which forwards to the Samba DC; `samba-tool` still talks
+//! to the DC itself.
 #![allow(dead_code, clippy::unwrap_used, clippy::panic)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use ferry_agent::ad::{AdConnection, AdSettings};
 
@@ -27,6 +33,10 @@ pub struct Dc {
     pub realm: String,
     pub admin_bind: String,
     pub admin_password: String,
+    /// The Samba DC's own plain-LDAP URL (for `samba-tool`), also when a double fronts it.
+    pub samba_ldap_url: String,
+    /// The AD double in front of this DC, if any (stopped when the last clone goes).
+    pub double: Option<Arc<DoubleGuard>>,
     owned: bool,
 }
 
@@ -54,17 +64,73 @@ impl Dc {
             realm: get("FERRY_DC_REALM"),
             admin_bind: get("FERRY_DC_ADMIN_BIND"),
             admin_password: get("FERRY_DC_ADMIN_PASSWORD"),
+            samba_ldap_url: get("FERRY_DC_LDAP_URL"),
+            double: None,
             owned,
         }
     }
 
+    /// A free loopback address of this process's range, and a fresh directory.
+    fn next_address(what: &str) -> (String, PathBuf) {
+        let pid = std::process::id();
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let ip = format!("127.{}.{}.{}", 100 + (pid / 250) % 100, pid % 250, n % 250 + 1);
+        (ip, std::env::temp_dir().join(format!("ferry-{what}-{pid}-{n}")))
+    }
+
+    /// Puts the Windows-AD test double (`scripts/ad-double`, with `limits`
+    /// such as `--page-size 50`) in front of this DC: from now on the URLs
+    /// and CA file lead to the double.
+    pub fn behind_double(mut self, limits: &[&str]) -> Dc {
+        for _ in 0..50 {
+            let (ip, dir) = Dc::next_address("ad-double");
+            let upstream = self.ldaps_url.clone();
+            let out = Command::new("bash")
+                .arg(repo().join("scripts/ad-double"))
+                .arg("start")
+                .arg(&dir)
+                .args(["--upstream", &upstream, "--listen", &ip, "--upstream-ca"])
+                .arg(&self.ca_file)
+                .args(limits)
+                .output()
+                .expect("run scripts/ad-double");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if !out.status.success() {
+                if stderr.contains("is taken") {
+                    continue;
+                }
+                panic!("scripts/ad-double start failed:\n{stderr}");
+            }
+            let vars = parse_vars(&String::from_utf8_lossy(&out.stdout));
+            self.ldap_url = vars["FERRY_DC_LDAP_URL"].clone();
+            self.ldaps_url = vars["FERRY_DC_LDAPS_URL"].clone();
+            self.ca_file = vars["FERRY_DC_CA_FILE"].clone().into();
+            self.double = Some(Arc::new(DoubleGuard { dir }));
+            return self;
+        }
+        panic!("no free loopback address for the AD double");
+    }
+
+    /// Fronts the DC with the double when `FERRY_TEST_AD_DOUBLE` asks for it.
+    fn with_double_from_env(self) -> Dc {
+        match std::env::var("FERRY_TEST_AD_DOUBLE") {
+            Ok(limits) if !limits.trim().is_empty() => {
+                let limits: Vec<&str> = limits.split_whitespace().collect();
+                self.behind_double(&limits)
+            }
+            _ => self,
+        }
+    }
+
+    /// Whether the tests run through the Windows-AD test double.
+    pub fn through_double() -> bool {
+        std::env::var("FERRY_TEST_AD_DOUBLE").is_ok_and(|v| !v.trim().is_empty())
+    }
+
     /// Starts a new DC on a free loopback address of this process's own range.
     pub fn start() -> Dc {
-        let pid = std::process::id();
         for _ in 0..50 {
-            let n = NEXT.fetch_add(1, Ordering::SeqCst);
-            let ip = format!("127.{}.{}.{}", 100 + (pid / 250) % 100, pid % 250, n % 250 + 1);
-            let dir = std::env::temp_dir().join(format!("ferry-dc-{pid}-{n}"));
+            let (ip, dir) = Dc::next_address("dc");
             let out = Command::new("bash")
                 .arg(repo().join("scripts/samba-dc"))
                 .args(["start"])
@@ -80,7 +146,7 @@ impl Dc {
                 panic!("scripts/samba-dc start failed:\n{stderr}");
             }
             let vars = parse_vars(&String::from_utf8_lossy(&out.stdout));
-            return Dc::from_vars(&vars, true);
+            return Dc::from_vars(&vars, true).with_double_from_env();
         }
         panic!("no free loopback address for a test DC");
     }
@@ -169,7 +235,7 @@ impl Dc {
             .args(args)
             .args([
                 "-H",
-                &self.ldap_url,
+                &self.samba_ldap_url,
                 "-U",
                 &format!("Administrator%{}", self.admin_password),
             ])
@@ -198,6 +264,8 @@ impl Dc {
 
 impl Drop for Dc {
     fn drop(&mut self) {
+        // The double goes first (with the last clone holding it): it fronts the DC.
+        self.double = None;
         if self.owned {
             Command::new("bash")
                 .arg(repo().join("scripts/samba-dc"))
@@ -207,6 +275,43 @@ impl Drop for Dc {
                 .ok();
             std::fs::remove_dir_all(&self.dir).ok();
         }
+    }
+}
+
+/// The Windows-AD test double in front of a DC; stopped on drop.
+#[derive(Debug)]
+pub struct DoubleGuard {
+    pub dir: PathBuf,
+}
+
+impl DoubleGuard {
+    /// The shell command that stops it and removes its directory.
+    fn stop_command(&self) -> String {
+        format!(
+            "bash '{}' stop '{}'; rm -rf '{}'",
+            repo().join("scripts/ad-double").display(),
+            self.dir.display(),
+            self.dir.display()
+        )
+    }
+
+    /// What the double logged (its refusals among it).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("double.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for DoubleGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- the AD double's log (last lines) ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        Command::new("sh").args(["-c", &self.stop_command()]).status().ok();
     }
 }
 
@@ -226,31 +331,45 @@ pub fn shared() -> &'static Dc {
                 .filter_map(|(k, v)| k.strip_prefix("FERRY_TEST_").map(|k| (format!("FERRY_{k}"), v)))
                 .collect();
             assert!(Path::new(&dir).exists(), "FERRY_TEST_DC_DIR {dir} does not exist");
-            return Dc::from_vars(&vars, false);
+            let dc = Dc::from_vars(&vars, false).with_double_from_env();
+            if let Some(d) = &dc.double {
+                watchdog(&d.stop_command());
+            }
+            return dc;
         }
         let mut dc = Dc::start();
-        // A static is never dropped: a watchdog stops the DC when this process
-        // ends. It must outlive us, so it is never waited for.
-        let script = repo().join("scripts/samba-dc");
-        #[allow(clippy::zombie_processes)]
-        let _watchdog = Command::new("setsid")
-            .args([
-                "sh",
-                "-c",
-                &format!(
-                    "while kill -0 {pid} 2>/dev/null; do sleep 1; done; bash '{}' stop '{}'; rm -rf '{}'",
-                    script.display(),
-                    dc.dir.display(),
-                    dc.dir.display(),
-                    pid = std::process::id()
-                ),
-            ])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start the DC watchdog");
+        // A static is never dropped: a watchdog stops the DC when this process ends.
+        let mut stop = format!(
+            "bash '{}' stop '{}'; rm -rf '{}'",
+            repo().join("scripts/samba-dc").display(),
+            dc.dir.display(),
+            dc.dir.display()
+        );
+        if let Some(d) = &dc.double {
+            stop = format!("{}; {stop}", d.stop_command());
+        }
+        watchdog(&stop);
         dc.owned = false;
         dc
     })
+}
+
+/// Runs `cleanup` (shell) once this process has ended. It must outlive us,
+/// so it is never waited for.
+fn watchdog(cleanup: &str) {
+    #[allow(clippy::zombie_processes)]
+    let _watchdog = Command::new("setsid")
+        .args([
+            "sh",
+            "-c",
+            &format!(
+                "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {cleanup}",
+                pid = std::process::id()
+            ),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the watchdog");
 }
