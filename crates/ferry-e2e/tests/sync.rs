@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -892,5 +893,96 @@ async fn a_mass_delete_in_ad_waits_for_approval() {
     for i in 0..3 {
         assert!(cloud.user(&format!("mass{i}")).await.is_none(), "deleted once approved");
     }
+    engine.stop().await;
+}
+
+/// The members of a cloud group, by userName.
+async fn cloud_members(cloud: &Cloud, group_id: &str) -> BTreeSet<String> {
+    let (_, g) = cloud
+        .call(reqwest::Method::GET, &format!("/scim/v2/Groups/{group_id}"), None)
+        .await;
+    let mut names = BTreeSet::new();
+    for m in g["members"].as_array().cloned().unwrap_or_default() {
+        let (_, u) = cloud
+            .call(
+                reqwest::Method::GET,
+                &format!("/scim/v2/Users/{}", m["value"].as_str().unwrap_or_default()),
+                None,
+            )
+            .await;
+        names.insert(u["userName"].as_str().unwrap_or_default().to_owned());
+    }
+    names
+}
+
+/// A group bigger than AD's value range (through the double: 7) changes on
+/// both sides at once: members added and removed in AD and in the cloud.
+/// Both sides end with the same members, read whole (AD by range).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_big_group_changed_on_both_sides_ends_equal() {
+    let (dc, cloud, domain) = prepare().await;
+    let ou = dc.new_ou("crowd").await;
+    let mut ldif = String::new();
+    for i in 0..20 {
+        ldif.push_str(&format!(
+            "dn: CN=c{i},{ou}\nobjectClass: user\nsAMAccountName: crowd{i}\n\n"
+        ));
+    }
+    let group = format!("CN=Crowd,{ou}");
+    ldif.push_str(&format!("dn: {group}\nobjectClass: group\nsAMAccountName: crowd\n"));
+    for i in 0..12 {
+        ldif.push_str(&format!("member: CN=c{i},{ou}\n"));
+    }
+    dc.ldapmodify(&ldif, true);
+    let agent = enrol(&cloud, &domain).await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+
+    let names = |r: std::ops::Range<usize>| r.map(|i| format!("crowd{i}")).collect::<BTreeSet<_>>();
+    let g = eventually("the group in the cloud", || async { cloud.group("crowd").await }).await;
+    let gid = g["id"].as_str().unwrap().to_owned();
+    eventually("its twelve members in the cloud", || async {
+        (cloud_members(&cloud, &gid).await == names(0..12)).then_some(())
+    })
+    .await;
+
+    // AD: four in, three out.
+    let add: String = (12..16).map(|i| format!("member: CN=c{i},{ou}\n")).collect();
+    let remove: String = (0..3).map(|i| format!("member: CN=c{i},{ou}\n")).collect();
+    dc.ldapmodify(
+        &format!("dn: {group}\nchangetype: modify\nadd: member\n{add}-\ndelete: member\n{remove}"),
+        false,
+    );
+    // The cloud: three in, two out.
+    let mut ops = Vec::new();
+    for i in 16..19 {
+        let u = eventually("a user in the cloud", || async {
+            cloud.user(&format!("crowd{i}")).await
+        })
+        .await;
+        ops.push(json!({"op": "add", "path": "members", "value": [{"value": u["id"]}]}));
+    }
+    for i in 3..5 {
+        let u = cloud.user(&format!("crowd{i}")).await.unwrap();
+        let id = u["id"].as_str().unwrap().to_owned();
+        ops.push(json!({"op": "remove", "path": format!("members[value eq \"{id}\"]")}));
+    }
+    let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops});
+    let (st, v) = cloud
+        .call(reqwest::Method::PATCH, &format!("/scim/v2/Groups/{gid}"), Some(patch))
+        .await;
+    assert!(st == 200 || st == 204, "{st} {v}");
+
+    // Both sides end with c5…c18, and stay there.
+    let want = names(5..19);
+    let want_dns: BTreeSet<String> = (5..19).map(|i| format!("CN=c{i},{ou}")).collect();
+    eventually("the same members on both sides", || async {
+        let ad = dc.group_members(&group);
+        let cloud_side = cloud_members(&cloud, &gid).await;
+        (ad == want_dns && cloud_side == want).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(dc.group_members(&group), want_dns, "AD stayed settled");
+    assert_eq!(cloud_members(&cloud, &gid).await, want, "the cloud stayed settled");
     engine.stop().await;
 }

@@ -133,6 +133,18 @@ pub fn from_result(rc: u32, text: &str, context: &str) -> AdError {
     }
 }
 
+/// Whether a member removal failed because the member is not in the group:
+/// AD answers unwillingToPerform with ERROR_MEMBER_NOT_IN_GROUP (00000561),
+/// Samba unwillingToPerform "Attribute member doesn't exist" for an
+/// existing object, or noSuchAttribute.
+pub fn is_not_a_member(e: &AdError) -> bool {
+    match e {
+        AdError::Ldap { rc: 53, text, .. } => text.contains("00000561") || text.contains("doesn't exist"),
+        AdError::Ldap { rc: 16, .. } => true,
+        _ => false,
+    }
+}
+
 /// Explains a failed bind as `DOMAIN\user`.
 pub fn bind_failure(rc: u32, text: &str, user: &str) -> AdError {
     if rc == 8 {
@@ -202,6 +214,25 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_member_already_gone_is_recognised() {
+        let ad = from_result(
+            53,
+            "00000561: SvcErr: DSID-031A1021, problem 5003 (WILL_NOT_PERFORM), data 0",
+            "remove",
+        );
+        assert!(is_not_a_member(&ad));
+        let samba = from_result(53, "Attribute member doesn't exist for target GUID 4522da2b", "remove");
+        assert!(is_not_a_member(&samba));
+        assert!(is_not_a_member(&from_result(16, "No such attribute", "remove")));
+        assert!(!is_not_a_member(&from_result(
+            53,
+            "00002035: Unable to find GUID",
+            "remove"
+        )));
+        assert!(!is_not_a_member(&from_result(50, "00002098: SecErr", "remove")));
     }
 
     #[test]

@@ -37,6 +37,15 @@ pub struct NewAdUser {
     pub enabled: bool,
 }
 
+/// What a single membership change found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// The group changed.
+    Changed,
+    /// The member was already in (or already out of) the group.
+    AlreadySo,
+}
+
 /// A group to create.
 #[derive(Debug, Clone)]
 pub struct NewAdGroup {
@@ -279,6 +288,25 @@ impl AdConnection {
         }
         self.add_entry(&dn, attrs, &format!("create group {dn}")).await?;
         Ok(dn)
+    }
+
+    /// Makes `member` a member of `group`. One that already is counts as
+    /// done: the state wanted is there (AD and Samba answer 68).
+    pub async fn add_member(&mut self, group: &str, member: &str) -> Result<Membership, AdError> {
+        match self.change_members(group, &[member.to_owned()], true).await {
+            Ok(()) => Ok(Membership::Changed),
+            Err(AdError::AlreadyExists(_)) => Ok(Membership::AlreadySo),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Takes `member` out of `group`. One that is not a member counts as done.
+    pub async fn remove_member(&mut self, group: &str, member: &str) -> Result<Membership, AdError> {
+        match self.change_members(group, &[member.to_owned()], false).await {
+            Ok(()) => Ok(Membership::Changed),
+            Err(e) if error::is_not_a_member(&e) => Ok(Membership::AlreadySo),
+            Err(e) => Err(e),
+        }
     }
 
     /// Adds members (DNs) to a group. A missing member DN fails the whole

@@ -15,8 +15,8 @@ use super::Shared;
 use crate::ad::guid::guid_filter;
 use crate::ad::mapping::READ_ATTRS;
 use crate::ad::write::{
-    sam_account_name_for, NewAdGroup, NewAdUser, GROUP_GLOBAL_SECURITY, UF_ACCOUNTDISABLE, UF_NORMAL_ACCOUNT,
-    UF_PASSWD_NOTREQD,
+    sam_account_name_for, Membership, NewAdGroup, NewAdUser, GROUP_GLOBAL_SECURITY, UF_ACCOUNTDISABLE,
+    UF_NORMAL_ACCOUNT, UF_PASSWD_NOTREQD,
 };
 use crate::ad::{AdConnection, AdEntry, AdError};
 
@@ -134,16 +134,18 @@ async fn apply(
                 tracing::debug!(seq = entry.seq, "membership of objects not in AD: skipped");
                 return Ok(());
             };
-            let have = g.strs("member").iter().any(|d| d.eq_ignore_ascii_case(&m.dn));
-            if have == add {
+            // Written without reading the group first: its member list may
+            // be ranged (AD gives at most 1,500 values at a time), and a
+            // member already in (or out) is the state we want.
+            let done = if add {
+                conn.add_member(&g.dn, &m.dn).await
+            } else {
+                conn.remove_member(&g.dn, &m.dn).await
+            }
+            .map_err(|e| e.to_string())?;
+            if done == Membership::AlreadySo {
                 return Ok(());
             }
-            let r = if add {
-                conn.add_members(&g.dn, std::slice::from_ref(&m.dn)).await
-            } else {
-                conn.remove_members(&g.dn, std::slice::from_ref(&m.dn)).await
-            };
-            r.map_err(|e| e.to_string())?;
             tracing::info!(group = %g.dn, member = %m.dn, add, "cloud → AD: membership");
             shared.applied.fetch_add(1, Ordering::SeqCst);
         }

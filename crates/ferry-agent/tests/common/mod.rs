@@ -170,11 +170,15 @@ impl Dc {
     }
 
     /// `ldapsearch` as the administrator over LDAPS: an independent client.
+    /// It pages, as a client of AD must (AD answers at most 1000 entries to
+    /// a search that does not).
     pub fn ldapsearch(&self, base: &str, filter: &str, attrs: &[&str]) -> String {
         let out = Command::new("ldapsearch")
             .env("LDAPTLS_CACERT", &self.ca_file)
             .args([
                 "-LLL",
+                "-E",
+                "pr=1000/noprompt",
                 "-o",
                 "ldif-wrap=no",
                 "-x",
@@ -197,6 +201,34 @@ impl Dc {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Every member (DN) of a group as an independent client reads it:
+    /// `ldapsearch`, window after window of `member;range=…` as AD hands
+    /// out big member lists (a server that does not range sends them all).
+    pub fn group_members(&self, group_dn: &str) -> std::collections::BTreeSet<String> {
+        let mut members = std::collections::BTreeSet::new();
+        let mut start = 0usize;
+        loop {
+            let ldif = self.ldapsearch(group_dn, "(objectClass=group)", &[&format!("member;range={start}-*")]);
+            let mut next = None;
+            for line in ldif.lines() {
+                let Some((desc, dn)) = line.split_once(": ") else {
+                    continue;
+                };
+                let Some(range) = desc.strip_prefix("member") else {
+                    continue;
+                };
+                members.insert(dn.to_owned());
+                if let Some((_, end)) = range.strip_prefix(";range=").and_then(|r| r.split_once('-')) {
+                    next = end.parse::<usize>().ok().map(|e| e + 1);
+                }
+            }
+            match next {
+                Some(n) if n > start => start = n,
+                _ => return members,
+            }
+        }
     }
 
     /// `ldapadd`/`ldapmodify` of an LDIF as the administrator.
