@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use ferry_proto::agent::{
     AckRequest, AgentSelf, ApiErrorBody, ConnectKeyCheckRequest, ConnectKeyCheckResponse, FeedResponse,
-    HeartbeatRequest, HeartbeatResponse, LinkInfo, LinksResponse, PushChangesRequest, PushChangesResponse,
-    RegisterRequest, RegisterResponse, SyncState,
+    HeartbeatRequest, HeartbeatResponse, LinkInfo, LinksResponse, OpenSyncErrors, PushChangesRequest,
+    PushChangesResponse, RegisterRequest, RegisterResponse, SyncDirection, SyncErrorReport, SyncErrorsResolved,
+    SyncState,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -186,6 +187,30 @@ impl CloudClient {
     pub async fn sealed(&self, seq: i64) -> Result<ferry_proto::seal::Sealed, CloudError> {
         self.call::<(), _>(reqwest::Method::GET, &format!("/secrets/{seq}"), None)
             .await
+    }
+
+    /// Records a change the other side refused for good.
+    pub async fn report_sync_error(&self, report: &SyncErrorReport) -> Result<(), CloudError> {
+        let _: serde_json::Value = self.call(reqwest::Method::POST, "/sync-errors", Some(report)).await?;
+        Ok(())
+    }
+
+    /// Clears the errors of objects a later try applied.
+    pub async fn resolve_sync_errors(
+        &self,
+        direction: SyncDirection,
+        object_keys: Vec<String>,
+    ) -> Result<(), CloudError> {
+        let req = SyncErrorsResolved { direction, object_keys };
+        let _: serde_json::Value = self
+            .call(reqwest::Method::POST, "/sync-errors/resolved", Some(&req))
+            .await?;
+        Ok(())
+    }
+
+    /// The objects with an open sync error.
+    pub async fn open_sync_errors(&self) -> Result<OpenSyncErrors, CloudError> {
+        self.call::<(), _>(reqwest::Method::GET, "/sync-errors", None).await
     }
 
     /// Records a link.

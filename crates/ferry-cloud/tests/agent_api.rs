@@ -739,3 +739,130 @@ both_engines!(concurrent_edits_follow_the_authority_policy, |engine| async move 
         }
     }
 });
+
+both_engines!(
+    sync_errors_are_recorded_listed_retried_and_resolved,
+    |engine| async move {
+        let s = TestServer::start(engine).await;
+        let (domain, agent) = setup(&s, json!({})).await;
+        let (st, u) = s
+            .call(
+                Method::POST,
+                "/scim/v2/Users",
+                Some(json!({"userName": "jsmith2", "displayName": "John Smith"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{u}");
+        let uid = u["id"].as_str().unwrap().to_owned();
+        let report = json!({"direction": "cloud_to_ad", "object_key": uid, "object_kind": "user", "object_name": "jsmith2",
+        "operation": "create or update user", "code": "ldap 68 entryAlreadyExists", "message": "an object with that name already exists"});
+        for attempt in 1..=2 {
+            let (st, v) = s
+                .call_as(
+                    &agent.token,
+                    Method::POST,
+                    "/agent/v1/sync-errors",
+                    Some(report.clone()),
+                )
+                .await;
+            assert_eq!(st, StatusCode::OK, "{v}");
+            assert_eq!(v["attempts"], attempt, "one row per object, attempts counted");
+        }
+        let bad = json!({"direction": "sideways", "object_key": uid});
+        let (st, _) = s
+            .call_as(&agent.token, Method::POST, "/agent/v1/sync-errors", Some(bad))
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+
+        let (_, list) = s
+            .call(Method::GET, &format!("/api/v1/domains/{domain}/sync-errors"), None)
+            .await;
+        assert_eq!(list["total"], 1, "{list}");
+        let e = &list["sync_errors"][0];
+        assert_eq!(
+            (e["object_name"].as_str(), e["attempts"].as_i64()),
+            (Some("jsmith2"), Some(2))
+        );
+        assert!(e["advice"].as_str().unwrap().contains("Rename"), "{e}");
+        let (_, me) = s.call_as(&agent.token, Method::GET, "/agent/v1/me", None).await;
+        assert_eq!(me["sync_errors"], 1);
+        let (_, open) = s
+            .call_as(&agent.token, Method::GET, "/agent/v1/sync-errors", None)
+            .await;
+        assert_eq!(open["cloud_to_ad"], json!([uid]));
+
+        // A retry sends the user to the agent again, as it is now.
+        heartbeat(&s, &agent).await;
+        let head = feed(&s, &agent, 0, 0).await.next_cursor;
+        let eid = e["id"].as_str().unwrap();
+        let (st, v) = s
+            .call(
+                Method::POST,
+                &format!("/api/v1/domains/{domain}/sync-errors/{eid}/retry"),
+                None,
+            )
+            .await;
+        assert_eq!((st, v["retried"].as_i64()), (StatusCode::OK, Some(1)), "{v}");
+        let again = feed(&s, &agent, head, 0).await;
+        assert!(
+            again
+                .entries
+                .iter()
+                .any(|e| format!("{:?}", e.change).contains("jsmith2")),
+            "{:?}",
+            again.entries
+        );
+        // The agent applied it: the error clears.
+        let resolved = json!({"direction": "cloud_to_ad", "object_keys": [uid]});
+        let (_, v) = s
+            .call_as(
+                &agent.token,
+                Method::POST,
+                "/agent/v1/sync-errors/resolved",
+                Some(resolved),
+            )
+            .await;
+        assert_eq!(v["resolved"], 1);
+        let (_, list) = s
+            .call(Method::GET, &format!("/api/v1/domains/{domain}/sync-errors"), None)
+            .await;
+        assert_eq!(list["total"], 0, "{list}");
+
+        // Dismissing: one, all, and an unknown one.
+        s.call_as(
+            &agent.token,
+            Method::POST,
+            "/agent/v1/sync-errors",
+            Some(report.clone()),
+        )
+        .await;
+        let (_, list) = s
+            .call(Method::GET, &format!("/api/v1/domains/{domain}/sync-errors"), None)
+            .await;
+        let eid = list["sync_errors"][0]["id"].as_str().unwrap().to_owned();
+        let (st, _) = s
+            .call(
+                Method::DELETE,
+                &format!("/api/v1/domains/{domain}/sync-errors/{eid}"),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK);
+        let (st, _) = s
+            .call(
+                Method::DELETE,
+                &format!("/api/v1/domains/{domain}/sync-errors/{eid}"),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::NOT_FOUND);
+        let (st, _) = s
+            .call(
+                Method::GET,
+                &format!("/api/v1/domains/{domain}/sync-errors?limit=0"),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+    }
+);

@@ -986,3 +986,105 @@ async fn a_big_group_changed_on_both_sides_ends_equal() {
     assert_eq!(cloud_members(&cloud, &gid).await, want, "the cloud stayed settled");
     engine.stop().await;
 }
+
+async fn scim_create_user(cloud: &Cloud, body: serde_json::Value) -> serde_json::Value {
+    let (st, u) = cloud.call(reqwest::Method::POST, "/scim/v2/Users", Some(body)).await;
+    assert_eq!(st, 201, "{u}");
+    u
+}
+
+async fn sync_errors(cloud: &Cloud, domain: &str) -> Vec<serde_json::Value> {
+    let (st, v) = cloud
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/domains/{domain}/sync-errors"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    v["sync_errors"].as_array().cloned().unwrap_or_default()
+}
+
+/// A cloud change AD refuses for good (a second "John Smith" in the same
+/// OU; through the Windows-AD double also a 25-character username) becomes
+/// a sync error of that user: a marker queued behind it still arrives, the
+/// error is listed by the API and survives an agent restart, and once the
+/// cause is fixed a retry applies it and the error clears by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_cloud_change_is_recorded_and_the_rest_flows() {
+    let (dc, cloud, domain) = prepare().await;
+    let agent = enrol(&cloud, &domain).await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    let users = format!("CN=Users,{}", dc.base_dn);
+    // (No clone of `dc`: a clone owns the DC and stops it when dropped.)
+    let (dc_ref, users_ref) = (&dc, &users);
+    let in_ad = |sam: &'static str| async move {
+        dc_ref
+            .ldapsearch(users_ref, &format!("(sAMAccountName={sam})"), &["cn"])
+            .contains("dn: ")
+            .then_some(())
+    };
+
+    scim_create_user(&cloud, json!({"userName": "jsmith1", "displayName": "John Smith"})).await;
+    eventually("the first John Smith in AD", || in_ad("jsmith1")).await;
+    let second = scim_create_user(&cloud, json!({"userName": "jsmith2", "displayName": "John Smith"})).await;
+    let mut poisons = vec![second["id"].as_str().unwrap().to_owned()];
+    if Dc::through_double() {
+        // Windows refuses a sAMAccountName over 20 characters.
+        let long = scim_create_user(&cloud, json!({"userName": "a-name-of-25-characters-x"})).await;
+        poisons.push(long["id"].as_str().unwrap().to_owned());
+    }
+    scim_create_user(&cloud, json!({"userName": "marker", "title": "behind the poison"})).await;
+    eventually("the marker behind the refused changes", || in_ad("marker")).await;
+
+    let errors = eventually("the refusals listed", || async {
+        let e = sync_errors(&cloud, &domain).await;
+        (e.len() == poisons.len()).then_some(e)
+    })
+    .await;
+    let dup = errors
+        .iter()
+        .find(|e| e["object_name"] == "jsmith2")
+        .expect("jsmith2's error");
+    assert_eq!(dup["direction"], "cloud_to_ad");
+    assert!(dup["code"].as_str().unwrap().contains("68"), "{dup}");
+    assert!(dup["advice"].as_str().unwrap().contains("Rename"), "{dup}");
+    for id in &poisons {
+        assert!(errors.iter().any(|e| e["object_key"] == id.as_str()), "{errors:?}");
+    }
+
+    // An agent restart neither loses nor repeats them.
+    engine.stop().await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    scim_create_user(&cloud, json!({"userName": "marker2"})).await;
+    eventually("a change after the restart", || in_ad("marker2")).await;
+    let after = sync_errors(&cloud, &domain).await;
+    assert_eq!(after.len(), poisons.len(), "{after:?}");
+    assert_eq!(
+        after.iter().find(|e| e["object_name"] == "jsmith2").unwrap()["attempts"],
+        1
+    );
+
+    // The fix: the AD John Smith is renamed; a retry creates jsmith2 and the error clears.
+    let mut admin = dc.admin().await;
+    admin
+        .rename_move(&format!("CN=John Smith,{users}"), Some("John Smith (Sales)"), None)
+        .await
+        .unwrap();
+    let eid = dup["id"].as_str().unwrap();
+    let (st, v) = cloud
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/domains/{domain}/sync-errors/{eid}/retry"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    eventually("the retried user in AD", || in_ad("jsmith2")).await;
+    eventually("its error cleared", || async {
+        let e = sync_errors(&cloud, &domain).await;
+        (!e.iter().any(|e| e["object_name"] == "jsmith2")).then_some(())
+    })
+    .await;
+    engine.stop().await;
+}

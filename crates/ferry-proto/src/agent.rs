@@ -377,4 +377,75 @@ pub struct AgentSelf {
     pub report: HeartbeatRequest,
     /// The domain it serves.
     pub domain: DomainInfo,
+    /// Open sync errors of the domain (changes the other side refused).
+    #[serde(default)]
+    pub sync_errors: u64,
+}
+
+/// Which way a change was going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncDirection {
+    /// From the cloud into AD.
+    CloudToAd,
+    /// From AD into the cloud.
+    AdToCloud,
+}
+
+impl SyncDirection {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncDirection::CloudToAd => "cloud_to_ad",
+            SyncDirection::AdToCloud => "ad_to_cloud",
+        }
+    }
+
+    /// From the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "cloud_to_ad" => Some(SyncDirection::CloudToAd),
+            "ad_to_cloud" => Some(SyncDirection::AdToCloud),
+            _ => None,
+        }
+    }
+}
+
+/// `POST /agent/v1/sync-errors`: the other side refused a change to one
+/// object for good. The agent goes on with everything else; the error
+/// stays listed (attempts counted) until a later try of the object succeeds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncErrorReport {
+    /// Which way.
+    pub direction: SyncDirection,
+    /// The object: its cloud id (cloud → AD) or AD objectGUID (AD → cloud).
+    pub object_key: String,
+    /// User or group.
+    pub object_kind: ObjectKind,
+    /// A name an admin recognizes (userName, group name, DN).
+    pub object_name: String,
+    /// What was tried, e.g. `create user`, `add member`.
+    pub operation: String,
+    /// The refusing side's code: an LDAP result (`ldap 68 entryAlreadyExists`), an HTTP status and code.
+    pub code: String,
+    /// The refusing side's message, with what to do.
+    pub message: String,
+}
+
+/// `POST /agent/v1/sync-errors/resolved`: a later try of these objects succeeded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncErrorsResolved {
+    /// Which way.
+    pub direction: SyncDirection,
+    /// The objects (as in [`SyncErrorReport::object_key`]).
+    pub object_keys: Vec<String>,
+}
+
+/// `GET /agent/v1/sync-errors`: the objects with an open error, per direction.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenSyncErrors {
+    /// Object keys with an open cloud → AD error.
+    pub cloud_to_ad: Vec<String>,
+    /// Object keys with an open AD → cloud error.
+    pub ad_to_cloud: Vec<String>,
 }

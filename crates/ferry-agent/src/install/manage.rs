@@ -109,6 +109,10 @@ fn describe(url: &str, me: &AgentSelf, now: i64) -> String {
         r.applied
     ));
     s.push_str(&format!("Errors:     {}\n", r.last_error.as_deref().unwrap_or("none")));
+    s.push_str(&format!(
+        "Sync errors: {} (changes the other side refused; see the domain's Sync activity in the console)\n",
+        me.sync_errors
+    ));
     s
 }
 

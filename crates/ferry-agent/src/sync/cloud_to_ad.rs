@@ -3,14 +3,17 @@
 //! acknowledged only after AD has it; re-delivery after a crash is harmless
 //! because applying is idempotent.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use ferry_proto::agent::{CloudChange, CloudDeleteAction, DomainInfo, FeedEntry, LinkInfo};
+use ferry_proto::agent::{
+    CloudChange, CloudDeleteAction, DomainInfo, FeedEntry, LinkInfo, SyncDirection, SyncErrorReport,
+};
 use ferry_proto::record::{GroupRecord, ObjectKind, UserRecord};
 use uuid::Uuid;
 
+use super::error::SyncError;
 use super::Shared;
 use crate::ad::guid::guid_filter;
 use crate::ad::mapping::READ_ATTRS;
@@ -29,25 +32,99 @@ async fn follow(shared: &Shared) -> Result<(), String> {
     let mut conn = shared.connect().await.map_err(|e| e.to_string())?;
     let mut cursor = shared.cloud.state().await.map_err(|e| e.to_string())?.feed_cursor;
     let mut links: HashMap<Uuid, Uuid> = HashMap::new();
+    // Objects with an open cloud → AD error: a success clears theirs.
+    let mut failed: HashSet<Uuid> = shared
+        .cloud
+        .open_sync_errors()
+        .await
+        .map_err(|e| e.to_string())?
+        .cloud_to_ad
+        .iter()
+        .filter_map(|k| k.parse().ok())
+        .collect();
     loop {
         if !shared.primary.load(Ordering::SeqCst) {
             return Ok(());
         }
         let page = shared.cloud.feed(cursor, 20).await.map_err(|e| e.to_string())?;
         let domain = shared.domain.read().await.clone();
+        let mut resolved = Vec::new();
         for entry in &page.entries {
             for (id, guid) in &entry.ad_guids {
                 links.insert(*id, *guid);
             }
-            apply(shared, &mut conn, &domain, &mut links, entry)
+            let object = subject(&entry.change);
+            match apply(shared, &mut conn, &domain, &mut links, entry).await {
+                Ok(()) => {
+                    if failed.remove(&object) {
+                        resolved.push(object.to_string());
+                    }
+                }
+                // Refused for good: recorded against the object; the rest flows on.
+                Err(SyncError::Refused { code, message }) => {
+                    tracing::warn!(seq = entry.seq, %object, %code, "cloud → AD: refused; recorded as a sync error");
+                    let report = error_report(entry, code, message);
+                    shared
+                        .cloud
+                        .report_sync_error(&report)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    failed.insert(object);
+                }
+                Err(SyncError::Retry(e)) => return Err(format!("change {}: {e}", entry.seq)),
+            }
+        }
+        if !resolved.is_empty() {
+            shared
+                .cloud
+                .resolve_sync_errors(SyncDirection::CloudToAd, resolved)
                 .await
-                .map_err(|e| format!("change {}: {e}", entry.seq))?;
+                .map_err(|e| e.to_string())?;
         }
         if page.next_cursor > cursor {
             shared.cloud.ack(page.next_cursor).await.map_err(|e| e.to_string())?;
             cursor = page.next_cursor;
         }
         shared.synced();
+    }
+}
+
+/// The object a feed entry changes (a membership change is the group's).
+fn subject(change: &CloudChange) -> Uuid {
+    match change {
+        CloudChange::UpsertUser { id, .. } | CloudChange::UpsertGroup { id, .. } | CloudChange::Delete { id, .. } => {
+            *id
+        }
+        CloudChange::AddMember { group, .. } | CloudChange::RemoveMember { group, .. } => *group,
+        CloudChange::PasswordSet { user } => *user,
+    }
+}
+
+fn error_report(entry: &FeedEntry, code: String, message: String) -> SyncErrorReport {
+    let (kind, name, operation) = match &entry.change {
+        CloudChange::UpsertUser { record, .. } => (ObjectKind::User, record.username.clone(), "create or update user"),
+        CloudChange::UpsertGroup { record, .. } => (ObjectKind::Group, record.name.clone(), "create or update group"),
+        CloudChange::Delete { id, kind } => (*kind, id.to_string(), "delete"),
+        CloudChange::AddMember { group, member, .. } => (
+            ObjectKind::Group,
+            format!("group {group} (member {member})"),
+            "add member",
+        ),
+        CloudChange::RemoveMember { group, member, .. } => (
+            ObjectKind::Group,
+            format!("group {group} (member {member})"),
+            "remove member",
+        ),
+        CloudChange::PasswordSet { user } => (ObjectKind::User, user.to_string(), "set password"),
+    };
+    SyncErrorReport {
+        direction: SyncDirection::CloudToAd,
+        object_key: subject(&entry.change).to_string(),
+        object_kind: kind,
+        object_name: name,
+        operation: operation.to_owned(),
+        code,
+        message,
     }
 }
 
@@ -67,14 +144,14 @@ async fn linked(
     root: &str,
     links: &mut HashMap<Uuid, Uuid>,
     id: Uuid,
-) -> Result<Option<AdEntry>, String> {
+) -> Result<Option<AdEntry>, SyncError> {
     if !links.contains_key(&id) {
-        for l in shared.cloud.links().await.map_err(|e| e.to_string())? {
+        for l in shared.cloud.links().await? {
             links.insert(l.object_id, l.guid);
         }
     }
     match links.get(&id) {
-        Some(g) => find(conn, root, *g).await.map_err(|e| e.to_string()),
+        Some(g) => Ok(find(conn, root, *g).await?),
         None => Ok(None),
     }
 }
@@ -85,13 +162,13 @@ async fn apply(
     domain: &DomainInfo,
     links: &mut HashMap<Uuid, Uuid>,
     entry: &FeedEntry,
-) -> Result<(), String> {
+) -> Result<(), SyncError> {
     let root = domain.root_dn.as_str();
     match &entry.change {
         CloudChange::UpsertUser { id, record } => {
             let existing = match linked(shared, conn, root, links, *id).await? {
                 Some(e) => Some(e),
-                None => by_sam(conn, root, &record.username).await,
+                None => by_sam(conn, root, &record.username).await?,
             };
             match existing {
                 Some(e) => update_user(shared, conn, &e, record).await?,
@@ -101,7 +178,7 @@ async fn apply(
         CloudChange::UpsertGroup { id, record } => {
             let existing = match linked(shared, conn, root, links, *id).await? {
                 Some(e) => Some(e),
-                None => by_sam(conn, root, &sam_account_name_for(&record.name, 64)).await,
+                None => by_sam(conn, root, &sam_account_name_for(&record.name, 64)).await?,
             };
             match existing {
                 Some(e) => update_group(shared, conn, &e, record).await?,
@@ -114,11 +191,11 @@ async fn apply(
             };
             match (kind, domain.policies.cloud_delete_action) {
                 (ObjectKind::User, CloudDeleteAction::Disable) => {
-                    conn.set_enabled(&e.dn, false).await.map_err(|e| e.to_string())?;
+                    conn.set_enabled(&e.dn, false).await?;
                     tracing::info!(dn = %e.dn, "cloud → AD: user deleted in the cloud, disabled in AD (policy)");
                 }
                 _ => {
-                    conn.delete(&e.dn).await.map_err(|e| e.to_string())?;
+                    conn.delete(&e.dn).await?;
                     tracing::info!(dn = %e.dn, "cloud → AD: deleted");
                 }
             }
@@ -141,8 +218,7 @@ async fn apply(
                 conn.add_member(&g.dn, &m.dn).await
             } else {
                 conn.remove_member(&g.dn, &m.dn).await
-            }
-            .map_err(|e| e.to_string())?;
+            }?;
             if done == Membership::AlreadySo {
                 return Ok(());
             }
@@ -156,13 +232,13 @@ async fn apply(
     Ok(())
 }
 
-async fn by_sam(conn: &mut AdConnection, root: &str, sam: &str) -> Option<AdEntry> {
+async fn by_sam(conn: &mut AdConnection, root: &str, sam: &str) -> Result<Option<AdEntry>, SyncError> {
     let filter = format!("(sAMAccountName={})", ldap3::ldap_escape(sam));
-    conn.search_paged(root, ldap3::Scope::Subtree, &filter, READ_ATTRS)
-        .await
-        .ok()?
+    Ok(conn
+        .search_paged(root, ldap3::Scope::Subtree, &filter, READ_ATTRS)
+        .await?
         .into_iter()
-        .next()
+        .next())
 }
 
 /// LDAP attribute → desired value, from a user record.
@@ -182,7 +258,7 @@ fn user_attrs(r: &UserRecord) -> Vec<(&'static str, Option<String>)> {
     ]
 }
 
-async fn update_user(shared: &Shared, conn: &mut AdConnection, e: &AdEntry, r: &UserRecord) -> Result<(), String> {
+async fn update_user(shared: &Shared, conn: &mut AdConnection, e: &AdEntry, r: &UserRecord) -> Result<(), SyncError> {
     let mut changes: Vec<(&str, Option<String>)> = user_attrs(r)
         .into_iter()
         .filter(|(attr, want)| e.str(attr).filter(|s| !s.is_empty()) != *want)
@@ -195,7 +271,7 @@ async fn update_user(shared: &Shared, conn: &mut AdConnection, e: &AdEntry, r: &
         return Ok(());
     }
     let refs: Vec<(&str, Option<&str>)> = changes.iter().map(|(k, v)| (*k, v.as_deref())).collect();
-    conn.set_attributes(&e.dn, &refs).await.map_err(|e| e.to_string())?;
+    conn.set_attributes(&e.dn, &refs).await?;
     if enabled != r.active {
         if let Err(err) = conn.set_enabled(&e.dn, r.active).await {
             // AD refuses to enable an account that has no password yet.
@@ -214,7 +290,7 @@ async fn create_user(
     id: Uuid,
     r: &UserRecord,
     links: &mut HashMap<Uuid, Uuid>,
-) -> Result<(), String> {
+) -> Result<(), SyncError> {
     let u = NewAdUser {
         sam_account_name: r.username.clone(),
         upn: Some(format!("{}@{}", r.username, domain.name)),
@@ -226,13 +302,13 @@ async fn create_user(
         password: None,
         enabled: false,
     };
-    let dn = conn.create_user(&domain.user_ou, &u).await.map_err(|e| e.to_string())?;
+    let dn = conn.create_user(&domain.user_ou, &u).await?;
     link_new(shared, conn, links, id, ObjectKind::User, dn.clone()).await?;
     tracing::info!(%dn, "cloud → AD: user created (disabled until a password is set)");
     Ok(())
 }
 
-async fn update_group(shared: &Shared, conn: &mut AdConnection, e: &AdEntry, r: &GroupRecord) -> Result<(), String> {
+async fn update_group(shared: &Shared, conn: &mut AdConnection, e: &AdEntry, r: &GroupRecord) -> Result<(), SyncError> {
     let sam = sam_account_name_for(&r.name, 64);
     let mut changes: Vec<(&str, Option<String>)> = Vec::new();
     if e.str("sAMAccountName").as_deref() != Some(sam.as_str()) {
@@ -245,7 +321,7 @@ async fn update_group(shared: &Shared, conn: &mut AdConnection, e: &AdEntry, r: 
         return Ok(());
     }
     let refs: Vec<(&str, Option<&str>)> = changes.iter().map(|(k, v)| (*k, v.as_deref())).collect();
-    conn.set_attributes(&e.dn, &refs).await.map_err(|e| e.to_string())?;
+    conn.set_attributes(&e.dn, &refs).await?;
     tracing::info!(dn = %e.dn, "cloud → AD: group updated");
     shared.applied.fetch_add(1, Ordering::SeqCst);
     Ok(())
@@ -258,16 +334,13 @@ async fn create_group(
     id: Uuid,
     r: &GroupRecord,
     links: &mut HashMap<Uuid, Uuid>,
-) -> Result<(), String> {
+) -> Result<(), SyncError> {
     let g = NewAdGroup {
         name: r.name.clone(),
         description: r.description.clone(),
         group_type: GROUP_GLOBAL_SECURITY,
     };
-    let dn = conn
-        .create_group(&domain.user_ou, &g)
-        .await
-        .map_err(|e| e.to_string())?;
+    let dn = conn.create_group(&domain.user_ou, &g).await?;
     link_new(shared, conn, links, id, ObjectKind::Group, dn.clone()).await?;
     tracing::info!(%dn, "cloud → AD: group created");
     Ok(())
@@ -281,11 +354,10 @@ async fn link_new(
     id: Uuid,
     kind: ObjectKind,
     dn: String,
-) -> Result<(), String> {
+) -> Result<(), SyncError> {
     let guid = conn
         .read_entry(&dn, &["objectGUID"])
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .and_then(|e| e.guid())
         .ok_or_else(|| format!("the new object {dn} has no objectGUID"))?;
     shared
@@ -296,8 +368,7 @@ async fn link_new(
             guid,
             dn,
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     links.insert(id, guid);
     shared.applied.fetch_add(1, Ordering::SeqCst);
     Ok(())
@@ -314,7 +385,7 @@ async fn set_password(
     links: &mut HashMap<Uuid, Uuid>,
     seq: i64,
     user: Uuid,
-) -> Result<(), String> {
+) -> Result<(), SyncError> {
     let Some(e) = linked(shared, conn, root, links, user).await? else {
         tracing::warn!(%user, "a password for a user with no AD account: skipped");
         return Ok(());
@@ -325,27 +396,22 @@ async fn set_password(
             tracing::warn!(dn = %e.dn, "no password sealed to this agent (it registered after the change): skipped");
             return Ok(());
         }
-        Err(err) => return Err(err.to_string()),
+        Err(err) => return Err(err.into()),
     };
     let context = format!("ferry-password:{user}:{seq}");
-    let password = ferry_proto::seal::open(&shared.secret_key, &context, &sealed).map_err(|e| e.to_string())?;
-    let password = std::str::from_utf8(&password).map_err(|_| "the sealed password is not UTF-8".to_owned())?;
-    match conn.set_password(&e.dn, password, false).await {
-        Ok(()) => {}
-        Err(AdError::PasswordPolicy(why)) => {
-            tracing::warn!(dn = %e.dn, "the domain refused the password set in the cloud: {why}");
-            shared.note_error(&format!("password for {} refused by the domain's policy", e.dn));
-            return Ok(());
-        }
-        Err(err) => return Err(err.to_string()),
-    }
+    let password = ferry_proto::seal::open(&shared.secret_key, &context, &sealed)
+        .map_err(|e| SyncError::Retry(format!("cannot open the sealed password: {e}")))?;
+    let password =
+        std::str::from_utf8(&password).map_err(|_| SyncError::Retry("the sealed password is not UTF-8".into()))?;
+    // A password the domain's policy refuses is a sync error of the user:
+    // retrying cannot make it pass, a new password can.
+    conn.set_password(&e.dn, password, false).await?;
     let uac = e.int("userAccountControl").unwrap_or(0);
     if uac & UF_PASSWD_NOTREQD != 0 {
         // Created without a password: now it has one, it may be enabled.
         let next = (uac & !UF_PASSWD_NOTREQD & !UF_ACCOUNTDISABLE) | UF_NORMAL_ACCOUNT;
         conn.set_attributes(&e.dn, &[("userAccountControl", Some(&next.to_string()))])
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
     }
     tracing::info!(dn = %e.dn, "cloud → AD: password set");
     shared.applied.fetch_add(1, Ordering::SeqCst);

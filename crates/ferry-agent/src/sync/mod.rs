@@ -8,6 +8,7 @@
 
 pub mod ad_to_cloud;
 pub mod cloud_to_ad;
+pub mod error;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;

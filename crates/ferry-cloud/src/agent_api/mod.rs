@@ -2,6 +2,8 @@
 //! whole conversation: register with a Connect Key, heartbeat for the
 //! primary lease, push AD changes, long-poll and acknowledge the cloud feed.
 
+mod sync_errors;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -40,6 +42,8 @@ pub fn router() -> Router<AppState> {
         .route("/ack", post(ack))
         .route("/links", get(list_links).post(put_link))
         .route("/secrets/{seq}", get(sealed_secret))
+        .route("/sync-errors", get(sync_errors::open).post(sync_errors::report))
+        .route("/sync-errors/resolved", post(sync_errors::resolved))
 }
 
 fn domain_info(d: &Domain) -> DomainInfo {
@@ -176,6 +180,12 @@ async fn me(State(state): State<AppState>, AgentAuth(agent): AgentAuth) -> Resul
     let now = state.now();
     let mut tx = state.store.begin().await?;
     let d = tx.get_domain(agent.org_id, agent.domain_id).await?;
+    let sync_errors = tx
+        .count_sync_errors(agent.org_id)
+        .await?
+        .into_iter()
+        .find_map(|(domain, n)| (domain == agent.domain_id).then_some(n))
+        .unwrap_or(0);
     Ok(Json(AgentSelf {
         agent_id: agent.id,
         hostname: agent.hostname.clone(),
@@ -186,6 +196,7 @@ async fn me(State(state): State<AppState>, AgentAuth(agent): AgentAuth) -> Resul
         registered_at: agent.created_at,
         report: serde_json::from_value(agent.report.clone()).unwrap_or_default(),
         domain: domain_info(&d),
+        sync_errors: u64::try_from(sync_errors).unwrap_or(0),
     }))
 }
 

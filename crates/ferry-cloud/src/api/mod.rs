@@ -5,6 +5,7 @@ mod audit;
 mod domains;
 pub use domains::agent_status;
 mod sessions;
+pub mod sync_errors;
 
 use axum::routing::{delete, get, post};
 use axum::Router;
@@ -37,6 +38,16 @@ pub fn router() -> Router<AppState> {
         .route(
             "/domains/{id}/quarantine/{qid}/reject",
             post(domains::reject_quarantine),
+        )
+        .route(
+            "/domains/{id}/sync-errors",
+            get(sync_errors::list).delete(sync_errors::dismiss_all),
+        )
+        .route("/domains/{id}/sync-errors/retry", post(sync_errors::retry_all))
+        .route("/domains/{id}/sync-errors/{error_id}", delete(sync_errors::dismiss_one))
+        .route(
+            "/domains/{id}/sync-errors/{error_id}/retry",
+            post(sync_errors::retry_one),
         )
         .route("/audit", get(audit::list))
         .route("/objects/{id}/links", get(object_links))

@@ -319,6 +319,57 @@ pub async fn delete_group(tx: &mut Tx, ctx: &WriteCtx, id: Uuid) -> StoreResult<
     .await
 }
 
+/// Sends an object to the agents again as it is now: its state, and every
+/// membership it takes part in (as the group, or as a member). This is how
+/// a change an agent could not apply is retried once its cause is fixed:
+/// memberships skipped while the object was missing from AD come along.
+/// `false` when the object no longer exists.
+pub async fn redeliver(tx: &mut Tx, ctx: &WriteCtx, id: Uuid) -> StoreResult<bool> {
+    let mut entries = Vec::new();
+    if let Some(row) = tx.get_user(ctx.org_id, id).await? {
+        entries.push((
+            id,
+            CloudChange::UpsertUser {
+                id,
+                record: Box::new(record::user_record(&row)),
+            },
+        ));
+    } else if let Some(row) = tx.get_group(ctx.org_id, id).await? {
+        entries.push((
+            id,
+            CloudChange::UpsertGroup {
+                id,
+                record: record::group_record(&row),
+            },
+        ));
+        for m in tx.group_members(ctx.org_id, id).await? {
+            entries.push((
+                id,
+                CloudChange::AddMember {
+                    group: id,
+                    member: m.id,
+                    member_kind: m.kind,
+                },
+            ));
+        }
+    } else {
+        return Ok(false);
+    }
+    let kind = tx.object_kind(ctx.org_id, id).await?.unwrap_or(ObjectKind::User);
+    for (group, _) in tx.groups_of(ctx.org_id, id).await? {
+        entries.push((
+            group,
+            CloudChange::AddMember {
+                group,
+                member: id,
+                member_kind: kind,
+            },
+        ));
+    }
+    tx.append_feed_many(ctx.org_id, &ctx.origin, &entries, ctx.now).await?;
+    Ok(true)
+}
+
 /// Writes an audit entry for this context.
 pub async fn audit(
     tx: &mut Tx,

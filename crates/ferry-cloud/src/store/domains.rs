@@ -187,7 +187,7 @@ impl Tx {
     /// Deletes a domain with its keys, agents and links.
     pub async fn delete_domain(&mut self, org_id: Uuid, id: Uuid) -> StoreResult<()> {
         let (o, d) = (org_id.to_string(), id.to_string());
-        for table in ["connect_keys", "agents", "links", "quarantine"] {
+        for table in ["connect_keys", "agents", "links", "quarantine", "sync_errors"] {
             let sql = format!("DELETE FROM {table} WHERE domain_id = $1 AND org_id = $2");
             sqlx::query(&sql).bind(&d).bind(&o).execute(self.conn()).await?;
         }

@@ -13,6 +13,7 @@ mod accounts;
 mod directory;
 mod domains;
 mod journal;
+mod sync_errors;
 
 use std::str::FromStr;
 
@@ -24,12 +25,14 @@ pub use accounts::{Admin, Org, TokenKind, TokenRow};
 pub use directory::{GroupRow, Link, Member, NewGroup, NewUser, UserQuery, UserRow};
 pub use domains::{Agent, ConnectKeyProblem, ConnectKeyRow, Domain, DomainSettings, Lease, Quarantine};
 pub use journal::{AuditEntry, FeedLink, FeedRow};
+pub use sync_errors::SyncErrorRow;
 
 /// Migrations, in order; each runs once, in its own transaction.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("0001_init.sql")),
     (2, include_str!("0002_sealed_secrets.sql")),
     (3, include_str!("0003_link_base.sql")),
+    (4, include_str!("0004_sync_errors.sql")),
 ];
 
 /// Which database engine is behind the pool.

@@ -1,0 +1,222 @@
+//! A domain's sync errors: changes the other side refused for good. The
+//! agent records them and goes on; an admin reads them here, fixes the
+//! cause, and retries (or dismisses) them.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use ferry_proto::agent::SyncDirection;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::parse_id;
+use crate::app::AppState;
+use crate::directory::{self, WriteCtx, ORIGIN_CLOUD};
+use crate::http::auth::AdminAuth;
+use crate::http::{ApiError, ApiQuery};
+use crate::store::{StoreError, SyncErrorRow, Tx};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Page {
+    limit: Option<i64>,
+    /// The `next` of the previous page.
+    before: Option<String>,
+}
+
+fn not_found_as(what: &'static str) -> impl Fn(StoreError) -> ApiError {
+    move |e| match e {
+        StoreError::NotFound => ApiError::not_found(what),
+        e => e.into(),
+    }
+}
+
+/// What an admin can do about an error, in words.
+pub fn advice(e: &SyncErrorRow) -> &'static str {
+    let code = e.code.as_str();
+    if code.contains("entryAlreadyExists") || code.contains(" 68") {
+        "An object with the same name exists in AD. Rename one of them (or link them), then retry."
+    } else if code.contains("insufficientAccessRights") || code.contains(" 50") {
+        "The service account may not write this object (a protected or privileged account, or a right missing): check `ferry-agent check`, then retry."
+    } else if code.contains("constraintViolation") || code.contains(" 19") {
+        "AD refused a value (a password policy, a name rule, or a duplicate UPN): change it in the cloud, then retry."
+    } else {
+        "Fix what the message names, then retry."
+    }
+}
+
+fn to_json(e: &SyncErrorRow) -> Value {
+    json!({
+        "id": e.id, "direction": e.direction.as_str(), "object_key": e.object_key, "object_kind": e.object_kind.as_str(),
+        "object_name": e.object_name, "operation": e.operation, "code": e.code, "message": e.message,
+        "first_seen": e.first_seen, "last_seen": e.last_seen, "attempts": e.attempts, "advice": advice(e),
+    })
+}
+
+/// `GET /api/v1/domains/{id}/sync-errors`: newest first, paged.
+pub(super) async fn list(
+    State(state): State<AppState>,
+    auth: AdminAuth,
+    Path(id): Path<String>,
+    ApiQuery(page): ApiQuery<Page>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id, "domain")?;
+    let limit = page.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+    }
+    let before = match page.before.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(parse_cursor(c)?),
+    };
+    let mut tx = state.store.begin().await?;
+    tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;
+    let rows = tx.list_sync_errors(auth.org_id, id, limit, before).await?;
+    let total = total_of(&mut tx, auth.org_id, id).await?;
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| format!("{}.{}", r.last_seen, r.id)))
+        .flatten();
+    let items: Vec<Value> = rows.iter().map(to_json).collect();
+    Ok(Json(json!({ "sync_errors": items, "total": total, "next": next })))
+}
+
+fn parse_cursor(c: &str) -> Result<(i64, Uuid), ApiError> {
+    let bad = || ApiError::bad_request("before must be the `next` of the previous page");
+    let (at, id) = c.split_once('.').ok_or_else(bad)?;
+    Ok((at.parse().map_err(|_| bad())?, id.parse().map_err(|_| bad())?))
+}
+
+async fn total_of(tx: &mut Tx, org_id: Uuid, domain_id: Uuid) -> Result<i64, ApiError> {
+    Ok(tx
+        .count_sync_errors(org_id)
+        .await?
+        .into_iter()
+        .find_map(|(d, n)| (d == domain_id).then_some(n))
+        .unwrap_or(0))
+}
+
+/// `POST /api/v1/domains/{id}/sync-errors/{error_id}/retry`.
+pub(super) async fn retry_one(
+    State(state): State<AppState>,
+    auth: AdminAuth,
+    Path((id, eid)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id, "domain")?;
+    let eid = parse_id(&eid, "sync error")?;
+    let mut tx = state.store.begin().await?;
+    tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;
+    let e = tx
+        .get_sync_error(auth.org_id, id, eid)
+        .await
+        .map_err(not_found_as("sync error"))?;
+    let retried = retry(&mut tx, &auth, state.now(), &[e]).await?;
+    tx.commit().await?;
+    Ok(Json(json!({ "retried": retried })))
+}
+
+/// `POST /api/v1/domains/{id}/sync-errors/retry`: every open error.
+pub(super) async fn retry_all(
+    State(state): State<AppState>,
+    auth: AdminAuth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id, "domain")?;
+    let mut tx = state.store.begin().await?;
+    tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;
+    let mut retried = 0;
+    let mut before = None;
+    loop {
+        let page = tx.list_sync_errors(auth.org_id, id, 500, before).await?;
+        retried += retry(&mut tx, &auth, state.now(), &page).await?;
+        match page.last() {
+            Some(last) if page.len() == 500 => before = Some((last.last_seen, last.id)),
+            _ => break,
+        }
+    }
+    tx.commit().await?;
+    Ok(Json(json!({ "retried": retried })))
+}
+
+/// Retries errors: a cloud → AD change goes to the agent again as the
+/// object is now (the error clears when the agent applies it); an AD →
+/// cloud change is read again from AD on the agent's next pass.
+async fn retry(tx: &mut Tx, auth: &AdminAuth, now: i64, errors: &[SyncErrorRow]) -> Result<u64, ApiError> {
+    let ctx = WriteCtx {
+        org_id: auth.org_id,
+        origin: ORIGIN_CLOUD.into(),
+        actor: auth.actor.clone(),
+        now,
+    };
+    let mut retried = 0;
+    for e in errors {
+        if e.direction == SyncDirection::CloudToAd {
+            let Ok(object) = e.object_key.parse::<Uuid>() else {
+                continue;
+            };
+            if directory::redeliver(tx, &ctx, object).await? {
+                retried += 1;
+            } else {
+                // The object is gone from the cloud: nothing is left to retry.
+                tx.dismiss_sync_errors(auth.org_id, e.domain_id, Some(e.id)).await?;
+            }
+        }
+    }
+    if retried > 0 {
+        let details = json!({ "errors": retried });
+        directory::audit(
+            tx,
+            &ctx,
+            "sync.retry",
+            &format!("domain:{}", errors[0].domain_id),
+            details,
+        )
+        .await?;
+    }
+    Ok(retried)
+}
+
+/// `DELETE /api/v1/domains/{id}/sync-errors/{error_id}`.
+pub(super) async fn dismiss_one(
+    State(state): State<AppState>,
+    auth: AdminAuth,
+    Path((id, eid)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id, "domain")?;
+    let eid = parse_id(&eid, "sync error")?;
+    dismiss(state, auth, id, Some(eid)).await
+}
+
+/// `DELETE /api/v1/domains/{id}/sync-errors`: every open error.
+pub(super) async fn dismiss_all(
+    State(state): State<AppState>,
+    auth: AdminAuth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id, "domain")?;
+    dismiss(state, auth, id, None).await
+}
+
+async fn dismiss(state: AppState, auth: AdminAuth, id: Uuid, eid: Option<Uuid>) -> Result<Json<Value>, ApiError> {
+    let mut tx = state.store.begin().await?;
+    tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;
+    let gone = tx.dismiss_sync_errors(auth.org_id, id, eid).await?;
+    if eid.is_some() && gone == 0 {
+        return Err(ApiError::not_found("sync error"));
+    }
+    let ctx = WriteCtx {
+        org_id: auth.org_id,
+        origin: ORIGIN_CLOUD.into(),
+        actor: auth.actor.clone(),
+        now: state.now(),
+    };
+    directory::audit(
+        &mut tx,
+        &ctx,
+        "sync.dismiss",
+        &format!("domain:{id}"),
+        json!({ "errors": gone }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(json!({ "dismissed": gone })))
+}
