@@ -166,6 +166,9 @@ pub async fn uninstall(dir: &Path, force: bool) -> anyhow::Result<Vec<String>> {
         }
     }
     config::remove_install(dir)?;
+    if c.service.is_some() {
+        service::remove_logs(dir);
+    }
     done.push(format!("Removed the agent's files from {}.", dir.display()));
     Ok(done)
 }

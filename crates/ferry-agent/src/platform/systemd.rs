@@ -122,6 +122,9 @@ pub fn remove(unit: &str) -> Result<()> {
     Ok(())
 }
 
+/// Nothing to remove: the journal keeps systemd's logs, and rotates them.
+pub fn remove_logs(_config_dir: &Path) {}
+
 /// `systemctl is-active` of the unit, or why it cannot be told.
 pub fn state(unit: &str) -> String {
     match Command::new("systemctl").args(["is-active", unit]).output() {

@@ -74,6 +74,20 @@ pub fn log_file(config_dir: &Path) -> PathBuf {
     dir.parent().unwrap_or(&dir).join("logs").join("ferry-agent.log")
 }
 
+/// Removes the service's log, and `…\Ferry\logs` and `…\Ferry` when that
+/// leaves them empty (best effort: the uninstall goes on without it).
+pub fn remove_logs(config_dir: &Path) {
+    let log = log_file(config_dir);
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(log.with_extension("log.old"));
+    if let Some(logs) = log.parent() {
+        let _ = std::fs::remove_dir(logs);
+        if let Some(ferry) = logs.parent() {
+            let _ = std::fs::remove_dir(ferry);
+        }
+    }
+}
+
 /// The arguments the SCM starts the executable with.
 pub fn service_arguments(config_dir: &Path) -> Vec<OsString> {
     vec![
@@ -163,9 +177,14 @@ pub fn install(config_dir: &Path) -> Result<Outcome> {
     };
     let configured = service
         .set_description(DESCRIPTION)
-        .and_then(|_| service.set_delayed_auto_start(true))
-        .and_then(|_| service.update_failure_actions(failure_actions()))
-        .and_then(|_| service.set_failure_actions_on_non_crash_failures(false))
+        .and_then(|_| supported("delayed automatic start", service.set_delayed_auto_start(true)))
+        .and_then(|_| supported("restart on failure", service.update_failure_actions(failure_actions())))
+        .and_then(|_| {
+            supported(
+                "no restart after a reported stop",
+                service.set_failure_actions_on_non_crash_failures(false),
+            )
+        })
         .with_context(|| format!("cannot configure the service {NAME}"));
     let started = configured.and_then(|_| {
         stop_and_wait(&service)?;
@@ -179,6 +198,19 @@ pub fn install(config_dir: &Path) -> Result<Outcome> {
         return Err(e);
     }
     Ok(Outcome::Service { name: NAME.into() })
+}
+
+/// A setting every Windows since Vista has, but Wine's SCM refuses
+/// (`ERROR_INVALID_LEVEL`): said, and the install goes on.
+fn supported(what: &str, r: windows_service::Result<()>) -> windows_service::Result<()> {
+    const ERROR_INVALID_LEVEL: i32 = 124;
+    match r {
+        Err(windows_service::Error::Winapi(e)) if e.raw_os_error() == Some(ERROR_INVALID_LEVEL) => {
+            tracing::warn!("this Service Control Manager does not support {what} (Wine?): {e}");
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 fn stop_and_wait(service: &windows_service::service::Service) -> Result<()> {
@@ -351,9 +383,16 @@ fn service_main(_arguments: Vec<OsString>) {
     let ended = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt.block_on(async {
             let mut rx = stop_rx;
+            let set = &set;
             let stop = async move {
                 let _ = rx.wait_for(|stop| *stop).await;
                 tracing::info!("stop requested by the Service Control Manager");
+                // Ending the sync and releasing the lease takes a moment.
+                set(
+                    ServiceState::StopPending,
+                    ServiceExitCode::NO_ERROR,
+                    Duration::from_secs(15),
+                );
             };
             crate::run::installed_agent(&dir, stop).await
         }),
