@@ -13,12 +13,11 @@
 //!
 //! Set `FERRY_TEST_WINDOWS_AGENT` to the `.exe` (`scripts/test-windows`
 //! builds it and puts the Wine-only `bcryptprimitives.dll` shim beside it);
-//! unset, the test says it was skipped. What Wine does not stand in for:
-//! the elevation prompt (UAC) and the ACLs `icacls` sets (Wine accepts and
-//! ignores them); DPAPI under Wine is Wine's (the round trip is real, the
-//! machine key is not Windows'). The service's own decisions (restart on
-//! failure, stay stopped at 78, its command line) are unit tests in the
-//! agent's platform module, which `scripts/test-windows` also runs under Wine.
+//! unset, the test says it was skipped. What Wine does not stand in for
+//! (UAC, the ACLs `icacls` sets, Windows' DPAPI machine key, the SCM's
+//! failure actions) is listed in docs/install.md; those decisions are unit
+//! tests in the agent's platform module, which `scripts/test-windows` also
+//! runs under Wine.
 #![allow(clippy::unwrap_used, clippy::panic)] // a failed unwrap is a failed test
 
 mod common;
