@@ -165,15 +165,17 @@ const ALL: ServiceAccess = ServiceAccess::QUERY_STATUS
 pub fn install(config_dir: &Path) -> Result<Outcome> {
     let m = manager(ServiceManagerAccess::CONNECT | ServiceManagerAccess::CREATE_SERVICE)?;
     let info = service_info(&this_binary(), config_dir);
-    let service = match m.open_service(NAME, ALL) {
+    let (service, created) = match m.open_service(NAME, ALL) {
         Ok(s) => {
             s.change_config(&info)
                 .with_context(|| format!("cannot update the service {NAME}"))?;
-            s
+            (s, false)
         }
-        Err(_) => m
-            .create_service(&info, ALL)
-            .with_context(|| format!("cannot create the service {NAME}"))?,
+        Err(_) => (
+            m.create_service(&info, ALL)
+                .with_context(|| format!("cannot create the service {NAME}"))?,
+            true,
+        ),
     };
     let configured = service
         .set_description(DESCRIPTION)
@@ -194,7 +196,11 @@ pub fn install(config_dir: &Path) -> Result<Outcome> {
         wait_for(&service, ServiceState::Running)
     });
     if let Err(e) = started {
-        let _ = service.delete();
+        // Undone: a service this install created goes; the MSI's stays, stopped.
+        let _ = stop_and_wait(&service);
+        if created {
+            let _ = service.delete();
+        }
         return Err(e);
     }
     Ok(Outcome::Service { name: NAME.into() })
