@@ -21,6 +21,9 @@
 #![allow(clippy::unwrap_used, clippy::panic)] // a failed unwrap is a failed test
 
 mod common;
+#[allow(dead_code)] // the pty helper's Ctrl-C is for install.rs
+#[path = "common/pty.rs"]
+mod pty;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -173,6 +176,51 @@ async fn the_windows_agent_installs_and_syncs_both_ways_under_wine() {
             t.title()
         );
     }
+
+    // The wizard in a Windows console (Wine's, on a pseudo-terminal): the
+    // guide's questions, the password hidden, installed, the window kept open.
+    let key = connect_key(&cloud, &domain).await;
+    let wizard_dir = r"C:\wizard-agent";
+    let exe = wine.exe.display().to_string();
+    let prefix = wine.prefix.path().display().to_string();
+    let mut t = pty::Pty::spawn(
+        Path::new(WINE),
+        &[&exe, "install", "--no-service", "--config-dir", wizard_dir],
+        &[("WINEPREFIX", &prefix), ("WINEDEBUG", "-all"), ("RUST_LOG", "warn")],
+    );
+    t.expect("Press Enter to start");
+    t.send_line("");
+    t.expect("Ferry cloud URL (Enter to take it from the Connect Key):");
+    t.send_line("");
+    t.expect("Root DN (e.g. DC=example,DC=com):");
+    t.send_line(&dc.base_dn);
+    t.expect("Domain controller [");
+    t.send_line(&dc.ldaps_url);
+    t.expect("CA certificate of the domain controller");
+    t.send_line(&ca);
+    t.expect(&format!("serves {}", dc.base_dn));
+    t.expect("Service account (DOMAIN\\user):");
+    t.send_line(&account);
+    t.expect("Password for");
+    t.send_line(SVC_PW);
+    t.expect("All checks passed.");
+    t.expect("Connect Key:");
+    t.send_line(&key);
+    t.expect("Install now?");
+    t.send_line("");
+    t.expect("✓ Installed: agent");
+    t.expect("Press Enter to close this window.");
+    t.send_line("");
+    assert_eq!(t.wait().code(), Some(0), "{}", t.transcript());
+    assert!(
+        !t.transcript().contains(SVC_PW),
+        "the password was echoed: {}",
+        t.transcript()
+    );
+    assert!(wine.host_path(r"C:\wizard-agent\agent.key").is_file());
+    let (code, out, err) = wine.run(&["uninstall", "--config-dir", wizard_dir]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Revoked agent"), "{out}");
 
     // install --non-interactive, into %ProgramData%\Ferry\agent (the default).
     let key = connect_key(&cloud, &domain).await;

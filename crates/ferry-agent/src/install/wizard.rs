@@ -133,14 +133,16 @@ pub async fn run(opts: Options) -> u8 {
     }
     save_terminal();
     handle_interrupts();
-    match steps(&Term, opts).await {
+    let code = match steps(&Term, opts).await {
         Ok(code) => code,
         Err(Cancelled) => {
             restore_terminal();
             println!("\n{CANCELLED}");
             130
         }
-    }
+    };
+    platform::keep_window_open();
+    code
 }
 
 async fn steps(t: &Term, opts: Options) -> Result<u8, Cancelled> {

@@ -14,7 +14,8 @@
 //!
 //! Each platform file provides the same items: `default_config_dir`,
 //! `hostname`, `create_private_dir`, `write_private`, `write_secret`,
-//! `read_secret`, `save_terminal`, `restore_terminal`, `shutdown_signal`
+//! `read_secret`, `elevated`, `relaunch_elevated`, `save_terminal`,
+//! `restore_terminal`, `keep_window_open`, `shutdown_signal`
 //! and the `service` module.
 
 use std::path::Path;

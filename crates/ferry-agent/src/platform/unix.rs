@@ -78,6 +78,9 @@ pub fn relaunch_elevated(_args: &[&str]) -> Result<()> {
     bail!("run the install as root (sudo ferry-agent install)")
 }
 
+/// The wizard runs in the admin's own terminal, which stays: nothing to do.
+pub fn keep_window_open() {}
+
 static SAVED_TERMINAL: OnceLock<nix::libc::termios> = OnceLock::new();
 
 /// Remembers the terminal's settings before the wizard hides input.

@@ -154,6 +154,15 @@ pub fn relaunch_elevated(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// The wizard opened by the MSI (or through UAC) has a console window of
+/// its own, which closes when it ends: keep it until the summary was read.
+pub fn keep_window_open() {
+    use std::io::BufRead as _;
+    print!("\nPress Enter to close this window.");
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    let _ = std::io::stdin().lock().read_line(&mut String::new());
+}
+
 /// Nothing to remember: the console mode that hidden input changes is put
 /// back by the reader itself (rpassword's guard), also when Ctrl-C ends it.
 pub fn save_terminal() {}
