@@ -1,6 +1,7 @@
 //! The Windows agent end to end: `ferry-agent.exe`, cross-built for
 //! x86_64-pc-windows-gnu, run under Wine against a real Samba DC and a real
-//! ferry-cloud. `--version`; `check` with the six tasks; `install
+//! ferry-cloud. `--version`; `check` with the six tasks; the wizard in
+//! Wine's console on a pseudo-terminal (the password hidden); `install
 //! --non-interactive` into the Wine prefix's `%ProgramData%\Ferry\agent`
 //! (the key DPAPI-protected); `run` syncing a user each way; `status`;
 //! `uninstall`, which the running agent learns of and stops for good (78).
