@@ -66,7 +66,7 @@ pub struct AgentConfig {
     pub agent_token: Sealed,
     /// The service account's password, sealed to `agent.key`.
     pub bind_password: Sealed,
-    /// The systemd unit the installer set up, if any.
+    /// The service the installer set up, if any (the systemd unit, or the Windows service).
     #[serde(default)]
     pub service: Option<String>,
     /// When it was installed (unix ms).
