@@ -10,15 +10,17 @@
 //!
 //! What the sealing buys: `agent.json` can be read, backed up, attached to a
 //! support ticket or leaked without giving away a password or token; both
-//! need `agent.key` too, which never leaves the host and which `run` refuses
-//! to use while anyone but its owner can read it. What it does not: root on
-//! the agent's host can read both files (as it could on any OS without a
+//! need `agent.key` too, which never leaves the host. How `agent.key` is kept
+//! is the platform's ([`crate::platform`]): on Unix a file `run` refuses to
+//! use while anyone but its owner can read it; on Windows a DPAPI blob
+//! (machine scope: useless on another machine) in a directory only SYSTEM
+//! and Administrators may open. What it does not: root (or an
+//! Administrator) on the agent's host can read both (as on any OS without a
 //! hardware key store).
 //!
 //! The directory is written whole or not at all: into a staging directory
 //! beside it, then renamed into place.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -26,6 +28,8 @@ use ferry_proto::seal::{self, Sealed};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use zeroize::Zeroizing;
+
+use crate::platform::{create_private_dir, read_secret, write_private, write_secret};
 
 /// The config file in the config directory.
 pub const CONFIG_FILE: &str = "agent.json";
@@ -62,7 +66,7 @@ pub struct AgentConfig {
     pub agent_token: Sealed,
     /// The service account's password, sealed to `agent.key`.
     pub bind_password: Sealed,
-    /// The systemd unit the installer set up, if any.
+    /// The service the installer set up, if any (the systemd unit, or the Windows service).
     #[serde(default)]
     pub service: Option<String>,
     /// When it was installed (unix ms).
@@ -135,13 +139,7 @@ impl AgentConfig {
     /// by its owner only.
     pub fn secrets(&self, dir: &Path) -> Result<AgentSecrets> {
         let key_path = dir.join(KEY_FILE);
-        check_private(&key_path)?;
-        let secret_key = Zeroizing::new(
-            std::fs::read_to_string(&key_path)
-                .with_context(|| format!("cannot read {}", key_path.display()))?
-                .trim()
-                .to_owned(),
-        );
+        let secret_key = read_secret(&key_path)?;
         let open = |what: &str, s: &Sealed| -> Result<Zeroizing<String>> {
             let bytes = seal::open(&secret_key, &context(self.agent_id, what), s).map_err(|e| {
                 anyhow!(
@@ -161,39 +159,10 @@ impl AgentConfig {
     }
 }
 
-/// Refuses a secret file others can read, as ssh does with private keys.
-fn check_private(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        bail!(
-            "{} is readable by others (mode {mode:o}): run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        );
-    }
-    Ok(())
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
 /// Writes a whole config directory at `dir`: staged beside it, then renamed
 /// into place (replacing an older install, whose files are removed). On
 /// error nothing is left behind and an existing install is untouched.
 pub fn write_dir(dir: &Path, config: &AgentConfig, secret_key: &str, ca_source: Option<&Path>) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
@@ -206,10 +175,7 @@ pub fn write_dir(dir: &Path, config: &AgentConfig, secret_key: &str, ca_source: 
         .into_owned();
     let staging = parent.join(format!(".{name}.new-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&staging)
-        .with_context(|| format!("cannot create {}", staging.display()))?;
+    create_private_dir(&staging)?;
     let result = (|| -> Result<()> {
         let mut config = config.clone();
         if let Some(src) = ca_source {
@@ -217,7 +183,7 @@ pub fn write_dir(dir: &Path, config: &AgentConfig, secret_key: &str, ca_source: 
             write_private(&staging.join(CA_FILE), &pem)?;
             config.ca_file = Some(PathBuf::from(CA_FILE));
         }
-        write_private(&staging.join(KEY_FILE), format!("{secret_key}\n").as_bytes())?;
+        write_secret(&staging.join(KEY_FILE), secret_key)?;
         let json = serde_json::to_vec_pretty(&config)?;
         write_private(&staging.join(CONFIG_FILE), &json)?;
         swap_into_place(&staging, dir)
@@ -290,7 +256,6 @@ mod tests {
 
     #[test]
     fn written_whole_private_and_sealed() {
-        use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("agent");
         let (sk, _) = seal::generate_keypair();
@@ -298,10 +263,15 @@ mod tests {
         let ca = tmp.path().join("ca.pem");
         std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
         write_dir(&dir, &sample(&sk, id), &sk, Some(&ca)).unwrap();
+        #[cfg(unix)]
         for f in [CONFIG_FILE, KEY_FILE, CA_FILE] {
+            use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{f}");
         }
+        // The key is not in the file as it is used (on Windows it is a DPAPI blob).
+        let key_file = std::fs::read_to_string(dir.join(KEY_FILE)).unwrap();
+        assert_eq!(key_file.trim() == sk, cfg!(unix), "{key_file}");
         let json = std::fs::read_to_string(dir.join(CONFIG_FILE)).unwrap();
         assert!(!json.contains("Svc-Pa55!") && !json.contains("fca_token"), "{json}");
         let c = AgentConfig::load(&dir).unwrap();
@@ -341,19 +311,22 @@ mod tests {
 
     #[test]
     fn a_readable_key_or_a_foreign_key_is_refused() {
-        use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("agent");
         let (sk, _) = seal::generate_keypair();
         let id = Uuid::new_v4();
         write_dir(&dir, &sample(&sk, id), &sk, None).unwrap();
         let key = dir.join(KEY_FILE);
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = secrets_error(&dir);
-        assert!(e.contains("readable by others") && e.contains("chmod 600"), "{e}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let e = secrets_error(&dir);
+            assert!(e.contains("readable by others") && e.contains("chmod 600"), "{e}");
+        }
         std::fs::remove_file(&key).unwrap();
         let (other, _) = seal::generate_keypair();
-        write_private(&key, other.as_bytes()).unwrap();
+        write_secret(&key, &other).unwrap();
         let e = secrets_error(&dir);
         assert!(e.contains("does not belong"), "{e}");
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use ferry_agent::ad::AdSettings;
+use ferry_agent::platform;
 use ferry_agent::preflight::{self, PreflightInput};
 
 #[derive(Parser)]
@@ -32,6 +33,10 @@ enum Command {
     Status(StatusArgs),
     /// Stop the agent's service, revoke the agent in the cloud and remove its files.
     Uninstall(UninstallArgs),
+    /// Run as the Windows service (the Service Control Manager starts this; in a console use `run`).
+    #[cfg(windows)]
+    #[command(hide = true)]
+    Service(RunArgs),
 }
 
 #[derive(Args)]
@@ -65,9 +70,9 @@ struct InstallArgs {
     #[arg(long)]
     bind_password_file: Option<PathBuf>,
     /// Where the agent's config goes.
-    #[arg(long, default_value = "/etc/ferry-agent")]
+    #[arg(long, default_value_os_t = platform::default_config_dir())]
     config_dir: PathBuf,
-    /// Do not set up a systemd service; print the command that runs the agent instead.
+    /// Do not set up the service (systemd; on Windows the FerryAgent service); print the command that runs the agent instead.
     #[arg(long)]
     no_service: bool,
     /// Replace an agent already installed in the config directory (it is revoked).
@@ -78,7 +83,7 @@ struct InstallArgs {
 #[derive(Args)]
 struct StatusArgs {
     /// The agent's configuration directory.
-    #[arg(long, default_value = "/etc/ferry-agent")]
+    #[arg(long, default_value_os_t = platform::default_config_dir())]
     config_dir: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -88,7 +93,7 @@ struct StatusArgs {
 #[derive(Args)]
 struct UninstallArgs {
     /// The agent's configuration directory.
-    #[arg(long, default_value = "/etc/ferry-agent")]
+    #[arg(long, default_value_os_t = platform::default_config_dir())]
     config_dir: PathBuf,
     /// Remove the files even when the cloud cannot be told (revoke the agent in the console then).
     #[arg(long)]
@@ -98,7 +103,7 @@ struct UninstallArgs {
 #[derive(Args)]
 struct RunArgs {
     /// The agent's configuration directory (agent.json and its secret files).
-    #[arg(long, default_value = "/etc/ferry-agent")]
+    #[arg(long, default_value_os_t = platform::default_config_dir())]
     config_dir: PathBuf,
 }
 
@@ -136,15 +141,20 @@ struct CheckArgs {
     scopes: Vec<String>,
 }
 
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    #[cfg(windows)]
+    if let Command::Service(a) = &cli.command {
+        return windows_service_main(a.config_dir.clone());
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -168,6 +178,35 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run(a) => run_sync(a).await,
         Command::Status(a) => status(a).await,
         Command::Uninstall(a) => uninstall(a).await,
+        #[cfg(windows)]
+        Command::Service(_) => Ok(ExitCode::FAILURE), // handled in main, before the runtime
+    }
+}
+
+/// The Windows service: logs go to a file (a service has no console), and
+/// the SCM drives the process from here on.
+#[cfg(windows)]
+fn windows_service_main(config_dir: PathBuf) -> ExitCode {
+    let log = platform::service::log_file(&config_dir);
+    let file = log
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|_| std::fs::OpenOptions::new().create(true).append(true).open(&log));
+    match file {
+        Ok(f) => tracing_subscriber::fmt()
+            .with_env_filter(log_filter())
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+            .init(),
+        Err(_) => tracing_subscriber::fmt().with_env_filter(log_filter()).init(),
+    }
+    match platform::service::run_as_service(config_dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -304,64 +343,10 @@ async fn uninstall(a: UninstallArgs) -> Result<ExitCode> {
 }
 
 async fn run_sync(a: RunArgs) -> Result<ExitCode> {
-    use ferry_agent::config::AgentConfig;
-    use ferry_agent::install::service::EXIT_NOT_ACCEPTED;
-    use ferry_agent::sync::{self, Shared};
-
-    let c = AgentConfig::load(&a.config_dir)?;
-    let secrets = c.secrets(&a.config_dir)?;
-    let cloud = ferry_agent::cloud::CloudClient::new(&c.cloud_url, &secrets.agent_token)?;
-    let mut ad = AdSettings::new(&c.ldap_url);
-    ad.ca_file = c.ca_file.clone();
-    ad.insecure_skip_tls_verify = c.insecure_skip_tls_verify;
-    // The domain (root DN, user OU, policies) comes from the cloud.
-    let mut attempt = 0;
-    let first = loop {
-        match cloud.heartbeat(&Default::default()).await {
-            Ok(r) => break r,
-            Err(e) if e.code() == Some("agent_revoked") || e.code() == Some("invalid_token") => {
-                eprintln!("error: {e}: install the agent again with a new Connect Key");
-                return Ok(ExitCode::from(EXIT_NOT_ACCEPTED));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot reach the cloud yet; retrying");
-                tokio::time::sleep(sync::backoff(attempt)).await;
-                attempt += 1;
-            }
-        }
-    };
-    tracing::info!(agent = %c.agent_id, domain = %first.domain.name, root = %first.domain.root_dn, primary = first.primary, "ferry-agent running");
-    let shared = Shared::new(
-        cloud,
-        ad,
-        c.bind_user,
-        secrets.bind_password.to_string(),
-        secrets.secret_key.to_string(),
-        first,
-    );
-    match sync::run(shared, shutdown_signal()).await {
-        sync::Ended::Stopped => {
-            tracing::info!("ferry-agent stopped");
-            Ok(ExitCode::SUCCESS)
-        }
-        sync::Ended::NotAccepted => {
-            eprintln!("error: the cloud no longer accepts this agent (revoked in the console, or uninstalled): install it again with a new Connect Key");
-            Ok(ExitCode::from(EXIT_NOT_ACCEPTED))
-        }
-    }
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term => {},
+    use ferry_agent::run::{installed_agent, Exit};
+    // The reason is logged (stderr; the journal under systemd).
+    match installed_agent(&a.config_dir, platform::shutdown_signal()).await? {
+        Exit::Stopped => Ok(ExitCode::SUCCESS),
+        Exit::NotAccepted => Ok(ExitCode::from(platform::EXIT_NOT_ACCEPTED)),
     }
 }

@@ -24,6 +24,8 @@ pub struct Config {
     pub public_url: Option<String>,
     /// The `ferry-agent` binary served at `/downloads/ferry-agent`.
     pub agent_binary: Option<PathBuf>,
+    /// The Windows installer served at `/downloads/ferry-agent.msi`.
+    pub agent_msi: Option<PathBuf>,
     /// Largest request body accepted.
     pub body_limit: usize,
     /// Console session lifetime.
@@ -41,6 +43,7 @@ impl Default for Config {
         Config {
             public_url: None,
             agent_binary: None,
+            agent_msi: None,
             body_limit: 1024 * 1024,
             session_ttl_ms: 12 * 3600 * 1000,
             connect_key_ttl_ms: 7 * 24 * 3600 * 1000,
@@ -72,6 +75,8 @@ pub struct Inner {
     pub feed_grew: Notify,
     /// SHA-256 (hex) and size of the agent binary, computed on first download.
     pub agent_checksum: tokio::sync::OnceCell<(String, u64)>,
+    /// The same for the Windows installer.
+    pub agent_msi_checksum: tokio::sync::OnceCell<(String, u64)>,
 }
 
 impl std::ops::Deref for AppState {
@@ -93,6 +98,7 @@ impl AppState {
             token_limiter: RateLimiter::new(30, 5 * 60 * 1000),
             feed_grew: Notify::new(),
             agent_checksum: tokio::sync::OnceCell::new(),
+            agent_msi_checksum: tokio::sync::OnceCell::new(),
         }))
     }
 

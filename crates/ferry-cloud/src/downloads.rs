@@ -1,6 +1,8 @@
-//! `GET /downloads/ferry-agent`: the agent binary for this platform, for
-//! signed-in admins, with its SHA-256 so the download can be checked
-//! (`GET /downloads/ferry-agent.sha256`, in `sha256sum` form).
+//! `GET /downloads/ferry-agent` (the Linux binary) and
+//! `GET /downloads/ferry-agent.msi` (the Windows installer): the agent, for
+//! signed-in admins, each with its SHA-256 so the download can be checked
+//! (`GET /downloads/ferry-agent.sha256`, `…/ferry-agent.msi.sha256`, in
+//! `sha256sum` form).
 
 use axum::body::Body;
 use axum::extract::State;
@@ -8,6 +10,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
@@ -18,23 +21,105 @@ use crate::http::ApiError;
 /// Routes under `/downloads`.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/ferry-agent", get(agent_binary))
-        .route("/ferry-agent.sha256", get(agent_checksum))
+        .route(
+            "/ferry-agent",
+            get(|s: State<AppState>, a: AdminAuth| download(s, a, Artifact::LinuxBinary)),
+        )
+        .route(
+            "/ferry-agent.sha256",
+            get(|s: State<AppState>, a: AdminAuth| checksum_file(s, a, Artifact::LinuxBinary)),
+        )
+        .route(
+            "/ferry-agent.msi",
+            get(|s: State<AppState>, a: AdminAuth| download(s, a, Artifact::WindowsMsi)),
+        )
+        .route(
+            "/ferry-agent.msi.sha256",
+            get(|s: State<AppState>, a: AdminAuth| checksum_file(s, a, Artifact::WindowsMsi)),
+        )
 }
 
-fn unavailable() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "agent_binary_unavailable",
-        "this server has no ferry-agent binary to offer: start ferry-cloud with --agent-binary PATH",
-    )
+/// What the server can offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Artifact {
+    /// `ferry-agent` for Linux x86-64 (`--agent-binary`).
+    LinuxBinary,
+    /// `ferry-agent.msi` for Windows x64 (`--agent-msi`).
+    WindowsMsi,
 }
 
-/// The binary's path, and its SHA-256 (hex) and size, computed once.
-async fn checksum(state: &AppState) -> Result<(std::path::PathBuf, String, u64), ApiError> {
-    let path = state.config.agent_binary.clone().ok_or_else(unavailable)?;
-    let (sum, len) = state
-        .agent_checksum
+impl Artifact {
+    /// Both, in the order the install dialog lists them (the DC is Windows first).
+    pub const ALL: [Artifact; 2] = [Artifact::WindowsMsi, Artifact::LinuxBinary];
+
+    /// The file name (and the path under `/downloads/`).
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Artifact::LinuxBinary => "ferry-agent",
+            Artifact::WindowsMsi => "ferry-agent.msi",
+        }
+    }
+
+    fn path(self, state: &AppState) -> Option<std::path::PathBuf> {
+        match self {
+            Artifact::LinuxBinary => state.config.agent_binary.clone(),
+            Artifact::WindowsMsi => state.config.agent_msi.clone(),
+        }
+    }
+
+    fn cell(self, state: &AppState) -> &tokio::sync::OnceCell<(String, u64)> {
+        match self {
+            Artifact::LinuxBinary => &state.agent_checksum,
+            Artifact::WindowsMsi => &state.agent_msi_checksum,
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Artifact::LinuxBinary => "application/octet-stream",
+            Artifact::WindowsMsi => "application/x-msi",
+        }
+    }
+
+    fn unavailable(self) -> ApiError {
+        match self {
+            Artifact::LinuxBinary => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "agent_binary_unavailable",
+                "this server has no ferry-agent binary to offer: start ferry-cloud with --agent-binary PATH",
+            ),
+            Artifact::WindowsMsi => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "agent_msi_unavailable",
+                "this server has no ferry-agent.msi to offer: start ferry-cloud with --agent-msi PATH (scripts/build-msi builds it)",
+            ),
+        }
+    }
+}
+
+/// The downloads this server offers, for the install dialog: platform,
+/// file, URL and SHA-256 (hex), the ones it has no file for left out.
+pub async fn offers(state: &AppState, base: &str) -> Value {
+    let mut list = Vec::new();
+    for a in Artifact::ALL {
+        if let Ok((_, sum, len)) = checksum(state, a).await {
+            list.push(json!({
+                "platform": match a { Artifact::WindowsMsi => "windows", Artifact::LinuxBinary => "linux" },
+                "file": a.file_name(),
+                "url": format!("{base}/downloads/{}", a.file_name()),
+                "sha256": sum,
+                "size": len,
+            }));
+        }
+    }
+    Value::Array(list)
+}
+
+/// The file's path, and its SHA-256 (hex) and size, computed once.
+async fn checksum(state: &AppState, a: Artifact) -> Result<(std::path::PathBuf, String, u64), ApiError> {
+    let path = a.path(state).ok_or_else(|| a.unavailable())?;
+    let (sum, len) = a
+        .cell(state)
         .get_or_try_init(|| async {
             let mut f = tokio::fs::File::open(&path).await?;
             let mut hasher = Sha256::new();
@@ -52,26 +137,22 @@ async fn checksum(state: &AppState) -> Result<(std::path::PathBuf, String, u64),
         })
         .await
         .map_err(|e| {
-            tracing::error!(path = %path.display(), error = %e, "cannot read the agent binary");
-            unavailable()
+            tracing::error!(path = %path.display(), error = %e, "cannot read the agent download");
+            a.unavailable()
         })?
         .clone();
     Ok((path, sum, len))
 }
 
-async fn agent_binary(State(state): State<AppState>, _auth: AdminAuth) -> Result<Response, ApiError> {
-    let (path, sum, len) = checksum(&state).await?;
-    let file = tokio::fs::File::open(&path).await.map_err(|_| unavailable())?;
+async fn download(State(state): State<AppState>, _auth: AdminAuth, a: Artifact) -> Result<Response, ApiError> {
+    let (path, sum, len) = checksum(&state, a).await?;
+    let file = tokio::fs::File::open(&path).await.map_err(|_| a.unavailable())?;
     let mut resp = Body::from_stream(tokio_util::io::ReaderStream::new(file)).into_response();
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    h.insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_static("attachment; filename=\"ferry-agent\""),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(a.content_type()));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{}\"", a.file_name())) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     if let Ok(v) = HeaderValue::from_str(&sum) {
         h.insert("x-checksum-sha256", v);
@@ -79,11 +160,11 @@ async fn agent_binary(State(state): State<AppState>, _auth: AdminAuth) -> Result
     Ok(resp)
 }
 
-async fn agent_checksum(State(state): State<AppState>, _auth: AdminAuth) -> Result<Response, ApiError> {
-    let (_, sum, _) = checksum(&state).await?;
+async fn checksum_file(State(state): State<AppState>, _auth: AdminAuth, a: Artifact) -> Result<Response, ApiError> {
+    let (_, sum, _) = checksum(&state, a).await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        format!("{sum}  ferry-agent\n"),
+        format!("{sum}  {}\n", a.file_name()),
     )
         .into_response())
 }

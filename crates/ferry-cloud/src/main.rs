@@ -56,6 +56,9 @@ struct ServeArgs {
     /// The ferry-agent binary to offer for download.
     #[arg(long, env = "FERRY_AGENT_BINARY")]
     agent_binary: Option<PathBuf>,
+    /// The ferry-agent.msi (Windows installer) to offer for download (scripts/build-msi builds it).
+    #[arg(long, env = "FERRY_AGENT_MSI")]
+    agent_msi: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -131,9 +134,19 @@ async fn serve(a: ServeArgs) -> Result<()> {
         Some(p) => tracing::info!(path = %p.display(), "offering the agent binary at /downloads/ferry-agent"),
         None => tracing::warn!("no ferry-agent binary to offer at /downloads/ferry-agent (see --agent-binary)"),
     }
+    // And the Windows installer, likewise.
+    let agent_msi = a.agent_msi.or_else(|| {
+        let sibling = std::env::current_exe().ok()?.with_file_name("ferry-agent.msi");
+        sibling.exists().then_some(sibling)
+    });
+    match &agent_msi {
+        Some(p) => tracing::info!(path = %p.display(), "offering the Windows installer at /downloads/ferry-agent.msi"),
+        None => tracing::info!("no ferry-agent.msi to offer for Windows (see --agent-msi)"),
+    }
     let config = Config {
         public_url: a.public_url,
         agent_binary,
+        agent_msi,
         ..Config::default()
     };
     let state = AppState::new(store.clone(), Arc::new(SystemClock), config);

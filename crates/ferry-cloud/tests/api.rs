@@ -556,3 +556,77 @@ async fn the_agent_binary_downloads_with_its_checksum() {
     );
     assert!(v["message"].as_str().unwrap().contains("--agent-binary"));
 }
+
+#[tokio::test]
+async fn the_windows_installer_downloads_with_its_checksum_and_the_dialog_lists_both() {
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("ferry-agent");
+    std::fs::write(&bin, b"linux agent").unwrap();
+    let msi = dir.path().join("ferry-agent.msi");
+    let content: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(&msi, &content).unwrap();
+    let config = ferry_cloud::app::Config {
+        agent_binary: Some(bin),
+        agent_msi: Some(msi),
+        ..Default::default()
+    };
+    let s = TestServer::start_with(Engine::Sqlite, config).await;
+    let want = hex::encode(sha2::Sha256::digest(&content));
+    let resp = s
+        .http
+        .get(format!("{}/downloads/ferry-agent.msi", s.base))
+        .bearer_auth(&s.org.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "application/x-msi");
+    assert_eq!(resp.headers()["x-checksum-sha256"], want.as_str());
+    assert!(resp.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains("filename=\"ferry-agent.msi\""));
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), content.as_slice());
+    let sum = s
+        .http
+        .get(format!("{}/downloads/ferry-agent.msi.sha256", s.base))
+        .bearer_auth(&s.org.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(sum, format!("{want}  ferry-agent.msi\n"));
+    let (st, _) = s.call_as("", Method::GET, "/downloads/ferry-agent.msi", None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "admins only");
+
+    // A new Connect Key lists both downloads, Windows first, with their checksums.
+    let id = new_domain(&s).await;
+    let (st, k) = s
+        .call(Method::POST, &format!("/api/v1/domains/{id}/connect-keys"), None)
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{k}");
+    let d = k["downloads"].as_array().unwrap();
+    assert_eq!(d.len(), 2, "{k}");
+    assert_eq!(
+        (d[0]["platform"].as_str(), d[0]["sha256"].as_str()),
+        (Some("windows"), Some(want.as_str()))
+    );
+    assert!(d[0]["url"].as_str().unwrap().ends_with("/downloads/ferry-agent.msi"));
+    assert_eq!(d[1]["platform"], "linux");
+    assert_eq!(
+        d[1]["sha256"].as_str(),
+        Some(hex::encode(sha2::Sha256::digest(b"linux agent")).as_str())
+    );
+
+    // Without the file, the server says how to offer it.
+    let none = TestServer::start(Engine::Sqlite).await;
+    let (st, v) = none.call(Method::GET, "/downloads/ferry-agent.msi", None).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("agent_msi_unavailable"))
+    );
+    assert!(v["message"].as_str().unwrap().contains("--agent-msi"));
+}

@@ -66,27 +66,15 @@ pub struct AdConnection {
     timeout: Duration,
 }
 
-const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
-
 fn tls_config(s: &AdSettings) -> Result<Arc<rustls::ClientConfig>, AdError> {
     let tls_err = |detail: String| AdError::Tls {
         url: s.url.clone(),
         detail,
     };
-    let path = s.ca_file.clone().unwrap_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE));
-    let pem = std::fs::read(&path).map_err(|e| tls_err(format!("cannot read the CA file {}: {e}", path.display())))?;
-    let mut roots = rustls::RootCertStore::empty();
-    let mut count = 0;
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let cert = cert.map_err(|e| tls_err(format!("{} is not a PEM certificate file: {e}", path.display())))?;
-        roots
-            .add(cert)
-            .map_err(|e| tls_err(format!("a certificate in {} is not usable: {e}", path.display())))?;
-        count += 1;
-    }
-    if count == 0 {
-        return Err(tls_err(format!("{} holds no PEM certificate", path.display())));
-    }
+    let roots = match &s.ca_file {
+        Some(path) => roots_from_pem(path).map_err(tls_err)?,
+        None => system_roots().map_err(tls_err)?,
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -94,6 +82,41 @@ fn tls_config(s: &AdSettings) -> Result<Arc<rustls::ClientConfig>, AdError> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// The CA certificates in a PEM file.
+fn roots_from_pem(path: &std::path::Path) -> Result<rustls::RootCertStore, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let cert = cert.map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("a certificate in {} is not usable: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(roots)
+}
+
+/// The operating system's trusted roots: the Windows certificate store
+/// (where an enterprise CA such as AD CS is already trusted), the macOS
+/// keychain, or the Linux CA bundle (`SSL_CERT_FILE` overrides it).
+fn system_roots() -> Result<rustls::RootCertStore, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _unusable) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found
+            .errors
+            .first()
+            .map_or_else(|| "it is empty".to_owned(), |e| e.to_string());
+        return Err(format!(
+            "cannot use the system's trust store ({why}): give the DC's CA certificate with --ca-file"
+        ));
+    }
+    Ok(roots)
 }
 
 impl AdConnection {

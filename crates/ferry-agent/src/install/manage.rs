@@ -5,9 +5,9 @@ use std::path::Path;
 use ferry_proto::agent::AgentSelf;
 use serde_json::json;
 
-use super::service;
 use crate::cloud::{CloudClient, CloudError};
 use crate::config::{self, AgentConfig};
+use crate::platform::service;
 
 /// What `status` found.
 pub struct Status {
@@ -129,7 +129,7 @@ pub async fn uninstall(dir: &Path, force: bool) -> anyhow::Result<Vec<String>> {
     let c = AgentConfig::load(dir)?;
     let secrets = c.secrets(dir);
     if let Some(unit) = &c.service {
-        if service::systemd_runs() {
+        if service::manager_runs() {
             service::stop(unit).ok();
             done.push(format!("Stopped {unit}."));
         }
@@ -149,7 +149,7 @@ pub async fn uninstall(dir: &Path, force: bool) -> anyhow::Result<Vec<String>> {
         Ok(()) => done.push(format!("Revoked agent {} in the cloud ({}).", c.agent_id, c.cloud_url)),
         Err(e) if !force => {
             if let Some(unit) = &c.service {
-                if service::systemd_runs() {
+                if service::manager_runs() {
                     service::start(unit).ok();
                 }
             }
@@ -164,12 +164,15 @@ pub async fn uninstall(dir: &Path, force: bool) -> anyhow::Result<Vec<String>> {
         )),
     }
     if let Some(unit) = &c.service {
-        if service::systemd_runs() {
+        if service::manager_runs() {
             service::remove(unit)?;
             done.push(format!("Removed the service {unit}."));
         }
     }
     config::remove_install(dir)?;
+    if c.service.is_some() {
+        service::remove_logs(dir);
+    }
     done.push(format!("Removed the agent's files from {}.", dir.display()));
     Ok(done)
 }

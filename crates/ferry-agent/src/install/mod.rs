@@ -9,7 +9,6 @@
 //! up the service, undoing all three if a later one fails.
 
 pub mod manage;
-pub mod service;
 pub mod wizard;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +21,7 @@ use crate::ad::dn::{dns_name_of, same_dn, Dn};
 use crate::ad::{AdConnection, AdSettings};
 use crate::cloud::{CloudClient, CloudError};
 use crate::config::{self, AgentConfig};
+use crate::platform::{self, service, Outcome};
 use crate::preflight::{self, PreflightInput, Report};
 
 /// Which step refused: it sets the exit code of the non-interactive path.
@@ -92,7 +92,7 @@ pub struct Answers {
     pub bind_password: Zeroizing<String>,
     /// Where the config goes.
     pub config_dir: PathBuf,
-    /// Set up a systemd service where systemd runs.
+    /// Set up the service where the service manager runs (systemd, the Windows SCM).
     pub service: bool,
 }
 
@@ -243,19 +243,10 @@ pub struct Installed {
     /// The config directory.
     pub config_dir: PathBuf,
     /// How the agent runs.
-    pub service: service::Outcome,
+    pub service: Outcome,
     /// Problems that did not stop the install (e.g. an old agent that
     /// could not be revoked).
     pub warnings: Vec<String>,
-}
-
-/// This host's name, as the console shows the agent.
-pub fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 fn now_ms() -> i64 {
@@ -277,7 +268,7 @@ pub async fn install(a: &Answers) -> Result<Installed, Problem> {
     let reg = anon
         .register(&RegisterRequest {
             connect_key: a.connect_key.trim().to_owned(),
-            hostname: hostname(),
+            hostname: platform::hostname(),
             version: env!("CARGO_PKG_VERSION").into(),
             public_key,
         })
@@ -291,7 +282,7 @@ pub async fn install(a: &Answers) -> Result<Installed, Problem> {
         }
         Problem::new(Step::Install, why)
     };
-    let use_systemd = a.service && service::systemd_runs();
+    let use_service = a.service && service::manager_runs();
     let (sealed_token, sealed_password) =
         match AgentConfig::seal_secrets(&secret_key, reg.agent_id, &token, &a.bind_password) {
             Ok(x) => x,
@@ -309,13 +300,13 @@ pub async fn install(a: &Answers) -> Result<Installed, Problem> {
         bind_user: a.bind_user.trim().to_owned(),
         agent_token: sealed_token,
         bind_password: sealed_password,
-        service: use_systemd.then(|| service::UNIT.to_owned()),
+        service: use_service.then(|| service::NAME.to_owned()),
         installed_at: now_ms(),
     };
     if let Err(e) = config::write_dir(&a.config_dir, &cfg, &secret_key, a.ad.ca_file.as_deref()) {
         return Err(undo_registration(format!("{e:#}")).await);
     }
-    let outcome = if use_systemd {
+    let outcome = if use_service {
         match service::install(&a.config_dir) {
             Ok(o) => o,
             Err(e) => {
@@ -324,9 +315,9 @@ pub async fn install(a: &Answers) -> Result<Installed, Problem> {
             }
         }
     } else {
-        service::Outcome::Manual {
+        Outcome::Manual {
             command: service::run_command(&a.config_dir),
-            systemd: service::systemd_runs(),
+            manager_runs: service::manager_runs(),
         }
     };
     let mut warnings = Vec::new();
@@ -360,14 +351,18 @@ pub fn summary(i: &Installed) -> String {
         i.config_dir.display()
     );
     match &i.service {
-        service::Outcome::Systemd { unit } => s.push_str(&format!(
-            "✓ Service {unit} is enabled and running (systemctl status {unit}; logs: journalctl -u {unit})\n"
+        Outcome::Service { name } => s.push_str(&format!(
+            "✓ Service {name} is enabled and running ({})\n",
+            service::how_to_watch(name)
         )),
-        service::Outcome::Manual { command, systemd } => {
-            if *systemd {
+        Outcome::Manual { command, manager_runs } => {
+            if *manager_runs {
                 s.push_str("No service was set up (--no-service). Start the agent with:\n");
             } else {
-                s.push_str("systemd is not running on this host, so no service was set up. Start the agent with:\n");
+                s.push_str(&format!(
+                    "{} is not running on this host, so no service was set up. Start the agent with:\n",
+                    service::MANAGER
+                ));
             }
             s.push_str(&format!("    {command}\n"));
         }

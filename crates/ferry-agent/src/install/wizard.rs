@@ -6,7 +6,6 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
 
 use zeroize::Zeroizing;
 
@@ -16,13 +15,14 @@ use super::{
 };
 use crate::ad::AdSettings;
 use crate::config::AgentConfig;
+use crate::platform::{self, restore_terminal, save_terminal, service};
 use crate::preflight::{account_form_problem, account_name_problem};
 
 /// What the wizard is started with.
 pub struct Options {
     /// Where the config goes.
     pub config_dir: PathBuf,
-    /// Set up a systemd service where systemd runs.
+    /// Set up the service where the service manager runs.
     pub service: bool,
     /// Accept any DC certificate (lab only).
     pub insecure_skip_tls_verify: bool,
@@ -34,24 +34,7 @@ pub struct Cancelled;
 
 /// Set while the install writes: Ctrl-C then waits for it to finish.
 static COMMITTING: AtomicBool = AtomicBool::new(false);
-static SAVED_TERMINAL: OnceLock<nix::libc::termios> = OnceLock::new();
-
 const CANCELLED: &str = "Cancelled: nothing was installed.";
-
-fn save_terminal() {
-    if let Ok(t) = nix::sys::termios::tcgetattr(std::io::stdin()) {
-        let _ = SAVED_TERMINAL.set(t.into());
-    }
-}
-
-/// Puts the terminal back as it was (echo on) after a hidden prompt was
-/// interrupted.
-fn restore_terminal() {
-    if let Some(t) = SAVED_TERMINAL.get() {
-        let t: nix::sys::termios::Termios = (*t).into();
-        let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, &t);
-    }
-}
 
 /// Ctrl-C: cancel at once, unless the install is being written (then it
 /// finishes, so nothing is left half-done).
@@ -131,16 +114,35 @@ impl Term {
 
 /// Runs the wizard; the exit code is 0 when the agent was installed.
 pub async fn run(opts: Options) -> u8 {
+    if opts.service && !platform::elevated() {
+        // Windows with UAC: the service and the config directory need an administrator.
+        println!("Setting up the agent's service needs an administrator: Windows asks for permission, and the wizard opens in a new window.");
+        let mut args = vec!["install"];
+        if opts.insecure_skip_tls_verify {
+            args.push("--insecure-skip-tls-verify");
+        }
+        let dir = opts.config_dir.display().to_string();
+        args.extend(["--config-dir", &dir]);
+        return match platform::relaunch_elevated(&args) {
+            Ok(()) => 0,
+            Err(e) => {
+                println!("  ✗ {e}: open a prompt with \"Run as administrator\" and run ferry-agent install there");
+                6
+            }
+        };
+    }
     save_terminal();
     handle_interrupts();
-    match steps(&Term, opts).await {
+    let code = match steps(&Term, opts).await {
         Ok(code) => code,
         Err(Cancelled) => {
             restore_terminal();
             println!("\n{CANCELLED}");
             130
         }
-    }
+    };
+    platform::keep_window_open();
+    code
 }
 
 async fn steps(t: &Term, opts: Options) -> Result<u8, Cancelled> {
@@ -272,14 +274,14 @@ async fn steps(t: &Term, opts: Options) -> Result<u8, Cancelled> {
     };
 
     t.say("\n[6/6] Install");
-    let service = opts.service && super::service::systemd_runs();
+    let service = opts.service && service::manager_runs();
     t.say(&format!(
         "The agent is installed in {} (the password and token encrypted at rest){}.",
         opts.config_dir.display(),
         if service {
-            " and runs as the systemd service ferry-agent"
+            format!(" and runs as the service {} ({})", service::NAME, service::MANAGER)
         } else {
-            ""
+            String::new()
         }
     ));
     if !t.yes("Install now?", true)? {

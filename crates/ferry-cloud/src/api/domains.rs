@@ -204,6 +204,7 @@ pub(super) async fn create_connect_key(
             "expires_at": expires_at,
             "cloud_url": base,
             "download_url": format!("{base}/downloads/ferry-agent"),
+            "downloads": crate::downloads::offers(&state, &base).await,
         })),
     ))
 }

@@ -400,11 +400,7 @@ fn domain_page(
                 @if let Some(k) = install {
                     dialog open id="install-dialog" aria-labelledby="install-title" {
                         h2 id="install-title" { "Install a new Sync Agent" }
-                        ol {
-                            li { "Download the agent: " a href=(k["download_url"].as_str().unwrap_or("")) download { "ferry-agent" } " (Linux, x86-64)." }
-                            li { "On the domain controller, create a service account and delegate it the six tasks (" code { "ferry-agent check" } " says what is missing)." }
-                            li { "Run " code { "sudo ./ferry-agent install" } " and paste this Connect Key when asked:" }
-                        }
+                        (install_steps(k))
                         div.copy {
                             input id="connect-key" readonly value=(k["connect_key"].as_str().unwrap_or("")) aria-label="Connect Key";
                             button type="button" data-copy="connect-key" { "Copy" }
@@ -546,6 +542,36 @@ pub(super) async fn save_domain(State(state): St, s: Session, Path(id): Path<Str
     match load_domain(&state, &s, &id).await {
         Ok(v) => domain_page(&s, &v, "details", Some(&msg), None, &HashMap::new()),
         Err(r) => r,
+    }
+}
+
+/// The install dialog's steps: the agent for Windows (the MSI) and for
+/// Linux (the binary), each with its checksum and its own commands.
+fn install_steps(k: &Value) -> Markup {
+    let downloads = k["downloads"].as_array().cloned().unwrap_or_default();
+    let offer = |platform: &str| downloads.iter().find(|d| d["platform"] == platform).cloned();
+    let checksum = |d: &Value| {
+        html! { br; span.small { "SHA-256: " code.sha256 { (d["sha256"].as_str().unwrap_or("")) } } }
+    };
+    html! {
+        @if let Some(d) = offer("windows") {
+            h3 { "On the Windows domain controller" }
+            ol.windows {
+                li { "Download " a href=(d["url"].as_str().unwrap_or("")) download { (d["file"].as_str().unwrap_or("")) } " (Windows, x64) and open it." (checksum(&d))
+                    br; span.small { "Check it in PowerShell: " code { "Get-FileHash ferry-agent.msi" } } }
+                li { "Click through the installer; the setup wizard opens at the end (later: " code { "ferry-agent install" } " in an administrator prompt)." }
+                li { "Create a service account and delegate it the six tasks (" code { "ferry-agent check" } " says what is missing), then paste this Connect Key when the wizard asks:" }
+            }
+        }
+        @if let Some(d) = offer("linux").or_else(|| (downloads.is_empty()).then(|| json!({"url": k["download_url"], "file": "ferry-agent"}))) {
+            h3 { "On a Linux host next to the domain controller" }
+            ol.linux {
+                li { "Download the agent: " a href=(d["url"].as_str().unwrap_or("")) download { (d["file"].as_str().unwrap_or("ferry-agent")) } " (Linux, x86-64)."
+                    @if d["sha256"].is_string() { (checksum(&d)) br; span.small { "Check it: " code { "sha256sum ferry-agent" } } } }
+                li { "On the domain controller, create a service account and delegate it the six tasks (" code { "ferry-agent check" } " says what is missing)." }
+                li { "Run " code { "chmod +x ferry-agent && sudo ./ferry-agent install" } " and paste this Connect Key when asked:" }
+            }
+        }
     }
 }
 
@@ -1171,4 +1197,44 @@ pub(super) async fn audit(State(state): St, s: Session, Query(q): Q) -> Response
             },
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_install_dialog_offers_windows_and_linux_each_with_its_checksum_and_commands() {
+        let k = json!({
+            "download_url": "https://f.example/downloads/ferry-agent",
+            "downloads": [
+                {"platform": "windows", "file": "ferry-agent.msi", "url": "https://f.example/downloads/ferry-agent.msi", "sha256": "aa11"},
+                {"platform": "linux", "file": "ferry-agent", "url": "https://f.example/downloads/ferry-agent", "sha256": "bb22"},
+            ]
+        });
+        let html = install_steps(&k).into_string();
+        let win = html.find("ol class=\"windows\"").unwrap_or(usize::MAX);
+        let lin = html.find("ol class=\"linux\"").unwrap_or(usize::MAX);
+        assert!(win < lin && lin < usize::MAX, "Windows first, then Linux: {html}");
+        assert!(
+            html.contains("href=\"https://f.example/downloads/ferry-agent.msi\" download"),
+            "{html}"
+        );
+        assert!(
+            html.contains("SHA-256: <code class=\"sha256\">aa11</code>")
+                && html.contains("Get-FileHash ferry-agent.msi"),
+            "{html}"
+        );
+        assert!(
+            html.contains("SHA-256: <code class=\"sha256\">bb22</code>") && html.contains("sudo ./ferry-agent install"),
+            "{html}"
+        );
+
+        // A server with no file to offer still links the Linux download (which then says how to offer it).
+        let bare = install_steps(&json!({"download_url": "https://f.example/downloads/ferry-agent"})).into_string();
+        assert!(
+            bare.contains("href=\"https://f.example/downloads/ferry-agent\" download") && !bare.contains("windows"),
+            "{bare}"
+        );
+    }
 }

@@ -1,44 +1,27 @@
 //! Running the agent as a systemd service, where systemd runs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+use super::{absolute, this_binary, Outcome, EXIT_NOT_ACCEPTED};
+
 /// The unit's name.
-pub const UNIT: &str = "ferry-agent.service";
+pub const NAME: &str = "ferry-agent.service";
 /// Where the unit goes.
 pub const UNIT_DIR: &str = "/etc/systemd/system";
-/// `run` exits with this (EX_CONFIG) when the cloud no longer accepts the
-/// agent (revoked, uninstalled elsewhere): systemd must not restart it.
-pub const EXIT_NOT_ACCEPTED: u8 = 78;
-
-/// How the agent runs after the install.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// A systemd unit was installed, enabled and started.
-    Systemd {
-        /// Its name.
-        unit: String,
-    },
-    /// The admin starts it: the exact command.
-    Manual {
-        /// `… run --config-dir …`.
-        command: String,
-        /// Whether systemd runs here (the admin asked for no service).
-        systemd: bool,
-    },
-}
+/// The service manager, as the wizard names it.
+pub const MANAGER: &str = "systemd";
 
 /// Whether systemd is this host's init (as `sd_booted()` decides).
-pub fn systemd_runs() -> bool {
+pub fn manager_runs() -> bool {
     Path::new("/run/systemd/system").is_dir()
 }
 
-fn this_binary() -> PathBuf {
-    std::env::current_exe()
-        .and_then(|p| p.canonicalize())
-        .unwrap_or_else(|_| PathBuf::from("ferry-agent"))
+/// How to look at the running service, for the install's summary.
+pub fn how_to_watch(unit: &str) -> String {
+    format!("systemctl status {unit}; logs: journalctl -u {unit}")
 }
 
 fn quoted(p: &Path) -> String {
@@ -57,10 +40,6 @@ pub fn run_command(config_dir: &Path) -> String {
         quoted(&this_binary()),
         quoted(&absolute(config_dir))
     )
-}
-
-fn absolute(p: &Path) -> PathBuf {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
 }
 
 /// The unit file: the agent runs as root (it reads its root-only config),
@@ -117,17 +96,17 @@ fn systemctl(args: &[&str]) -> Result<()> {
 
 /// Installs, enables and (re)starts the unit.
 pub fn install(config_dir: &Path) -> Result<Outcome> {
-    let path = Path::new(UNIT_DIR).join(UNIT);
+    let path = Path::new(UNIT_DIR).join(NAME);
     std::fs::write(&path, unit_file(&this_binary(), config_dir))
         .with_context(|| format!("cannot write {}", path.display()))?;
     let started = systemctl(&["daemon-reload"])
-        .and_then(|_| systemctl(&["enable", UNIT]))
-        .and_then(|_| systemctl(&["restart", UNIT]));
+        .and_then(|_| systemctl(&["enable", NAME]))
+        .and_then(|_| systemctl(&["restart", NAME]));
     if let Err(e) = started {
-        let _ = remove(UNIT);
+        let _ = remove(NAME);
         return Err(e);
     }
-    Ok(Outcome::Systemd { unit: UNIT.into() })
+    Ok(Outcome::Service { name: NAME.into() })
 }
 
 /// Stops, disables and removes the unit.
@@ -142,6 +121,9 @@ pub fn remove(unit: &str) -> Result<()> {
     let _ = systemctl(&["daemon-reload"]);
     Ok(())
 }
+
+/// Nothing to remove: the journal keeps systemd's logs, and rotates them.
+pub fn remove_logs(_config_dir: &Path) {}
 
 /// `systemctl is-active` of the unit, or why it cannot be told.
 pub fn state(unit: &str) -> String {
