@@ -221,6 +221,10 @@ pub struct PushChangesResponse {
     pub cookie: Option<String>,
     /// Deletes held for an admin's approval (over the domain's threshold).
     pub quarantined: u64,
+    /// Changes the cloud refused for good (recorded as sync errors of their
+    /// objects; the rest of the batch was applied).
+    #[serde(default)]
+    pub refused: u64,
 }
 
 /// `GET /agent/v1/feed?after=N&wait=SECS`: cloud changes after a cursor.

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::app::AppState;
-use crate::directory::ad_apply::{apply_ad_changes, ApplyError};
+use crate::directory::ad_apply::{apply_ad_changes, ApplyError, Isolation};
 use crate::directory::WriteCtx;
 use crate::http::auth::AgentAuth;
 use crate::http::{ApiError, ApiQuery, ClientIp, JsonBody};
@@ -301,18 +301,28 @@ async fn push_changes(
         actor: format!("agent:{}", agent.id),
         now,
     };
-    let result = match apply_ad_changes(&mut tx, &ctx, &domain, &req).await {
+    // The fast path applies the batch whole; when the cloud refuses a change
+    // in it, the batch is applied again change by change, the refused ones
+    // recorded as sync errors, so one object never holds back the rest.
+    let mut result = apply_ad_changes(&mut tx, &ctx, &domain, &req, Isolation::Batch).await;
+    if matches!(result, Err(ApplyError::Refused(_))) {
+        drop(tx);
+        tx = state.store.begin().await?;
+        result = apply_ad_changes(&mut tx, &ctx, &domain, &req, Isolation::PerChange).await;
+    }
+    let result = match result {
         Ok(r) => r,
         Err(ApplyError::CookieMismatch { .. }) => return Err(ApiError::new(
             StatusCode::CONFLICT,
             "cookie_mismatch",
             "the batch was read from a DirSync cookie other than the stored one; GET /agent/v1/state and read again",
         )),
+        Err(ApplyError::Refused(why)) => return Err(ApiError::new(StatusCode::CONFLICT, "conflict", why)),
         Err(ApplyError::Store(e)) => return Err(e.into()),
     };
     state.commit(tx).await?;
     if result.applied > 0 {
-        tracing::info!(agent = %agent.id, applied = result.applied, quarantined = result.quarantined, "applied AD changes");
+        tracing::info!(agent = %agent.id, applied = result.applied, quarantined = result.quarantined, refused = result.refused, "applied AD changes");
     }
     Ok(Json(result))
 }
