@@ -1088,3 +1088,105 @@ async fn a_refused_cloud_change_is_recorded_and_the_rest_flows() {
     .await;
     engine.stop().await;
 }
+
+/// An AD user the cloud refuses (a cloud user of the same name exists and
+/// matching is off) is a sync error of that AD object; the rest of the
+/// import and later AD changes flow; once the cloud user is renamed, a
+/// retry brings the AD user in and the error clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_ad_change_is_recorded_and_the_rest_flows() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("ferry_agent=info")
+        .with_test_writer()
+        .try_init();
+    let (dc, cloud, domain) = prepare().await;
+    let (st, v) = cloud
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/domains/{domain}"),
+            Some(json!({"policies": {"match_existing_users": false}})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    // "early" is in AD already (prepare); a cloud user takes the name first.
+    let (st, clash) = cloud
+        .call(
+            reqwest::Method::POST,
+            "/scim/v2/Users",
+            Some(json!({"userName": "early", "title": "cloud's own"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{clash}");
+    let ou = dc.new_ou("flow").await;
+    dc.ldapmodify(
+        &format!("dn: CN=first,{ou}\nobjectClass: user\nsAMAccountName: first\n"),
+        true,
+    );
+    let agent = enrol(&cloud, &domain).await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    eventually("the rest of the import", || async { cloud.user("first").await }).await;
+    let errors = eventually("the refusal listed", || async {
+        let (_, v) = cloud
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/domains/{domain}/sync-errors"),
+                None,
+            )
+            .await;
+        let e = v["sync_errors"].as_array().cloned().unwrap_or_default();
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["direction"], "ad_to_cloud");
+    assert!(
+        errors[0]["object_name"].as_str().unwrap().contains("early"),
+        "{errors:?}"
+    );
+    assert_eq!(
+        cloud.user("early").await.unwrap()["title"],
+        "cloud's own",
+        "the cloud user is untouched"
+    );
+    dc.ldapmodify(
+        &format!("dn: CN=marker,{ou}\nobjectClass: user\nsAMAccountName: marker\n"),
+        true,
+    );
+    eventually("an AD change behind the refusal", || async {
+        cloud.user("marker").await
+    })
+    .await;
+
+    // The fix, then a retry: the AD user comes in, the error goes.
+    let id = clash["id"].as_str().unwrap();
+    let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                       "Operations": [{"op": "replace", "path": "userName", "value": "early-cloud"}]});
+    let (st, _) = cloud
+        .call(reqwest::Method::PATCH, &format!("/scim/v2/Users/{id}"), Some(patch))
+        .await;
+    assert_eq!(st, 200);
+    let eid = errors[0]["id"].as_str().unwrap();
+    let (st, v) = cloud
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/domains/{domain}/sync-errors/{eid}/retry"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    // (Only AD has an "early" now. What the cloud → AD direction did to the
+    // AD account meanwhile, matched by name, is the safe-identity issue's.)
+    eventually("the AD user in the cloud", || async { cloud.user("early").await }).await;
+    eventually("its error cleared", || async {
+        let (_, v) = cloud
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/domains/{domain}/sync-errors"),
+                None,
+            )
+            .await;
+        (v["total"] == 0).then_some(())
+    })
+    .await;
+    engine.stop().await;
+}

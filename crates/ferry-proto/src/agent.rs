@@ -452,4 +452,8 @@ pub struct OpenSyncErrors {
     pub cloud_to_ad: Vec<String>,
     /// Object keys with an open AD → cloud error.
     pub ad_to_cloud: Vec<String>,
+    /// Those of them due for another try now (backing off per object, or
+    /// retried by an admin): the agent reads them from AD and pushes them again.
+    #[serde(default)]
+    pub ad_to_cloud_due: Vec<String>,
 }

@@ -25,7 +25,7 @@ pub use accounts::{Admin, Org, TokenKind, TokenRow};
 pub use directory::{GroupRow, Link, Member, NewGroup, NewUser, UserQuery, UserRow};
 pub use domains::{Agent, ConnectKeyProblem, ConnectKeyRow, Domain, DomainSettings, Lease, Quarantine};
 pub use journal::{AuditEntry, FeedLink, FeedRow};
-pub use sync_errors::SyncErrorRow;
+pub use sync_errors::{retry_due, SyncErrorRow};
 
 /// Migrations, in order; each runs once, in its own transaction.
 const MIGRATIONS: &[(i64, &str)] = &[
