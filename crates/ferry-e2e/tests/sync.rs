@@ -1190,3 +1190,50 @@ async fn a_refused_ad_change_is_recorded_and_the_rest_flows() {
     .await;
     engine.stop().await;
 }
+
+/// A big import through a cloud whose push limit is small: the agent's
+/// pushes are refused as too large (413), split and sent again, and the
+/// import completes whole: 1,500 users and a group holding all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushes_too_large_for_the_cloud_are_split_and_the_import_completes() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("ferry_agent=info")
+        .with_test_writer()
+        .try_init();
+    let dc = delegated_dc().await;
+    let config = ferry_cloud::app::Config {
+        agent_push_limit: 128 * 1024,
+        ..Default::default()
+    };
+    let cloud = Cloud::start_with(config).await;
+    let domain = add_domain(&cloud, &dc).await;
+    let ou = dc.new_ou("many").await;
+    let mut ldif = String::new();
+    for i in 0..1500 {
+        ldif.push_str(&format!(
+            "dn: CN=many{i},{ou}\nobjectClass: user\nsAMAccountName: many{i}\ndescription: {}\n\n",
+            "x".repeat(200)
+        ));
+    }
+    ldif.push_str(&format!(
+        "dn: CN=All Many,{ou}\nobjectClass: group\nsAMAccountName: allmany\n"
+    ));
+    for i in 0..1500 {
+        ldif.push_str(&format!("member: CN=many{i},{ou}\n"));
+    }
+    dc.ldapmodify(&ldif, true);
+    let agent = enrol(&cloud, &domain).await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    let g = eventually("the group in the cloud", || async { cloud.group("allmany").await }).await;
+    let gid = g["id"].as_str().unwrap().to_owned();
+    eventually("all 1,500 members", || async {
+        let (_, v) = cloud
+            .call(reqwest::Method::GET, &format!("/scim/v2/Groups/{gid}"), None)
+            .await;
+        (v["members"].as_array().map_or(0, Vec::len) == 1500).then_some(())
+    })
+    .await;
+    // 1,500 users, the early one and nothing twice.
+    assert_eq!(cloud_user_count(&cloud).await, 1501);
+    engine.stop().await;
+}

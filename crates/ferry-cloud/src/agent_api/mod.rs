@@ -7,7 +7,7 @@ mod sync_errors;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -27,8 +27,8 @@ use crate::http::{ApiError, ApiQuery, ClientIp, JsonBody};
 use crate::secrets::{new_token, token_hash, AGENT_TOKEN_PREFIX};
 use crate::store::{Agent, ConnectKeyProblem, Domain};
 
-/// Routes under `/agent/v1`.
-pub fn router() -> Router<AppState> {
+/// Routes under `/agent/v1`; `push_limit` bounds the body of an AD push.
+pub fn router(push_limit: usize) -> Router<AppState> {
     Router::new()
         .route("/register", post(register))
         .route("/connect-key", post(check_connect_key))
@@ -37,7 +37,9 @@ pub fn router() -> Router<AppState> {
         .route("/heartbeat", post(heartbeat))
         .route("/release", post(release))
         .route("/state", get(sync_state))
-        .route("/changes", post(push_changes))
+        // AD pushes are bounded by the agent (2 MiB, 500 changes) and get a
+        // limit of their own (16 MiB by default): a big group's members travel here.
+        .route("/changes", post(push_changes).layer(DefaultBodyLimit::max(push_limit)))
         .route("/feed", get(feed))
         .route("/ack", post(ack))
         .route("/links", get(list_links).post(put_link))
