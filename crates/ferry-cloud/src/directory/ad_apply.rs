@@ -7,6 +7,7 @@
 use ferry_proto::agent::{
     AdChange, AdDeleteAction, Authority, PushChangesRequest, PushChangesResponse, SyncDirection, SyncErrorReport,
 };
+use ferry_proto::names;
 use ferry_proto::record::{GroupRecord, ObjectKind, UserRecord};
 use serde_json::json;
 use uuid::Uuid;
@@ -289,6 +290,14 @@ async fn upsert_user(
         }
         None => None,
     };
+    // An account name the agent derived from the cloud's userName (cut to
+    // AD's 20 characters, made unique) is the cloud's name, not a rename.
+    if let Some(current) = &existing {
+        let derived = names::user_sam(&current.username);
+        if record.username != current.username && names::is_sam_for(&record.username, &derived, names::MAX_USER_SAM) {
+            record.username = current.username.clone();
+        }
+    }
     if record.awaiting_password {
         // AD says "disabled" only because the account has no password yet:
         // the cloud's state stands (a new user counts as active).
@@ -446,8 +455,16 @@ async fn upsert_group(
     };
     let (id, changed) = match existing {
         Some(current) => {
+            // A group account name the agent derived from the cloud's name
+            // (cleaned for AD, made unique) is the cloud's name, not a rename.
+            let derived = names::sam_account_name_for(&current.name, names::MAX_GROUP_SAM);
+            let name = if names::is_sam_for(&record.name, &derived, names::MAX_GROUP_SAM) {
+                current.name.clone()
+            } else {
+                record.name.clone()
+            };
             let next = NewGroup {
-                name: record.name.clone(),
+                name,
                 external_id: current.external_id.clone(),
                 doc: apply_group_record(&current.doc, record),
             };
