@@ -264,6 +264,7 @@ async fn groups_members_and_missing_members() {
     let a = plain_account(dc, &ou, "gm-a").await;
     let b = plain_account(dc, &ou, "gm-b").await;
     let g = NewAdGroup {
+        sam_account_name: None,
         name: "Engineers, R&D".into(),
         description: Some("builders".into()),
         group_type: GROUP_GLOBAL_SECURITY,
@@ -273,6 +274,7 @@ async fn groups_members_and_missing_members() {
         .create_group(
             &ou,
             &NewAdGroup {
+                sam_account_name: None,
                 name: "Inner".into(),
                 description: None,
                 group_type: GROUP_GLOBAL_SECURITY,
@@ -362,6 +364,7 @@ async fn dirsync_and_reconciliation_as_a_delegated_account() {
         .create_group(
             &ou,
             &NewAdGroup {
+                sam_account_name: None,
                 name: "ds-group".into(),
                 description: None,
                 group_type: GROUP_GLOBAL_SECURITY,

@@ -28,6 +28,9 @@ pub struct Config {
     pub agent_msi: Option<PathBuf>,
     /// Largest request body accepted.
     pub body_limit: usize,
+    /// Largest AD push (`POST /agent/v1/changes`): agents bound theirs to
+    /// 2 MiB and split on 413.
+    pub agent_push_limit: usize,
     /// Console session lifetime.
     pub session_ttl_ms: i64,
     /// Connect Key lifetime.
@@ -45,6 +48,7 @@ impl Default for Config {
             agent_binary: None,
             agent_msi: None,
             body_limit: 1024 * 1024,
+            agent_push_limit: 16 * 1024 * 1024,
             session_ttl_ms: 12 * 3600 * 1000,
             connect_key_ttl_ms: 7 * 24 * 3600 * 1000,
             lease_ttl_ms: 30_000,
@@ -118,7 +122,7 @@ impl AppState {
 /// Every route of the service: the APIs and the console.
 pub fn router(state: AppState) -> Router {
     let limit = state.config.body_limit;
-    api_routes()
+    api_routes(&state.config)
         .merge(crate::console::router())
         .fallback(crate::http::not_found)
         .layer(DefaultBodyLimit::max(limit))
@@ -132,17 +136,17 @@ pub fn router(state: AppState) -> Router {
 /// The APIs alone, as the console calls them in process.
 pub fn api_router(state: AppState) -> Router {
     let limit = state.config.body_limit;
-    api_routes()
+    api_routes(&state.config)
         .fallback(crate::http::not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 
-fn api_routes() -> Router<AppState> {
+fn api_routes(config: &Config) -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .nest("/api/v1", crate::api::router())
-        .nest("/agent/v1", crate::agent_api::router())
+        .nest("/agent/v1", crate::agent_api::router(config.agent_push_limit))
         .nest("/scim/v2", crate::scim::router())
         .nest("/downloads", crate::downloads::router())
 }

@@ -866,3 +866,58 @@ both_engines!(
         assert_eq!(st, StatusCode::BAD_REQUEST);
     }
 );
+
+both_engines!(
+    a_refused_ad_change_is_recorded_and_the_rest_of_the_batch_applies,
+    |engine| async move {
+        let s = TestServer::start(engine).await;
+        let (domain, agent) = setup(&s, json!({"match_existing_users": false})).await;
+        heartbeat(&s, &agent).await;
+        let (st, _) = s
+            .call(Method::POST, "/scim/v2/Users", Some(json!({"userName": "jdoe"})))
+            .await;
+        assert_eq!(st, StatusCode::CREATED);
+        // A same-named AD user, between two others, with matching off.
+        let (clash, before, after) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let batch = vec![ad_user(before, "ann"), ad_user(clash, "jdoe"), ad_user(after, "zed")];
+        let (st, v) = push(&s, &agent, None, "c1", batch).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(
+            (v["applied"].as_u64(), v["refused"].as_u64()),
+            (Some(2), Some(1)),
+            "{v}"
+        );
+        assert!(scim_user(&s, "ann").await.is_some() && scim_user(&s, "zed").await.is_some());
+        let (_, state) = s.call_as(&agent.token, Method::GET, "/agent/v1/state", None).await;
+        assert_eq!(state["ad_cookie"], "c1", "the cookie moved on past the refusal");
+        let (_, list) = s
+            .call(Method::GET, &format!("/api/v1/domains/{domain}/sync-errors"), None)
+            .await;
+        assert_eq!(list["total"], 1, "{list}");
+        let e = &list["sync_errors"][0];
+        assert_eq!(
+            (e["direction"].as_str(), e["object_key"].as_str()),
+            (Some("ad_to_cloud"), Some(clash.to_string().as_str()))
+        );
+        assert!(e["message"].as_str().unwrap().contains("matching"), "{e}");
+        // The cloud user is untouched: not linked, not changed.
+        let jdoe = scim_user(&s, "jdoe").await.unwrap();
+        assert!(jdoe["emails"].is_null(), "{jdoe}");
+
+        // Once the cloud user is renamed, the AD user comes in and the error goes.
+        let id = jdoe["id"].as_str().unwrap();
+        let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                       "Operations": [{"op": "replace", "path": "userName", "value": "jdoe-cloud"}]});
+        let (st, _) = s
+            .call(Method::PATCH, &format!("/scim/v2/Users/{id}"), Some(patch))
+            .await;
+        assert_eq!(st, StatusCode::OK);
+        let (st, v) = push(&s, &agent, Some("c1"), "c2", vec![ad_user(clash, "jdoe")]).await;
+        assert_eq!((st, v["refused"].as_u64()), (StatusCode::OK, Some(0)), "{v}");
+        assert!(scim_user(&s, "jdoe").await.is_some());
+        let (_, list) = s
+            .call(Method::GET, &format!("/api/v1/domains/{domain}/sync-errors"), None)
+            .await;
+        assert_eq!(list["total"], 0, "{list}");
+    }
+);

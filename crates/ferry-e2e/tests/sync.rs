@@ -1005,17 +1005,27 @@ async fn sync_errors(cloud: &Cloud, domain: &str) -> Vec<serde_json::Value> {
     v["sync_errors"].as_array().cloned().unwrap_or_default()
 }
 
-/// A cloud change AD refuses for good (a second "John Smith" in the same
-/// OU; through the Windows-AD double also a 25-character username) becomes
-/// a sync error of that user: a marker queued behind it still arrives, the
-/// error is listed by the API and survives an agent restart, and once the
-/// cause is fixed a retry applies it and the error clears by itself.
+/// A cloud change AD refuses for good (a userPrincipalName another AD
+/// account has; through the Windows-AD double also a universal group put
+/// in a global one) becomes a sync error of that object: a marker queued
+/// behind it still arrives, the error is listed by the API and survives an
+/// agent restart, and once the cause is fixed a retry applies it and the
+/// error clears by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_refused_cloud_change_is_recorded_and_the_rest_flows() {
     let (dc, cloud, domain) = prepare().await;
+    let users = format!("CN=Users,{}", dc.base_dn);
+    let upn = format!("jsmith@{}", dc.realm.to_lowercase());
+    dc.ldapmodify(
+        &format!("dn: CN=Robert,{users}\nobjectClass: user\nsAMAccountName: robert\nuserPrincipalName: {upn}\n"),
+        true,
+    );
+    dc.ldapmodify(
+        &format!("dn: CN=Legacy,{users}\nobjectClass: group\nsAMAccountName: legacy\ngroupType: -2147483646\n"),
+        true,
+    );
     let agent = enrol(&cloud, &domain).await;
     let engine = run_engine(&dc, &cloud, &agent).await;
-    let users = format!("CN=Users,{}", dc.base_dn);
     // (No clone of `dc`: a clone owns the DC and stops it when dropped.)
     let (dc_ref, users_ref) = (&dc, &users);
     let in_ad = |sam: &'static str| async move {
@@ -1024,15 +1034,30 @@ async fn a_refused_cloud_change_is_recorded_and_the_rest_flows() {
             .contains("dn: ")
             .then_some(())
     };
+    let legacy = eventually("the AD group in the cloud", || async { cloud.group("legacy").await }).await;
 
-    scim_create_user(&cloud, json!({"userName": "jsmith1", "displayName": "John Smith"})).await;
-    eventually("the first John Smith in AD", || in_ad("jsmith1")).await;
-    let second = scim_create_user(&cloud, json!({"userName": "jsmith2", "displayName": "John Smith"})).await;
-    let mut poisons = vec![second["id"].as_str().unwrap().to_owned()];
+    // AD refuses the UPN: another account has it.
+    let poison = scim_create_user(&cloud, json!({"userName": "jsmith", "displayName": "John Smith"})).await;
+    let mut poisons = vec![poison["id"].as_str().unwrap().to_owned()];
     if Dc::through_double() {
-        // Windows refuses a sAMAccountName over 20 characters.
-        let long = scim_create_user(&cloud, json!({"userName": "a-name-of-25-characters-x"})).await;
-        poisons.push(long["id"].as_str().unwrap().to_owned());
+        // Windows refuses a universal group (what Ferry creates) in a global one.
+        let (st, team) = cloud
+            .call(
+                reqwest::Method::POST,
+                "/scim/v2/Groups",
+                Some(json!({"displayName": "Cloud Team"})),
+            )
+            .await;
+        assert_eq!(st, 201, "{team}");
+        eventually("the cloud group in AD", || in_ad("Cloud Team")).await;
+        let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "add", "path": "members", "value": [{"value": team["id"]}]}]});
+        let lid = legacy["id"].as_str().unwrap();
+        let (st, v) = cloud
+            .call(reqwest::Method::PATCH, &format!("/scim/v2/Groups/{lid}"), Some(patch))
+            .await;
+        assert!(st == 200 || st == 204, "{st} {v}");
+        poisons.push(lid.to_owned());
     }
     scim_create_user(&cloud, json!({"userName": "marker", "title": "behind the poison"})).await;
     eventually("the marker behind the refused changes", || in_ad("marker")).await;
@@ -1044,13 +1069,19 @@ async fn a_refused_cloud_change_is_recorded_and_the_rest_flows() {
     .await;
     let dup = errors
         .iter()
-        .find(|e| e["object_name"] == "jsmith2")
-        .expect("jsmith2's error");
+        .find(|e| e["object_name"] == "jsmith")
+        .expect("jsmith's error");
     assert_eq!(dup["direction"], "cloud_to_ad");
-    assert!(dup["code"].as_str().unwrap().contains("68"), "{dup}");
-    assert!(dup["advice"].as_str().unwrap().contains("Rename"), "{dup}");
+    assert!(dup["code"].as_str().unwrap().contains("19"), "{dup}");
     for id in &poisons {
         assert!(errors.iter().any(|e| e["object_key"] == id.as_str()), "{errors:?}");
+    }
+    if Dc::through_double() {
+        let nest = errors
+            .iter()
+            .find(|e| e["operation"] == "add member")
+            .expect("the nesting error");
+        assert!(nest["message"].as_str().unwrap().contains("00002145"), "{nest}");
     }
 
     // An agent restart neither loses nor repeats them.
@@ -1061,16 +1092,18 @@ async fn a_refused_cloud_change_is_recorded_and_the_rest_flows() {
     let after = sync_errors(&cloud, &domain).await;
     assert_eq!(after.len(), poisons.len(), "{after:?}");
     assert_eq!(
-        after.iter().find(|e| e["object_name"] == "jsmith2").unwrap()["attempts"],
+        after.iter().find(|e| e["object_name"] == "jsmith").unwrap()["attempts"],
         1
     );
 
-    // The fix: the AD John Smith is renamed; a retry creates jsmith2 and the error clears.
-    let mut admin = dc.admin().await;
-    admin
-        .rename_move(&format!("CN=John Smith,{users}"), Some("John Smith (Sales)"), None)
-        .await
-        .unwrap();
+    // The fix: the other account's UPN changes; a retry creates jsmith and the error clears.
+    dc.ldapmodify(
+        &format!(
+            "dn: CN=Robert,{users}\nchangetype: modify\nreplace: userPrincipalName\nuserPrincipalName: robert@{}\n",
+            dc.realm.to_lowercase()
+        ),
+        false,
+    );
     let eid = dup["id"].as_str().unwrap();
     let (st, v) = cloud
         .call(
@@ -1080,11 +1113,214 @@ async fn a_refused_cloud_change_is_recorded_and_the_rest_flows() {
         )
         .await;
     assert_eq!(st, 200, "{v}");
-    eventually("the retried user in AD", || in_ad("jsmith2")).await;
+    eventually("the retried user in AD", || in_ad("jsmith")).await;
     eventually("its error cleared", || async {
         let e = sync_errors(&cloud, &domain).await;
-        (!e.iter().any(|e| e["object_name"] == "jsmith2")).then_some(())
+        (!e.iter().any(|e| e["object_name"] == "jsmith")).then_some(())
     })
     .await;
+    engine.stop().await;
+}
+
+/// Users and groups made in the cloud land in AD under AD's naming rules,
+/// whatever the cloud's names: a `sAMAccountName` of at most 20 characters,
+/// CNs of at most 64, unique in their OU (`John Smith (2)`); the cloud's
+/// names stay as they are, and nothing is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cloud_names_land_in_ad_within_ads_rules() {
+    let (dc, cloud, domain) = prepare().await;
+    let agent = enrol(&cloud, &domain).await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    let users = format!("CN=Users,{}", dc.base_dn);
+    let long_name = "a-name-of-25-characters-x";
+    let long_cn = "A display name that is longer than sixty-four characters, as some are";
+    scim_create_user(&cloud, json!({"userName": long_name, "displayName": long_cn})).await;
+    scim_create_user(&cloud, json!({"userName": "jsmith1", "displayName": "John Smith"})).await;
+    scim_create_user(&cloud, json!({"userName": "jsmith2", "displayName": "John Smith"})).await;
+    scim_create_user(&cloud, json!({"userName": "marker"})).await;
+    let (dc_ref, users_ref) = (&dc, &users);
+    let cn_of = |sam: &'static str| async move {
+        let l = dc_ref.ldapsearch(users_ref, &format!("(sAMAccountName={sam})"), &["cn"]);
+        l.lines().find_map(|x| x.strip_prefix("cn: ")).map(str::to_owned)
+    };
+    eventually("the marker", || cn_of("marker")).await;
+    let long_cn_in_ad = eventually("the long name, derived", || cn_of("a-name-of-25-charact")).await;
+    assert_eq!(long_cn_in_ad.chars().count(), 64, "{long_cn_in_ad}");
+    assert!(long_cn.starts_with(&long_cn_in_ad));
+    assert_eq!(cn_of("jsmith1").await.as_deref(), Some("John Smith"));
+    assert_eq!(
+        eventually("the second John Smith", || cn_of("jsmith2")).await,
+        "John Smith (2)"
+    );
+    assert!(sync_errors(&cloud, &domain).await.is_empty());
+    assert!(cloud.user(long_name).await.is_some(), "the cloud's userName stays");
+    // Changing something else does not rename the derived account.
+    let u = cloud.user(long_name).await.unwrap();
+    let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                       "Operations": [{"op": "replace", "path": "title", "value": "Derived"}]});
+    let (st, _) = cloud
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/scim/v2/Users/{}", u["id"].as_str().unwrap()),
+            Some(patch),
+        )
+        .await;
+    assert_eq!(st, 200);
+    eventually("the change in AD", || async {
+        dc.ldapsearch(&users, "(sAMAccountName=a-name-of-25-charact)", &["title"])
+            .contains("title: Derived")
+            .then_some(())
+    })
+    .await;
+    assert!(sync_errors(&cloud, &domain).await.is_empty());
+    engine.stop().await;
+}
+
+/// An AD user the cloud refuses (a cloud user of the same name exists and
+/// matching is off) is a sync error of that AD object; the rest of the
+/// import and later AD changes flow; once the cloud user is renamed, a
+/// retry brings the AD user in and the error clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_ad_change_is_recorded_and_the_rest_flows() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("ferry_agent=info")
+        .with_test_writer()
+        .try_init();
+    let (dc, cloud, domain) = prepare().await;
+    let (st, v) = cloud
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/domains/{domain}"),
+            Some(json!({"policies": {"match_existing_users": false}})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    // "early" is in AD already (prepare); a cloud user takes the name first.
+    let (st, clash) = cloud
+        .call(
+            reqwest::Method::POST,
+            "/scim/v2/Users",
+            Some(json!({"userName": "early", "title": "cloud's own"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{clash}");
+    let ou = dc.new_ou("flow").await;
+    dc.ldapmodify(
+        &format!("dn: CN=first,{ou}\nobjectClass: user\nsAMAccountName: first\n"),
+        true,
+    );
+    let agent = enrol(&cloud, &domain).await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    eventually("the rest of the import", || async { cloud.user("first").await }).await;
+    let errors = eventually("the refusal listed", || async {
+        let (_, v) = cloud
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/domains/{domain}/sync-errors"),
+                None,
+            )
+            .await;
+        let e = v["sync_errors"].as_array().cloned().unwrap_or_default();
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["direction"], "ad_to_cloud");
+    assert!(
+        errors[0]["object_name"].as_str().unwrap().contains("early"),
+        "{errors:?}"
+    );
+    assert_eq!(
+        cloud.user("early").await.unwrap()["title"],
+        "cloud's own",
+        "the cloud user is untouched"
+    );
+    dc.ldapmodify(
+        &format!("dn: CN=marker,{ou}\nobjectClass: user\nsAMAccountName: marker\n"),
+        true,
+    );
+    eventually("an AD change behind the refusal", || async {
+        cloud.user("marker").await
+    })
+    .await;
+
+    // The fix, then a retry: the AD user comes in, the error goes.
+    let id = clash["id"].as_str().unwrap();
+    let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                       "Operations": [{"op": "replace", "path": "userName", "value": "early-cloud"}]});
+    let (st, _) = cloud
+        .call(reqwest::Method::PATCH, &format!("/scim/v2/Users/{id}"), Some(patch))
+        .await;
+    assert_eq!(st, 200);
+    let eid = errors[0]["id"].as_str().unwrap();
+    let (st, v) = cloud
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/domains/{domain}/sync-errors/{eid}/retry"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    // (Only AD has an "early" now. What the cloud → AD direction did to the
+    // AD account meanwhile, matched by name, is the safe-identity issue's.)
+    eventually("the AD user in the cloud", || async { cloud.user("early").await }).await;
+    eventually("its error cleared", || async {
+        let (_, v) = cloud
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/domains/{domain}/sync-errors"),
+                None,
+            )
+            .await;
+        (v["total"] == 0).then_some(())
+    })
+    .await;
+    engine.stop().await;
+}
+
+/// A big import through a cloud whose push limit is small: the agent's
+/// pushes are refused as too large (413), split and sent again, and the
+/// import completes whole: 1,500 users and a group holding all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushes_too_large_for_the_cloud_are_split_and_the_import_completes() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("ferry_agent=info")
+        .with_test_writer()
+        .try_init();
+    let dc = delegated_dc().await;
+    let config = ferry_cloud::app::Config {
+        agent_push_limit: 128 * 1024,
+        ..Default::default()
+    };
+    let cloud = Cloud::start_with(config).await;
+    let domain = add_domain(&cloud, &dc).await;
+    let ou = dc.new_ou("many").await;
+    let mut ldif = String::new();
+    for i in 0..1500 {
+        ldif.push_str(&format!(
+            "dn: CN=many{i},{ou}\nobjectClass: user\nsAMAccountName: many{i}\ndescription: {}\n\n",
+            "x".repeat(200)
+        ));
+    }
+    ldif.push_str(&format!(
+        "dn: CN=All Many,{ou}\nobjectClass: group\nsAMAccountName: allmany\n"
+    ));
+    for i in 0..1500 {
+        ldif.push_str(&format!("member: CN=many{i},{ou}\n"));
+    }
+    dc.ldapmodify(&ldif, true);
+    let agent = enrol(&cloud, &domain).await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    let g = eventually("the group in the cloud", || async { cloud.group("allmany").await }).await;
+    let gid = g["id"].as_str().unwrap().to_owned();
+    eventually("all 1,500 members", || async {
+        let (_, v) = cloud
+            .call(reqwest::Method::GET, &format!("/scim/v2/Groups/{gid}"), None)
+            .await;
+        (v["members"].as_array().map_or(0, Vec::len) == 1500).then_some(())
+    })
+    .await;
+    // 1,500 users, the early one and nothing twice.
+    assert_eq!(cloud_user_count(&cloud).await, 1501);
     engine.stop().await;
 }

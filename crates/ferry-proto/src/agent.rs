@@ -221,6 +221,10 @@ pub struct PushChangesResponse {
     pub cookie: Option<String>,
     /// Deletes held for an admin's approval (over the domain's threshold).
     pub quarantined: u64,
+    /// Changes the cloud refused for good (recorded as sync errors of their
+    /// objects; the rest of the batch was applied).
+    #[serde(default)]
+    pub refused: u64,
 }
 
 /// `GET /agent/v1/feed?after=N&wait=SECS`: cloud changes after a cursor.
@@ -448,4 +452,8 @@ pub struct OpenSyncErrors {
     pub cloud_to_ad: Vec<String>,
     /// Object keys with an open AD → cloud error.
     pub ad_to_cloud: Vec<String>,
+    /// Those of them due for another try now (backing off per object, or
+    /// retried by an admin): the agent reads them from AD and pushes them again.
+    #[serde(default)]
+    pub ad_to_cloud_due: Vec<String>,
 }

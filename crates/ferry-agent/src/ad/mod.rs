@@ -9,6 +9,7 @@ pub mod entry;
 pub mod error;
 pub mod guid;
 pub mod mapping;
+pub mod names;
 pub mod read;
 pub mod write;
 

@@ -19,6 +19,12 @@ pub const UF_NORMAL_ACCOUNT: i64 = 0x200;
 pub const UF_DONT_EXPIRE_PASSWD: i64 = 0x10000;
 /// `groupType` of a global security group.
 pub const GROUP_GLOBAL_SECURITY: i64 = -2147483646;
+/// `groupType` of a universal security group: what Ferry creates, since a
+/// universal group may hold users, global and universal groups and sit in
+/// universal and domain-local ones, so cloud nesting keeps AD's rules.
+pub const GROUP_UNIVERSAL_SECURITY: i64 = -2147483640;
+/// The tree-delete control: an object and everything under it.
+pub const TREE_DELETE_OID: &str = "1.2.840.113556.1.4.805";
 
 /// A user to create.
 #[derive(Debug, Clone, Default)]
@@ -49,8 +55,10 @@ pub enum Membership {
 /// A group to create.
 #[derive(Debug, Clone)]
 pub struct NewAdGroup {
-    /// `cn`; the `sAMAccountName` is derived with [`sam_account_name_for`].
+    /// `cn`.
     pub name: String,
+    /// `sAMAccountName`; derived from the name with [`sam_account_name_for`] when unset.
+    pub sam_account_name: Option<String>,
     /// `description`.
     pub description: Option<String>,
     /// `groupType`.
@@ -65,28 +73,7 @@ pub fn unicode_pwd(password: &str) -> Vec<u8> {
         .collect()
 }
 
-/// A `sAMAccountName` for a display name: the characters AD refuses there
-/// (`"/\\[]:;|=,+*?<>`) become `_`, trailing dots and spaces go, and the
-/// result is cut to `max` characters.
-pub fn sam_account_name_for(name: &str, max: usize) -> String {
-    let cleaned: String = name
-        .chars()
-        .map(|c| {
-            if "\"/\\[]:;|=,+*?<>".contains(c) || c.is_control() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .take(max)
-        .collect();
-    let trimmed = cleaned.trim_end_matches(['.', ' ']);
-    if trimmed.is_empty() {
-        "_".into()
-    } else {
-        trimmed.to_owned()
-    }
-}
+pub use ferry_proto::names::sam_account_name_for;
 
 fn set(v: &str) -> HashSet<Vec<u8>> {
     HashSet::from([v.as_bytes().to_vec()])
@@ -271,6 +258,24 @@ impl AdConnection {
         self.check(r, &format!("delete {dn}"))
     }
 
+    /// Deletes an object and everything under it (AD refuses a plain delete
+    /// of an object with children: 66).
+    pub async fn delete_tree(&mut self, dn: &str) -> Result<(), AdError> {
+        let tree = ldap3::controls::RawControl {
+            ctype: TREE_DELETE_OID.into(),
+            crit: true,
+            val: None,
+        };
+        let r = self
+            .ldap
+            .with_timeout(self.timeout)
+            .with_controls(vec![tree])
+            .delete(dn)
+            .await
+            .map_err(|e| self.io_error(e))?;
+        self.check(r, &format!("delete {dn} with what is under it"))
+    }
+
     /// Creates a group in `parent`; returns its DN.
     pub async fn create_group(&mut self, parent: &str, g: &NewAdGroup) -> Result<String, AdError> {
         Dn::parse(parent)?;
@@ -280,7 +285,13 @@ impl AdConnection {
                 b"objectClass".to_vec(),
                 HashSet::from([b"top".to_vec(), b"group".to_vec()]),
             ),
-            (b"sAMAccountName".to_vec(), set(&sam_account_name_for(&g.name, 64))),
+            (
+                b"sAMAccountName".to_vec(),
+                set(&g
+                    .sam_account_name
+                    .clone()
+                    .unwrap_or_else(|| sam_account_name_for(&g.name, 64))),
+            ),
             (b"groupType".to_vec(), set(&g.group_type.to_string())),
         ];
         if let Some(d) = g.description.as_deref().filter(|d| !d.is_empty()) {

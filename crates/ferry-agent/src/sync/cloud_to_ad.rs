@@ -17,8 +17,9 @@ use super::error::SyncError;
 use super::Shared;
 use crate::ad::guid::guid_filter;
 use crate::ad::mapping::READ_ATTRS;
+use crate::ad::names;
 use crate::ad::write::{
-    sam_account_name_for, Membership, NewAdGroup, NewAdUser, GROUP_GLOBAL_SECURITY, UF_ACCOUNTDISABLE,
+    sam_account_name_for, Membership, NewAdGroup, NewAdUser, GROUP_UNIVERSAL_SECURITY, UF_ACCOUNTDISABLE,
     UF_NORMAL_ACCOUNT, UF_PASSWD_NOTREQD,
 };
 use crate::ad::{AdConnection, AdEntry, AdError};
@@ -168,7 +169,7 @@ async fn apply(
         CloudChange::UpsertUser { id, record } => {
             let existing = match linked(shared, conn, root, links, *id).await? {
                 Some(e) => Some(e),
-                None => by_sam(conn, root, &record.username).await?,
+                None => by_sam(conn, root, &names::user_sam(&record.username)).await?,
             };
             match existing {
                 Some(e) => update_user(shared, conn, &e, record).await?,
@@ -178,7 +179,7 @@ async fn apply(
         CloudChange::UpsertGroup { id, record } => {
             let existing = match linked(shared, conn, root, links, *id).await? {
                 Some(e) => Some(e),
-                None => by_sam(conn, root, &sam_account_name_for(&record.name, 64)).await?,
+                None => by_sam(conn, root, &sam_account_name_for(&record.name, names::MAX_GROUP_SAM)).await?,
             };
             match existing {
                 Some(e) => update_group(shared, conn, &e, record).await?,
@@ -195,7 +196,11 @@ async fn apply(
                     tracing::info!(dn = %e.dn, "cloud → AD: user deleted in the cloud, disabled in AD (policy)");
                 }
                 _ => {
-                    conn.delete(&e.dn).await?;
+                    match conn.delete(&e.dn).await {
+                        // An object with children (a user's devices, say): with them.
+                        Err(AdError::Ldap { rc: 66, .. }) => conn.delete_tree(&e.dn).await?,
+                        r => r?,
+                    }
                     tracing::info!(dn = %e.dn, "cloud → AD: deleted");
                 }
             }
@@ -263,8 +268,14 @@ async fn update_user(shared: &Shared, conn: &mut AdConnection, e: &AdEntry, r: &
         .into_iter()
         .filter(|(attr, want)| e.str(attr).filter(|s| !s.is_empty()) != *want)
         .collect();
-    if e.str("sAMAccountName").as_deref() != Some(r.username.as_str()) {
-        changes.push(("sAMAccountName", Some(r.username.clone())));
+    // The AD name follows the cloud's userName within AD's rules; one Ferry
+    // derived earlier for the same userName (`name-2`) is left as it is.
+    let sam = names::user_sam(&r.username);
+    if !e
+        .str("sAMAccountName")
+        .is_some_and(|cur| names::is_sam_for(&cur, &sam, names::MAX_USER_SAM))
+    {
+        changes.push(("sAMAccountName", Some(sam)));
     }
     let enabled = e.int("userAccountControl").unwrap_or(0) & 2 == 0;
     if changes.is_empty() && enabled == r.active {
@@ -291,10 +302,19 @@ async fn create_user(
     r: &UserRecord,
     links: &mut HashMap<Uuid, Uuid>,
 ) -> Result<(), SyncError> {
+    let sam = free_sam(
+        conn,
+        &domain.root_dn,
+        &names::user_sam(&r.username),
+        names::MAX_USER_SAM,
+    )
+    .await?;
+    let display = r.display_name.clone().unwrap_or_else(|| r.username.clone());
+    let cn = free_cn(conn, &domain.user_ou, &display).await?;
     let u = NewAdUser {
-        sam_account_name: r.username.clone(),
-        upn: Some(format!("{}@{}", r.username, domain.name)),
-        cn: Some(r.display_name.clone().unwrap_or_else(|| r.username.clone())),
+        upn: Some(format!("{sam}@{}", domain.name)),
+        sam_account_name: sam,
+        cn: Some(cn),
         attributes: user_attrs(r)
             .into_iter()
             .filter_map(|(k, v)| Some((k.to_owned(), v?)))
@@ -309,9 +329,12 @@ async fn create_user(
 }
 
 async fn update_group(shared: &Shared, conn: &mut AdConnection, e: &AdEntry, r: &GroupRecord) -> Result<(), SyncError> {
-    let sam = sam_account_name_for(&r.name, 64);
+    let sam = sam_account_name_for(&r.name, names::MAX_GROUP_SAM);
     let mut changes: Vec<(&str, Option<String>)> = Vec::new();
-    if e.str("sAMAccountName").as_deref() != Some(sam.as_str()) {
+    if !e
+        .str("sAMAccountName")
+        .is_some_and(|cur| names::is_sam_for(&cur, &sam, names::MAX_GROUP_SAM))
+    {
         changes.push(("sAMAccountName", Some(sam)));
     }
     if e.str("description").filter(|s| !s.is_empty()) != r.description {
@@ -335,15 +358,63 @@ async fn create_group(
     r: &GroupRecord,
     links: &mut HashMap<Uuid, Uuid>,
 ) -> Result<(), SyncError> {
+    let base = sam_account_name_for(&r.name, names::MAX_GROUP_SAM);
     let g = NewAdGroup {
-        name: r.name.clone(),
+        sam_account_name: Some(free_sam(conn, &domain.root_dn, &base, names::MAX_GROUP_SAM).await?),
+        name: free_cn(conn, &domain.user_ou, &r.name).await?,
         description: r.description.clone(),
-        group_type: GROUP_GLOBAL_SECURITY,
+        group_type: GROUP_UNIVERSAL_SECURITY,
     };
     let dn = conn.create_group(&domain.user_ou, &g).await?;
     link_new(shared, conn, links, id, ObjectKind::Group, dn.clone()).await?;
     tracing::info!(%dn, "cloud → AD: group created");
     Ok(())
+}
+
+/// `base`, or the first of its variants (`base-2`, …) no object in the
+/// domain has.
+async fn free_sam(conn: &mut AdConnection, root: &str, base: &str, max: usize) -> Result<String, SyncError> {
+    for n in 1..=names::MAX_VARIANTS {
+        let candidate = if n == 1 {
+            base.to_owned()
+        } else {
+            names::sam_variant(base, n, max)
+        };
+        if by_sam(conn, root, &candidate).await?.is_none() {
+            return Ok(candidate);
+        }
+    }
+    Err(SyncError::Refused {
+        code: "ldap 68 entryAlreadyExists".into(),
+        message: format!(
+            "the account name {base:?} and {} variants of it are all taken in AD",
+            names::MAX_VARIANTS
+        ),
+    })
+}
+
+/// A CN for `name` that no object in `parent` has: `John Smith`, then
+/// `John Smith (2)`, …, each within 64 characters.
+async fn free_cn(conn: &mut AdConnection, parent: &str, name: &str) -> Result<String, SyncError> {
+    let base = names::cn_for(name);
+    for n in 1..=names::MAX_VARIANTS {
+        let candidate = if n == 1 {
+            base.clone()
+        } else {
+            names::cn_variant(&base, n)
+        };
+        let dn = format!("CN={},{parent}", crate::ad::dn::escape_value(&candidate));
+        if conn.read_entry(&dn, &["1.1"]).await?.is_none() {
+            return Ok(candidate);
+        }
+    }
+    Err(SyncError::Refused {
+        code: "ldap 68 entryAlreadyExists".into(),
+        message: format!(
+            "{base:?} and {} variants of it are all taken in {parent}",
+            names::MAX_VARIANTS
+        ),
+    })
 }
 
 /// Records the link of an object this agent just created in AD.

@@ -7,7 +7,7 @@ mod sync_errors;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -20,15 +20,15 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::app::AppState;
-use crate::directory::ad_apply::{apply_ad_changes, ApplyError};
+use crate::directory::ad_apply::{apply_ad_changes, ApplyError, Isolation};
 use crate::directory::WriteCtx;
 use crate::http::auth::AgentAuth;
 use crate::http::{ApiError, ApiQuery, ClientIp, JsonBody};
 use crate::secrets::{new_token, token_hash, AGENT_TOKEN_PREFIX};
 use crate::store::{Agent, ConnectKeyProblem, Domain};
 
-/// Routes under `/agent/v1`.
-pub fn router() -> Router<AppState> {
+/// Routes under `/agent/v1`; `push_limit` bounds the body of an AD push.
+pub fn router(push_limit: usize) -> Router<AppState> {
     Router::new()
         .route("/register", post(register))
         .route("/connect-key", post(check_connect_key))
@@ -37,7 +37,9 @@ pub fn router() -> Router<AppState> {
         .route("/heartbeat", post(heartbeat))
         .route("/release", post(release))
         .route("/state", get(sync_state))
-        .route("/changes", post(push_changes))
+        // AD pushes are bounded by the agent (2 MiB, 500 changes) and get a
+        // limit of their own (16 MiB by default): a big group's members travel here.
+        .route("/changes", post(push_changes).layer(DefaultBodyLimit::max(push_limit)))
         .route("/feed", get(feed))
         .route("/ack", post(ack))
         .route("/links", get(list_links).post(put_link))
@@ -301,18 +303,28 @@ async fn push_changes(
         actor: format!("agent:{}", agent.id),
         now,
     };
-    let result = match apply_ad_changes(&mut tx, &ctx, &domain, &req).await {
+    // The fast path applies the batch whole; when the cloud refuses a change
+    // in it, the batch is applied again change by change, the refused ones
+    // recorded as sync errors, so one object never holds back the rest.
+    let mut result = apply_ad_changes(&mut tx, &ctx, &domain, &req, Isolation::Batch).await;
+    if matches!(result, Err(ApplyError::Refused(_))) {
+        drop(tx);
+        tx = state.store.begin().await?;
+        result = apply_ad_changes(&mut tx, &ctx, &domain, &req, Isolation::PerChange).await;
+    }
+    let result = match result {
         Ok(r) => r,
         Err(ApplyError::CookieMismatch { .. }) => return Err(ApiError::new(
             StatusCode::CONFLICT,
             "cookie_mismatch",
             "the batch was read from a DirSync cookie other than the stored one; GET /agent/v1/state and read again",
         )),
+        Err(ApplyError::Refused(why)) => return Err(ApiError::new(StatusCode::CONFLICT, "conflict", why)),
         Err(ApplyError::Store(e)) => return Err(e.into()),
     };
     state.commit(tx).await?;
     if result.applied > 0 {
-        tracing::info!(agent = %agent.id, applied = result.applied, quarantined = result.quarantined, "applied AD changes");
+        tracing::info!(agent = %agent.id, applied = result.applied, quarantined = result.quarantined, refused = result.refused, "applied AD changes");
     }
     Ok(Json(result))
 }

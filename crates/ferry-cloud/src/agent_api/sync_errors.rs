@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::app::AppState;
 use crate::http::auth::AgentAuth;
 use crate::http::{ApiError, JsonBody};
+use crate::store::retry_due;
 
 /// Longest stored code, name, operation and message: an agent's report is
 /// for an admin to read, not a place for megabytes.
@@ -85,12 +86,18 @@ pub async fn open(
     State(state): State<AppState>,
     AgentAuth(agent): AgentAuth,
 ) -> Result<Json<OpenSyncErrors>, ApiError> {
+    let now = state.now();
     let mut tx = state.store.begin().await?;
     let mut out = OpenSyncErrors::default();
-    for (direction, key) in tx.open_sync_error_keys(agent.org_id, agent.domain_id).await? {
+    for (direction, key, last_seen, attempts) in tx.open_sync_errors(agent.org_id, agent.domain_id).await? {
         match direction {
             SyncDirection::CloudToAd => out.cloud_to_ad.push(key),
-            SyncDirection::AdToCloud => out.ad_to_cloud.push(key),
+            SyncDirection::AdToCloud => {
+                if retry_due(last_seen, attempts, now) {
+                    out.ad_to_cloud_due.push(key.clone());
+                }
+                out.ad_to_cloud.push(key);
+            }
         }
     }
     Ok(Json(out))

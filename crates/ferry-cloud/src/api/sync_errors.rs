@@ -123,23 +123,28 @@ pub(super) async fn retry_all(
     let id = parse_id(&id, "domain")?;
     let mut tx = state.store.begin().await?;
     tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;
-    let mut retried = 0;
+    // Read them all first: a retry changes the order they page in.
+    let mut all = Vec::new();
     let mut before = None;
     loop {
         let page = tx.list_sync_errors(auth.org_id, id, 500, before).await?;
-        retried += retry(&mut tx, &auth, state.now(), &page).await?;
-        match page.last() {
-            Some(last) if page.len() == 500 => before = Some((last.last_seen, last.id)),
+        let last = page.last().map(|l| (l.last_seen, l.id));
+        let full = page.len() == 500;
+        all.extend(page);
+        match last {
+            Some(l) if full => before = Some(l),
             _ => break,
         }
     }
+    let retried = retry(&mut tx, &auth, state.now(), &all).await?;
     tx.commit().await?;
     Ok(Json(json!({ "retried": retried })))
 }
 
 /// Retries errors: a cloud → AD change goes to the agent again as the
 /// object is now (the error clears when the agent applies it); an AD →
-/// cloud change is read again from AD on the agent's next pass.
+/// cloud change becomes due at once: the agent reads the object from AD
+/// again and pushes it within seconds.
 async fn retry(tx: &mut Tx, auth: &AdminAuth, now: i64, errors: &[SyncErrorRow]) -> Result<u64, ApiError> {
     let ctx = WriteCtx {
         org_id: auth.org_id,
@@ -149,15 +154,21 @@ async fn retry(tx: &mut Tx, auth: &AdminAuth, now: i64, errors: &[SyncErrorRow])
     };
     let mut retried = 0;
     for e in errors {
-        if e.direction == SyncDirection::CloudToAd {
-            let Ok(object) = e.object_key.parse::<Uuid>() else {
-                continue;
-            };
-            if directory::redeliver(tx, &ctx, object).await? {
+        match e.direction {
+            SyncDirection::CloudToAd => {
+                let Ok(object) = e.object_key.parse::<Uuid>() else {
+                    continue;
+                };
+                if directory::redeliver(tx, &ctx, object).await? {
+                    retried += 1;
+                } else {
+                    // The object is gone from the cloud: nothing is left to retry.
+                    tx.dismiss_sync_errors(auth.org_id, e.domain_id, Some(e.id)).await?;
+                }
+            }
+            SyncDirection::AdToCloud => {
+                tx.retry_sync_errors_now(auth.org_id, e.domain_id, &[e.id]).await?;
                 retried += 1;
-            } else {
-                // The object is gone from the cloud: nothing is left to retry.
-                tx.dismiss_sync_errors(auth.org_id, e.domain_id, Some(e.id)).await?;
             }
         }
     }

@@ -4,7 +4,10 @@
 //! Identity is the AD `objectGUID` (through the domain's links), never a DN
 //! or a name, so renames and moves keep the cloud object.
 
-use ferry_proto::agent::{AdChange, AdDeleteAction, Authority, PushChangesRequest, PushChangesResponse};
+use ferry_proto::agent::{
+    AdChange, AdDeleteAction, Authority, PushChangesRequest, PushChangesResponse, SyncDirection, SyncErrorReport,
+};
+use ferry_proto::names;
 use ferry_proto::record::{GroupRecord, ObjectKind, UserRecord};
 use serde_json::json;
 use uuid::Uuid;
@@ -22,9 +25,24 @@ pub enum ApplyError {
         /// The stored cookie.
         current: Option<String>,
     },
+    /// A change in the batch was refused (applied as a whole, the batch
+    /// stopped there): apply it again with [`Isolation::PerChange`].
+    #[error("a change was refused: {0}")]
+    Refused(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// How a batch is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// All in one go: the fast path. A refused change fails the batch with
+    /// [`ApplyError::Refused`] (the caller rolls back and tries per change).
+    Batch,
+    /// Each change behind a savepoint: a refused change is rolled back alone,
+    /// recorded as a sync error of its object, and the rest applies.
+    PerChange,
 }
 
 /// Applies a pushed batch for `domain` within `tx`.
@@ -33,6 +51,7 @@ pub async fn apply_ad_changes(
     ctx: &WriteCtx,
     domain: &Domain,
     batch: &PushChangesRequest,
+    isolation: Isolation,
 ) -> Result<PushChangesResponse, ApplyError> {
     let swapped = tx
         .swap_ad_cookie(
@@ -57,6 +76,7 @@ pub async fn apply_ad_changes(
     }
     let quarantine = deletes > domain.settings.policies.delete_threshold as usize;
     let mut applied = 0u64;
+    let mut refused = std::collections::HashSet::new();
     let mut held = Vec::new();
     for change in &batch.changes {
         if let (true, AdChange::Delete { guid }) = (quarantine, change) {
@@ -65,10 +85,31 @@ pub async fn apply_ad_changes(
             }
             continue;
         }
-        if apply_one(tx, ctx, domain, change).await? {
-            applied += 1;
+        match isolation {
+            Isolation::Batch => match apply_one(tx, ctx, domain, change).await {
+                Ok(changed) => applied += u64::from(changed),
+                Err(StoreError::Conflict(why)) => return Err(ApplyError::Refused(why)),
+                Err(e) => return Err(e.into()),
+            },
+            Isolation::PerChange => {
+                tx.savepoint().await?;
+                match apply_one(tx, ctx, domain, change).await {
+                    Ok(changed) => {
+                        tx.release_savepoint().await?;
+                        applied += u64::from(changed);
+                    }
+                    Err(StoreError::Conflict(why)) => {
+                        tx.rollback_to_savepoint().await?;
+                        let report = refusal(domain, change, &why);
+                        tx.record_sync_error(ctx.org_id, domain.id, &report, ctx.now).await?;
+                        refused.insert(report.object_key);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
         }
     }
+    resolve_applied(tx, ctx, domain, &batch.changes, &refused).await?;
     // A delete already held (reconciliation re-sends it every round) is not held twice.
     let already: std::collections::HashSet<Uuid> = tx
         .list_quarantine(ctx.org_id, domain.id, true)
@@ -97,7 +138,83 @@ pub async fn apply_ad_changes(
         applied,
         cookie: batch.to_cookie.clone(),
         quarantined: held.len() as u64,
+        refused: refused.len() as u64,
     })
+}
+
+/// The object a change is about (a membership change is the group's).
+fn subject(change: &AdChange) -> Uuid {
+    match change {
+        AdChange::UpsertUser { guid, .. } | AdChange::UpsertGroup { guid, .. } | AdChange::Delete { guid } => *guid,
+        AdChange::SetMembers { group, .. }
+        | AdChange::AddMembers { group, .. }
+        | AdChange::RemoveMembers { group, .. } => *group,
+    }
+}
+
+/// A refused change as a sync error of its object, with what to do.
+fn refusal(domain: &Domain, change: &AdChange, why: &str) -> SyncErrorReport {
+    let (kind, name, operation) = match change {
+        AdChange::UpsertUser { record, dn, .. } => (
+            ObjectKind::User,
+            format!("{} ({dn})", record.username),
+            "create or update user",
+        ),
+        AdChange::UpsertGroup { record, dn, .. } => (
+            ObjectKind::Group,
+            format!("{} ({dn})", record.name),
+            "create or update group",
+        ),
+        AdChange::Delete { guid } => (ObjectKind::User, guid.to_string(), "delete"),
+        AdChange::SetMembers { group, .. }
+        | AdChange::AddMembers { group, .. }
+        | AdChange::RemoveMembers { group, .. } => (ObjectKind::Group, group.to_string(), "change members"),
+    };
+    let fix = if domain.settings.policies.match_existing_users {
+        "rename one of them, or link them"
+    } else {
+        "rename one of them, or turn on matching existing users for this domain"
+    };
+    SyncErrorReport {
+        direction: SyncDirection::AdToCloud,
+        object_key: subject(change).to_string(),
+        object_kind: kind,
+        object_name: name,
+        operation: operation.to_owned(),
+        code: "conflict".into(),
+        message: format!("{why}: {fix}"),
+    }
+}
+
+/// Clears the AD → cloud errors of objects this batch applied. One read of
+/// the domain's open errors (almost always none) rather than a delete per change.
+async fn resolve_applied(
+    tx: &mut Tx,
+    ctx: &WriteCtx,
+    domain: &Domain,
+    changes: &[AdChange],
+    refused_now: &std::collections::HashSet<String>,
+) -> StoreResult<()> {
+    let open: std::collections::HashSet<String> = tx
+        .open_sync_error_keys(ctx.org_id, domain.id)
+        .await?
+        .into_iter()
+        .filter(|(d, _)| *d == SyncDirection::AdToCloud)
+        .map(|(_, k)| k)
+        .collect();
+    if open.is_empty() {
+        return Ok(());
+    }
+    let done: Vec<String> = changes
+        .iter()
+        .map(|c| subject(c).to_string())
+        .filter(|k| open.contains(k) && !refused_now.contains(k))
+        .collect();
+    if !done.is_empty() {
+        tx.resolve_sync_errors(ctx.org_id, domain.id, SyncDirection::AdToCloud, &done)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Applies one change; `true` when the cloud changed.
@@ -173,6 +290,14 @@ async fn upsert_user(
         }
         None => None,
     };
+    // An account name the agent derived from the cloud's userName (cut to
+    // AD's 20 characters, made unique) is the cloud's name, not a rename.
+    if let Some(current) = &existing {
+        let derived = names::user_sam(&current.username);
+        if record.username != current.username && names::is_sam_for(&record.username, &derived, names::MAX_USER_SAM) {
+            record.username = current.username.clone();
+        }
+    }
     if record.awaiting_password {
         // AD says "disabled" only because the account has no password yet:
         // the cloud's state stands (a new user counts as active).
@@ -330,8 +455,16 @@ async fn upsert_group(
     };
     let (id, changed) = match existing {
         Some(current) => {
+            // A group account name the agent derived from the cloud's name
+            // (cleaned for AD, made unique) is the cloud's name, not a rename.
+            let derived = names::sam_account_name_for(&current.name, names::MAX_GROUP_SAM);
+            let name = if names::is_sam_for(&record.name, &derived, names::MAX_GROUP_SAM) {
+                current.name.clone()
+            } else {
+                record.name.clone()
+            };
             let next = NewGroup {
-                name: record.name.clone(),
+                name,
                 external_id: current.external_id.clone(),
                 doc: apply_group_record(&current.doc, record),
             };

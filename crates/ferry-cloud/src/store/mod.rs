@@ -25,7 +25,7 @@ pub use accounts::{Admin, Org, TokenKind, TokenRow};
 pub use directory::{GroupRow, Link, Member, NewGroup, NewUser, UserQuery, UserRow};
 pub use domains::{Agent, ConnectKeyProblem, ConnectKeyRow, Domain, DomainSettings, Lease, Quarantine};
 pub use journal::{AuditEntry, FeedLink, FeedRow};
-pub use sync_errors::SyncErrorRow;
+pub use sync_errors::{retry_due, SyncErrorRow};
 
 /// Migrations, in order; each runs once, in its own transaction.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -230,6 +230,27 @@ impl Tx {
 
     fn conn(&mut self) -> &mut sqlx::AnyConnection {
         &mut self.inner
+    }
+
+    /// Marks a point to roll back to (one at a time): a write that fails
+    /// after it can be undone without losing the transaction (on
+    /// PostgreSQL a failed statement otherwise aborts the whole of it).
+    pub async fn savepoint(&mut self) -> StoreResult<()> {
+        self.conn().execute("SAVEPOINT ferry_step").await?;
+        Ok(())
+    }
+
+    /// Undoes everything since [`Tx::savepoint`].
+    pub async fn rollback_to_savepoint(&mut self) -> StoreResult<()> {
+        self.conn().execute("ROLLBACK TO SAVEPOINT ferry_step").await?;
+        self.conn().execute("RELEASE SAVEPOINT ferry_step").await?;
+        Ok(())
+    }
+
+    /// Keeps everything since [`Tx::savepoint`].
+    pub async fn release_savepoint(&mut self) -> StoreResult<()> {
+        self.conn().execute("RELEASE SAVEPOINT ferry_step").await?;
+        Ok(())
     }
 }
 

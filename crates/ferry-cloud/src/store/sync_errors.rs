@@ -38,6 +38,15 @@ pub struct SyncErrorRow {
     pub attempts: i64,
 }
 
+/// When an AD → cloud error is next tried: 15 s after the last try,
+/// doubling with each attempt up to 15 minutes.
+pub fn retry_due(last_seen: i64, attempts: i64, now: i64) -> bool {
+    let wait = 15_000i64
+        .saturating_mul(1 << attempts.clamp(1, 7).saturating_sub(1))
+        .min(900_000);
+    now >= last_seen.saturating_add(wait)
+}
+
 const COLUMNS: &str = "id, domain_id, direction, object_key, object_kind, object_name, operation, code, message, first_seen, last_seen, attempts";
 
 fn row_to_error(r: &sqlx::any::AnyRow) -> StoreResult<SyncErrorRow> {
@@ -173,19 +182,53 @@ impl Tx {
         org_id: Uuid,
         domain_id: Uuid,
     ) -> StoreResult<Vec<(SyncDirection, String)>> {
-        let rows = sqlx::query("SELECT direction, object_key FROM sync_errors WHERE org_id = $1 AND domain_id = $2")
-            .bind(org_id.to_string())
-            .bind(domain_id.to_string())
-            .fetch_all(self.conn())
-            .await?;
+        Ok(self
+            .open_sync_errors(org_id, domain_id)
+            .await?
+            .into_iter()
+            .map(|(d, k, _, _)| (d, k))
+            .collect())
+    }
+
+    /// Direction, object key, last try and attempts of a domain's open errors.
+    pub async fn open_sync_errors(
+        &mut self,
+        org_id: Uuid,
+        domain_id: Uuid,
+    ) -> StoreResult<Vec<(SyncDirection, String, i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT direction, object_key, last_seen, attempts FROM sync_errors WHERE org_id = $1 AND domain_id = $2",
+        )
+        .bind(org_id.to_string())
+        .bind(domain_id.to_string())
+        .fetch_all(self.conn())
+        .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let d: String = r.try_get("direction")?;
             if let Some(d) = SyncDirection::parse(&d) {
-                out.push((d, r.try_get("object_key")?));
+                out.push((
+                    d,
+                    r.try_get("object_key")?,
+                    r.try_get("last_seen")?,
+                    r.try_get("attempts")?,
+                ));
             }
         }
         Ok(out)
+    }
+
+    /// Makes errors due for another try now (an admin's retry).
+    pub async fn retry_sync_errors_now(&mut self, org_id: Uuid, domain_id: Uuid, ids: &[Uuid]) -> StoreResult<()> {
+        for id in ids {
+            sqlx::query("UPDATE sync_errors SET last_seen = 0 WHERE org_id = $1 AND domain_id = $2 AND id = $3")
+                .bind(org_id.to_string())
+                .bind(domain_id.to_string())
+                .bind(id.to_string())
+                .execute(self.conn())
+                .await?;
+        }
+        Ok(())
     }
 
     /// Dismisses one error (`Some(id)`) or all of a domain's; how many went.

@@ -29,6 +29,10 @@ pub struct Cloud {
 
 impl Cloud {
     pub async fn start() -> Cloud {
+        Cloud::start_with(Config::default()).await
+    }
+
+    pub async fn start_with(config: Config) -> Cloud {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&format!("sqlite://{}", dir.path().join("f.db").display()))
             .await
@@ -46,7 +50,7 @@ impl Cloud {
         tx.commit().await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let state = AppState::new(store.clone(), Arc::new(SystemClock), Config::default());
+        let state = AppState::new(store.clone(), Arc::new(SystemClock), config);
         tokio::spawn(async move { serve(listener, state, std::future::pending()).await.unwrap() });
         Cloud {
             base,

@@ -1,0 +1,172 @@
+//! The full import: every user and group in scope, read page by page and
+//! pushed while the next page is read; memberships and managers follow once
+//! every object is in.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use ferry_proto::agent::AdChange;
+use uuid::Uuid;
+
+use super::push::push;
+use super::root;
+use crate::ad::mapping::{excluded, group_record, user_record, when_changed, READ_ATTRS};
+use crate::ad::{AdConnection, AdEntry};
+use crate::sync::Shared;
+
+/// Changes per pushed batch.
+const BATCH: usize = 500;
+/// Cookie prefix of a full import in progress.
+pub(super) const IMPORT: &str = "import:";
+
+const PUSH_STOPPED: &str = "the push to the cloud stopped";
+
+/// Reads everything in scope and pushes it; returns the DirSync cookie the
+/// increments start from (taken before the read, so nothing is missed).
+/// Each page of the read is turned into upserts and pushed while the next
+/// page is read; memberships and managers follow once every object is in.
+pub(super) async fn full_import(
+    shared: &Shared,
+    conn: &mut AdConnection,
+    mut cookie: Option<String>,
+    svc: &str,
+) -> Result<String, String> {
+    let root = root(shared).await;
+    let started = Instant::now();
+    tracing::info!(%root, "full import: starting");
+    let start = conn
+        .dirsync_all(&root, &[], &["objectGUID"])
+        .await
+        .map_err(|e| e.to_string())?;
+    let final_cookie = B64.encode(&start.cookie);
+    // `None` ends the stream: the read finished. A stream that ends without
+    // it (the read failed) must not move the cookie to `final_cookie`.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Vec<AdChange>>>(2);
+    let produce = async move {
+        let send = |tx: &tokio::sync::mpsc::Sender<Option<Vec<AdChange>>>, batch: Vec<AdChange>| {
+            let tx = tx.clone();
+            async move { tx.send(Some(batch)).await.map_err(|_| PUSH_STOPPED.to_owned()) }
+        };
+        let mut pager = crate::ad::Pager::default();
+        let mut kept: Vec<AdEntry> = Vec::new();
+        let mut pending: Vec<AdChange> = Vec::new();
+        loop {
+            let (mut page, more) = conn
+                .search_page(
+                    &root,
+                    ldap3::Scope::Subtree,
+                    crate::ad::USERS_AND_GROUPS,
+                    READ_ATTRS,
+                    &mut pager,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            conn.complete_ranged(&mut page).await.map_err(|e| e.to_string())?;
+            for e in page {
+                if let Some(why) = excluded(&e, svc) {
+                    tracing::debug!(dn = %e.dn, why, "skipped");
+                    continue;
+                }
+                let Some(guid) = e.guid() else { continue };
+                pending.push(if e.has_class("group") {
+                    AdChange::UpsertGroup {
+                        guid,
+                        dn: e.dn.clone(),
+                        record: group_record(&e),
+                    }
+                } else {
+                    let (rec, _) = user_record(&e);
+                    AdChange::UpsertUser {
+                        guid,
+                        dn: e.dn.clone(),
+                        record: Box::new(rec),
+                        changed_at: when_changed(&e),
+                    }
+                });
+                kept.push(e);
+                if pending.len() >= BATCH {
+                    send(&tx, std::mem::take(&mut pending)).await?;
+                }
+            }
+            if !more {
+                break;
+            }
+        }
+        // Then what needs every object linked first.
+        let guid_of: HashMap<String, Uuid> = kept
+            .iter()
+            .filter_map(|e| Some((e.dn.to_lowercase(), e.guid()?)))
+            .collect();
+        let mut later = Vec::new();
+        let mut managed = Vec::new();
+        for e in &kept {
+            let Some(guid) = e.guid() else { continue };
+            if e.has_class("group") {
+                let m: Vec<Uuid> = e
+                    .strs("member")
+                    .iter()
+                    .filter_map(|d| guid_of.get(&d.to_lowercase()).copied())
+                    .collect();
+                later.push(AdChange::SetMembers {
+                    group: guid,
+                    members: m,
+                });
+            } else {
+                let (mut rec, manager) = user_record(e);
+                if let Some(m) = manager.and_then(|m| guid_of.get(&m.to_lowercase()).copied()) {
+                    // Managers are linked once every user exists: a second, cheap pass.
+                    rec.manager = Some(m.to_string());
+                    managed.push(AdChange::UpsertUser {
+                        guid,
+                        dn: e.dn.clone(),
+                        record: Box::new(rec),
+                        changed_at: when_changed(e),
+                    });
+                }
+            }
+        }
+        pending.extend(later);
+        pending.extend(managed);
+        for chunk in pending.chunks(BATCH) {
+            send(&tx, chunk.to_vec()).await?;
+        }
+        tx.send(None).await.map_err(|_| PUSH_STOPPED.to_owned())?;
+        Ok::<usize, String>(kept.len())
+    };
+    // `move`: when the push fails, the receiver must go with it, so a read
+    // blocked on a full channel ends instead of waiting forever.
+    let last = final_cookie.clone();
+    let consume = async move {
+        let mut batches = 0usize;
+        let mut done = 0usize;
+        while let Some(item) = rx.recv().await {
+            let Some(chunk) = item else {
+                // The read finished: only now may the cookie become final.
+                push(shared, &mut cookie, last, vec![]).await?;
+                return Ok(done);
+            };
+            batches += 1;
+            done += chunk.len();
+            push(shared, &mut cookie, format!("{IMPORT}{batches}"), chunk).await?;
+            tracing::info!(done, "full import: progress");
+        }
+        Err("the read of AD stopped before its end".to_owned())
+    };
+    let (read, pushed) = tokio::join!(produce, consume);
+    // When one side fails the other stops too; report the cause.
+    let (objects, changes) = match (read, pushed) {
+        (Ok(o), Ok(c)) => (o, c),
+        (Err(r), Err(p)) if r == PUSH_STOPPED => return Err(p),
+        (Err(r), _) => return Err(r),
+        (Ok(_), Err(p)) => return Err(p),
+    };
+    tracing::info!(
+        objects,
+        changes,
+        secs = started.elapsed().as_secs_f32(),
+        "full import: done"
+    );
+    Ok(final_cookie)
+}

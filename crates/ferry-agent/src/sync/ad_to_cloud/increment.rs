@@ -1,0 +1,138 @@
+//! One DirSync round: what changed since the cookie, read whole and pushed.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use ferry_proto::agent::AdChange;
+use uuid::Uuid;
+
+use super::push::push;
+use super::root;
+use crate::ad::dn::dn_within;
+use crate::ad::guid::guid_filter;
+use crate::ad::mapping::{excluded, group_record, is_tombstone, user_record, when_changed, READ_ATTRS};
+use crate::ad::read::member_delta;
+use crate::ad::{AdConnection, AdEntry};
+use crate::sync::Shared;
+
+/// One DirSync round; pushes what changed; returns the new cookie.
+/// Pushes what DirSync reports since `cookie`; returns the next cookie, and
+/// whether the round hints at a deletion or a move out of scope that only
+/// reconciliation can confirm: the USN moved but nothing readable changed,
+/// an object left the scope, or a group lost members.
+pub(super) async fn increment(
+    shared: &Shared,
+    conn: &mut AdConnection,
+    cookie: Option<String>,
+    svc: &str,
+) -> Result<(String, bool), String> {
+    let root = root(shared).await;
+    let current = cookie.clone().unwrap_or_default();
+    let raw = B64
+        .decode(&current)
+        .map_err(|_| "the stored DirSync cookie is not base64".to_owned())?;
+    let batch = conn
+        .dirsync_all(&root, &raw, READ_ATTRS)
+        .await
+        .map_err(|e| e.to_string())?;
+    let next = B64.encode(&batch.cookie);
+    if batch.entries.is_empty() && next == current {
+        return Ok((current, true));
+    }
+    let mut suspect = batch.entries.is_empty();
+    // Objects first, then memberships: a member must be linked before it is added.
+    let mut changes = Vec::new();
+    let mut memberships = Vec::new();
+    for e in &batch.entries {
+        let Some(guid) = e.guid() else { continue };
+        if is_tombstone(e) {
+            changes.push(AdChange::Delete { guid });
+            continue;
+        }
+        // DirSync sends only what changed: read the whole object.
+        let Some(full) = read_in_scope(conn, &root, svc, guid).await? else {
+            suspect = true;
+            continue;
+        };
+        changes.push(upsert_of(conn, &root, &full, guid).await?);
+        if full.has_class("group") {
+            let (added, removed) = member_delta(e);
+            suspect |= !removed.is_empty();
+            let added = guids_of(conn, &root, &added).await?;
+            let removed = guids_of(conn, &root, &removed).await?;
+            if !added.is_empty() {
+                memberships.push(AdChange::AddMembers {
+                    group: guid,
+                    members: added,
+                });
+            }
+            if !removed.is_empty() {
+                memberships.push(AdChange::RemoveMembers {
+                    group: guid,
+                    members: removed,
+                });
+            }
+        }
+    }
+    changes.extend(memberships);
+    let mut c = cookie;
+    push(shared, &mut c, next.clone(), changes).await?;
+    Ok((next, suspect))
+}
+
+/// The objectGUIDs of DNs in scope. A DN that no longer exists is left out
+/// (its object is gone); a failed read is an error, never "no members".
+pub(super) async fn guids_of(conn: &mut AdConnection, root: &str, dns: &[String]) -> Result<Vec<Uuid>, String> {
+    let mut out = Vec::new();
+    for dn in dns {
+        if !dn_within(dn, root) {
+            continue;
+        }
+        if let Some(e) = conn.read_entry(dn, &["objectGUID"]).await.map_err(|e| e.to_string())? {
+            out.extend(e.guid());
+        }
+    }
+    Ok(out)
+}
+
+/// The whole object with this GUID, if it is in scope and not excluded.
+pub(super) async fn read_in_scope(
+    conn: &mut AdConnection,
+    root: &str,
+    svc: &str,
+    guid: Uuid,
+) -> Result<Option<AdEntry>, String> {
+    let found = conn
+        .search_paged(root, ldap3::Scope::Subtree, &guid_filter(guid), READ_ATTRS)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(found
+        .into_iter()
+        .next()
+        .filter(|full| dn_within(&full.dn, root) && excluded(full, svc).is_none()))
+}
+
+/// The upsert of a whole object (a user's manager resolved to its GUID).
+pub(super) async fn upsert_of(
+    conn: &mut AdConnection,
+    root: &str,
+    full: &AdEntry,
+    guid: Uuid,
+) -> Result<AdChange, String> {
+    if full.has_class("group") {
+        return Ok(AdChange::UpsertGroup {
+            guid,
+            dn: full.dn.clone(),
+            record: group_record(full),
+        });
+    }
+    let (mut rec, manager) = user_record(full);
+    if let Some(m) = manager {
+        rec.manager = guids_of(conn, root, &[m]).await?.first().map(Uuid::to_string);
+    }
+    Ok(AdChange::UpsertUser {
+        guid,
+        dn: full.dn.clone(),
+        record: Box::new(rec),
+        changed_at: when_changed(full),
+    })
+}

@@ -1,0 +1,29 @@
+//! Reconciliation: a delegated account sees no tombstones, so deletes and
+//! moves out of scope are found by comparing the in-scope objectGUID set
+//! with the cloud's links.
+
+use std::sync::atomic::Ordering;
+
+use ferry_proto::agent::AdChange;
+use ferry_proto::record::ObjectKind;
+
+use super::root;
+use crate::sync::Shared;
+
+/// Linked objects no longer in scope in AD were deleted (or moved out):
+/// their deletes, read on a connection of its own.
+pub(super) async fn gone_from_ad(shared: &Shared) -> Result<Vec<AdChange>, String> {
+    let root = root(shared).await;
+    let mut conn = shared.connect().await.map_err(|e| e.to_string())?;
+    // Links first: a link is recorded only after its AD object exists, so
+    // every link read here has its object in the set read next.
+    let links = shared.cloud.links().await.map_err(|e| e.to_string())?;
+    let present = conn.in_scope_guids(&root).await.map_err(|e| e.to_string())?;
+    conn.close().await;
+    shared.ad_objects.store(present.len() as u64, Ordering::SeqCst);
+    Ok(links
+        .iter()
+        .filter(|l| matches!(l.kind, ObjectKind::User | ObjectKind::Group) && !present.contains(&l.guid))
+        .map(|l| AdChange::Delete { guid: l.guid })
+        .collect())
+}
