@@ -330,3 +330,121 @@ async fn the_first_run_creates_the_organization_and_works_at_phone_width() {
         b.check(fits == json!(true), &format!("{path} fits 375 px")).await;
     }
 }
+
+/// Sync errors where the admin looks: a count on Directories and the tab,
+/// the list with what to do on Sync activity, Retry and Dismiss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_errors_are_shown_retried_and_dismissed() {
+    let s = TestServer::start(Engine::Sqlite).await;
+    let (_, d) = s
+        .call(
+            Method::POST,
+            "/api/v1/domains",
+            Some(json!({"name": "example.test", "netbios_name": "EXAMPLE"})),
+        )
+        .await;
+    let domain = d["id"].as_str().unwrap().to_owned();
+    let (_, k) = s
+        .call(Method::POST, &format!("/api/v1/domains/{domain}/connect-keys"), None)
+        .await;
+    let token = register_agent(&s, k["connect_key"].as_str().unwrap(), "dc1").await;
+    let (_, u) = s
+        .call(
+            Method::POST,
+            "/scim/v2/Users",
+            Some(json!({"userName": "jsmith", "displayName": "John Smith"})),
+        )
+        .await;
+    let uid = u["id"].as_str().unwrap().to_owned();
+    for (key, name, code) in [
+        (uid.clone(), "jsmith", "ldap 19 constraintViolation"),
+        (
+            uuid::Uuid::new_v4().to_string(),
+            "CN=Other,DC=example,DC=test",
+            "conflict",
+        ),
+    ] {
+        let direction = if code == "conflict" {
+            "ad_to_cloud"
+        } else {
+            "cloud_to_ad"
+        };
+        let report = json!({"direction": direction, "object_key": key, "object_kind": "user", "object_name": name,
+            "operation": "create or update user", "code": code, "message": "refused <b>for good</b>"});
+        let (st, v) = s
+            .call_as(&token, Method::POST, "/agent/v1/sync-errors", Some(report))
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+    }
+    let b = Browser::start("sync-errors").await;
+    sign_in(&b, &s).await;
+    b.wait_text("2 sync errors").await;
+    b.click("a.sync-errors").await;
+    b.wait_text("Sync activity (2 errors)").await;
+    b.check(b.count("tr.sync-error").await == 2, "both errors listed").await;
+    b.wait_text("jsmith").await;
+    b.wait_text("AD refused a value").await;
+    b.check(
+        b.source().await.contains("refused &lt;b&gt;for good&lt;/b&gt;"),
+        "the message is escaped",
+    )
+    .await;
+    // Retry the cloud → AD one: the user goes to the agent again.
+    let head = {
+        let (_, f) = s.call_as(&token, Method::GET, "/agent/v1/feed?after=0", None).await;
+        f["next_cursor"].as_i64().unwrap()
+    };
+    let errors = s
+        .call(Method::GET, &format!("/api/v1/domains/{domain}/sync-errors"), None)
+        .await
+        .1;
+    let jsmith = errors["sync_errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["object_name"] == "jsmith")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    b.click(&format!(
+        "form[action='/directories/{domain}/sync-errors/{jsmith}/retry'] button"
+    ))
+    .await;
+    b.wait_text("Sent again").await;
+    let (_, f) = s
+        .call_as(&token, Method::GET, &format!("/agent/v1/feed?after={head}"), None)
+        .await;
+    b.check(
+        f["entries"].to_string().contains("jsmith"),
+        "the retry re-delivers the user",
+    )
+    .await;
+    // Dismiss it; one is left, and Retry all answers.
+    b.click(&format!(
+        "form[action='/directories/{domain}/sync-errors/{jsmith}/dismiss'] button"
+    ))
+    .await;
+    b.wait_text("Dismissed.").await;
+    b.check(b.count("tr.sync-error").await == 1, "one error left").await;
+    b.click(&format!(
+        "form[action='/directories/{domain}/sync-errors/all/retry'] button"
+    ))
+    .await;
+    b.wait_text("Sent again").await;
+    let (_, left) = s
+        .call(Method::GET, &format!("/api/v1/domains/{domain}/sync-errors"), None)
+        .await;
+    assert_eq!(left["total"], 1, "{left}");
+    // A forged form (no CSRF token) changes nothing.
+    let other = left["sync_errors"][0]["id"].as_str().unwrap().to_owned();
+    b.script(&format!(
+        "var f = document.querySelector(\"form[action='/directories/{domain}/sync-errors/{other}/dismiss']\"); f.querySelector('input[name=csrf]').remove(); f.submit(); return 1;"
+    ))
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (_, left) = s
+        .call(Method::GET, &format!("/api/v1/domains/{domain}/sync-errors"), None)
+        .await;
+    assert_eq!(left["total"], 1, "a form without its CSRF token is refused: {left}");
+}

@@ -50,6 +50,10 @@ pub fn router() -> Router<AppState> {
             "/directories/{id}/quarantine/{qid}/{decision}",
             axum::routing::post(pages::decide_quarantine),
         )
+        .route(
+            "/directories/{id}/sync-errors/{eid}/{action}",
+            axum::routing::post(pages::sync_error_action),
+        )
         .route("/users", get(pages::users).post(pages::create_user))
         .route("/users/{id}", get(pages::user).post(pages::update_user))
         .route("/users/{id}/delete", axum::routing::post(pages::delete_user))

@@ -49,6 +49,8 @@ fn notice(q: &HashMap<String, String>) -> Markup {
         Some("deleted") => "Deleted.",
         Some("revoked") => "The agent was revoked.",
         Some("decided") => "Done.",
+        Some("retried") => "Sent again: the error clears by itself once the other side takes the change.",
+        Some("dismissed") => "Dismissed.",
         _ => return html! {},
     };
     html! { p.notice role="status" { (text) } }
@@ -246,7 +248,7 @@ fn health(agents: &[Value]) -> (&'static str, String) {
 
 fn directories_page(
     s: &Session,
-    domains: &[(Value, Vec<Value>)],
+    domains: &[DomainRow],
     msg: Option<&str>,
     form: &HashMap<String, String>,
     q: &HashMap<String, String>,
@@ -266,12 +268,18 @@ fn directories_page(
                     table {
                         thead { tr { th { "Domain" } th { "Root DN" } th { "Sync" } } }
                         tbody {
-                            @for (d, agents) in domains {
+                            @for (d, agents, errors) in domains {
                                 @let (color, text) = health(agents);
+                                @let id = d["id"].as_str().unwrap_or("");
                                 tr {
-                                    td { a href={ "/directories/" (d["id"].as_str().unwrap_or("")) } { (d["name"].as_str().unwrap_or("")) } }
+                                    td { a href={ "/directories/" (id) } { (d["name"].as_str().unwrap_or("")) } }
                                     td { code { (d["root_dn"].as_str().unwrap_or("")) } }
-                                    td { span class={ "dot " (color) } aria-hidden="true" {} " " (text) }
+                                    td {
+                                        span class={ "dot " (color) } aria-hidden="true" {} " " (text)
+                                        @if *errors > 0 {
+                                            " · " a.sync-errors href={ "/directories/" (id) "?tab=activity" } { (errors) " sync " (if *errors == 1 { "error" } else { "errors" }) }
+                                        }
+                                    }
                                 }
                             }
                         }
@@ -290,13 +298,23 @@ fn directories_page(
     )
 }
 
-async fn load_domains(state: &AppState, s: &Session) -> Result<Vec<(Value, Vec<Value>)>, Response> {
+/// A domain on the Directories page: itself, its agents, its open sync errors.
+type DomainRow = (Value, Vec<Value>, i64);
+
+async fn load_domains(state: &AppState, s: &Session) -> Result<Vec<DomainRow>, Response> {
     let list = s.get(state, "/api/v1/domains").await?;
     let mut out = Vec::new();
     for d in list["domains"].as_array().cloned().unwrap_or_default() {
         let id = d["id"].as_str().unwrap_or_default().to_owned();
         let agents = s.get(state, &format!("/api/v1/domains/{id}/agents")).await?;
-        out.push((d, agents["agents"].as_array().cloned().unwrap_or_default()));
+        let errors = s
+            .get(state, &format!("/api/v1/domains/{id}/sync-errors?limit=1"))
+            .await?;
+        out.push((
+            d,
+            agents["agents"].as_array().cloned().unwrap_or_default(),
+            errors["total"].as_i64().unwrap_or(0),
+        ));
     }
     Ok(out)
 }
@@ -330,6 +348,8 @@ struct DomainView {
     domain: Value,
     agents: Vec<Value>,
     quarantine: Vec<Value>,
+    sync_errors: Vec<Value>,
+    sync_error_total: i64,
     activity: Vec<Value>,
 }
 
@@ -338,6 +358,9 @@ async fn load_domain(state: &AppState, s: &Session, id: &str) -> Result<DomainVi
     let domain = s.get(state, &format!("/api/v1/domains/{id}")).await?;
     let agents = s.get(state, &format!("/api/v1/domains/{id}/agents")).await?;
     let quarantine = s.get(state, &format!("/api/v1/domains/{id}/quarantine")).await?;
+    let errors = s
+        .get(state, &format!("/api/v1/domains/{id}/sync-errors?limit=100"))
+        .await?;
     let audit = s.get(state, "/api/v1/audit?limit=200").await?;
     let activity = audit["entries"]
         .as_array()
@@ -351,6 +374,8 @@ async fn load_domain(state: &AppState, s: &Session, id: &str) -> Result<DomainVi
         domain,
         agents: agents["agents"].as_array().cloned().unwrap_or_default(),
         quarantine: quarantine["quarantine"].as_array().cloned().unwrap_or_default(),
+        sync_errors: errors["sync_errors"].as_array().cloned().unwrap_or_default(),
+        sync_error_total: errors["total"].as_i64().unwrap_or(0),
         activity,
     })
 }
@@ -376,10 +401,15 @@ fn domain_page(
     let d = &v.domain;
     let id = d["id"].as_str().unwrap_or_default();
     let p = &d["policies"];
+    let activity = if v.sync_error_total > 0 {
+        format!("Sync activity ({} errors)", v.sync_error_total)
+    } else {
+        "Sync activity".to_owned()
+    };
     let tabs = [
         ("details", "Details"),
         ("agents", "Domain Agents"),
-        ("activity", "Sync activity"),
+        ("activity", activity.as_str()),
     ];
     page(
         form_status(msg),
@@ -448,6 +478,42 @@ fn domain_page(
                         }
                     }
                 } @else if tab == "activity" {
+                    h2 { "Sync errors" }
+                    @if v.sync_errors.is_empty() {
+                        p { "None: every change reached the other side." }
+                    } @else {
+                        p {
+                            (v.sync_error_total) " " (if v.sync_error_total == 1 { "change" } else { "changes" })
+                            " the other side refused. Everything else keeps flowing; fix the cause, then retry. A retry that succeeds clears the error."
+                        }
+                        form.inline method="post" action={ "/directories/" (id) "/sync-errors/all/retry" } {
+                            (csrf_input(s))
+                            button type="submit" { "Retry all" }
+                        }
+                        table.sync-errors {
+                            thead { tr { th { "Object" } th { "Direction" } th { "What was refused" } th { "What to do" } th { "Tries" } th { "Last" } th {} } }
+                            tbody {
+                                @for e in &v.sync_errors {
+                                    tr.sync-error {
+                                        td { (e["object_name"].as_str().unwrap_or("")) }
+                                        td { (if e["direction"] == "cloud_to_ad" { "cloud → AD" } else { "AD → cloud" }) }
+                                        td { (e["operation"].as_str().unwrap_or("")) ": " code { (e["code"].as_str().unwrap_or("")) } br; span.small { (e["message"].as_str().unwrap_or("")) } }
+                                        td { (e["advice"].as_str().unwrap_or("")) }
+                                        td { (e["attempts"]) }
+                                        td { (when(e["last_seen"].as_i64().unwrap_or(0))) }
+                                        td {
+                                            @for (action, label) in [("retry", "Retry"), ("dismiss", "Dismiss")] {
+                                                form.inline method="post" action={ "/directories/" (id) "/sync-errors/" (e["id"].as_str().unwrap_or("")) "/" (action) } {
+                                                    (csrf_input(s))
+                                                    button type="submit" { (label) }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
                     h2 { "Deletes waiting for approval" }
                     @if v.quarantine.iter().all(|q| q["status"] != "pending") {
                         p { "None." }
@@ -649,6 +715,35 @@ pub(super) async fn decide_quarantine(
         return page_error(a.status, &a.message());
     }
     redirect(&format!("/directories/{id}?tab=activity&done=decided"))
+}
+
+/// Retry or dismiss one sync error, or (`eid` = `all`) retry them all.
+pub(super) async fn sync_error_action(
+    State(state): St,
+    s: Session,
+    Path((id, eid, action)): Path<(String, String, String)>,
+    Form(form): F,
+) -> Response {
+    let ids: Vec<&str> = if eid == "all" {
+        vec![id.as_str()]
+    } else {
+        vec![id.as_str(), eid.as_str()]
+    };
+    if let Err(r) = guard(&s, &form, &ids) {
+        return r;
+    }
+    let (method, path) = match (eid.as_str(), action.as_str()) {
+        ("all", "retry") => (Method::POST, format!("/api/v1/domains/{id}/sync-errors/retry")),
+        (_, "retry") => (Method::POST, format!("/api/v1/domains/{id}/sync-errors/{eid}/retry")),
+        (_, "dismiss") if eid != "all" => (Method::DELETE, format!("/api/v1/domains/{id}/sync-errors/{eid}")),
+        _ => return page_error(StatusCode::NOT_FOUND, "unknown action"),
+    };
+    let a = s.api(&state, method, &path, None).await;
+    if !a.ok() {
+        return page_error(a.status, &a.message());
+    }
+    let done = if action == "retry" { "retried" } else { "dismissed" };
+    redirect(&format!("/directories/{id}?tab=activity&done={done}"))
 }
 
 // ---- users ------------------------------------------------------------------
