@@ -1324,3 +1324,88 @@ async fn pushes_too_large_for_the_cloud_are_split_and_the_import_completes() {
     assert_eq!(cloud_user_count(&cloud).await, 1501);
     engine.stop().await;
 }
+
+async fn stored_cookie(cloud: &Cloud, domain: &str) -> Option<String> {
+    let mut tx = cloud.store.begin().await.unwrap();
+    let orgs = tx.list_orgs().await.unwrap();
+    tx.get_domain(orgs[0].id, domain.parse().unwrap())
+        .await
+        .unwrap()
+        .ad_cookie
+}
+
+/// "Resync this domain", and a DirSync cookie the DC does not honour (here:
+/// one it never issued, as a cookie from another DC may be): the agent reads
+/// the whole domain again, without a duplicate, and changes flow after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resync_and_a_refused_cookie_read_the_domain_again_without_duplicates() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("ferry_agent=info")
+        .with_test_writer()
+        .try_init();
+    let (dc, cloud, domain) = prepare().await;
+    let ou = dc.new_ou("again").await;
+    for i in 0..5 {
+        dc.ldapmodify(
+            &format!("dn: CN=a{i},{ou}\nobjectClass: user\nsAMAccountName: again{i}\n"),
+            true,
+        );
+    }
+    let agent = enrol(&cloud, &domain).await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    eventually("the import", || async { cloud.user("again4").await }).await;
+    let count = cloud_user_count(&cloud).await;
+    let first = eventually("a DirSync cookie", || async {
+        stored_cookie(&cloud, &domain)
+            .await
+            .filter(|c| !c.starts_with("import:"))
+    })
+    .await;
+
+    // The admin's resync.
+    let (st, v) = cloud
+        .call(reqwest::Method::POST, &format!("/api/v1/domains/{domain}/resync"), None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    eventually("a new cookie after reading again", || async {
+        stored_cookie(&cloud, &domain)
+            .await
+            .filter(|c| !c.starts_with("import:") && *c != first)
+    })
+    .await;
+    assert_eq!(cloud_user_count(&cloud).await, count, "nothing twice");
+
+    // A cookie the DC refuses (12, "Unable to unmarshall cookie" on Samba).
+    let current = stored_cookie(&cloud, &domain).await;
+    {
+        let mut tx = cloud.store.begin().await.unwrap();
+        let orgs = tx.list_orgs().await.unwrap();
+        let swapped = tx
+            .swap_ad_cookie(
+                orgs[0].id,
+                domain.parse().unwrap(),
+                current.as_deref(),
+                Some("Z2FyYmFnZSBjb29raWU="),
+            )
+            .await
+            .unwrap();
+        assert!(swapped);
+        tx.commit().await.unwrap();
+    }
+    dc.ldapmodify(
+        &format!("dn: CN=a0,{ou}\nchangetype: modify\nreplace: title\ntitle: After\n"),
+        false,
+    );
+    eventually("the change, after reading the domain again", || async {
+        cloud.user("again0").await.filter(|u| u["title"] == "After")
+    })
+    .await;
+    eventually("a cookie the DC issued", || async {
+        stored_cookie(&cloud, &domain)
+            .await
+            .filter(|c| !c.starts_with("import:") && c != "Z2FyYmFnZSBjb29raWU=")
+    })
+    .await;
+    assert_eq!(cloud_user_count(&cloud).await, count, "nothing twice");
+    engine.stop().await;
+}

@@ -44,6 +44,7 @@ pub fn router() -> Router<AppState> {
             get(sync_errors::list).delete(sync_errors::dismiss_all),
         )
         .route("/domains/{id}/sync-errors/retry", post(sync_errors::retry_all))
+        .route("/domains/{id}/resync", post(sync_errors::resync))
         .route("/domains/{id}/sync-errors/{error_id}", delete(sync_errors::dismiss_one))
         .route(
             "/domains/{id}/sync-errors/{error_id}/retry",

@@ -231,3 +231,29 @@ async fn dismiss(state: AppState, auth: AdminAuth, id: Uuid, eid: Option<Uuid>) 
     tx.commit().await?;
     Ok(Json(json!({ "dismissed": gone })))
 }
+
+/// `POST /api/v1/domains/{id}/resync`: the agent reads the whole domain
+/// again (links by objectGUID keep it free of duplicates) and the cloud's
+/// objects are compared with AD's afresh.
+pub(super) async fn resync(
+    State(state): State<AppState>,
+    auth: AdminAuth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id, "domain")?;
+    let mut tx = state.store.begin().await?;
+    tx.reset_ad_cookie(auth.org_id, id)
+        .await
+        .map_err(not_found_as("domain"))?;
+    let ctx = WriteCtx {
+        org_id: auth.org_id,
+        origin: ORIGIN_CLOUD.into(),
+        actor: auth.actor.clone(),
+        now: state.now(),
+    };
+    directory::audit(&mut tx, &ctx, "sync.resync", &format!("domain:{id}"), json!({})).await?;
+    tx.commit().await?;
+    Ok(Json(
+        json!({ "resync": "requested: the agent reads the domain again within seconds" }),
+    ))
+}

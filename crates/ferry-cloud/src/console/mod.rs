@@ -50,6 +50,7 @@ pub fn router() -> Router<AppState> {
             "/directories/{id}/quarantine/{qid}/{decision}",
             axum::routing::post(pages::decide_quarantine),
         )
+        .route("/directories/{id}/resync", axum::routing::post(pages::resync_domain))
         .route(
             "/directories/{id}/sync-errors/{eid}/{action}",
             axum::routing::post(pages::sync_error_action),

@@ -51,6 +51,7 @@ fn notice(q: &HashMap<String, String>) -> Markup {
         Some("decided") => "Done.",
         Some("retried") => "Sent again: the error clears by itself once the other side takes the change.",
         Some("dismissed") => "Dismissed.",
+        Some("resync") => "Resync asked for: the agent reads the whole domain again within seconds.",
         _ => return html! {},
     };
     html! { p.notice role="status" { (text) } }
@@ -557,6 +558,10 @@ fn domain_page(
                         label.check { input type="checkbox" name="match_existing_users" value="on" checked[p["match_existing_users"] == true]; " Link existing cloud users with the same username" }
                         button.primary type="submit" { "Save" }
                     }
+                    form.inline method="post" action={ "/directories/" (id) "/resync" } {
+                        (csrf_input(s))
+                        button type="submit" id="resync" data-confirm="Read the whole domain again? Nothing is duplicated; a big domain takes a while." { "Resync this domain" }
+                    }
                 }
             },
         ),
@@ -715,6 +720,20 @@ pub(super) async fn decide_quarantine(
         return page_error(a.status, &a.message());
     }
     redirect(&format!("/directories/{id}?tab=activity&done=decided"))
+}
+
+/// "Resync this domain".
+pub(super) async fn resync_domain(State(state): St, s: Session, Path(id): Path<String>, Form(form): F) -> Response {
+    if let Err(r) = guard(&s, &form, &[&id]) {
+        return r;
+    }
+    let a = s
+        .api(&state, Method::POST, &format!("/api/v1/domains/{id}/resync"), None)
+        .await;
+    if !a.ok() {
+        return page_error(a.status, &a.message());
+    }
+    redirect(&format!("/directories/{id}?done=resync"))
 }
 
 /// Retry or dismiss one sync error, or (`eid` = `all`) retry them all.

@@ -444,6 +444,19 @@ impl Tx {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Forgets the domain's DirSync cookie: the agent reads the domain whole again.
+    pub async fn reset_ad_cookie(&mut self, org_id: Uuid, domain_id: Uuid) -> StoreResult<()> {
+        let done = sqlx::query("UPDATE domains SET ad_cookie = NULL WHERE id = $1 AND org_id = $2")
+            .bind(domain_id.to_string())
+            .bind(org_id.to_string())
+            .execute(self.conn())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
     /// Advances the domain's acknowledged feed cursor (never backwards).
     pub async fn advance_feed_cursor(&mut self, org_id: Uuid, domain_id: Uuid, cursor: i64) -> StoreResult<i64> {
         sqlx::query("UPDATE domains SET feed_cursor = $1 WHERE id = $2 AND org_id = $3 AND feed_cursor < $1")

@@ -11,7 +11,7 @@ use crate::ad::dn::dn_within;
 use crate::ad::guid::guid_filter;
 use crate::ad::mapping::{excluded, group_record, is_tombstone, user_record, when_changed, READ_ATTRS};
 use crate::ad::read::member_delta;
-use crate::ad::{AdConnection, AdEntry};
+use crate::ad::{AdConnection, AdEntry, AdError};
 use crate::sync::Shared;
 
 /// One DirSync round; pushes what changed; returns the new cookie.
@@ -19,24 +19,29 @@ use crate::sync::Shared;
 /// whether the round hints at a deletion or a move out of scope that only
 /// reconciliation can confirm: the USN moved but nothing readable changed,
 /// an object left the scope, or a group lost members.
+/// `None` when the DC refuses the cookie: the domain must be read whole again.
 pub(super) async fn increment(
     shared: &Shared,
     conn: &mut AdConnection,
     cookie: Option<String>,
     svc: &str,
-) -> Result<(String, bool), String> {
+) -> Result<Option<(String, bool)>, String> {
     let root = root(shared).await;
     let current = cookie.clone().unwrap_or_default();
     let raw = B64
         .decode(&current)
         .map_err(|_| "the stored DirSync cookie is not base64".to_owned())?;
-    let batch = conn
-        .dirsync_all(&root, &raw, READ_ATTRS)
-        .await
-        .map_err(|e| e.to_string())?;
+    let batch = match conn.dirsync_all(&root, &raw, READ_ATTRS).await {
+        Ok(b) => b,
+        Err(e) if cookie_refused(&e) => {
+            tracing::warn!(error = %e, "the DC no longer honours the DirSync cookie (another DC behind the name, or too old)");
+            return Ok(None);
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     let next = B64.encode(&batch.cookie);
     if batch.entries.is_empty() && next == current {
-        return Ok((current, true));
+        return Ok(Some((current, true)));
     }
     let mut suspect = batch.entries.is_empty();
     // Objects first, then memberships: a member must be linked before it is added.
@@ -76,7 +81,18 @@ pub(super) async fn increment(
     changes.extend(memberships);
     let mut c = cookie;
     push(shared, &mut c, next.clone(), changes).await?;
-    Ok((next, suspect))
+    Ok(Some((next, suspect)))
+}
+
+/// Whether a DirSync failure means the DC will not take this cookie (one
+/// from another DC, or one it no longer keeps): Samba answers 12 with
+/// `0000202C … cookie`, AD unwillingToPerform or a protocol error naming it.
+fn cookie_refused(e: &AdError) -> bool {
+    match e {
+        AdError::Ldap { rc: 12, .. } => true,
+        AdError::Ldap { rc: 2 | 53, text, .. } => text.to_lowercase().contains("cookie"),
+        _ => false,
+    }
 }
 
 /// The objectGUIDs of DNs in scope. A DN that no longer exists is left out

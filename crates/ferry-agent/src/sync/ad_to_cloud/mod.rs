@@ -62,9 +62,17 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
         }
         let usn = conn.highest_committed_usn().await.map_err(|e| e.to_string())?;
         if usn != last_usn {
-            let (next, suspect) = increment(shared, &mut conn, cookie.clone(), &svc).await?;
-            cookie = Some(next);
-            reconcile_due |= suspect;
+            match increment(shared, &mut conn, cookie.clone(), &svc).await? {
+                Some((next, suspect)) => {
+                    cookie = Some(next);
+                    reconcile_due |= suspect;
+                }
+                None => {
+                    // Read everything again; links by objectGUID keep it free of duplicates.
+                    cookie = Some(full_import(shared, &mut conn, cookie, &svc).await?);
+                    reconcile_due = true;
+                }
+            }
             last_usn = usn;
             shared.synced();
         }
@@ -100,6 +108,12 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
         if last_retry.elapsed() >= RETRY_CHECK_EVERY {
             retry::retry_refused(shared, &mut conn, &cookie, &svc).await?;
             last_retry = Instant::now();
+            // An admin's "Resync this domain" clears the stored cookie: start over.
+            let stored = shared.cloud.state().await.map_err(|e| e.to_string())?.ad_cookie;
+            if stored != cookie {
+                tracing::info!("the cloud's DirSync cookie changed (a resync was asked for): reading the domain again");
+                return Ok(());
+            }
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
