@@ -154,7 +154,7 @@ async fn the_wizard_installs_an_agent_that_shows_active() {
     );
     t.send_line(&account);
     t.expect(&format!("Password for {account}:"));
-    t.send_line(SVC_PW);
+    t.send_secret(SVC_PW);
     let checks = t.expect("All checks passed.");
     assert!(checks.contains("✓ Sign-in as the service account"), "{checks}");
     assert!(!checks.contains(SVC_PW), "the password was echoed: {checks}");

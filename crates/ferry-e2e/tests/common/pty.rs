@@ -94,6 +94,20 @@ impl Pty {
     }
 
     /// Presses Ctrl-C.
+    /// Types a secret at a hidden prompt: first waits until the program has
+    /// turned the terminal's echo off, as a person would see the prompt
+    /// settle; typed sooner, the terminal itself would echo it.
+    pub fn send_secret(&mut self, line: &str) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            match nix::sys::termios::tcgetattr(&self.master) {
+                Ok(t) if !t.local_flags.contains(nix::sys::termios::LocalFlags::ECHO) => break,
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        self.send_line(line);
+    }
+
     pub fn ctrl_c(&mut self) {
         self.master.write_all(&[3]).unwrap();
         self.master.flush().unwrap();
