@@ -287,7 +287,8 @@ pub fn domain_json(d: &Domain) -> Value {
     })
 }
 
-fn not_found_as(what: &'static str) -> impl Fn(crate::store::StoreError) -> ApiError {
+/// Maps the store's "not found" to a 404 naming `what`.
+pub(super) fn not_found_as(what: &'static str) -> impl Fn(crate::store::StoreError) -> ApiError {
     move |e| match e {
         crate::store::StoreError::NotFound => ApiError::not_found(what),
         other => other.into(),

@@ -9,12 +9,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::domains::not_found_as;
 use super::parse_id;
 use crate::app::AppState;
 use crate::directory::{self, WriteCtx, ORIGIN_CLOUD};
 use crate::http::auth::AdminAuth;
 use crate::http::{ApiError, ApiQuery};
-use crate::store::{StoreError, SyncErrorRow, Tx};
+use crate::store::{SyncErrorRow, Tx};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,10 +25,13 @@ pub(super) struct Page {
     before: Option<String>,
 }
 
-fn not_found_as(what: &'static str) -> impl Fn(StoreError) -> ApiError {
-    move |e| match e {
-        StoreError::NotFound => ApiError::not_found(what),
-        e => e.into(),
+/// An admin's write in the cloud itself.
+fn admin_ctx(auth: &AdminAuth, now: i64) -> WriteCtx {
+    WriteCtx {
+        org_id: auth.org_id,
+        origin: ORIGIN_CLOUD.into(),
+        actor: auth.actor.clone(),
+        now,
     }
 }
 
@@ -146,12 +150,7 @@ pub(super) async fn retry_all(
 /// cloud change becomes due at once: the agent reads the object from AD
 /// again and pushes it within seconds.
 async fn retry(tx: &mut Tx, auth: &AdminAuth, now: i64, errors: &[SyncErrorRow]) -> Result<u64, ApiError> {
-    let ctx = WriteCtx {
-        org_id: auth.org_id,
-        origin: ORIGIN_CLOUD.into(),
-        actor: auth.actor.clone(),
-        now,
-    };
+    let ctx = admin_ctx(auth, now);
     let mut retried = 0;
     for e in errors {
         match e.direction {
@@ -214,12 +213,7 @@ async fn dismiss(state: AppState, auth: AdminAuth, id: Uuid, eid: Option<Uuid>) 
     if eid.is_some() && gone == 0 {
         return Err(ApiError::not_found("sync error"));
     }
-    let ctx = WriteCtx {
-        org_id: auth.org_id,
-        origin: ORIGIN_CLOUD.into(),
-        actor: auth.actor.clone(),
-        now: state.now(),
-    };
+    let ctx = admin_ctx(&auth, state.now());
     directory::audit(
         &mut tx,
         &ctx,
@@ -245,12 +239,7 @@ pub(super) async fn resync(
     tx.reset_ad_cookie(auth.org_id, id)
         .await
         .map_err(not_found_as("domain"))?;
-    let ctx = WriteCtx {
-        org_id: auth.org_id,
-        origin: ORIGIN_CLOUD.into(),
-        actor: auth.actor.clone(),
-        now: state.now(),
-    };
+    let ctx = admin_ctx(&auth, state.now());
     directory::audit(&mut tx, &ctx, "sync.resync", &format!("domain:{id}"), json!({})).await?;
     tx.commit().await?;
     Ok(Json(
