@@ -1409,3 +1409,183 @@ async fn a_resync_and_a_refused_cookie_read_the_domain_again_without_duplicates(
     assert_eq!(cloud_user_count(&cloud).await, count, "nothing twice");
     engine.stop().await;
 }
+
+/// Every cloud user: userName → (title, mobile).
+async fn cloud_users(cloud: &Cloud) -> std::collections::BTreeMap<String, (String, String)> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut start = 1;
+    loop {
+        let (_, v) = cloud
+            .call(
+                reqwest::Method::GET,
+                &format!("/scim/v2/Users?count=500&startIndex={start}"),
+                None,
+            )
+            .await;
+        let page = v["Resources"].as_array().cloned().unwrap_or_default();
+        for u in &page {
+            let text = |x: &serde_json::Value| x.as_str().unwrap_or_default().to_owned();
+            let mobile = u["phoneNumbers"]
+                .as_array()
+                .and_then(|p| p.iter().find(|n| n["type"] == "mobile"))
+                .map(|n| text(&n["value"]))
+                .unwrap_or_default();
+            out.insert(text(&u["userName"]), (text(&u["title"]), mobile));
+        }
+        if page.len() < 500 {
+            return out;
+        }
+        start += 500;
+    }
+}
+
+/// Every AD user under `base`: sAMAccountName → (title, mobile).
+fn ad_users(dc: &Dc, base: &str) -> std::collections::BTreeMap<String, (String, String)> {
+    let ldif = dc.ldapsearch(
+        base,
+        "(&(objectClass=user)(objectCategory=person))",
+        &["sAMAccountName", "title", "mobile"],
+    );
+    let mut out = std::collections::BTreeMap::new();
+    for entry in ldif.split("\n\n") {
+        let get = |k: &str| {
+            entry
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}: ")))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let sam = get("sAMAccountName");
+        if !sam.is_empty() {
+            out.insert(sam, (get("title"), get("mobile")));
+        }
+    }
+    out
+}
+
+/// The agent is stopped while both sides change (N AD users changed, N
+/// cloud users created, N memberships and N changes made in the cloud;
+/// `FERRY_CATCHUP_N`, 300 by default), then started: it catches up, and both
+/// sides are compared whole: every user's attributes and the group's members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_night_of_changes_on_both_sides_catches_up_and_both_sides_end_equal() {
+    let n: usize = std::env::var("FERRY_CATCHUP_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let (dc, cloud, domain) = prepare().await;
+    let ou = dc.new_ou("night").await;
+    let mut ldif = String::new();
+    for i in 0..n {
+        ldif.push_str(&format!(
+            "dn: CN=n{i},{ou}\nobjectClass: user\nsAMAccountName: night{i}\ntitle: Day\n\n"
+        ));
+    }
+    dc.ldapmodify(&ldif, true);
+    let agent = enrol(&cloud, &domain).await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    let last = format!("night{}", n - 1);
+    eventually("the import", || async { cloud.user(&last).await }).await;
+    engine.stop().await;
+
+    // The night: AD changes its users' titles; the cloud adds users, a group
+    // of them, and mobile numbers for the AD users.
+    let mut ldif = String::new();
+    for i in 0..n {
+        ldif.push_str(&format!(
+            "dn: CN=n{i},{ou}\nchangetype: modify\nreplace: title\ntitle: Night {i}\n\n"
+        ));
+    }
+    dc.ldapmodify(&ldif, false);
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let u = scim_create_user(
+            &cloud,
+            json!({"userName": format!("cloudy{i}"), "title": format!("Cloud {i}")}),
+        )
+        .await;
+        ids.push(json!({"value": u["id"]}));
+    }
+    let (st, g) = cloud
+        .call(
+            reqwest::Method::POST,
+            "/scim/v2/Groups",
+            Some(json!({"displayName": "Night Shift", "members": ids})),
+        )
+        .await;
+    assert_eq!(st, 201, "{g}");
+    for i in 0..n {
+        let u = cloud.user(&format!("night{i}")).await.unwrap();
+        let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "add", "path": "phoneNumbers", "value": [{"type": "mobile", "value": format!("+1555{i:04}")}]}]});
+        let (st, v) = cloud
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/scim/v2/Users/{}", u["id"].as_str().unwrap()),
+                Some(patch),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+    }
+
+    // Morning: the agent starts and catches up.
+    let started = Instant::now();
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    let users_dn = format!("CN=Users,{}", dc.base_dn);
+    let mut want_ad = std::collections::BTreeMap::new();
+    for i in 0..n {
+        want_ad.insert(format!("night{i}"), (format!("Night {i}"), format!("+1555{i:04}")));
+    }
+    let want_cloudy: std::collections::BTreeMap<String, (String, String)> = (0..n)
+        .map(|i| (format!("cloudy{i}"), (format!("Cloud {i}"), String::new())))
+        .collect();
+    let group_dn = format!("CN=Night Shift,{users_dn}");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let ad_night = ad_users(&dc, &ou);
+        let ad_cloudy: std::collections::BTreeMap<_, _> = ad_users(&dc, &users_dn)
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("cloudy"))
+            .collect();
+        let cloud_all = cloud_users(&cloud).await;
+        let cloud_night: std::collections::BTreeMap<_, _> = cloud_all
+            .iter()
+            .filter(|(k, _)| k.starts_with("night"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let cloud_cloudy: std::collections::BTreeMap<_, _> = cloud_all
+            .iter()
+            .filter(|(k, _)| k.starts_with("cloudy"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let members = if ad_count(&dc, &users_dn, "(cn=Night Shift)") == 1 {
+            dc.group_members(&group_dn).len()
+        } else {
+            0
+        };
+        if ad_night == want_ad
+            && cloud_night == want_ad
+            && ad_cloudy == want_cloudy
+            && cloud_cloudy == want_cloudy
+            && members == n
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not equal after 300 s: AD night {} of {n} right, cloud night {}, AD cloudy {}, cloud cloudy {}, members {members}",
+            ad_night.iter().filter(|(k, v)| want_ad.get(*k) == Some(v)).count(),
+            cloud_night.iter().filter(|(k, v)| want_ad.get(*k) == Some(v)).count(),
+            ad_cloudy.len(),
+            cloud_cloudy.len(),
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "caught up {n} AD and {} cloud changes in {:.1} s",
+        3 * n,
+        started.elapsed().as_secs_f32()
+    );
+    assert!(sync_errors(&cloud, &domain).await.is_empty());
+    engine.stop().await;
+}
