@@ -136,6 +136,9 @@ pub struct HeartbeatResponse {
     pub lease_expires_at: i64,
     /// Current domain settings (they may change in the console).
     pub domain: DomainInfo,
+    /// Open sync errors of the domain (changes the other side refused).
+    #[serde(default)]
+    pub sync_errors: u64,
 }
 
 /// `GET /agent/v1/state`: where the domain's sync stands.

@@ -32,7 +32,7 @@ pub async fn run(shared: Arc<Shared>) {
 async fn follow(shared: &Shared) -> Result<(), String> {
     let mut conn = shared.connect().await.map_err(|e| e.to_string())?;
     let mut cursor = shared.cloud.state().await.map_err(|e| e.to_string())?.feed_cursor;
-    let mut links: HashMap<Uuid, Uuid> = HashMap::new();
+    let mut links = Links::default();
     // Objects with an open cloud → AD error: a success clears theirs.
     let mut failed: HashSet<Uuid> = shared
         .cloud
@@ -50,9 +50,10 @@ async fn follow(shared: &Shared) -> Result<(), String> {
         let page = shared.cloud.feed(cursor, 20).await.map_err(|e| e.to_string())?;
         let domain = shared.domain.read().await.clone();
         let mut resolved = Vec::new();
+        links.fresh = false;
         for entry in &page.entries {
             for (id, guid) in &entry.ad_guids {
-                links.insert(*id, *guid);
+                links.map.insert(*id, *guid);
             }
             let object = subject(&entry.change);
             match apply(shared, &mut conn, &domain, &mut links, entry).await {
@@ -137,21 +138,32 @@ async fn find(conn: &mut AdConnection, root: &str, guid: Uuid) -> Result<Option<
         .next())
 }
 
+/// The links known to the agent: cloud id → objectGUID.
+#[derive(Default)]
+struct Links {
+    map: HashMap<Uuid, Uuid>,
+    /// Read whole from the cloud during this feed page.
+    fresh: bool,
+}
+
 /// The AD object linked to a cloud id, looking the link up in the cloud when
 /// the feed entry predates it.
 async fn linked(
     shared: &Shared,
     conn: &mut AdConnection,
     root: &str,
-    links: &mut HashMap<Uuid, Uuid>,
+    links: &mut Links,
     id: Uuid,
 ) -> Result<Option<AdEntry>, SyncError> {
-    if !links.contains_key(&id) {
+    // Read every link again at most once a feed page: an object created in
+    // the cloud has none, and asking for each would read them all per object.
+    if !links.map.contains_key(&id) && !links.fresh {
         for l in shared.cloud.links().await? {
-            links.insert(l.object_id, l.guid);
+            links.map.insert(l.object_id, l.guid);
         }
+        links.fresh = true;
     }
-    match links.get(&id) {
+    match links.map.get(&id) {
         Some(g) => Ok(find(conn, root, *g).await?),
         None => Ok(None),
     }
@@ -161,7 +173,7 @@ async fn apply(
     shared: &Shared,
     conn: &mut AdConnection,
     domain: &DomainInfo,
-    links: &mut HashMap<Uuid, Uuid>,
+    links: &mut Links,
     entry: &FeedEntry,
 ) -> Result<(), SyncError> {
     let root = domain.root_dn.as_str();
@@ -204,7 +216,7 @@ async fn apply(
                     tracing::info!(dn = %e.dn, "cloud → AD: deleted");
                 }
             }
-            links.remove(id);
+            links.map.remove(id);
             shared.applied.fetch_add(1, Ordering::SeqCst);
         }
         CloudChange::AddMember { group, member, .. } | CloudChange::RemoveMember { group, member, .. } => {
@@ -300,7 +312,7 @@ async fn create_user(
     domain: &DomainInfo,
     id: Uuid,
     r: &UserRecord,
-    links: &mut HashMap<Uuid, Uuid>,
+    links: &mut Links,
 ) -> Result<(), SyncError> {
     let sam = free_sam(
         conn,
@@ -356,7 +368,7 @@ async fn create_group(
     domain: &DomainInfo,
     id: Uuid,
     r: &GroupRecord,
-    links: &mut HashMap<Uuid, Uuid>,
+    links: &mut Links,
 ) -> Result<(), SyncError> {
     let base = sam_account_name_for(&r.name, names::MAX_GROUP_SAM);
     let g = NewAdGroup {
@@ -421,7 +433,7 @@ async fn free_cn(conn: &mut AdConnection, parent: &str, name: &str) -> Result<St
 async fn link_new(
     shared: &Shared,
     conn: &mut AdConnection,
-    links: &mut HashMap<Uuid, Uuid>,
+    links: &mut Links,
     id: Uuid,
     kind: ObjectKind,
     dn: String,
@@ -440,7 +452,7 @@ async fn link_new(
             dn,
         })
         .await?;
-    links.insert(id, guid);
+    links.map.insert(id, guid);
     shared.applied.fetch_add(1, Ordering::SeqCst);
     Ok(())
 }
@@ -453,7 +465,7 @@ async fn set_password(
     shared: &Shared,
     conn: &mut AdConnection,
     root: &str,
-    links: &mut HashMap<Uuid, Uuid>,
+    links: &mut Links,
     seq: i64,
     user: Uuid,
 ) -> Result<(), SyncError> {

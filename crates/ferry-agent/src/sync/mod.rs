@@ -46,6 +46,8 @@ pub struct Shared {
     pub last_error: std::sync::Mutex<Option<String>>,
     /// When a direction last completed a pass without error (unix ms; 0: never).
     pub last_sync_at: AtomicI64,
+    /// The domain's open sync errors, as the last heartbeat told.
+    pub sync_errors: AtomicU64,
 }
 
 impl Shared {
@@ -71,6 +73,7 @@ impl Shared {
             applied: AtomicU64::new(0),
             last_error: std::sync::Mutex::new(None),
             last_sync_at: AtomicI64::new(0),
+            sync_errors: AtomicU64::new(0),
         })
     }
 
@@ -166,6 +169,13 @@ pub async fn heartbeat_loop(shared: Arc<Shared>) {
                     );
                 }
                 *shared.domain.write().await = r.domain;
+                let before = shared.sync_errors.swap(r.sync_errors, Ordering::SeqCst);
+                if r.sync_errors > before {
+                    tracing::warn!(
+                        open = r.sync_errors,
+                        "changes refused by the other side are listed as sync errors (console: the domain's Sync activity)"
+                    );
+                }
                 // A standby asks more often, to take over soon after a release.
                 let every = if r.primary {
                     Duration::from_secs(5)

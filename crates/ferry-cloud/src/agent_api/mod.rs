@@ -182,12 +182,7 @@ async fn me(State(state): State<AppState>, AgentAuth(agent): AgentAuth) -> Resul
     let now = state.now();
     let mut tx = state.store.begin().await?;
     let d = tx.get_domain(agent.org_id, agent.domain_id).await?;
-    let sync_errors = tx
-        .count_sync_errors(agent.org_id)
-        .await?
-        .into_iter()
-        .find_map(|(domain, n)| (domain == agent.domain_id).then_some(n))
-        .unwrap_or(0);
+    let sync_errors = open_errors(&mut tx, &agent).await?;
     Ok(Json(AgentSelf {
         agent_id: agent.id,
         hostname: agent.hostname.clone(),
@@ -198,8 +193,19 @@ async fn me(State(state): State<AppState>, AgentAuth(agent): AgentAuth) -> Resul
         registered_at: agent.created_at,
         report: serde_json::from_value(agent.report.clone()).unwrap_or_default(),
         domain: domain_info(&d),
-        sync_errors: u64::try_from(sync_errors).unwrap_or(0),
+        sync_errors,
     }))
+}
+
+/// The agent's domain's open sync errors.
+async fn open_errors(tx: &mut crate::store::Tx, agent: &Agent) -> Result<u64, ApiError> {
+    let n = tx
+        .count_sync_errors(agent.org_id)
+        .await?
+        .into_iter()
+        .find_map(|(domain, n)| (domain == agent.domain_id).then_some(n))
+        .unwrap_or(0);
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// `POST /agent/v1/deregister`: the agent is being uninstalled; its token
@@ -241,11 +247,13 @@ async fn heartbeat(
     tx.touch_agent(&agent, &report, now).await?;
     let lease = tx.acquire_lease(&agent, now, state.config.lease_ttl_ms).await?;
     let domain = tx.get_domain(agent.org_id, agent.domain_id).await?;
+    let sync_errors = open_errors(&mut tx, &agent).await?;
     tx.commit().await?;
     Ok(Json(HeartbeatResponse {
         primary: lease.primary,
         lease_expires_at: lease.expires_at,
         domain: domain_info(&domain),
+        sync_errors,
     }))
 }
 
