@@ -52,6 +52,7 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
         cookie = Some(full_import(shared, &mut conn, cookie, &svc).await?);
     }
     let mut last_usn = -1;
+    let mut last_change = Instant::now();
     let mut reconciling: Option<Background<Result<Vec<AdChange>, String>>> = None;
     let mut last_reconcile = Instant::now() - RECONCILE_EVERY;
     let mut reconcile_due = true;
@@ -74,6 +75,7 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
                 }
             }
             last_usn = usn;
+            last_change = Instant::now();
             shared.synced();
         }
         // Reconciliation (a read of every GUID in scope) finds what DirSync
@@ -82,7 +84,11 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
         // a safety net, on a connection of its own beside this loop: the
         // read takes ~2 s per 10,000 objects on Samba, and changes must not
         // wait behind it.
-        let due = (reconcile_due && last_reconcile.elapsed() >= RECONCILE_SPACING)
+        // A hinted one waits for the DC to be quiet a moment, so a burst of
+        // deletes (a script deleting users one by one) is seen, and held
+        // against the delete threshold, together.
+        let settled = last_change.elapsed() >= RECONCILE_QUIET || last_reconcile.elapsed() >= RECONCILE_EVERY / 4;
+        let due = (reconcile_due && settled && last_reconcile.elapsed() >= RECONCILE_SPACING)
             || last_reconcile.elapsed() >= RECONCILE_EVERY;
         if due && reconciling.is_none() {
             let s = arc.clone();
@@ -126,6 +132,8 @@ const RETRY_CHECK_EVERY: Duration = Duration::from_secs(5);
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 /// The least time between two reconciliations an increment asked for.
 const RECONCILE_SPACING: Duration = Duration::from_secs(1);
+/// How long the DC must have been quiet before a hinted reconciliation.
+const RECONCILE_QUIET: Duration = Duration::from_secs(2);
 
 async fn root(shared: &Shared) -> String {
     shared.domain.read().await.root_dn.clone()
