@@ -199,12 +199,7 @@ async fn me(State(state): State<AppState>, AgentAuth(agent): AgentAuth) -> Resul
 
 /// The agent's domain's open sync errors.
 async fn open_errors(tx: &mut crate::store::Tx, agent: &Agent) -> Result<u64, ApiError> {
-    let n = tx
-        .count_sync_errors(agent.org_id)
-        .await?
-        .into_iter()
-        .find_map(|(domain, n)| (domain == agent.domain_id).then_some(n))
-        .unwrap_or(0);
+    let n = tx.count_sync_errors(agent.org_id, agent.domain_id).await?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 

@@ -35,6 +35,13 @@ fn admin_ctx(auth: &AdminAuth, now: i64) -> WriteCtx {
     }
 }
 
+/// Opens a transaction on a domain of the admin's org (404 when it has none such).
+async fn domain_tx(state: &AppState, auth: &AdminAuth, id: Uuid) -> Result<Tx, ApiError> {
+    let mut tx = state.store.begin().await?;
+    tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;
+    Ok(tx)
+}
+
 /// What an admin can do about an error, in words.
 pub fn advice(e: &SyncErrorRow) -> &'static str {
     let code = e.code.as_str();
@@ -73,10 +80,9 @@ pub(super) async fn list(
         None | Some("") => None,
         Some(c) => Some(parse_cursor(c)?),
     };
-    let mut tx = state.store.begin().await?;
-    tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;
+    let mut tx = domain_tx(&state, &auth, id).await?;
     let rows = tx.list_sync_errors(auth.org_id, id, limit, before).await?;
-    let total = total_of(&mut tx, auth.org_id, id).await?;
+    let total = tx.count_sync_errors(auth.org_id, id).await?;
     let next = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| format!("{}.{}", r.last_seen, r.id)))
         .flatten();
@@ -90,15 +96,6 @@ fn parse_cursor(c: &str) -> Result<(i64, Uuid), ApiError> {
     Ok((at.parse().map_err(|_| bad())?, id.parse().map_err(|_| bad())?))
 }
 
-async fn total_of(tx: &mut Tx, org_id: Uuid, domain_id: Uuid) -> Result<i64, ApiError> {
-    Ok(tx
-        .count_sync_errors(org_id)
-        .await?
-        .into_iter()
-        .find_map(|(d, n)| (d == domain_id).then_some(n))
-        .unwrap_or(0))
-}
-
 /// `POST /api/v1/domains/{id}/sync-errors/{error_id}/retry`.
 pub(super) async fn retry_one(
     State(state): State<AppState>,
@@ -107,8 +104,7 @@ pub(super) async fn retry_one(
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id, "domain")?;
     let eid = parse_id(&eid, "sync error")?;
-    let mut tx = state.store.begin().await?;
-    tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;
+    let mut tx = domain_tx(&state, &auth, id).await?;
     let e = tx
         .get_sync_error(auth.org_id, id, eid)
         .await
@@ -125,8 +121,7 @@ pub(super) async fn retry_all(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id, "domain")?;
-    let mut tx = state.store.begin().await?;
-    tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;
+    let mut tx = domain_tx(&state, &auth, id).await?;
     // Read them all first: a retry changes the order they page in.
     let mut all = Vec::new();
     let mut before = None;
@@ -207,8 +202,7 @@ pub(super) async fn dismiss_all(
 }
 
 async fn dismiss(state: AppState, auth: AdminAuth, id: Uuid, eid: Option<Uuid>) -> Result<Json<Value>, ApiError> {
-    let mut tx = state.store.begin().await?;
-    tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;
+    let mut tx = domain_tx(&state, &auth, id).await?;
     let gone = tx.dismiss_sync_errors(auth.org_id, id, eid).await?;
     if eid.is_some() && gone == 0 {
         return Err(ApiError::not_found("sync error"));

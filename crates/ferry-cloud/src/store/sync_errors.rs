@@ -165,15 +165,14 @@ impl Tx {
         row_to_error(&row)
     }
 
-    /// Open errors per domain of an org: (domain, count).
-    pub async fn count_sync_errors(&mut self, org_id: Uuid) -> StoreResult<Vec<(Uuid, i64)>> {
-        let rows = sqlx::query("SELECT domain_id, COUNT(*) AS n FROM sync_errors WHERE org_id = $1 GROUP BY domain_id")
+    /// How many errors a domain has open.
+    pub async fn count_sync_errors(&mut self, org_id: Uuid, domain_id: Uuid) -> StoreResult<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM sync_errors WHERE org_id = $1 AND domain_id = $2")
             .bind(org_id.to_string())
-            .fetch_all(self.conn())
+            .bind(domain_id.to_string())
+            .fetch_one(self.conn())
             .await?;
-        rows.iter()
-            .map(|r| Ok((get_uuid(r, "domain_id")?, r.try_get("n")?)))
-            .collect()
+        Ok(row.try_get("n")?)
     }
 
     /// The object keys with an open error in a domain, per direction.
