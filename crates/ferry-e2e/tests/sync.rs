@@ -7,45 +7,14 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use ferry_agent::ad::write::NewAdUser;
-use ferry_agent::ad::AdSettings;
 use ferry_agent::cloud::CloudClient;
-use ferry_agent::sync::{self, Shared};
+use ferry_agent::sync;
 use ferry_cloud::store::Store;
 use serde_json::json;
-
-/// Runs a sync engine in this process; it stops when the sender drops.
-async fn run_engine(dc: &Dc, cloud: &Cloud, agent: &Enrolled) -> Engine {
-    let shared = engine_shared(dc, cloud, agent).await;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(sync::run(shared, async {
-        stop_rx.await.ok();
-    }));
-    Engine {
-        stop: Some(stop_tx),
-        task: Some(task),
-    }
-}
-
-/// An engine running in this process.
-struct Engine {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<sync::Ended>>,
-}
-
-impl Engine {
-    /// Stops cleanly (the engine releases its lease).
-    async fn stop(mut self) {
-        self.stop.take();
-        if let Some(t) = self.task.take() {
-            t.await.ok();
-        }
-    }
-}
 
 async fn setup() -> (Dc, Cloud, Engine) {
     let (dc, cloud, domain) = prepare().await;
@@ -686,21 +655,6 @@ async fn a_real_conflict_follows_the_authority_policy() {
     }
 }
 
-async fn engine_shared(dc: &Dc, cloud: &Cloud, agent: &Enrolled) -> Arc<Shared> {
-    let client = CloudClient::new(&cloud.base, &agent.token).unwrap();
-    let first = client.heartbeat(&Default::default()).await.unwrap();
-    let mut ad = AdSettings::new(&dc.ldaps_url);
-    ad.ca_file = Some(dc.ca_file.clone());
-    Shared::new(
-        client,
-        ad,
-        format!("{}\\svc-sync", dc.domain),
-        SVC_PW.into(),
-        agent.secret_key.clone(),
-        first,
-    )
-}
-
 struct CloudProcess(std::process::Child);
 
 impl CloudProcess {
@@ -985,24 +939,6 @@ async fn a_big_group_changed_on_both_sides_ends_equal() {
     assert_eq!(dc.group_members(&group), want_dns, "AD stayed settled");
     assert_eq!(cloud_members(&cloud, &gid).await, want, "the cloud stayed settled");
     engine.stop().await;
-}
-
-async fn scim_create_user(cloud: &Cloud, body: serde_json::Value) -> serde_json::Value {
-    let (st, u) = cloud.call(reqwest::Method::POST, "/scim/v2/Users", Some(body)).await;
-    assert_eq!(st, 201, "{u}");
-    u
-}
-
-async fn sync_errors(cloud: &Cloud, domain: &str) -> Vec<serde_json::Value> {
-    let (st, v) = cloud
-        .call(
-            reqwest::Method::GET,
-            &format!("/api/v1/domains/{domain}/sync-errors"),
-            None,
-        )
-        .await;
-    assert_eq!(st, 200, "{v}");
-    v["sync_errors"].as_array().cloned().unwrap_or_default()
 }
 
 /// A cloud change AD refuses for good (a userPrincipalName another AD

@@ -48,6 +48,9 @@ pub struct DomainInfo {
     pub user_ou: String,
     /// Sync policies.
     pub policies: DomainPolicies,
+    /// The service accounts (DNs) of the domain's agents: never synced, never written.
+    #[serde(default)]
+    pub service_accounts: Vec<String>,
 }
 
 /// Per-domain sync policies.
@@ -125,6 +128,9 @@ pub struct HeartbeatRequest {
     pub applied: u64,
     /// When the agent last finished a sync pass without error (unix ms).
     pub last_sync_at: Option<i64>,
+    /// The DN of the service account the agent binds as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
 }
 
 /// Answer to [`HeartbeatRequest`].

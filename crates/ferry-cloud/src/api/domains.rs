@@ -36,6 +36,8 @@ pub(super) struct PolicyPatch {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DomainPatch {
+    /// Objects created in the cloud are placed in this domain (one per org).
+    default_for_cloud_objects: Option<bool>,
     netbios_name: Option<String>,
     user_ou: Option<String>,
     policies: Option<PolicyPatch>,
@@ -68,6 +70,13 @@ pub(super) async fn create(
     let now = state.now();
     let mut tx = state.store.begin().await?;
     let domain = tx.insert_domain(auth.org_id, &settings, now).await?;
+    // The org's first domain is where objects made in the cloud go, those
+    // made before it included (the single-domain case needs no choice).
+    if tx.default_domain(auth.org_id).await?.is_none() {
+        tx.set_default_domain(auth.org_id, Some(domain.id)).await?;
+        tx.adopt_unhomed(auth.org_id, domain.id).await?;
+    }
+    let default = tx.default_domain(auth.org_id).await?;
     tx.append_audit(
         auth.org_id,
         &auth.actor,
@@ -78,15 +87,16 @@ pub(super) async fn create(
     )
     .await?;
     tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(domain_json(&domain))))
+    Ok((StatusCode::CREATED, Json(domain_json(&domain, default))))
 }
 
 /// `GET /api/v1/domains`.
 pub(super) async fn list(State(state): State<AppState>, auth: AdminAuth) -> Result<Json<Value>, ApiError> {
     let mut tx = state.store.begin().await?;
     let domains = tx.list_domains(auth.org_id).await?;
+    let default = tx.default_domain(auth.org_id).await?;
     Ok(Json(
-        json!({ "domains": domains.iter().map(domain_json).collect::<Vec<_>>() }),
+        json!({ "domains": domains.iter().map(|d| domain_json(d, default)).collect::<Vec<_>>() }),
     ))
 }
 
@@ -99,7 +109,8 @@ pub(super) async fn get_one(
     let id = parse_id(&id, "domain")?;
     let mut tx = state.store.begin().await?;
     let d = tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;
-    Ok(Json(domain_json(&d)))
+    let default = tx.default_domain(auth.org_id).await?;
+    Ok(Json(domain_json(&d, default)))
 }
 
 /// `PATCH /api/v1/domains/{id}`.
@@ -123,14 +134,24 @@ pub(super) async fn update(
     if let Some(p) = body.policies {
         s.policies = apply_policy_patch(s.policies, p)?;
     }
-    if s == current.settings {
-        return Ok(Json(domain_json(&current)));
+    let was_default = tx.default_domain(auth.org_id).await? == Some(id);
+    let default = match body.default_for_cloud_objects {
+        Some(true) => Some(id),
+        Some(false) if was_default => None,
+        _ => tx.default_domain(auth.org_id).await?,
+    };
+    if s == current.settings && (default == Some(id)) == was_default {
+        return Ok(Json(domain_json(&current, default)));
+    }
+    if (default == Some(id)) != was_default {
+        tx.set_default_domain(auth.org_id, default).await?;
     }
     let d = tx.update_domain(auth.org_id, id, &s, now).await?;
     let details = json!({
         "netbios_name": s.netbios_name,
         "user_ou": s.user_ou,
         "policies": s.policies,
+        "default_for_cloud_objects": default == Some(id),
     });
     tx.append_audit(
         auth.org_id,
@@ -142,7 +163,7 @@ pub(super) async fn update(
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(domain_json(&d)))
+    Ok(Json(domain_json(&d, default)))
 }
 
 /// `DELETE /api/v1/domains/{id}`.
@@ -272,9 +293,10 @@ fn agent_json(a: &Agent, d: &Domain, now: i64) -> Value {
     })
 }
 
-/// The JSON form of a domain.
-pub fn domain_json(d: &Domain) -> Value {
+/// The JSON form of a domain (`default`: the org's default domain).
+pub fn domain_json(d: &Domain, default: Option<uuid::Uuid>) -> Value {
     json!({
+        "default_for_cloud_objects": default == Some(d.id),
         "id": d.id,
         "name": d.settings.name,
         "netbios_name": d.settings.netbios_name,
