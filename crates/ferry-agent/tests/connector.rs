@@ -442,7 +442,7 @@ async fn dirsync_and_reconciliation_as_a_delegated_account() {
     );
 
     // A delete: the delegated account sees no tombstone, but reconciliation finds it.
-    let before = svc.in_scope_guids(&ou).await.unwrap();
+    let before = svc.in_scope_guids(&ou, |_| true).await.unwrap();
     let gone = svc
         .read_entry(&u2, &["objectGUID"])
         .await
@@ -452,7 +452,7 @@ async fn dirsync_and_reconciliation_as_a_delegated_account() {
         .unwrap();
     let cookie = inc.cookie;
     admin.delete(&u2).await.unwrap();
-    let after = svc.in_scope_guids(&ou).await.unwrap();
+    let after = svc.in_scope_guids(&ou, |_| true).await.unwrap();
     let deleted: Vec<_> = before.difference(&after).collect();
     assert_eq!(deleted, vec![&gone]);
     let inc = svc.dirsync_all(&dc.base_dn, &cookie, &attrs).await.unwrap();

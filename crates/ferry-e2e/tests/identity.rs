@@ -337,3 +337,114 @@ async fn two_domains_in_one_org_stay_apart() {
     engine1.stop().await;
     engine2.stop().await;
 }
+
+async fn patch_domain(cloud: &Cloud, domain: &str, body: Value) -> Value {
+    let (st, v) = cloud
+        .call(reqwest::Method::PATCH, &format!("/api/v1/domains/{domain}"), Some(body))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    v
+}
+
+async fn preview(cloud: &Cloud, domain: &str, scope: &Value) -> Value {
+    let (st, v) = cloud
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/domains/{domain}/scope-preview"),
+            Some(scope.clone()),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    v
+}
+
+/// The admin chooses which OUs sync. Objects outside the scope never reach
+/// the cloud, and a cloud change that would land on one is refused
+/// (`out_of_scope`) with nothing written. A scope that leaves linked objects
+/// out is previewed first, and the preview's numbers are what the sync then
+/// does: here more than the threshold, so the deletes are held in quarantine.
+/// A scope that takes an OU in imports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_admin_chooses_the_ous_that_sync_and_previews_a_change() {
+    let (dc, cloud, domain) = prepare().await;
+    let staff = dc.new_ou("Staff").await;
+    let contractors = dc.new_ou("Contractors").await;
+    for (ou, names) in [
+        (&staff, ["s1", "s2", "s3"].as_slice()),
+        (&contractors, &["c1", "c2", "c3", "c4"]),
+    ] {
+        for n in names {
+            dc.ldapmodify(
+                &format!("dn: CN={n},{ou}\nobjectClass: user\nsAMAccountName: {n}\ntitle: AD\n"),
+                true,
+            );
+        }
+    }
+    let users = format!("CN=Users,{}", dc.base_dn);
+    // The scope must keep the OU where cloud users land.
+    let (st, v) = cloud
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/domains/{domain}"),
+            Some(json!({"policies": {"scope": {"include": [staff]}}})),
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("CN=Users"), "{v}");
+    patch_domain(
+        &cloud,
+        &domain,
+        json!({"policies": {"scope": {"include": [staff, users]}, "delete_threshold": 2}}),
+    )
+    .await;
+    let agent = enrol(&cloud, &domain).await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    for n in ["s1", "s2", "s3", "early"] {
+        eventually(&format!("{n} in the cloud"), || cloud.user(n)).await;
+    }
+
+    // A cloud user that would land on an AD account outside the scope.
+    let c1_before = ad_account(&dc, "c1");
+    let poison = scim_create_user(&cloud, json!({"userName": "c1", "title": "from the cloud"})).await;
+    scim_create_user(&cloud, json!({"userName": "marker"})).await;
+    eventually("the marker in AD", || async { in_ad(&dc, "marker").then_some(()) }).await;
+    let errors = eventually("the refusal listed", || async {
+        let e = sync_errors(&cloud, &domain).await;
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["object_key"], poison["id"]);
+    assert_eq!(errors[0]["code"], "out_of_scope", "{errors:?}");
+    assert_eq!(ad_account(&dc, "c1"), c1_before, "nothing written outside the scope");
+    for n in ["c2", "c3", "c4"] {
+        assert!(cloud.user(n).await.is_none(), "{n} is outside the scope");
+    }
+
+    // Leaving Staff out: previewed, then held in quarantine as previewed.
+    let narrower = json!({"include": [users]});
+    let p = preview(&cloud, &domain, &narrower).await;
+    assert_eq!(p["leaving"]["users"], 3, "{p}");
+    assert_eq!(p["leaving"]["held_in_quarantine"], true, "{p}");
+    assert_eq!(p["leaving"]["action"], "deleted in the cloud", "{p}");
+    assert!(p["leaving"]["sample"][0].as_str().unwrap().contains("OU=Staff"), "{p}");
+    patch_domain(&cloud, &domain, json!({"policies": {"scope": narrower}})).await;
+    let held = eventually("the leaving users held in quarantine", || async {
+        pending_quarantine(&cloud, &domain).await.into_iter().next()
+    })
+    .await;
+    assert_eq!(held["deletes"], p["leaving"]["users"], "the preview's number: {held}");
+    for n in ["s1", "s2", "s3"] {
+        assert!(cloud.user(n).await.is_some(), "held, not deleted: {n}");
+    }
+
+    // Taking Contractors in imports them.
+    let wider = json!({"include": [users, contractors]});
+    let p = preview(&cloud, &domain, &wider).await;
+    assert_eq!(p["leaving"]["users"], 3, "Staff is still left out: {p}");
+    patch_domain(&cloud, &domain, json!({"policies": {"scope": wider}})).await;
+    for n in ["c2", "c3", "c4"] {
+        eventually(&format!("{n} in the cloud"), || cloud.user(n)).await;
+    }
+    engine.stop().await;
+}

@@ -803,17 +803,10 @@ async fn a_mass_delete_in_ad_waits_for_approval() {
         admin.delete(&format!("CN=m{i},{ou}")).await.unwrap();
     }
     let qid = eventually("the deletes in quarantine", || async {
-        let (_, q) = cloud
-            .call(
-                reqwest::Method::GET,
-                &format!("/api/v1/domains/{domain}/quarantine"),
-                None,
-            )
-            .await;
-        q["quarantine"]
-            .as_array()?
+        pending_quarantine(&cloud, &domain)
+            .await
             .iter()
-            .find(|e| e["status"] == "pending" && e["deletes"] == 3)
+            .find(|e| e["deletes"] == 3)
             .map(|e| e["id"].as_str().unwrap_or_default().to_owned())
     })
     .await;

@@ -50,7 +50,7 @@ async fn follow(shared: &Shared) -> Result<(), String> {
             return Ok(());
         }
         let page = shared.cloud.feed(cursor, 20).await.map_err(|e| e.to_string())?;
-        if protection.stale() {
+        if protection.stale(&shared.domain.read().await.policies.scope) {
             protection = protect::read(shared, &mut conn).await?;
         }
         let domain = shared.domain.read().await.clone();
@@ -210,6 +210,20 @@ fn protected(e: &AdEntry, why: &str) -> SyncError {
     }
 }
 
+/// Why Ferry may not write an AD object: protected, or outside the scope.
+fn out_of_reach(p: &Protection, e: &AdEntry) -> Option<SyncError> {
+    if let Some(why) = p.why(e) {
+        return Some(protected(e, why));
+    }
+    (!p.admits(&e.dn)).then(|| SyncError::Refused {
+        code: "out_of_scope".into(),
+        message: format!(
+            "the AD object {} is outside this domain's sync scope; Ferry does not write to it",
+            e.dn
+        ),
+    })
+}
+
 /// The linked AD object of a cloud object, refused when it is protected.
 async fn linked_entry(
     ctx: &Ctx<'_>,
@@ -218,8 +232,8 @@ async fn linked_entry(
     id: Uuid,
 ) -> Result<Option<AdEntry>, SyncError> {
     match linked(ctx.shared, conn, &ctx.domain.root_dn, links, id).await? {
-        Some(e) => match ctx.protection.why(&e) {
-            Some(why) => Err(protected(&e, why)),
+        Some(e) => match out_of_reach(ctx.protection, &e) {
+            Some(refusal) => Err(refusal),
             None => Ok(Some(e)),
         },
         None => Ok(None),
@@ -242,8 +256,8 @@ async fn target(
     let root = ctx.domain.root_dn.as_str();
     if let Some(guid) = link_of(ctx.shared, links, id).await? {
         return match find(conn, root, guid).await? {
-            Some(e) => match ctx.protection.why(&e) {
-                Some(why) => Err(protected(&e, why)),
+            Some(e) => match out_of_reach(ctx.protection, &e) {
+                Some(refusal) => Err(refusal),
                 None => Ok(Target::Existing(Box::new(e))),
             },
             None => Ok(Target::Gone),
@@ -252,8 +266,8 @@ async fn target(
     let Some(e) = by_sam(conn, root, sam).await? else {
         return Ok(Target::New);
     };
-    if let Some(why) = ctx.protection.why(&e) {
-        return Err(protected(&e, why));
+    if let Some(refusal) = out_of_reach(ctx.protection, &e) {
+        return Err(refusal);
     }
     let Some(guid) = e.guid() else {
         return Err(SyncError::Retry(format!("{} has no objectGUID", e.dn)));

@@ -10,6 +10,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use ferry_proto::agent::SyncScope;
 use uuid::Uuid;
 
 use super::Shared;
@@ -35,6 +36,8 @@ pub struct Protection {
     members: HashSet<Uuid>,
     /// When it was read.
     read_at: Option<Instant>,
+    /// The domain's sync scope when it was read.
+    pub scope: SyncScope,
 }
 
 /// A SID's authority and sub-authorities, from its binary form.
@@ -103,12 +106,18 @@ impl Protection {
             service_accounts,
             members,
             read_at: Some(Instant::now()),
+            scope: SyncScope::default(),
         })
     }
 
-    /// Whether it is time to read again.
-    pub fn stale(&self) -> bool {
-        self.read_at.is_none_or(|t| t.elapsed() >= REFRESH_EVERY)
+    /// Whether it is time to read again: it is old, or the scope changed.
+    pub fn stale(&self, scope: &SyncScope) -> bool {
+        self.read_at.is_none_or(|t| t.elapsed() >= REFRESH_EVERY) || *scope != self.scope
+    }
+
+    /// Whether an object at `dn` is in the domain's sync scope.
+    pub fn admits(&self, dn: &str) -> bool {
+        self.scope.admits(dn)
     }
 
     /// Why an entry is out of Ferry's reach, if it is.
@@ -141,9 +150,9 @@ impl Protection {
 /// (looked up, and told to the cloud with the heartbeat) and those of the
 /// domain's other agents, as the cloud lists them.
 pub async fn read(shared: &Shared, conn: &mut AdConnection) -> Result<Protection, String> {
-    let (root, mut accounts) = {
+    let (root, mut accounts, scope) = {
         let d = shared.domain.read().await;
-        (d.root_dn.clone(), d.service_accounts.clone())
+        (d.root_dn.clone(), d.service_accounts.clone(), d.policies.scope.clone())
     };
     let own = service_account_dn(shared, conn, &root).await?;
     if let Ok(mut g) = shared.service_account.lock() {
@@ -151,9 +160,11 @@ pub async fn read(shared: &Shared, conn: &mut AdConnection) -> Result<Protection
     }
     accounts.insert(0, own);
     accounts.retain(|a| !a.is_empty());
-    Protection::read(conn, &root, accounts)
+    let mut p = Protection::read(conn, &root, accounts)
         .await
-        .map_err(|e| format!("cannot read the domain's protected groups: {e}"))
+        .map_err(|e| format!("cannot read the domain's protected groups: {e}"))?;
+    p.scope = scope;
+    Ok(p)
 }
 
 /// The service account's DN. A failed lookup is an error: read as "none",
@@ -213,6 +224,7 @@ mod tests {
             service_accounts: vec!["CN=svc-sync,CN=Users,DC=x".into()],
             members: [Uuid::from_u128(7)].into_iter().collect(),
             read_at: None,
+            scope: SyncScope::default(),
         };
         let guid = |n: u128| {
             let mut b = Uuid::from_u128(n).to_bytes_le().to_vec();

@@ -3,7 +3,7 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use ferry_proto::agent::{AdDeleteAction, Authority, CloudDeleteAction, DomainPolicies};
+use ferry_proto::agent::{AdDeleteAction, Authority, CloudDeleteAction, DomainPolicies, SyncScope};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -31,6 +31,7 @@ pub(super) struct PolicyPatch {
     cloud_delete_action: Option<CloudDeleteAction>,
     delete_threshold: Option<u32>,
     match_existing_users: Option<bool>,
+    scope: Option<SyncScope>,
 }
 
 #[derive(Deserialize)]
@@ -60,6 +61,7 @@ pub(super) async fn create(
         None => format!("CN=Users,{root_dn}"),
     };
     let policies = apply_policy_patch(DomainPolicies::default(), body.policies.unwrap_or_default())?;
+    validate_scope(&policies.scope, &root_dn, &user_ou)?;
     let settings = DomainSettings {
         name,
         netbios_name: netbios,
@@ -133,6 +135,14 @@ pub(super) async fn update(
     }
     if let Some(p) = body.policies {
         s.policies = apply_policy_patch(s.policies, p)?;
+    }
+    validate_scope(&s.policies.scope, &s.root_dn, &s.user_ou)?;
+    // A new scope is read whole: objects it brings in are imported, those
+    // it leaves out are found gone by reconciliation (the AD delete policy
+    // and threshold apply).
+    let scope_changed = s.policies.scope != current.settings.policies.scope;
+    if scope_changed {
+        tx.reset_ad_cookie(auth.org_id, id).await?;
     }
     let was_default = tx.default_domain(auth.org_id).await? == Some(id);
     let default = match body.default_for_cloud_objects {
@@ -409,7 +419,69 @@ fn apply_policy_patch(mut p: DomainPolicies, patch: PolicyPatch) -> Result<Domai
     if let Some(m) = patch.match_existing_users {
         p.match_existing_users = m;
     }
+    if let Some(scope) = patch.scope {
+        p.scope = scope;
+    }
     Ok(p)
+}
+
+/// A scope's containers are DNs inside the domain, and it keeps the OU
+/// where users made in the cloud land.
+fn validate_scope(scope: &SyncScope, root_dn: &str, user_ou: &str) -> Result<(), ApiError> {
+    use ferry_proto::dn::{dn_within, Dn};
+    if scope.include.len() + scope.exclude.len() > 200 {
+        return Err(ApiError::bad_request("a scope names at most 200 containers"));
+    }
+    for dn in scope.include.iter().chain(&scope.exclude) {
+        if Dn::parse(dn).is_err() || !dn_within(dn, root_dn) {
+            return Err(ApiError::bad_request(format!(
+                "scope container {dn:?} must be a DN inside {root_dn}, e.g. \"OU=Staff,{root_dn}\""
+            )));
+        }
+    }
+    if !scope.admits(user_ou) {
+        return Err(ApiError::bad_request(format!(
+            "the scope leaves out {user_ou}, where users made in the cloud land: include it, or change user_ou"
+        )));
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/domains/{id}/scope-preview`: what a scope would change,
+/// before it is saved: the linked objects it would leave out (from the DNs
+/// the cloud last saw), what the AD delete policy then does to them, and
+/// whether that is more than the delete threshold (then they are held in
+/// quarantine). Objects it would bring in are read from AD once it is saved.
+pub(super) async fn scope_preview(
+    State(state): State<AppState>,
+    auth: AdminAuth,
+    Path(id): Path<String>,
+    JsonBody(scope): JsonBody<SyncScope>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id, "domain")?;
+    let mut tx = state.store.begin().await?;
+    let d = tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;
+    validate_scope(&scope, &d.settings.root_dn, &d.settings.user_ou)?;
+    let links = tx.links_of_domain(auth.org_id, id).await?;
+    let mut leaving: Vec<&crate::store::Link> = links.iter().filter(|l| !scope.admits(&l.ad_dn)).collect();
+    leaving.sort_by(|a, b| a.ad_dn.cmp(&b.ad_dn));
+    let count = |kind: ferry_proto::record::ObjectKind| leaving.iter().filter(|l| l.kind == kind).count();
+    let threshold = d.settings.policies.delete_threshold as usize;
+    let action = match d.settings.policies.ad_delete_action {
+        AdDeleteAction::Remove => "deleted in the cloud",
+        AdDeleteAction::Unlink => "unlinked (kept in the cloud)",
+    };
+    Ok(Json(json!({
+        "leaving": {
+            "users": count(ferry_proto::record::ObjectKind::User),
+            "groups": count(ferry_proto::record::ObjectKind::Group),
+            "action": action,
+            "held_in_quarantine": leaving.len() > threshold,
+            "sample": leaving.iter().take(20).map(|l| &l.ad_dn).collect::<Vec<_>>(),
+        },
+        "staying": links.len() - leaving.len(),
+        "threshold": threshold,
+    })))
 }
 
 /// `GET /api/v1/domains/{id}/quarantine`: deletes held for a decision.

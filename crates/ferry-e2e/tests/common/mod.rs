@@ -316,3 +316,22 @@ pub async fn sync_errors(cloud: &Cloud, domain: &str) -> Vec<serde_json::Value> 
     assert_eq!(st, 200, "{v}");
     v["sync_errors"].as_array().cloned().unwrap_or_default()
 }
+
+/// A domain's quarantine entries still waiting for a decision.
+pub async fn pending_quarantine(cloud: &Cloud, domain: &str) -> Vec<Value> {
+    let (st, q) = cloud
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/domains/{domain}/quarantine"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{q}");
+    q["quarantine"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["status"] == "pending")
+        .collect()
+}

@@ -70,6 +70,9 @@ pub(super) async fn full_import(
                     tracing::debug!(dn = %e.dn, why, "skipped");
                     continue;
                 }
+                if !protection.admits(&e.dn) {
+                    continue;
+                }
                 let Some(guid) = e.guid() else { continue };
                 pending.push(if e.has_class("group") {
                     AdChange::UpsertGroup {

@@ -125,7 +125,7 @@ pub(super) async fn read_in_scope(
     Ok(found
         .into_iter()
         .next()
-        .filter(|full| dn_within(&full.dn, root) && protection.why(full).is_none()))
+        .filter(|full| dn_within(&full.dn, root) && protection.admits(&full.dn) && protection.why(full).is_none()))
 }
 
 /// The upsert of a whole object (a user's manager resolved to its GUID).

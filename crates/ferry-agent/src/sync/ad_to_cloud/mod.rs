@@ -60,7 +60,7 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
         if !shared.primary.load(Ordering::SeqCst) {
             return Ok(());
         }
-        if protection.stale() {
+        if protection.stale(&shared.domain.read().await.policies.scope) {
             protection = protect::read(shared, &mut conn).await?;
         }
         let usn = conn.highest_committed_usn().await.map_err(|e| e.to_string())?;
