@@ -1045,3 +1045,34 @@ both_engines!(
         assert!(scim_user(&s, "jsmith").await.is_some());
     }
 );
+
+both_engines!(one_by_one_deletes_add_up_to_the_threshold, |engine| async move {
+    let s = TestServer::start(engine).await;
+    let (domain, a) = setup(&s, json!({"delete_threshold": 2})).await;
+    heartbeat(&s, &a).await;
+    let guids: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+    let users = guids
+        .iter()
+        .enumerate()
+        .map(|(i, g)| ad_user(*g, &format!("one{i}")))
+        .collect();
+    push(&s, &a, None, "c0", users).await;
+    // One at a time: the first two are applied, the third and fourth
+    // would make more than two in the window and are held.
+    let mut from = "c0".to_owned();
+    let mut outcome = Vec::new();
+    for (i, g) in guids.iter().enumerate() {
+        let to = format!("c{}", i + 1);
+        let (st, v) = push(&s, &a, Some(&from), &to, vec![AdChange::Delete { guid: *g }]).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        outcome.push((v["applied"].as_i64().unwrap(), v["quarantined"].as_i64().unwrap()));
+        from = to;
+    }
+    assert_eq!(outcome, vec![(1, 0), (1, 0), (0, 1), (0, 1)]);
+    assert!(scim_user(&s, "one0").await.is_none());
+    assert!(scim_user(&s, "one2").await.is_some(), "held, not deleted");
+    let (_, q) = s
+        .call(Method::GET, &format!("/api/v1/domains/{domain}/quarantine"), None)
+        .await;
+    assert_eq!(q["quarantine"].as_array().unwrap().len(), 2, "{q}");
+});

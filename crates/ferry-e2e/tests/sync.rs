@@ -1064,6 +1064,8 @@ async fn cloud_names_land_in_ad_within_ads_rules() {
     let long_name = "a-name-of-25-characters-x";
     let long_cn = "A display name that is longer than sixty-four characters, as some are";
     scim_create_user(&cloud, json!({"userName": long_name, "displayName": long_cn})).await;
+    // Another name AD's 20 characters make the same: an account name of its own.
+    scim_create_user(&cloud, json!({"userName": "a-name-of-25-characters-y"})).await;
     scim_create_user(&cloud, json!({"userName": "jsmith1", "displayName": "John Smith"})).await;
     scim_create_user(&cloud, json!({"userName": "jsmith2", "displayName": "John Smith"})).await;
     scim_create_user(&cloud, json!({"userName": "marker"})).await;
@@ -1076,6 +1078,15 @@ async fn cloud_names_land_in_ad_within_ads_rules() {
     let long_cn_in_ad = eventually("the long name, derived", || cn_of("a-name-of-25-charact")).await;
     assert_eq!(long_cn_in_ad.chars().count(), 64, "{long_cn_in_ad}");
     assert!(long_cn.starts_with(&long_cn_in_ad));
+    let variant = ferry_proto::names::sam_variant("a-name-of-25-charact", 2, 20);
+    let (dc_ref, users_ref, variant_ref) = (&dc, &users, &variant);
+    eventually("the second long name, with an account name of its own", || async move {
+        dc_ref
+            .ldapsearch(users_ref, &format!("(sAMAccountName={variant_ref})"), &["cn"])
+            .contains("cn: a-name-of-25-characters-y")
+            .then_some(())
+    })
+    .await;
     assert_eq!(cn_of("jsmith1").await.as_deref(), Some("John Smith"));
     assert_eq!(
         eventually("the second John Smith", || cn_of("jsmith2")).await,
@@ -1392,10 +1403,12 @@ fn ad_users(dc: &Dc, base: &str) -> std::collections::BTreeMap<String, (String, 
     out
 }
 
-/// The agent is stopped while both sides change (N AD users changed, N
-/// cloud users created, N memberships and N changes made in the cloud;
-/// `FERRY_CATCHUP_N`, 300 by default), then started: it catches up, and both
-/// sides are compared whole: every user's attributes and the group's members.
+/// The agent is stopped while both sides make N changes (`FERRY_CATCHUP_N`,
+/// 300 by default; the figure is 3,000): AD changes N users' titles;
+/// the cloud creates N/3 users, puts them in a new group (N/3 memberships)
+/// and gives the other N/3 changes to AD users. Then it is started: it
+/// catches up, and both sides are compared whole: every user's attributes
+/// and the group's members.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_night_of_changes_on_both_sides_catches_up_and_both_sides_end_equal() {
     let n: usize = std::env::var("FERRY_CATCHUP_N")
@@ -1435,8 +1448,10 @@ async fn a_night_of_changes_on_both_sides_catches_up_and_both_sides_end_equal() 
         ));
     }
     dc.ldapmodify(&ldif, false);
+    let third = n / 3;
+    let patched = n - 2 * third;
     let mut ids = Vec::new();
-    for i in 0..n {
+    for i in 0..third {
         let u = scim_create_user(
             &cloud,
             json!({"userName": format!("cloudy{i}"), "title": format!("Cloud {i}")}),
@@ -1452,7 +1467,7 @@ async fn a_night_of_changes_on_both_sides_catches_up_and_both_sides_end_equal() 
         )
         .await;
     assert_eq!(st, 201, "{g}");
-    for i in 0..n {
+    for i in 0..patched {
         let u = cloud.user(&format!("night{i}")).await.unwrap();
         let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
             "Operations": [{"op": "add", "path": "phoneNumbers", "value": [{"type": "mobile", "value": format!("+1555{i:04}")}]}]});
@@ -1472,9 +1487,14 @@ async fn a_night_of_changes_on_both_sides_catches_up_and_both_sides_end_equal() 
     let users_dn = format!("CN=Users,{}", dc.base_dn);
     let mut want_ad = std::collections::BTreeMap::new();
     for i in 0..n {
-        want_ad.insert(format!("night{i}"), (format!("Night {i}"), format!("+1555{i:04}")));
+        let mobile = if i < patched {
+            format!("+1555{i:04}")
+        } else {
+            String::new()
+        };
+        want_ad.insert(format!("night{i}"), (format!("Night {i}"), mobile));
     }
-    let want_cloudy: std::collections::BTreeMap<String, (String, String)> = (0..n)
+    let want_cloudy: std::collections::BTreeMap<String, (String, String)> = (0..third)
         .map(|i| (format!("cloudy{i}"), (format!("Cloud {i}"), String::new())))
         .collect();
     let group_dn = format!("CN=Night Shift,{users_dn}");
@@ -1505,7 +1525,7 @@ async fn a_night_of_changes_on_both_sides_catches_up_and_both_sides_end_equal() 
             && cloud_night == want_ad
             && ad_cloudy == want_cloudy
             && cloud_cloudy == want_cloudy
-            && members == n
+            && members == third
         {
             break;
         }
@@ -1521,9 +1541,183 @@ async fn a_night_of_changes_on_both_sides_catches_up_and_both_sides_end_equal() 
     }
     eprintln!(
         "caught up {n} AD and {} cloud changes in {:.1} s",
-        3 * n,
+        2 * third + patched,
         started.elapsed().as_secs_f32()
     );
+    assert!(sync_errors(&cloud, &domain).await.is_empty());
+    engine.stop().await;
+}
+
+/// Every cloud user's id → userName, read page by page.
+async fn cloud_user_names(cloud: &Cloud) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
+    let mut start = 1;
+    loop {
+        let (st, v) = cloud
+            .call(
+                reqwest::Method::GET,
+                &format!("/scim/v2/Users?count=1000&startIndex={start}&attributes=userName"),
+                None,
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        let page = v["Resources"].as_array().cloned().unwrap_or_default();
+        for u in &page {
+            let text = |x: &serde_json::Value| x.as_str().unwrap_or_default().to_owned();
+            out.insert(text(&u["id"]), text(&u["userName"]));
+        }
+        if page.len() < 1000 {
+            return out;
+        }
+        start += 1000;
+    }
+}
+
+/// A group of 30,000 members (`FERRY_BIG_GROUP_N`) is in AD before the
+/// agent starts: the import brings it whole (its member list read by range
+/// where the DC ranges it, and pushed in chunks within the cloud's body
+/// limit), and a marker changed in AD after it still arrives. The two sides'
+/// member lists are compared whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_of_30000_members_is_imported_whole() {
+    let n: usize = std::env::var("FERRY_BIG_GROUP_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30_000);
+    let (dc, cloud, domain) = prepare().await;
+    let ou = dc.new_ou("multitude").await;
+    let mut ldif = String::new();
+    for i in 0..n {
+        ldif.push_str(&format!(
+            "dn: CN=m{i},{ou}\nobjectClass: user\nsAMAccountName: many{i}\n\n"
+        ));
+    }
+    let group = format!("CN=Everyone Here,{ou}");
+    ldif.push_str(&format!(
+        "dn: {group}\nobjectClass: group\nsAMAccountName: everyonehere\n"
+    ));
+    for i in 0..n {
+        ldif.push_str(&format!("member: CN=m{i},{ou}\n"));
+    }
+    dc.ldapmodify(&ldif, true);
+    assert_eq!(dc.group_members(&group).len(), n, "AD has them all");
+    let agent = enrol(&cloud, &domain).await;
+    let started = Instant::now();
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    let g = eventually("the group in the cloud", || cloud.group("everyonehere")).await;
+    let gid = g["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let want: BTreeSet<String> = (0..n).map(|i| format!("many{i}")).collect();
+    loop {
+        let (_, g) = cloud
+            .call(reqwest::Method::GET, &format!("/scim/v2/Groups/{gid}"), None)
+            .await;
+        let ids: Vec<String> = g["members"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|m| m["value"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        if ids.len() == n {
+            let names = cloud_user_names(&cloud).await;
+            let got: BTreeSet<String> = ids.iter().filter_map(|id| names.get(id).cloned()).collect();
+            assert_eq!(got, want, "the cloud group's members are AD's");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the import did not bring the group whole: {} of {n} members",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!(
+        "imported {n} users and a group of {n} members in {:.1} s",
+        started.elapsed().as_secs_f32()
+    );
+    // The sync goes on after it: a change in AD arrives.
+    dc.ldapmodify(
+        &format!("dn: CN=m0,{ou}\nchangetype: modify\nreplace: title\ntitle: After\n"),
+        false,
+    );
+    eventually("a change after the import", || async {
+        cloud.user("many0").await.filter(|u| u["title"] == "After")
+    })
+    .await;
+    assert!(sync_errors(&cloud, &domain).await.is_empty());
+    engine.stop().await;
+}
+
+/// A user deleted in the cloud under the `disable` policy stays deleted: its
+/// AD account is disabled, and neither a later change to that account in AD
+/// nor a full re-read of the domain brings it back as a new cloud user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cloud_delete_under_disable_stays_deleted() {
+    let (dc, cloud, domain) = prepare().await;
+    let users = format!("CN=Users,{}", dc.base_dn);
+    let leaver = NewAdUser {
+        sam_account_name: "leaver".into(),
+        cn: Some("Leaver".into()),
+        password: Some("Leaver-Pa55-word".into()),
+        enabled: true,
+        ..Default::default()
+    };
+    dc.admin().await.create_user(&users, &leaver).await.unwrap();
+    let agent = enrol(&cloud, &domain).await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    let u = eventually("leaver in the cloud", || cloud.user("leaver")).await;
+    let (st, v) = cloud
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/scim/v2/Users/{}", u["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(st, 204, "{v}");
+    let uac = || {
+        dc.ldapsearch(&users, "(sAMAccountName=leaver)", &["userAccountControl"])
+            .lines()
+            .find_map(|l| l.strip_prefix("userAccountControl: ").map(str::to_owned))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    eventually("the AD account disabled", || async { (uac() & 2 == 2).then_some(()) }).await;
+
+    // AD changes the account; a marker behind it arrives, the leaver does not.
+    dc.ldapmodify(
+        &format!("dn: CN=Leaver,{users}\nchangetype: modify\nreplace: title\ntitle: Still here\n"),
+        false,
+    );
+    dc.ldapmodify(
+        &format!("dn: CN=Marker,{users}\nobjectClass: user\nsAMAccountName: marker\n"),
+        true,
+    );
+    eventually("the marker in the cloud", || cloud.user("marker")).await;
+    assert!(cloud.user("leaver").await.is_none(), "a cloud delete stays");
+
+    // A full re-read of the domain does not bring it back either.
+    let (st, v) = cloud
+        .call(reqwest::Method::POST, &format!("/api/v1/domains/{domain}/resync"), None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    eventually("the re-read done", || async {
+        stored_cookie(&cloud, &domain)
+            .await
+            .filter(|c| !c.starts_with("import"))
+            .map(|_| ())
+    })
+    .await;
+    dc.ldapmodify(
+        &format!("dn: CN=Marker Two,{users}\nobjectClass: user\nsAMAccountName: marker2\n"),
+        true,
+    );
+    eventually("a marker after the re-read", || cloud.user("marker2")).await;
+    assert!(
+        cloud.user("leaver").await.is_none(),
+        "a cloud delete stays after a resync"
+    );
+    assert_eq!(uac() & 2, 2, "the AD account stays disabled");
     assert!(sync_errors(&cloud, &domain).await.is_empty());
     engine.stop().await;
 }

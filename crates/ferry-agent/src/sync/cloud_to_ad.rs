@@ -198,8 +198,8 @@ enum Target {
     /// Linked to an AD object that is gone: deleted in AD (the delete
     /// comes up the other way), never created again by name.
     Gone,
-    /// Not in AD yet.
-    New,
+    /// Not in AD yet; `name_taken`: its account name is another object's.
+    New { name_taken: bool },
 }
 
 /// A refusal of Ferry's own: the object is out of its reach.
@@ -264,7 +264,7 @@ async fn target(
         };
     }
     let Some(e) = by_sam(conn, root, sam).await? else {
-        return Ok(Target::New);
+        return Ok(Target::New { name_taken: false });
     };
     if let Some(refusal) = out_of_reach(ctx.protection, &e) {
         return Err(refusal);
@@ -273,13 +273,9 @@ async fn target(
         return Err(SyncError::Retry(format!("{} has no objectGUID", e.dn)));
     };
     if links.map.values().any(|g| *g == guid) {
-        return Err(SyncError::Refused {
-            code: "conflict".into(),
-            message: format!(
-                "the AD account {sam:?} ({}) is linked to another cloud object: rename one of them",
-                e.dn
-            ),
-        });
+        // Another cloud object's account (two cloud names that AD's rules
+        // make one): this one gets a name of its own.
+        return Ok(Target::New { name_taken: true });
     }
     if !ctx.domain.policies.match_existing_users {
         return Err(SyncError::Refused {
@@ -312,7 +308,7 @@ async fn apply(ctx: &Ctx<'_>, conn: &mut AdConnection, links: &mut Links, entry:
             match target(ctx, conn, links, *id, ObjectKind::User, &sam).await? {
                 Target::Existing(e) => update_user(shared, conn, &e, record).await?,
                 Target::Gone => tracing::debug!(%id, "the user's AD account was deleted in AD: not created again"),
-                Target::New => create_user(shared, conn, domain, *id, record, links).await?,
+                Target::New { name_taken } => create_user(shared, conn, domain, *id, record, links, name_taken).await?,
             }
         }
         CloudChange::UpsertGroup { id, record } => {
@@ -320,7 +316,9 @@ async fn apply(ctx: &Ctx<'_>, conn: &mut AdConnection, links: &mut Links, entry:
             match target(ctx, conn, links, *id, ObjectKind::Group, &sam).await? {
                 Target::Existing(e) => update_group(shared, conn, &e, record).await?,
                 Target::Gone => tracing::debug!(%id, "the group was deleted in AD: not created again"),
-                Target::New => create_group(shared, conn, domain, *id, record, links).await?,
+                Target::New { name_taken } => {
+                    create_group(shared, conn, domain, *id, record, links, name_taken).await?
+                }
             }
         }
         CloudChange::Delete { id, kind } => {
@@ -442,14 +440,10 @@ async fn create_user(
     id: Uuid,
     r: &UserRecord,
     links: &mut Links,
+    name_taken: bool,
 ) -> Result<(), SyncError> {
-    let sam = free_sam(
-        conn,
-        &domain.root_dn,
-        &names::user_sam(&r.username),
-        names::MAX_USER_SAM,
-    )
-    .await?;
+    let base = names::user_sam(&r.username);
+    let sam = free_sam(conn, &domain.root_dn, &base, names::MAX_USER_SAM, name_taken).await?;
     let display = r.display_name.clone().unwrap_or_else(|| r.username.clone());
     let cn = free_cn(conn, &domain.user_ou, &display).await?;
     let u = NewAdUser {
@@ -498,10 +492,11 @@ async fn create_group(
     id: Uuid,
     r: &GroupRecord,
     links: &mut Links,
+    name_taken: bool,
 ) -> Result<(), SyncError> {
     let base = sam_account_name_for(&r.name, names::MAX_GROUP_SAM);
     let g = NewAdGroup {
-        sam_account_name: Some(free_sam(conn, &domain.root_dn, &base, names::MAX_GROUP_SAM).await?),
+        sam_account_name: Some(free_sam(conn, &domain.root_dn, &base, names::MAX_GROUP_SAM, name_taken).await?),
         name: free_cn(conn, &domain.user_ou, &r.name).await?,
         description: r.description.clone(),
         group_type: GROUP_UNIVERSAL_SECURITY,
@@ -512,15 +507,20 @@ async fn create_group(
     Ok(())
 }
 
-/// `base`, or the first of its variants (`base-2`, …) no object in the
-/// domain has.
-async fn free_sam(conn: &mut AdConnection, root: &str, base: &str, max: usize) -> Result<String, SyncError> {
-    for n in 1..=names::MAX_VARIANTS {
-        let candidate = if n == 1 {
-            base.to_owned()
-        } else {
-            names::sam_variant(base, n, max)
-        };
+/// `base` when it is free (the caller has just looked), or else the first
+/// of its variants (`base-2`, …) no object in the domain has.
+async fn free_sam(
+    conn: &mut AdConnection,
+    root: &str,
+    base: &str,
+    max: usize,
+    base_taken: bool,
+) -> Result<String, SyncError> {
+    if !base_taken {
+        return Ok(base.to_owned());
+    }
+    for n in 2..=names::MAX_VARIANTS {
+        let candidate = names::sam_variant(base, n, max);
         if by_sam(conn, root, &candidate).await?.is_none() {
             return Ok(candidate);
         }

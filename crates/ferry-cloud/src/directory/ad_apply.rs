@@ -16,6 +16,10 @@ use super::record::{apply_group_record, apply_user_record};
 use super::{audit, target, WriteCtx};
 use crate::store::{Domain, Link, Member, NewGroup, NewUser, StoreError, StoreResult, Tx};
 
+/// The delete threshold's sliding window: more deletes than the threshold
+/// within it (those applied and those of the batch) are held in quarantine.
+pub const DELETE_WINDOW_MS: i64 = 10 * 60 * 1000;
+
 /// Why a batch was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -74,7 +78,19 @@ pub async fn apply_ad_changes(
             }
         }
     }
-    let quarantine = deletes > domain.settings.policies.delete_threshold as usize;
+    // The threshold counts over a sliding window, so deletes that come one
+    // by one add up as a mass delete does.
+    let since = ctx.now - DELETE_WINDOW_MS;
+    let recent = if deletes > 0 {
+        usize::try_from(tx.recent_deletes(ctx.org_id, domain.id, since).await?).unwrap_or(0)
+    } else {
+        0
+    };
+    let quarantine = recent + deletes > domain.settings.policies.delete_threshold as usize;
+    if deletes > 0 && !quarantine {
+        let n = i64::try_from(deletes).unwrap_or(i64::MAX);
+        tx.note_deletes(ctx.org_id, domain.id, n, ctx.now, since).await?;
+    }
     let mut applied = 0u64;
     let mut refused = std::collections::HashSet::new();
     let mut held = Vec::new();
@@ -124,7 +140,12 @@ pub async fn apply_ad_changes(
     held.retain(|c| !matches!(c, AdChange::Delete { guid } if already.contains(guid)));
     if !held.is_empty() {
         tx.insert_quarantine(ctx.org_id, domain.id, &held, ctx.now).await?;
-        let details = json!({ "deletes": held.len(), "threshold": domain.settings.policies.delete_threshold });
+        let details = json!({
+            "deletes": held.len(),
+            "threshold": domain.settings.policies.delete_threshold,
+            "deleted_in_window": recent,
+            "window_secs": DELETE_WINDOW_MS / 1000,
+        });
         audit(
             tx,
             ctx,
@@ -276,6 +297,10 @@ async fn upsert_user(
         None => None,
     };
     let link = tx.link_by_guid(ctx.org_id, domain.id, guid).await?;
+    if link.is_none() && tx.is_cloud_deleted(ctx.org_id, domain.id, guid).await? {
+        // Deleted in the cloud, kept (disabled) in AD by policy: it stays deleted.
+        return Ok(false);
+    }
     let base: Option<UserRecord> = link
         .as_ref()
         .and_then(|l| l.base.clone())
@@ -505,6 +530,7 @@ async fn upsert_group(
 
 async fn delete(tx: &mut Tx, ctx: &WriteCtx, domain: &Domain, guid: Uuid) -> StoreResult<bool> {
     let Some(link) = tx.link_by_guid(ctx.org_id, domain.id, guid).await? else {
+        tx.forget_cloud_deleted(ctx.org_id, domain.id, guid).await?;
         return Ok(false);
     };
     // An object at home in another domain is never deleted from here: only

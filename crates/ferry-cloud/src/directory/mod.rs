@@ -190,6 +190,17 @@ pub fn password_context(user: Uuid, seq: i64) -> String {
 /// Deletes a user (and its memberships).
 pub async fn delete_user(tx: &mut Tx, ctx: &WriteCtx, id: Uuid) -> StoreResult<()> {
     let user = tx.get_user(ctx.org_id, id).await?.ok_or(StoreError::NotFound)?;
+    // Deleted in the cloud where the domain keeps the AD account (disabled):
+    // that account must not come back as a new cloud user.
+    if ctx.origin == ORIGIN_CLOUD {
+        for l in tx.links_of(ctx.org_id, id).await? {
+            let d = tx.get_domain(ctx.org_id, l.domain_id).await?;
+            if d.settings.policies.cloud_delete_action == ferry_proto::agent::CloudDeleteAction::Disable {
+                tx.mark_cloud_deleted(ctx.org_id, l.domain_id, l.ad_guid, ObjectKind::User, ctx.now)
+                    .await?;
+            }
+        }
+    }
     // The feed entry first: it snapshots the links the delete removes.
     let change = CloudChange::Delete {
         id,

@@ -134,4 +134,88 @@ impl Tx {
             .await?;
         Ok(())
     }
+
+    /// Remembers that the cloud object linked to an AD object was deleted
+    /// in the cloud while the AD object stays.
+    pub async fn mark_cloud_deleted(
+        &mut self,
+        org_id: Uuid,
+        domain_id: Uuid,
+        guid: Uuid,
+        kind: ObjectKind,
+        now: i64,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO cloud_deleted (org_id, domain_id, ad_guid, object_kind, deleted_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (domain_id, ad_guid) DO UPDATE SET deleted_at = $5",
+        )
+        .bind(org_id.to_string())
+        .bind(domain_id.to_string())
+        .bind(guid.to_string())
+        .bind(kind.as_str())
+        .bind(now)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// Whether an AD object's cloud object was deleted in the cloud.
+    pub async fn is_cloud_deleted(&mut self, org_id: Uuid, domain_id: Uuid, guid: Uuid) -> StoreResult<bool> {
+        let row = sqlx::query("SELECT 1 FROM cloud_deleted WHERE org_id = $1 AND domain_id = $2 AND ad_guid = $3")
+            .bind(org_id.to_string())
+            .bind(domain_id.to_string())
+            .bind(guid.to_string())
+            .fetch_optional(self.conn())
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Forgets a cloud delete (the AD object is gone too).
+    pub async fn forget_cloud_deleted(&mut self, org_id: Uuid, domain_id: Uuid, guid: Uuid) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM cloud_deleted WHERE org_id = $1 AND domain_id = $2 AND ad_guid = $3")
+            .bind(org_id.to_string())
+            .bind(domain_id.to_string())
+            .bind(guid.to_string())
+            .execute(self.conn())
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Deletes applied in a domain since `since` (unix ms).
+    pub async fn recent_deletes(&mut self, org_id: Uuid, domain_id: Uuid, since: i64) -> StoreResult<i64> {
+        let r = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM recent_deletes WHERE org_id = $1 AND domain_id = $2 AND at > $3",
+        )
+        .bind(org_id.to_string())
+        .bind(domain_id.to_string())
+        .bind(since)
+        .fetch_one(self.conn())
+        .await?;
+        Ok(r.try_get::<i64, _>(0)?)
+    }
+
+    /// Records `n` deletes applied now, and forgets those older than `keep_since`.
+    pub async fn note_deletes(
+        &mut self,
+        org_id: Uuid,
+        domain_id: Uuid,
+        n: i64,
+        now: i64,
+        keep_since: i64,
+    ) -> StoreResult<()> {
+        sqlx::query("DELETE FROM recent_deletes WHERE org_id = $1 AND domain_id = $2 AND at <= $3")
+            .bind(org_id.to_string())
+            .bind(domain_id.to_string())
+            .bind(keep_since)
+            .execute(self.conn())
+            .await?;
+        sqlx::query("INSERT INTO recent_deletes (org_id, domain_id, at, n) VALUES ($1, $2, $3, $4)")
+            .bind(org_id.to_string())
+            .bind(domain_id.to_string())
+            .bind(now)
+            .bind(n)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
 }

@@ -35,6 +35,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("0003_link_base.sql")),
     (4, include_str!("0004_sync_errors.sql")),
     (5, include_str!("0005_home_domain.sql")),
+    (6, include_str!("0006_cloud_deleted.sql")),
 ];
 
 /// Which database engine is behind the pool.
