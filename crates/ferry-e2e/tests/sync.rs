@@ -1351,32 +1351,45 @@ async fn a_resync_and_a_refused_cookie_read_the_domain_again_without_duplicates(
 }
 
 /// Every cloud user: userName → (title, mobile).
-async fn cloud_users(cloud: &Cloud) -> std::collections::BTreeMap<String, (String, String)> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut start = 1;
+/// Every cloud user, read page by page over SCIM.
+async fn all_cloud_users(cloud: &Cloud) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
     loop {
-        let (_, v) = cloud
+        let (st, v) = cloud
             .call(
                 reqwest::Method::GET,
-                &format!("/scim/v2/Users?count=500&startIndex={start}"),
+                &format!("/scim/v2/Users?count=1000&startIndex={}", out.len() + 1),
                 None,
             )
             .await;
+        assert_eq!(st, 200, "{v}");
         let page = v["Resources"].as_array().cloned().unwrap_or_default();
-        for u in &page {
-            let text = |x: &serde_json::Value| x.as_str().unwrap_or_default().to_owned();
+        let last = page.len() < 1000;
+        out.extend(page);
+        if last {
+            return out;
+        }
+    }
+}
+
+fn text(x: &serde_json::Value) -> String {
+    x.as_str().unwrap_or_default().to_owned()
+}
+
+/// Every cloud user: userName → (title, mobile).
+async fn cloud_users(cloud: &Cloud) -> std::collections::BTreeMap<String, (String, String)> {
+    all_cloud_users(cloud)
+        .await
+        .iter()
+        .map(|u| {
             let mobile = u["phoneNumbers"]
                 .as_array()
                 .and_then(|p| p.iter().find(|n| n["type"] == "mobile"))
                 .map(|n| text(&n["value"]))
                 .unwrap_or_default();
-            out.insert(text(&u["userName"]), (text(&u["title"]), mobile));
-        }
-        if page.len() < 500 {
-            return out;
-        }
-        start += 500;
-    }
+            (text(&u["userName"]), (text(&u["title"]), mobile))
+        })
+        .collect()
 }
 
 /// Every AD user under `base`: sAMAccountName → (title, mobile).
@@ -1548,29 +1561,13 @@ async fn a_night_of_changes_on_both_sides_catches_up_and_both_sides_end_equal() 
     engine.stop().await;
 }
 
-/// Every cloud user's id → userName, read page by page.
+/// Every cloud user's id → userName.
 async fn cloud_user_names(cloud: &Cloud) -> std::collections::HashMap<String, String> {
-    let mut out = std::collections::HashMap::new();
-    let mut start = 1;
-    loop {
-        let (st, v) = cloud
-            .call(
-                reqwest::Method::GET,
-                &format!("/scim/v2/Users?count=1000&startIndex={start}&attributes=userName"),
-                None,
-            )
-            .await;
-        assert_eq!(st, 200, "{v}");
-        let page = v["Resources"].as_array().cloned().unwrap_or_default();
-        for u in &page {
-            let text = |x: &serde_json::Value| x.as_str().unwrap_or_default().to_owned();
-            out.insert(text(&u["id"]), text(&u["userName"]));
-        }
-        if page.len() < 1000 {
-            return out;
-        }
-        start += 1000;
-    }
+    all_cloud_users(cloud)
+        .await
+        .iter()
+        .map(|u| (text(&u["id"]), text(&u["userName"])))
+        .collect()
 }
 
 /// A group of 30,000 members (`FERRY_BIG_GROUP_N`) is in AD before the
