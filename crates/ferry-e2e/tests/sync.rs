@@ -1152,28 +1152,34 @@ async fn a_refused_ad_change_is_recorded_and_the_rest_flows() {
     let agent = enrol(&cloud, &domain).await;
     let engine = run_engine(&dc, &cloud, &agent).await;
     eventually("the rest of the import", || async { cloud.user("first").await }).await;
-    let errors = eventually("the refusal listed", || async {
-        let (_, v) = cloud
-            .call(
-                reqwest::Method::GET,
-                &format!("/api/v1/domains/{domain}/sync-errors"),
-                None,
-            )
-            .await;
-        let e = v["sync_errors"].as_array().cloned().unwrap_or_default();
-        (!e.is_empty()).then_some(e)
+    // Refused both ways: AD's early is not merged into the cloud's, and the
+    // cloud's early is not written onto AD's (matching is off).
+    let errors = eventually("the refusals listed", || async {
+        let e = sync_errors(&cloud, &domain).await;
+        (e.len() >= 2).then_some(e)
     })
     .await;
-    assert_eq!(errors.len(), 1, "{errors:?}");
-    assert_eq!(errors[0]["direction"], "ad_to_cloud");
-    assert!(
-        errors[0]["object_name"].as_str().unwrap().contains("early"),
-        "{errors:?}"
-    );
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    let up = errors
+        .iter()
+        .find(|e| e["direction"] == "ad_to_cloud")
+        .expect("AD → cloud refusal");
+    assert!(up["object_name"].as_str().unwrap().contains("early"), "{errors:?}");
+    let down = errors
+        .iter()
+        .find(|e| e["direction"] == "cloud_to_ad")
+        .expect("cloud → AD refusal");
+    assert_eq!(down["object_key"], clash["id"], "{errors:?}");
+    assert!(down["message"].as_str().unwrap().contains("matching"), "{down}");
     assert_eq!(
         cloud.user("early").await.unwrap()["title"],
         "cloud's own",
         "the cloud user is untouched"
+    );
+    assert!(
+        !dc.ldapsearch(&dc.base_dn, "(sAMAccountName=early)", &["title"])
+            .contains("cloud's own"),
+        "the AD account is untouched"
     );
     dc.ldapmodify(
         &format!("dn: CN=marker,{ou}\nobjectClass: user\nsAMAccountName: marker\n"),
@@ -1192,7 +1198,7 @@ async fn a_refused_ad_change_is_recorded_and_the_rest_flows() {
         .call(reqwest::Method::PATCH, &format!("/scim/v2/Users/{id}"), Some(patch))
         .await;
     assert_eq!(st, 200);
-    let eid = errors[0]["id"].as_str().unwrap();
+    let eid = up["id"].as_str().unwrap();
     let (st, v) = cloud
         .call(
             reqwest::Method::POST,
@@ -1201,8 +1207,8 @@ async fn a_refused_ad_change_is_recorded_and_the_rest_flows() {
         )
         .await;
     assert_eq!(st, 200, "{v}");
-    // (Only AD has an "early" now. What the cloud → AD direction did to the
-    // AD account meanwhile, matched by name, is the safe-identity issue's.)
+    // Only AD has an "early" now; the renamed cloud user gets an AD account
+    // of its own, and both errors clear.
     eventually("the AD user in the cloud", || async { cloud.user("early").await }).await;
     eventually("its error cleared", || async {
         let (_, v) = cloud
@@ -1576,6 +1582,7 @@ async fn cloud_user_names(cloud: &Cloud) -> std::collections::HashMap<String, St
 /// limit), and a marker changed in AD after it still arrives. The two sides'
 /// member lists are compared whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "heavy (minutes of a busy DC): scripts/test runs it on its own, after the suite"]
 async fn a_group_of_30000_members_is_imported_whole() {
     let n: usize = std::env::var("FERRY_BIG_GROUP_N")
         .ok()
@@ -1715,6 +1722,93 @@ async fn a_cloud_delete_under_disable_stays_deleted() {
         "a cloud delete stays after a resync"
     );
     assert_eq!(uac() & 2, 2, "the AD account stays disabled");
+    assert!(sync_errors(&cloud, &domain).await.is_empty());
+    engine.stop().await;
+}
+
+/// Edits made in AD while the agent was down (a disable, a new display
+/// name, a new account name) survive a pending cloud change to other
+/// fields of the same user: cloud → AD writes only what the cloud changed
+/// since both sides last agreed, and both sides end equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ad_edits_made_while_the_agent_was_down_survive_a_pending_cloud_change() {
+    let (dc, cloud, domain) = prepare().await;
+    let users = format!("CN=Users,{}", dc.base_dn);
+    let u = NewAdUser {
+        sam_account_name: "dana".into(),
+        cn: Some("Dana".into()),
+        attributes: vec![
+            ("displayName".into(), "Dana Old".into()),
+            ("title".into(), "Clerk".into()),
+        ],
+        password: Some("Dana-Pa55-word".into()),
+        enabled: true,
+        ..Default::default()
+    };
+    dc.admin().await.create_user(&users, &u).await.unwrap();
+    let agent = enrol(&cloud, &domain).await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    let cu = eventually("dana in the cloud", || cloud.user("dana")).await;
+    let id = cu["id"].as_str().unwrap().to_owned();
+    engine.stop().await;
+
+    // The night: AD disables and renames her; the cloud gives her a mobile.
+    dc.ldapmodify(
+        &format!(
+            "dn: CN=Dana,{users}\nchangetype: modify\nreplace: displayName\ndisplayName: Dana New\n-\nreplace: sAMAccountName\nsAMAccountName: dana2\n-\nreplace: userAccountControl\nuserAccountControl: 514\n"
+        ),
+        false,
+    );
+    let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "add", "path": "phoneNumbers", "value": [{"type": "mobile", "value": "+15550100"}]}]});
+    let (st, v) = cloud
+        .call(reqwest::Method::PATCH, &format!("/scim/v2/Users/{id}"), Some(patch))
+        .await;
+    assert_eq!(st, 200, "{v}");
+
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    let read_ad = || {
+        let l = dc.ldapsearch(
+            &users,
+            "(cn=Dana)",
+            &["sAMAccountName", "displayName", "userAccountControl", "mobile", "title"],
+        );
+        let get = |k: &str| {
+            l.lines()
+                .find_map(|x| x.strip_prefix(&format!("{k}: ")))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        (
+            get("sAMAccountName"),
+            get("displayName"),
+            get("userAccountControl"),
+            get("mobile"),
+            get("title"),
+        )
+    };
+    let want_ad = (
+        "dana2".to_owned(),
+        "Dana New".to_owned(),
+        "514".to_owned(),
+        "+15550100".to_owned(),
+        "Clerk".to_owned(),
+    );
+    eventually("AD with both sides' edits", || async {
+        (read_ad() == want_ad).then_some(())
+    })
+    .await;
+    let cloud_side = eventually("the cloud with both sides' edits", || async {
+        let (_, u) = cloud
+            .call(reqwest::Method::GET, &format!("/scim/v2/Users/{id}"), None)
+            .await;
+        (u["userName"] == "dana2" && u["displayName"] == "Dana New" && u["active"] == false).then_some(u)
+    })
+    .await;
+    assert_eq!(cloud_side["phoneNumbers"][0]["value"], "+15550100", "{cloud_side}");
+    // And they stay so.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(read_ad(), want_ad);
     assert!(sync_errors(&cloud, &domain).await.is_empty());
     engine.stop().await;
 }

@@ -288,6 +288,12 @@ pub struct FeedEntry {
     /// was made. An object missing here has no AD counterpart yet.
     #[serde(default)]
     pub ad_guids: BTreeMap<Uuid, Uuid>,
+    /// For a user's upsert: AD's record as the cloud last merged it (the
+    /// link's base, in the reading agent's domain). The agent writes only
+    /// the fields where the cloud differs from it; a field only AD changed
+    /// since stays AD's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<Box<crate::record::UserRecord>>,
 }
 
 /// A change in the cloud directory.

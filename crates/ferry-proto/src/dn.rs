@@ -172,6 +172,19 @@ fn normalized(d: &Dn) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A DN as a comparison key: equal keys are the same DN the AD way (types
+/// and values case-insensitively, escapes resolved).
+pub fn dn_key(dn: &str) -> String {
+    match Dn::parse(dn) {
+        Ok(d) => normalized(&d)
+            .into_iter()
+            .map(|(t, v)| format!("{t}={v}"))
+            .collect::<Vec<_>>()
+            .join("\u{1}"),
+        Err(_) => dn.to_lowercase(),
+    }
+}
+
 /// Whether DN `a` is `b` or lies below it, case-insensitively.
 pub fn dn_within(a: &str, b: &str) -> bool {
     match (Dn::parse(a), Dn::parse(b)) {

@@ -8,7 +8,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ferry_proto::agent::{
-    CloudChange, CloudDeleteAction, DomainInfo, FeedEntry, LinkInfo, SyncDirection, SyncErrorReport,
+    Authority, CloudChange, CloudDeleteAction, DomainInfo, DomainPolicies, FeedEntry, LinkInfo, SyncDirection,
+    SyncErrorReport,
 };
 use ferry_proto::record::{GroupRecord, ObjectKind, UserRecord};
 use uuid::Uuid;
@@ -61,6 +62,7 @@ async fn follow(shared: &Shared) -> Result<(), String> {
         };
         let mut resolved = Vec::new();
         links.fresh = false;
+        links.members.clear();
         for entry in &page.entries {
             for (id, guid) in &entry.ad_guids {
                 links.map.insert(*id, *guid);
@@ -152,6 +154,10 @@ async fn find(conn: &mut AdConnection, root: &str, guid: Uuid) -> Result<Option<
 #[derive(Default)]
 struct Links {
     map: HashMap<Uuid, Uuid>,
+    /// AD objects read this feed page for membership changes (DN and what
+    /// protection needs, never the member list): a page of 500 additions
+    /// to one group reads the group once.
+    members: HashMap<Uuid, AdEntry>,
     /// Read whole from the cloud during this feed page.
     fresh: bool,
 }
@@ -240,6 +246,51 @@ async fn linked_entry(
     }
 }
 
+/// What a membership change needs of an AD object: its DN and what tells
+/// whether it may be written (never its member list, which for a big group
+/// is most of the read).
+const MEMBERSHIP_ATTRS: &[&str] = &[
+    "objectGUID",
+    "objectSid",
+    "sAMAccountName",
+    "adminCount",
+    "isCriticalSystemObject",
+];
+
+/// The linked AD object of a group or member, read at most once a feed page.
+async fn membership_entry(
+    ctx: &Ctx<'_>,
+    conn: &mut AdConnection,
+    links: &mut Links,
+    id: Uuid,
+) -> Result<Option<AdEntry>, SyncError> {
+    let Some(guid) = link_of(ctx.shared, links, id).await? else {
+        return Ok(None);
+    };
+    let e = match links.members.get(&guid) {
+        Some(e) => e.clone(),
+        None => {
+            let found = conn
+                .search_paged(
+                    &ctx.domain.root_dn,
+                    ldap3::Scope::Subtree,
+                    &guid_filter(guid),
+                    MEMBERSHIP_ATTRS,
+                )
+                .await?
+                .into_iter()
+                .next();
+            let Some(e) = found else { return Ok(None) };
+            links.members.insert(guid, e.clone());
+            e
+        }
+    };
+    match out_of_reach(ctx.protection, &e) {
+        Some(refusal) => Err(refusal),
+        None => Ok(Some(e)),
+    }
+}
+
 /// The AD object a cloud user or group lands on: its linked one, or an AD
 /// object of the same account name that the matching rules allow linking
 /// (not protected, linked to nothing, matching on for the domain). Any
@@ -306,7 +357,7 @@ async fn apply(ctx: &Ctx<'_>, conn: &mut AdConnection, links: &mut Links, entry:
         CloudChange::UpsertUser { id, record } => {
             let sam = names::user_sam(&record.username);
             match target(ctx, conn, links, *id, ObjectKind::User, &sam).await? {
-                Target::Existing(e) => update_user(shared, conn, &e, record).await?,
+                Target::Existing(e) => update_user(ctx, conn, &e, record, entry).await?,
                 Target::Gone => tracing::debug!(%id, "the user's AD account was deleted in AD: not created again"),
                 Target::New { name_taken } => create_user(shared, conn, domain, *id, record, links, name_taken).await?,
             }
@@ -339,14 +390,16 @@ async fn apply(ctx: &Ctx<'_>, conn: &mut AdConnection, links: &mut Links, entry:
                     tracing::info!(dn = %e.dn, "cloud → AD: deleted");
                 }
             }
-            links.map.remove(id);
+            if let Some(g) = links.map.remove(id) {
+                links.members.remove(&g);
+            }
             shared.applied.fetch_add(1, Ordering::SeqCst);
         }
         CloudChange::AddMember { group, member, .. } | CloudChange::RemoveMember { group, member, .. } => {
             let add = matches!(entry.change, CloudChange::AddMember { .. });
             let (Some(g), Some(m)) = (
-                linked_entry(ctx, conn, links, *group).await?,
-                linked_entry(ctx, conn, links, *member).await?,
+                membership_entry(ctx, conn, links, *group).await?,
+                membership_entry(ctx, conn, links, *member).await?,
             ) else {
                 tracing::debug!(seq = entry.seq, "membership of objects not in AD: skipped");
                 return Ok(());
@@ -402,27 +455,79 @@ fn user_attrs(r: &UserRecord) -> Vec<(&'static str, Option<String>)> {
     ]
 }
 
-async fn update_user(shared: &Shared, conn: &mut AdConnection, e: &AdEntry, r: &UserRecord) -> Result<(), SyncError> {
-    let mut changes: Vec<(&str, Option<String>)> = user_attrs(r)
-        .into_iter()
-        .filter(|(attr, want)| e.str(attr).filter(|s| !s.is_empty()) != *want)
-        .collect();
+/// Which of a user's fields cloud → AD writes: three-way, against AD's
+/// record as the cloud last merged it (`base`). A field where the cloud
+/// holds that same value is AD's to keep (an edit made in AD while the agent was down comes
+/// up the other way); a field both changed is settled by the authority
+/// policy (`latest`: the later of AD's `whenChanged` and the cloud's
+/// change). Without a base every difference is the cloud's.
+struct Merge<'a> {
+    base: Option<&'a UserRecord>,
+    ad_wins_both: bool,
+}
+
+impl Merge<'_> {
+    fn new<'a>(base: Option<&'a UserRecord>, e: &AdEntry, policies: &DomainPolicies, cloud_at: i64) -> Merge<'a> {
+        let ad_at = crate::ad::mapping::when_changed(e);
+        let ad_wins_both = match policies.authority {
+            Authority::Ad => true,
+            Authority::Cloud => false,
+            Authority::Latest => ad_at.is_some_and(|a| a + 999 >= cloud_at),
+        };
+        Merge { base, ad_wins_both }
+    }
+
+    /// Whether to write `want` over AD's `have`, given the base's `was`.
+    fn write<T: PartialEq>(&self, have: &T, want: &T, was: Option<&T>) -> bool {
+        if have == want {
+            return false;
+        }
+        match was {
+            None => true,
+            Some(was) if want == was => false,
+            Some(was) => have == was || !self.ad_wins_both,
+        }
+    }
+}
+
+async fn update_user(
+    ctx: &Ctx<'_>,
+    conn: &mut AdConnection,
+    e: &AdEntry,
+    r: &UserRecord,
+    entry: &FeedEntry,
+) -> Result<(), SyncError> {
+    let shared = ctx.shared;
+    let merge = Merge::new(entry.base.as_deref(), e, &ctx.domain.policies, entry.at);
+    let was = merge.base.map(user_attrs);
+    let mut changes: Vec<(&str, Option<String>)> = Vec::new();
+    for (i, (attr, want)) in user_attrs(r).into_iter().enumerate() {
+        let have = e.str(attr).filter(|s| !s.is_empty());
+        if merge.write(&have, &want, was.as_ref().map(|w| &w[i].1)) {
+            changes.push((attr, want));
+        }
+    }
     // The AD name follows the cloud's userName within AD's rules; one Ferry
     // derived earlier for the same userName (`name-2`) is left as it is.
     let sam = names::user_sam(&r.username);
-    if !e
-        .str("sAMAccountName")
-        .is_some_and(|cur| names::is_sam_for(&cur, &sam, names::MAX_USER_SAM))
+    let renamed_in_cloud = merge.base.is_none_or(|b| b.username != r.username);
+    if renamed_in_cloud
+        && !e
+            .str("sAMAccountName")
+            .is_some_and(|cur| names::is_sam_for(&cur, &sam, names::MAX_USER_SAM))
     {
         changes.push(("sAMAccountName", Some(sam)));
     }
     let enabled = e.int("userAccountControl").unwrap_or(0) & 2 == 0;
-    if changes.is_empty() && enabled == r.active {
+    let set_state = merge.write(&enabled, &r.active, merge.base.map(|b| &b.active));
+    if changes.is_empty() && !set_state {
         return Ok(());
     }
     let refs: Vec<(&str, Option<&str>)> = changes.iter().map(|(k, v)| (*k, v.as_deref())).collect();
-    conn.set_attributes(&e.dn, &refs).await?;
-    if enabled != r.active {
+    if !refs.is_empty() {
+        conn.set_attributes(&e.dn, &refs).await?;
+    }
+    if set_state {
         if let Err(err) = conn.set_enabled(&e.dn, r.active).await {
             // AD refuses to enable an account that has no password yet.
             tracing::warn!(dn = %e.dn, error = %err, "cannot change the account state");
@@ -623,4 +728,35 @@ async fn set_password(
     tracing::info!(dn = %e.dn, "cloud → AD: password set");
     shared.applied.fetch_add(1, Ordering::SeqCst);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Merge;
+
+    #[test]
+    fn only_what_the_cloud_changed_is_written() {
+        let base = Some("old".to_owned());
+        let m = Merge {
+            base: None,
+            ad_wins_both: true,
+        };
+        let s = |v: &str| Some(v.to_owned());
+        // No base: every difference is the cloud's.
+        assert!(m.write(&s("ad"), &s("cloud"), None));
+        assert!(!m.write(&s("same"), &s("same"), None));
+        // The cloud unchanged since the base: AD's edit stays.
+        assert!(!m.write(&s("ad edit"), &base, Some(&base)));
+        // Only the cloud changed: written.
+        assert!(m.write(&base, &s("cloud edit"), Some(&base)));
+        // Both changed: the policy decides.
+        assert!(!m.write(&s("ad edit"), &s("cloud edit"), Some(&base)));
+        let cloud_wins = Merge {
+            base: None,
+            ad_wins_both: false,
+        };
+        assert!(cloud_wins.write(&s("ad edit"), &s("cloud edit"), Some(&base)));
+        // A disable in AD survives a cloud change to other fields.
+        assert!(!m.write(&false, &true, Some(&true)));
+    }
 }

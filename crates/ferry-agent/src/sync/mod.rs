@@ -106,9 +106,11 @@ impl Shared {
     }
 }
 
-/// Retry delays: 0.5 s doubling to 30 s, with jitter.
+/// Retry delays: 0.5 s doubling to 4 s, with jitter (±12 %). The cap is
+/// low on purpose: the agent is back within ~4.5 s of a DC or cloud that
+/// returns after an outage of any length, and a try costs one connection.
 pub fn backoff(attempt: u32) -> Duration {
-    let base = 500u64.saturating_mul(1 << attempt.min(6)).min(30_000);
+    let base = 500u64.saturating_mul(1 << attempt.min(6)).min(4_000);
     let jitter = u64::from(std::process::id() ^ attempt.wrapping_mul(2_654_435_761)) % (base / 4 + 1);
     Duration::from_millis(base - base / 8 + jitter)
 }

@@ -375,13 +375,23 @@ async fn feed(
         let mut homes = HashMap::new();
         for r in rows.into_iter().filter(|r| r.origin != own_origin) {
             if let Some(r) = for_domain(&mut tx, &agent, &mut homes, r).await? {
-                current.push(r);
+                let base = match &r.change {
+                    ferry_proto::agent::CloudChange::UpsertUser { id, .. } => tx
+                        .link_by_object(agent.org_id, agent.domain_id, *id)
+                        .await?
+                        .and_then(|l| l.base)
+                        .and_then(|b| serde_json::from_value(b).ok())
+                        .map(Box::new),
+                    _ => None,
+                };
+                current.push((r, base));
             }
         }
         drop(tx);
         let entries: Vec<FeedEntry> = current
             .into_iter()
-            .map(|r| FeedEntry {
+            .map(|(r, base)| FeedEntry {
+                base,
                 seq: r.seq,
                 origin: r.origin,
                 change: r.change,

@@ -337,6 +337,10 @@ async fn upsert_user(
         record.active = existing.as_ref().is_none_or(|u| u.active);
         record.awaiting_password = false;
     }
+    // The base kept on the link is AD's record as seen now: where the cloud
+    // keeps a value of its own below, AD does not have it yet, and cloud →
+    // AD writes exactly the fields where the cloud differs from this base.
+    let seen_in_ad = record.clone();
     // Three-way merge against the last agreed record: a field only the
     // cloud changed keeps the cloud's value (AD's is merely stale), a field
     // only AD changed takes AD's, a field both changed is a conflict the
@@ -400,7 +404,7 @@ async fn upsert_user(
                 .await?;
         }
     }
-    let agreed = serde_json::to_value(&record).ok();
+    let agreed = serde_json::to_value(&seen_in_ad).ok();
     put_link(tx, ctx, domain, ObjectKind::User, id, guid, dn, agreed).await?;
     Ok(changed)
 }
