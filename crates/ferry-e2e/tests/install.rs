@@ -1,9 +1,12 @@
-//! The install flow end to end (install guide steps 5–18): the real
-//! `ferry-agent` binary, driven through a pseudo-terminal or with flags,
+//! The install flow end to end (install guide steps 2–18): the agent
+//! downloaded through the console in headless Chromium, then the real
+//! `ferry-agent` binary driven through a pseudo-terminal or with flags,
 //! against a real Samba DC and a real ferry-cloud; the result checked in the
 //! cloud's admin API, in the files written, and by `status`/`uninstall`.
 #![allow(clippy::unwrap_used, clippy::panic)] // a failed unwrap is a failed test
 
+#[path = "../../ferry-cloud/tests/common/browser.rs"]
+mod browser;
 mod common;
 #[path = "common/pty.rs"]
 mod pty;
@@ -107,19 +110,115 @@ fn agent(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Guide steps 2–4 in Chromium: sign in, open the domain, "Install a new
+/// Sync Agent". The download starts by itself with only the session cookie;
+/// the dialog's commands are run as printed (checksum, `chmod +x`), the
+/// binary answers `--version`. Returns it and the dialog's Connect Key.
+async fn download_through_the_console(cloud: &Cloud, domain: &str, into: &Path) -> (PathBuf, String) {
+    std::fs::create_dir_all(into).unwrap();
+    let b = browser::Browser::start_downloading_to("install-download", into).await;
+    b.goto(&format!("{}/signin", cloud.base)).await;
+    b.fill("input[name=email]", "admin@acme.test").await;
+    b.fill("input[name=password]", "x-password").await;
+    b.click("form[action='/signin'] button[type=submit]").await;
+    b.wait_text("Directories").await;
+    b.click(&format!("a[href='/directories/{domain}']")).await;
+    b.click("#install-agent").await;
+    b.find("dialog[open]").await;
+    let key = b.value("#connect-key").await;
+    let commands = b.text("pre.commands.linux").await;
+    let file = into.join("ferry-agent");
+    eventually("the download to finish in the browser", || {
+        let file = file.clone();
+        async move {
+            let partial = std::fs::read_dir(file.parent().unwrap())
+                .unwrap()
+                .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".crdownload"));
+            (!partial && file.exists()).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(agent_binary()).unwrap(),
+        "the browser downloaded the agent whole"
+    );
+
+    // Only the session cookie: without it the same URL is refused, and says why.
+    let url = format!("{}/downloads/ferry-agent", cloud.base);
+    let session = b.cookie("ferry_session").await.unwrap();
+    let with_cookie = cloud
+        .http
+        .get(format!("{url}.sha256"))
+        .header("cookie", format!("ferry_session={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_cookie.status().as_u16(), 200);
+    let published = with_cookie.text().await.unwrap();
+    let refused = cloud.http.get(&url).send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    let why = refused.text().await.unwrap();
+    assert!(why.contains("sign in to the console"), "{why}");
+    assert!(
+        !why.contains("create one with ferry-cloud init or the console"),
+        "{why}"
+    );
+
+    // The dialog's commands, as printed: checksum, executable, install.
+    let lines: Vec<&str> = commands.lines().map(str::trim).collect();
+    assert_eq!(lines.len(), 3, "{commands}");
+    assert!(
+        lines[0].ends_with("| sha256sum -c") && lines[0].contains(published.trim()),
+        "the checksum line checks the published SHA-256 ({published}): {commands}"
+    );
+    assert_eq!(&lines[1..], ["chmod +x ferry-agent", "sudo ./ferry-agent install"]);
+    for line in &lines[..2] {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(line)
+            .current_dir(into)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{line}: {out:?}");
+        if line.contains("sha256sum") {
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("ferry-agent: OK"),
+                "{out:?}"
+            );
+        }
+    }
+    let out = Command::new("./ferry-agent")
+        .arg("--version")
+        .current_dir(into)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")),
+        "{out:?}"
+    );
+    (file, key)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_wizard_installs_an_agent_that_shows_active() {
-    let (dc, cloud, domain) = prepare().await;
+    let dc = delegated_dc().await;
+    let cloud = Cloud::start_with(ferry_cloud::app::Config {
+        agent_binary: Some(agent_binary()),
+        ..Default::default()
+    })
+    .await;
+    let domain = add_domain(&cloud, &dc).await;
     let used = used_key(&cloud, &domain).await;
-    let fresh = connect_key(&cloud, &domain).await;
     let tmp = tempfile::tempdir().unwrap();
+    let (downloaded, fresh) = download_through_the_console(&cloud, &domain, &tmp.path().join("Downloads")).await;
     let dir = tmp.path().join("ferry-agent");
     let dir_s = dir.to_str().unwrap();
     let ca = dc.ca_file.to_str().unwrap();
     let account = format!("{}\\svc-sync", dc.domain);
 
     let mut t = Pty::spawn(
-        &agent_binary(),
+        &downloaded,
         &["install", "--config-dir", dir_s, "--no-service"],
         &[("RUST_LOG", "warn")],
     );

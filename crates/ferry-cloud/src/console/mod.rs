@@ -19,7 +19,7 @@ mod pages;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequestParts, State};
-use axum::http::header::{CONTENT_TYPE, COOKIE, HOST, LOCATION, SET_COOKIE};
+use axum::http::header::{CONTENT_TYPE, HOST, LOCATION, SET_COOKIE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 use tower::ServiceExt;
 
 use crate::app::AppState;
+use crate::http::{cookie, SESSION_COOKIE};
 
 /// The console's routes (mounted at `/`).
 pub fn router() -> Router<AppState> {
@@ -65,8 +66,6 @@ pub fn router() -> Router<AppState> {
         .route("/static/console.css", get(css))
         .route("/static/console.js", get(js))
 }
-
-const SESSION_COOKIE: &str = "ferry_session";
 
 async fn css() -> Response {
     ([(CONTENT_TYPE, "text/css; charset=utf-8")], include_str!("console.css")).into_response()
@@ -130,18 +129,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
                 .is_some_and(|v| v.as_bytes() == b"https"),
         })
     }
-}
-
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
-        .filter(|v| !v.is_empty() && v.len() < 200)
 }
 
 /// An answer from the API: status and JSON body.

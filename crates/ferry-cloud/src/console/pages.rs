@@ -617,33 +617,66 @@ pub(super) async fn save_domain(State(state): St, s: Session, Path(id): Path<Str
 }
 
 /// The install dialog's steps: the agent for Windows (the MSI) and for
-/// Linux (the binary), each with its checksum and its own commands.
+/// Linux (the binary), each with its checksum and the commands to run as
+/// printed. The download for the browser's platform starts by itself
+/// (console.js clicks the `data-autodownload` link); the link is the fallback.
 fn install_steps(k: &Value) -> Markup {
     let downloads = k["downloads"].as_array().cloned().unwrap_or_default();
     let offer = |platform: &str| downloads.iter().find(|d| d["platform"] == platform).cloned();
+    let link = |d: &Value, platform: &str, default_file: &str| {
+        let url = d["url"].as_str().unwrap_or("");
+        // Only a file the server has starts by itself (else the browser shows a failed download).
+        let auto = d["sha256"].is_string().then_some(platform);
+        html! { a href=(url) download data-autodownload=[auto] { (d["file"].as_str().unwrap_or(default_file)) } }
+    };
     let checksum = |d: &Value| {
-        html! { br; span.small { "SHA-256: " code.sha256 { (d["sha256"].as_str().unwrap_or("")) } } }
+        html! {
+            br; span.small { "SHA-256: " code.sha256 { (d["sha256"].as_str().unwrap_or("")) }
+                " (also at " a href={ (d["url"].as_str().unwrap_or("")) ".sha256" } { (d["file"].as_str().unwrap_or("")) ".sha256" } ")" }
+        }
     };
     html! {
         @if let Some(d) = offer("windows") {
             h3 { "On the Windows domain controller" }
             ol.windows {
-                li { "Download " a href=(d["url"].as_str().unwrap_or("")) download { (d["file"].as_str().unwrap_or("")) } " (Windows, x64) and open it." (checksum(&d))
-                    br; span.small { "Check it in PowerShell: " code { "Get-FileHash ferry-agent.msi" } } }
-                li { "Click through the installer; the setup wizard opens at the end (later: " code { "ferry-agent install" } " in an administrator prompt)." }
-                li { "Create a service account and delegate it the six tasks (" code { "ferry-agent check" } " says what is missing), then paste this Connect Key when the wizard asks:" }
+                li { "Download " (link(&d, "windows", "ferry-agent.msi")) " (Windows, x64; it starts by itself on Windows)." (checksum(&d)) }
+                li { "Check it in PowerShell, in the folder it downloaded to (it prints " code { "True" } "):"
+                    pre.commands.windows { code { (windows_commands(&d)) } } }
+                li { "Open it and click through the installer; the setup wizard opens at the end (later: " code { "ferry-agent install" } " in an administrator prompt). Paste this Connect Key when the wizard asks:" }
             }
         }
         @if let Some(d) = offer("linux").or_else(|| (downloads.is_empty()).then(|| json!({"url": k["download_url"], "file": "ferry-agent"}))) {
             h3 { "On a Linux host next to the domain controller" }
             ol.linux {
-                li { "Download the agent: " a href=(d["url"].as_str().unwrap_or("")) download { (d["file"].as_str().unwrap_or("ferry-agent")) } " (Linux, x86-64)."
-                    @if d["sha256"].is_string() { (checksum(&d)) br; span.small { "Check it: " code { "sha256sum ferry-agent" } } } }
-                li { "On the domain controller, create a service account and delegate it the six tasks (" code { "ferry-agent check" } " says what is missing)." }
-                li { "Run " code { "chmod +x ferry-agent && sudo ./ferry-agent install" } " and paste this Connect Key when asked:" }
+                li { "Download " (link(&d, "linux", "ferry-agent")) " (Linux, x86-64; it starts by itself on other systems)."
+                    @if d["sha256"].is_string() { (checksum(&d)) } }
+                li { "In the folder it downloaded to, check it, make it executable and start the setup:"
+                    pre.commands.linux { code { (linux_commands(&d)) } } }
+                li { "Paste this Connect Key when the wizard asks:" }
             }
         }
     }
+}
+
+/// PowerShell that checks the MSI against its SHA-256 (`-eq` ignores case).
+fn windows_commands(d: &Value) -> String {
+    let file = d["file"].as_str().unwrap_or("ferry-agent.msi");
+    format!(
+        "(Get-FileHash .\\{file}).Hash -eq '{}'",
+        d["sha256"].as_str().unwrap_or("")
+    )
+}
+
+/// The shell lines for the Linux binary: checksum, executable bit, install.
+fn linux_commands(d: &Value) -> String {
+    let file = d["file"].as_str().unwrap_or("ferry-agent");
+    let mut lines = Vec::new();
+    if let Some(sum) = d["sha256"].as_str() {
+        lines.push(format!("echo '{sum}  {file}' | sha256sum -c"));
+    }
+    lines.push(format!("chmod +x {file}"));
+    lines.push(format!("sudo ./{file} install"));
+    lines.join("\n")
 }
 
 pub(super) async fn install_agent(State(state): St, s: Session, Path(id): Path<String>, Form(form): F) -> Response {
@@ -1336,18 +1369,27 @@ mod tests {
         );
         assert!(
             html.contains("SHA-256: <code class=\"sha256\">aa11</code>")
-                && html.contains("Get-FileHash ferry-agent.msi"),
+                && html.contains("(Get-FileHash .\\ferry-agent.msi).Hash -eq 'aa11'"),
             "{html}"
         );
         assert!(
-            html.contains("SHA-256: <code class=\"sha256\">bb22</code>") && html.contains("sudo ./ferry-agent install"),
+            html.contains("SHA-256: <code class=\"sha256\">bb22</code>")
+                && html.contains(
+                    "echo 'bb22  ferry-agent' | sha256sum -c\nchmod +x ferry-agent\nsudo ./ferry-agent install"
+                ),
             "{html}"
+        );
+        assert!(
+            html.contains("data-autodownload=\"windows\"") && html.contains("data-autodownload=\"linux\""),
+            "each download starts by itself on its platform: {html}"
         );
 
         // A server with no file to offer still links the Linux download (which then says how to offer it).
         let bare = install_steps(&json!({"download_url": "https://f.example/downloads/ferry-agent"})).into_string();
         assert!(
-            bare.contains("href=\"https://f.example/downloads/ferry-agent\" download") && !bare.contains("windows"),
+            bare.contains("href=\"https://f.example/downloads/ferry-agent\" download")
+                && !bare.contains("windows")
+                && !bare.contains("data-autodownload"),
             "{bare}"
         );
     }
