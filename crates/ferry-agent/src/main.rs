@@ -57,6 +57,9 @@ struct InstallArgs {
     /// PEM file with the CA that signed the DC's certificate (default: the system's trust store).
     #[arg(long)]
     ca_file: Option<PathBuf>,
+    /// Trust exactly the DC certificate with this SHA-256 fingerprint (e.g. a self-signed one), instead of a CA.
+    #[arg(long, value_name = "SHA256", conflicts_with = "ca_file")]
+    tls_fingerprint: Option<String>,
     /// Accept any DC certificate. Lab use only: the connection can then be intercepted.
     #[arg(long)]
     insecure_skip_tls_verify: bool,
@@ -115,6 +118,9 @@ struct DcArgs {
     /// PEM file with the CA that signed the DC's certificate (default: the system's trust store).
     #[arg(long)]
     ca_file: Option<PathBuf>,
+    /// Trust exactly the DC certificate with this SHA-256 fingerprint (e.g. a self-signed one), instead of a CA.
+    #[arg(long, value_name = "SHA256", conflicts_with = "ca_file")]
+    tls_fingerprint: Option<String>,
     /// Accept any DC certificate. Lab use only: the connection can then be intercepted.
     #[arg(long)]
     insecure_skip_tls_verify: bool,
@@ -213,6 +219,7 @@ fn windows_service_main(config_dir: PathBuf) -> ExitCode {
 fn settings(a: &DcArgs) -> AdSettings {
     let mut s = AdSettings::new(&a.ldap_url);
     s.ca_file = a.ca_file.clone();
+    s.tls_fingerprint = a.tls_fingerprint.clone();
     s.insecure_skip_tls_verify = a.insecure_skip_tls_verify;
     s.starttls = a.ldap_url.starts_with("ldap://") && !a.no_starttls;
     s.timeout = Duration::from_secs(15);
@@ -293,6 +300,7 @@ async fn install(a: InstallArgs) -> Result<ExitCode> {
     let dc = DcArgs {
         ldap_url: a.ldap_url.unwrap_or_default(),
         ca_file: a.ca_file,
+        tls_fingerprint: a.tls_fingerprint,
         insecure_skip_tls_verify: a.insecure_skip_tls_verify,
         no_starttls: false,
     };

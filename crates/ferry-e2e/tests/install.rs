@@ -345,12 +345,8 @@ async fn the_wizard_installs_an_agent_that_shows_active() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn ctrl_c_in_the_wizard_leaves_nothing_installed() {
-    let (dc, cloud, domain) = prepare().await;
-    let key = connect_key(&cloud, &domain).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("ferry-agent");
+/// The wizard started for `dir`, answered up to the DC's CA file, which it asks for now.
+fn wizard_up_to_the_ca(dir: &Path, dc: &Dc) -> Pty {
     let mut t = Pty::spawn(
         &agent_binary(),
         &["install", "--config-dir", dir.to_str().unwrap(), "--no-service"],
@@ -365,6 +361,16 @@ async fn ctrl_c_in_the_wizard_leaves_nothing_installed() {
     t.expect("Domain controller");
     t.send_line(&dc.ldaps_url);
     t.expect("CA certificate");
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ctrl_c_in_the_wizard_leaves_nothing_installed() {
+    let (dc, cloud, domain) = prepare().await;
+    let key = connect_key(&cloud, &domain).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ferry-agent");
+    let mut t = wizard_up_to_the_ca(&dir, &dc);
     t.send_line(dc.ca_file.to_str().unwrap());
     t.expect("Service account (DOMAIN\\user):");
     t.send_line(&format!("{}\\svc-sync", dc.domain));
@@ -674,4 +680,130 @@ async fn the_non_interactive_install_checks_everything_and_says_what_failed() {
         3,
         "nothing staged is left beside the config (pw, bad-pw, agent)"
     );
+}
+
+/// The SHA-256 fingerprint of a PEM certificate, as `openssl` prints it.
+fn openssl_fingerprint(pem: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(pem)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().rsplit('=').next().unwrap().to_owned()
+}
+
+/// A DC whose certificate is self-signed as `openssl req -x509` makes it
+/// (CA:TRUE): given as the CA file it is refused, and the wizard says why
+/// (not "give the CA file"); the admin sees its subject, issuer, names and
+/// fingerprint, pins it, and the agent syncs. `check` explains it too and
+/// passes with `--tls-fingerprint`; a wrong fingerprint is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_self_signed_dc_certificate_is_shown_pinned_and_the_agent_syncs() {
+    let dc = delegate(Dc::start_self_signed()).await;
+    let cloud = Cloud::start().await;
+    let domain = add_domain(&cloud, &dc).await;
+    let key = connect_key(&cloud, &domain).await;
+    let cert = dc.ca_file.to_str().unwrap().to_owned();
+    let fingerprint = openssl_fingerprint(&dc.ca_file);
+    assert_eq!(fingerprint.len(), 95, "{fingerprint}");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ferry-agent");
+    let account = format!("{}\\svc-sync", dc.domain);
+
+    // The certificate itself as the CA file: refused, and explained for what it is.
+    let mut t = wizard_up_to_the_ca(&dir, &dc);
+    t.send_line(&cert);
+    let said = t.expect("Trust this certificate? (its SHA-256 is pinned in the agent's config) [y/N]:");
+    for part in [
+        "CaUsedAsEndEntity",
+        "a CA certificate (CA:TRUE) used as the server's own",
+        "Subject:  CN=dc.example.test",
+        "Issuer:   CN=dc.example.test (self-signed)",
+        &format!("IP:{}", dc.ip),
+        "DNS:dc.example.test",
+        "CA:       yes (CA:TRUE)",
+        &format!("SHA-256:  {fingerprint}"),
+    ] {
+        assert!(said.contains(part), "{part:?} missing from:\n{said}");
+    }
+    assert!(
+        !said.contains("--ca-file") && !said.contains("name the host"),
+        "the wizard names no flag and does not blame the name:\n{said}"
+    );
+    t.send_line("n");
+    t.expect("Not trusted: give the CA certificate that signed it");
+    // Then with the system's trust store, and trusted this time.
+    t.expect("Domain controller");
+    t.send_line(&dc.ldaps_url);
+    t.expect("CA certificate");
+    t.send_line("");
+    let said = t.expect("Trust this certificate?");
+    assert!(said.contains(&format!("SHA-256:  {fingerprint}")), "{said}");
+    t.send_line("y");
+    t.expect(&format!("✓ {} serves {}", dc.ldaps_url, dc.base_dn));
+    t.expect("Service account (DOMAIN\\user):");
+    t.send_line(&account);
+    t.expect(&format!("Password for {account}:"));
+    t.send_secret(SVC_PW);
+    t.expect("All checks passed.");
+    t.expect("Connect Key:");
+    t.send_line(&key);
+    t.expect("Install now? [Y/n]:");
+    t.send_line("");
+    t.expect("✓ Installed: agent");
+    let said = t.expect("Next:");
+    assert_eq!(t.wait().code(), Some(0), "{}", t.transcript());
+    let config: Value = serde_json::from_slice(&std::fs::read(dir.join("agent.json")).unwrap()).unwrap();
+    assert_eq!(config["tls_fingerprint"], fingerprint.as_str(), "{config}");
+    assert!(config["ca_file"].is_null(), "{config}");
+    assert_eq!(config["insecure_skip_tls_verify"], false);
+
+    // The agent syncs through the pinned certificate.
+    let command = said
+        .lines()
+        .skip_while(|l| !l.contains("Start the agent with:"))
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let _running = run_printed(&command, &tmp.path().join("agent.log"));
+    eventually("the first import through the pinned certificate", || async {
+        cloud.user("early").await
+    })
+    .await;
+
+    // `check`: the certificate as CA file is explained; the pin passes; another pin is refused.
+    let pw = tmp.path().join("pw");
+    std::fs::write(&pw, SVC_PW).unwrap();
+    let check = |extra: &[&str]| {
+        let mut args = vec![
+            "check",
+            "--ldap-url",
+            &dc.ldaps_url,
+            "--bind-user",
+            &account,
+            "--bind-password-file",
+            pw.to_str().unwrap(),
+            "--root-dn",
+            &dc.base_dn,
+        ];
+        args.extend_from_slice(extra);
+        agent(&args)
+    };
+    let (code, out, err) = check(&["--ca-file", &cert]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("a CA certificate (CA:TRUE) used as the server's own")
+            && out.contains("--tls-fingerprint")
+            && out.contains(&fingerprint),
+        "{out}"
+    );
+    let (code, out, err) = check(&["--tls-fingerprint", &fingerprint]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("All checks passed."), "{out}");
+    let other = "00:".repeat(31) + "00";
+    let (code, out, _) = check(&["--tls-fingerprint", &other]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("is not the pinned one"), "{out}");
 }

@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use zeroize::Zeroizing;
 
 use super::{
-    check_key, checklist, cloud_url_for, cloud_url_problem, dc_naming_context, dc_url_problem, default_dc_url, install,
-    root_dn_mismatch, root_dn_problem, summary, Answers,
+    check_key, checklist, cloud_url_for, cloud_url_problem, dc_naming_context_or_certificate, dc_url_problem,
+    default_dc_url, install, root_dn_mismatch, root_dn_problem, summary, Answers, DcRefused,
 };
+use crate::ad::tls::{self, DcCertificate};
 use crate::ad::AdSettings;
 use crate::config::AgentConfig;
 use crate::platform::{self, restore_terminal, save_terminal, service};
@@ -201,9 +202,12 @@ async fn steps(t: &Term, opts: Options) -> Result<u8, Cancelled> {
                 Some(s) => s,
                 None => ask_dc(t, &root_dn, opts.insecure_skip_tls_verify)?,
             };
-            match dc_naming_context(&settings).await {
+            match dc_naming_context_or_certificate(&settings).await {
                 Ok(served) => break (settings, served),
-                Err(p) => t.refuse(&p.message),
+                Err(DcRefused::Other(p)) => t.refuse(&p.message),
+                Err(DcRefused::Untrusted { detail, certificate }) => {
+                    ad = offer_pin(t, &settings, &detail, &certificate)?;
+                }
             }
         };
         match root_dn_mismatch(&root_dn, &served, &settings.url) {
@@ -343,6 +347,38 @@ fn ask_dc(t: &Term, root_dn: &str, insecure: bool) -> Result<AdSettings, Cancell
     s.starttls = url.starts_with("ldap://");
     s.timeout = std::time::Duration::from_secs(15);
     Ok(s)
+}
+
+/// The DC's certificate is not trusted: show it, and offer to trust that
+/// one certificate (pinned by its SHA-256) once the admin compared it.
+/// `None`: not trusted; the DC and its CA are asked again.
+fn offer_pin(
+    t: &Term,
+    settings: &AdSettings,
+    detail: &str,
+    cert: &DcCertificate,
+) -> Result<Option<AdSettings>, Cancelled> {
+    t.refuse(&format!(
+        "{} presents a certificate this host does not trust ({detail}).\n{}",
+        settings.url,
+        tls::refusal_advice(detail, false)
+    ));
+    t.say("  The certificate it presents:");
+    t.say(&cert.describe());
+    t.say("  Compare the SHA-256 with the certificate on the DC before trusting it. On the DC:");
+    t.say("    openssl x509 -in cert.pem -noout -fingerprint -sha256    (Samba: the file of \"tls certfile\")");
+    t.say("    certutil -hashfile dc.cer SHA256                          (Windows: the certificate exported as .cer)");
+    if !t.yes(
+        "Trust this certificate? (its SHA-256 is pinned in the agent's config)",
+        false,
+    )? {
+        t.say("  Not trusted: give the CA certificate that signed it, or another domain controller.");
+        return Ok(None);
+    }
+    let mut pinned = settings.clone();
+    pinned.ca_file = None;
+    pinned.tls_fingerprint = Some(cert.sha256.clone());
+    Ok(Some(pinned))
 }
 
 fn ask_account(t: &Term) -> Result<(String, Zeroizing<String>), Cancelled> {

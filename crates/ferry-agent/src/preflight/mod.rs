@@ -284,11 +284,25 @@ pub async fn run(input: &PreflightInput) -> Report {
     let mut conn = match AdConnection::connect(&input.settings).await {
         Ok(c) => c,
         Err(e) => {
+            // An untrusted certificate is shown, so its fingerprint can be compared and pinned.
+            let presented = match &e {
+                AdError::Tls { .. } if !input.settings.insecure_skip_tls_verify => {
+                    crate::ad::tls::dc_certificate(&input.settings).await.ok()
+                }
+                _ => None,
+            };
+            let detail = match presented {
+                Some(c) => format!(
+                    "{e}\n    The certificate the domain controller presents:\n{}",
+                    c.describe()
+                ),
+                None => e.to_string(),
+            };
             r.push(
                 "connect",
                 "Domain controller reachable over TLS",
                 false,
-                e.to_string(),
+                detail,
                 Some(fix_for(&e)),
             );
             return r;
@@ -545,7 +559,7 @@ async fn read_dacl(conn: &mut AdConnection, dn: &str) -> Result<Vec<sd::Ace>, Ad
 /// How to fix a connection or sign-in error.
 pub fn fix_for(e: &AdError) -> String {
     match e {
-        AdError::Tls { .. } => "Give the CA certificate that signed the DC's certificate (--ca-file), and connect by the name or address the certificate carries".into(),
+        AdError::Tls { detail, .. } => crate::ad::tls::refusal_advice(detail, true),
         AdError::Connect { .. } => "Check the DC's address, that LDAPS (636) or LDAP with StartTLS (389) is reachable from this host, and that the DC runs".into(),
         AdError::Bind(m) if m.contains("disabled") => "Enable the account".into(),
         AdError::Bind(m) if m.contains("must change") => "Untick \"User must change password at next logon\" and set the password again".into(),

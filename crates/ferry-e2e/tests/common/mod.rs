@@ -136,10 +136,13 @@ pub struct Enrolled {
     pub secret_key: String,
 }
 
-/// A fresh DC with a delegated service account, and a cloud with the domain.
 /// A fresh DC with a delegated service account (and one user).
 pub async fn delegated_dc() -> Dc {
-    let dc = Dc::start();
+    delegate(Dc::start()).await
+}
+
+/// `dc`, with a delegated service account (and one user).
+pub async fn delegate(dc: Dc) -> Dc {
     let mut admin = dc.admin().await;
     let svc = NewAdUser {
         sam_account_name: "svc-sync".into(),
