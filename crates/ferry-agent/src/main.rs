@@ -23,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print a script that creates the service account and delegates it the six tasks (PowerShell for Windows; --samba for samba-tool).
+    Prepare(PrepareArgs),
     /// Check the domain controller and the service account (the install guide's rules), each item ✓ or ✗ with its fix.
     Check(CheckArgs),
     /// Install the agent: a wizard in the terminal, or --non-interactive for automation.
@@ -81,6 +83,28 @@ struct InstallArgs {
     /// Replace an agent already installed in the config directory (it is revoked).
     #[arg(long)]
     replace: bool,
+}
+
+#[derive(Args)]
+struct PrepareArgs {
+    /// The Root DN, e.g. DC=example,DC=com.
+    #[arg(long)]
+    root_dn: String,
+    /// The domain's NetBIOS name (default: the Root DN's first part, upper-cased).
+    #[arg(long)]
+    netbios: Option<String>,
+    /// The service account's name.
+    #[arg(long, default_value = ferry_proto::delegation::DEFAULT_ACCOUNT)]
+    account: String,
+    /// Where to delegate the tasks (default: the Root DN).
+    #[arg(long)]
+    scope: Option<String>,
+    /// A bash script with samba-tool, for a Samba DC.
+    #[arg(long)]
+    samba: bool,
+    /// The DC samba-tool talks to (default: ldap://<the domain's DNS name>).
+    #[arg(long)]
+    ldap_url: Option<String>,
 }
 
 #[derive(Args)]
@@ -179,6 +203,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Prepare(a) => Ok(prepare(a)),
         Command::Check(a) => check(a).await,
         Command::Install(a) => install(*a).await,
         Command::Run(a) => run_sync(a).await,
@@ -238,6 +263,28 @@ fn read_password(file: &Option<PathBuf>, what: &str) -> Result<String> {
         bail!("no password for {what}: give --bind-password-file or set FERRY_BIND_PASSWORD");
     }
     Ok(rpassword::prompt_password(format!("Password for {what}: "))?)
+}
+
+fn prepare(a: PrepareArgs) -> ExitCode {
+    use ferry_agent::install::prepare::{script, Platform, PrepareInput};
+    let input = PrepareInput {
+        root_dn: a.root_dn,
+        netbios: a.netbios,
+        account: a.account,
+        scope: a.scope,
+        ldap_url: a.ldap_url,
+        platform: if a.samba { Platform::Samba } else { Platform::Windows },
+    };
+    match script(&input) {
+        Ok(s) => {
+            print!("{s}");
+            ExitCode::SUCCESS
+        }
+        Err(m) => {
+            eprintln!("error: {m}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 async fn check(a: CheckArgs) -> Result<ExitCode> {

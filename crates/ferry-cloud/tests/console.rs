@@ -81,6 +81,25 @@ async fn the_install_guide_console_steps_and_a_user_added_to_a_group() {
         "the dialog links the agent download",
     )
     .await;
+    // "Prepare the service account": the scripts for this domain.
+    let script =
+        |platform: &str| format!("return document.querySelector('details.prepare.{platform} pre').textContent");
+    let ps = b.script(&script("windows")).await;
+    let ps = ps.as_str().unwrap_or_default();
+    b.check(
+        ps.contains("$Trustee = 'EXAMPLE\\svc-dirsync'")
+            && ps.contains("-PasswordNeverExpires $true -ChangePasswordAtLogon $false")
+            && ps.contains("dsacls $Scope /I:S /G \"${Trustee}:CA;Reset Password;user\""),
+        &format!("the PowerShell is for this domain: {ps}"),
+    )
+    .await;
+    let sh = b.script(&script("samba")).await;
+    let sh = sh.as_str().unwrap_or_default();
+    b.check(
+        sh.contains("SCOPE='DC=example,DC=test'") && sh.contains("st user create 'svc-dirsync'"),
+        &format!("the samba-tool script is for this domain: {sh}"),
+    )
+    .await;
     b.click("button[data-copy=connect-key]").await;
     // 17–18. The agent registers with the key (the wizard does this through the API).
     register_agent(&s, &key, "dc1.example.test").await;

@@ -682,6 +682,23 @@ async fn the_non_interactive_install_checks_everything_and_says_what_failed() {
     );
 }
 
+/// `ferry-agent check` of `account` (its password in `pw`) on the DC, with `extra` flags.
+fn check_as(dc: &Dc, account: &str, pw: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "check",
+        "--ldap-url",
+        &dc.ldaps_url,
+        "--bind-user",
+        account,
+        "--bind-password-file",
+        pw.to_str().unwrap(),
+        "--root-dn",
+        &dc.base_dn,
+    ];
+    args.extend_from_slice(extra);
+    agent(&args)
+}
+
 /// The SHA-256 fingerprint of a PEM certificate, as `openssl` prints it.
 fn openssl_fingerprint(pem: &Path) -> String {
     let out = Command::new("openssl")
@@ -776,21 +793,7 @@ async fn a_self_signed_dc_certificate_is_shown_pinned_and_the_agent_syncs() {
     // `check`: the certificate as CA file is explained; the pin passes; another pin is refused.
     let pw = tmp.path().join("pw");
     std::fs::write(&pw, SVC_PW).unwrap();
-    let check = |extra: &[&str]| {
-        let mut args = vec![
-            "check",
-            "--ldap-url",
-            &dc.ldaps_url,
-            "--bind-user",
-            &account,
-            "--bind-password-file",
-            pw.to_str().unwrap(),
-            "--root-dn",
-            &dc.base_dn,
-        ];
-        args.extend_from_slice(extra);
-        agent(&args)
-    };
+    let check = |extra: &[&str]| check_as(&dc, &account, &pw, extra);
     let (code, out, err) = check(&["--ca-file", &cert]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
@@ -806,4 +809,65 @@ async fn a_self_signed_dc_certificate_is_shown_pinned_and_the_agent_syncs() {
     let (code, out, _) = check(&["--tls-fingerprint", &other]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("is not the pinned one"), "{out}");
+}
+
+/// "Prepare the service account" (guide steps 6–14): the samba-tool script
+/// `ferry-agent prepare --samba` prints, run as printed against a fresh DC
+/// (it asks for the Administrator's password, then the new account's), makes
+/// an account that passes every check with nothing else to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prepare_script_makes_an_account_that_passes_every_check() {
+    let dc = Dc::start();
+    let (code, script, err) = agent(&[
+        "prepare",
+        "--root-dn",
+        &dc.base_dn,
+        "--samba",
+        "--ldap-url",
+        &dc.ldaps_url,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(script.lines().all(|l| l.len() <= 100), "each line is short:\n{script}");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("prepare.sh");
+    std::fs::write(&file, &script).unwrap();
+    let pw = tmp.path().join("pw");
+    std::fs::write(&pw, SVC_PW).unwrap();
+    let account = format!("{}\\svc-dirsync", dc.domain);
+    let check = || check_as(&dc, &account, &pw, &["--ca-file", dc.ca_file.to_str().unwrap()]);
+    let (code, out, _) = check();
+    assert_eq!(code, 1, "no such account yet: {out}");
+
+    let mut t = Pty::spawn(Path::new("/bin/bash"), &[file.to_str().unwrap()], &[]);
+    t.expect(&format!("Password of {}\\Administrator:", dc.domain));
+    t.send_secret(&dc.admin_password);
+    t.expect("New Password:");
+    t.send_secret(SVC_PW);
+    t.expect("Retype Password:");
+    t.send_secret(SVC_PW);
+    t.expect(&format!("Done: enter {account} and its password"));
+    assert_eq!(t.wait().code(), Some(0), "{}", t.transcript());
+    let said = t.transcript();
+    assert!(
+        !said.contains(SVC_PW) && !said.contains(&dc.admin_password),
+        "no password echoed:\n{said}"
+    );
+
+    let (code, out, err) = check();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("All checks passed."), "{out}");
+
+    // The Windows variant names the same account, with the flags the checks want.
+    let (code, ps, _) = agent(&["prepare", "--root-dn", &dc.base_dn, "--netbios", &dc.domain]);
+    assert_eq!(code, 0);
+    assert!(
+        ps.contains(&format!("$Trustee = '{account}'"))
+            && ps.contains("-PasswordNeverExpires $true -ChangePasswordAtLogon $false")
+            && ps.lines().filter(|l| l.starts_with("dsacls $Scope ")).count() == 10,
+        "{ps}"
+    );
+    // A name the checks refuse is refused here first.
+    let (code, _, err) = agent(&["prepare", "--root-dn", &dc.base_dn, "--account", "ferry-sync"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("contains \"ferry\""), "{err}");
 }

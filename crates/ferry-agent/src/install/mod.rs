@@ -9,6 +9,7 @@
 //! up the service, undoing all three if a later one fails.
 
 pub mod manage;
+pub mod prepare;
 pub mod wizard;
 
 use std::path::{Path, PathBuf};

@@ -8,132 +8,71 @@ pub mod sd;
 
 use ldap3::controls::RawControl;
 use ldap3::Scope;
-use uuid::Uuid;
 
 use self::sd::{granted, parse_dacl, rid, sid_to_string, AppliesTo, Need, Sid};
 use crate::ad::dn::{dn_within, same_dn, Dn};
 use crate::ad::write::{UF_DONT_EXPIRE_PASSWD, UF_NORMAL_ACCOUNT};
 use crate::ad::{ber, AdConnection, AdError, AdSettings};
 
-const USER_CLASS: Uuid = Uuid::from_u128(0xbf967aba_0de6_11d0_a285_00aa003049e2);
-const GROUP_CLASS: Uuid = Uuid::from_u128(0xbf967a9c_0de6_11d0_a285_00aa003049e2);
-const RESET_PASSWORD: Uuid = Uuid::from_u128(0x00299570_246d_11d0_a768_00aa006e0529);
-const PWD_LAST_SET: Uuid = Uuid::from_u128(0xbf967a0a_0de6_11d0_a285_00aa003049e2);
-const MEMBER_ATTR: Uuid = Uuid::from_u128(0xbf9679c0_0de6_11d0_a285_00aa003049e2);
-const GP_LINK: Uuid = Uuid::from_u128(0xf30e3bbe_9ff0_11d1_b603_0000f80367c1);
-const GP_OPTIONS: Uuid = Uuid::from_u128(0xf30e3bbf_9ff0_11d1_b603_0000f80367c1);
+pub use ferry_proto::delegation::Task;
+use ferry_proto::delegation::{
+    GP_LINK, GP_OPTIONS, GROUP_CLASS, MEMBER_ATTR, PWD_LAST_SET, RESET_PASSWORD, USER_CLASS,
+};
 
-/// The first six "common tasks" of the Delegation of Control wizard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Task {
-    /// Create, delete, and manage user accounts.
-    ManageUsers,
-    /// Reset user passwords and force password change at next logon.
-    ResetPasswords,
-    /// Read all user information.
-    ReadUsers,
-    /// Create, delete and manage groups.
-    ManageGroups,
-    /// Modify the membership of a group.
-    ModifyMembership,
-    /// Manage Group Policy links.
-    ManageGpLinks,
+/// The effective rights that make a task possible. The wizard's grants
+/// overlap (full control of users includes resetting their passwords), so
+/// a broader grant satisfies a narrower task.
+fn needs(task: Task) -> Vec<Need> {
+    use sd::rights::*;
+    let on = |rights, object, applies_to| Need {
+        rights,
+        object,
+        applies_to,
+    };
+    match task {
+        Task::ManageUsers => vec![
+            on(CC | DC, Some(USER_CLASS), AppliesTo::Container),
+            on(WP, None, AppliesTo::Descendants(USER_CLASS)),
+        ],
+        Task::ResetPasswords => vec![
+            on(CR, Some(RESET_PASSWORD), AppliesTo::Descendants(USER_CLASS)),
+            on(WP, Some(PWD_LAST_SET), AppliesTo::Descendants(USER_CLASS)),
+        ],
+        Task::ReadUsers => vec![on(RP, None, AppliesTo::Descendants(USER_CLASS))],
+        Task::ManageGroups => vec![
+            on(CC | DC, Some(GROUP_CLASS), AppliesTo::Container),
+            on(WP, None, AppliesTo::Descendants(GROUP_CLASS)),
+        ],
+        Task::ModifyMembership => vec![on(RP | WP, Some(MEMBER_ATTR), AppliesTo::Descendants(GROUP_CLASS))],
+        Task::ManageGpLinks => vec![
+            on(RP | WP, Some(GP_LINK), AppliesTo::Container),
+            on(RP | WP, Some(GP_OPTIONS), AppliesTo::Container),
+        ],
+    }
 }
 
-impl Task {
-    /// All six, in the wizard's order.
-    pub const ALL: [Task; 6] = [
-        Task::ManageUsers,
-        Task::ResetPasswords,
-        Task::ReadUsers,
-        Task::ManageGroups,
-        Task::ModifyMembership,
-        Task::ManageGpLinks,
-    ];
-
-    /// The wizard's wording.
-    pub fn title(self) -> &'static str {
-        match self {
-            Task::ManageUsers => "Create, delete, and manage user accounts",
-            Task::ResetPasswords => "Reset user passwords and force password change at next logon",
-            Task::ReadUsers => "Read all user information",
-            Task::ManageGroups => "Create, delete and manage groups",
-            Task::ModifyMembership => "Modify the membership of a group",
-            Task::ManageGpLinks => "Manage Group Policy links",
-        }
+/// How to grant a task, on Windows and on Samba: one short command per ACE
+/// (`samba_url`: the DC samba-tool talks to), or `ferry-agent prepare`.
+fn task_fix(task: Task, scope: &str, account: &str, sid: &str, samba_url: &str) -> String {
+    let mut out = format!(
+        "Delegate \"{}\" to {account} on {scope} (Active Directory Users and Computers → Delegate Control; `ferry-agent prepare` prints a script for all six), or run",
+        task.title()
+    );
+    out.push_str("\n      Windows:");
+    for g in task.grants() {
+        let (inherit, perm) = g.dsacls();
+        out.push_str(&format!(
+            "\n        dsacls \"{scope}\" {inherit} /G \"{account}:{perm}\""
+        ));
     }
-
-    /// The effective rights that make the task possible. The wizard's
-    /// grants overlap (full control of users includes resetting their
-    /// passwords), so a broader grant satisfies a narrower task.
-    fn needs(self) -> Vec<Need> {
-        use sd::rights::*;
-        let on = |rights, object, applies_to| Need {
-            rights,
-            object,
-            applies_to,
-        };
-        match self {
-            Task::ManageUsers => vec![
-                on(CC | DC, Some(USER_CLASS), AppliesTo::Container),
-                on(WP, None, AppliesTo::Descendants(USER_CLASS)),
-            ],
-            Task::ResetPasswords => vec![
-                on(CR, Some(RESET_PASSWORD), AppliesTo::Descendants(USER_CLASS)),
-                on(WP, Some(PWD_LAST_SET), AppliesTo::Descendants(USER_CLASS)),
-            ],
-            Task::ReadUsers => vec![on(RP, None, AppliesTo::Descendants(USER_CLASS))],
-            Task::ManageGroups => vec![
-                on(CC | DC, Some(GROUP_CLASS), AppliesTo::Container),
-                on(WP, None, AppliesTo::Descendants(GROUP_CLASS)),
-            ],
-            Task::ModifyMembership => vec![on(RP | WP, Some(MEMBER_ATTR), AppliesTo::Descendants(GROUP_CLASS))],
-            Task::ManageGpLinks => vec![
-                on(RP | WP, Some(GP_LINK), AppliesTo::Container),
-                on(RP | WP, Some(GP_OPTIONS), AppliesTo::Container),
-            ],
-        }
+    out.push_str("\n      Samba:");
+    for g in task.grants() {
+        out.push_str(&format!(
+            "\n        samba-tool dsacl set -H {samba_url} -U Administrator --objectdn='{scope}' --sddl='{}'",
+            g.sddl(sid)
+        ));
     }
-
-    /// The ACEs the wizard writes for this task, in SDDL, for `sid`.
-    pub fn sddl(self, sid: &str) -> String {
-        let (u, g) = (USER_CLASS, GROUP_CLASS);
-        match self {
-            Task::ManageUsers => format!("(OA;CI;CCDC;{u};;{sid})(OA;CIIO;GA;;{u};{sid})"),
-            Task::ResetPasswords => {
-                format!("(OA;CIIO;CR;{RESET_PASSWORD};{u};{sid})(OA;CIIO;RPWP;{PWD_LAST_SET};{u};{sid})")
-            }
-            Task::ReadUsers => format!("(OA;CIIO;RP;;{u};{sid})"),
-            Task::ManageGroups => format!("(OA;CI;CCDC;{g};;{sid})(OA;CIIO;GA;;{g};{sid})"),
-            Task::ModifyMembership => format!("(OA;CIIO;RPWP;{MEMBER_ATTR};{g};{sid})"),
-            Task::ManageGpLinks => format!("(OA;CI;RPWP;{GP_LINK};;{sid})(OA;CI;RPWP;{GP_OPTIONS};;{sid})"),
-        }
-    }
-
-    /// How to grant it, on Windows and on Samba.
-    pub fn fix(self, scope: &str, account: &str, sid: &str) -> String {
-        let dsacls = match self {
-            Task::ManageUsers => format!(
-                "dsacls \"{scope}\" /I:T /G \"{account}:CCDC;user\" && dsacls \"{scope}\" /I:S /G \"{account}:GA;;user\""
-            ),
-            Task::ResetPasswords => format!(
-                "dsacls \"{scope}\" /I:S /G \"{account}:CA;Reset Password;user\" \"{account}:RPWP;pwdLastSet;user\""
-            ),
-            Task::ReadUsers => format!("dsacls \"{scope}\" /I:S /G \"{account}:RP;;user\""),
-            Task::ManageGroups => format!(
-                "dsacls \"{scope}\" /I:T /G \"{account}:CCDC;group\" && dsacls \"{scope}\" /I:S /G \"{account}:GA;;group\""
-            ),
-            Task::ModifyMembership => format!("dsacls \"{scope}\" /I:S /G \"{account}:RPWP;member;group\""),
-            Task::ManageGpLinks => {
-                format!("dsacls \"{scope}\" /I:T /G \"{account}:RPWP;gPLink\" \"{account}:RPWP;gPOptions\"")
-            }
-        };
-        format!(
-            "Delegate \"{}\" to {account} on {scope} (Active Directory Users and Computers → Delegate Control), or run\n      Windows: {dsacls}\n      Samba:   samba-tool dsacl set --objectdn='{scope}' --sddl='{}'",
-            self.title(),
-            self.sddl(sid)
-        )
-    }
+    out
 }
 
 /// One checklist line.
@@ -499,7 +438,7 @@ pub async fn run(input: &PreflightInput) -> Report {
             .cloned()
             .collect();
         for task in Task::ALL {
-            let ok = task.needs().iter().all(|n| granted(&dacl, &delegated_to, n));
+            let ok = needs(task).iter().all(|n| granted(&dacl, &delegated_to, n));
             r.push(
                 &format!("task:{task:?}"),
                 task.title(),
@@ -509,7 +448,13 @@ pub async fn run(input: &PreflightInput) -> Report {
                 } else {
                     format!("not delegated on {scope}")
                 },
-                Some(task.fix(scope, account, &my_sid_text)),
+                Some(task_fix(
+                    task,
+                    scope,
+                    account,
+                    &my_sid_text,
+                    &samba_url(&input.settings.url),
+                )),
             );
         }
     }
@@ -565,4 +510,15 @@ pub fn fix_for(e: &AdError) -> String {
         AdError::Bind(m) if m.contains("must change") => "Untick \"User must change password at next logon\" and set the password again".into(),
         _ => "Check the account name (DOMAIN\\user) and its password".into(),
     }
+}
+
+/// The plain-LDAP URL of the DC, for samba-tool (it signs and seals the
+/// connection itself).
+fn samba_url(ldap_url: &str) -> String {
+    let rest = ldap_url
+        .strip_prefix("ldaps://")
+        .or_else(|| ldap_url.strip_prefix("ldap://"))
+        .unwrap_or(ldap_url);
+    let host = rest.split(['/', ':']).next().unwrap_or(rest);
+    format!("ldap://{host}")
 }

@@ -432,6 +432,7 @@ fn domain_page(
                     dialog open id="install-dialog" aria-labelledby="install-title" {
                         h2 id="install-title" { "Install a new Sync Agent" }
                         (install_steps(k))
+                        (prepare_account(d))
                         div.copy {
                             input id="connect-key" readonly value=(k["connect_key"].as_str().unwrap_or("")) aria-label="Connect Key";
                             button type="button" data-copy="connect-key" { "Copy" }
@@ -642,7 +643,8 @@ fn install_steps(k: &Value) -> Markup {
                 li { "Download " (link(&d, "windows", "ferry-agent.msi")) " (Windows, x64; it starts by itself on Windows)." (checksum(&d)) }
                 li { "Check it in PowerShell, in the folder it downloaded to (it prints " code { "True" } "):"
                     pre.commands.windows { code { (windows_commands(&d)) } } }
-                li { "Open it and click through the installer; the setup wizard opens at the end (later: " code { "ferry-agent install" } " in an administrator prompt). Paste this Connect Key when the wizard asks:" }
+                li { "Open it and click through the installer; the setup wizard opens at the end (later: " code { "ferry-agent install" } " in an administrator prompt)." }
+                li { "The wizard asks for the service account (see “Prepare the service account” below) and this Connect Key." }
             }
         }
         @if let Some(d) = offer("linux").or_else(|| (downloads.is_empty()).then(|| json!({"url": k["download_url"], "file": "ferry-agent"}))) {
@@ -652,8 +654,29 @@ fn install_steps(k: &Value) -> Markup {
                     @if d["sha256"].is_string() { (checksum(&d)) } }
                 li { "In the folder it downloaded to, check it, make it executable and start the setup:"
                     pre.commands.linux { code { (linux_commands(&d)) } } }
-                li { "Paste this Connect Key when the wizard asks:" }
+                li { "The wizard asks for the service account (see “Prepare the service account” below) and this Connect Key." }
             }
+        }
+    }
+}
+
+/// "Prepare the service account" (guide steps 6–14): the scripts for this
+/// domain, the same `ferry-agent prepare` prints.
+fn prepare_account(d: &Value) -> Markup {
+    let plan = ferry_proto::delegation::ServiceAccountPlan::for_domain(
+        d["root_dn"].as_str().unwrap_or(""),
+        d["netbios_name"].as_str().unwrap_or(""),
+    );
+    html! {
+        h3 { "Prepare the service account" }
+        p.small { "The agent signs in as an ordinary account, " code { (plan.trustee()) } ", delegated the six tasks on " code { (plan.scope) } ". Run one of these on the domain controller; the setup's checks then pass with nothing else to do." }
+        details.prepare.windows {
+            summary { "Windows: PowerShell (as an administrator)" }
+            pre.script { code { (plan.powershell()) } }
+        }
+        details.prepare.samba {
+            summary { "Samba: samba-tool (as root)" }
+            pre.script { code { (plan.samba()) } }
         }
     }
 }
