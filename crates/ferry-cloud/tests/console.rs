@@ -21,13 +21,31 @@ async fn sign_in(b: &Browser, s: &TestServer) {
     b.wait_text("Directories").await;
 }
 
-async fn register_agent(s: &TestServer, key: &str, hostname: &str) -> String {
+/// Registers an agent as the install does; it has not run yet.
+async fn register_only(s: &TestServer, key: &str, hostname: &str) -> String {
     use base64::Engine as _;
     let body = json!({"connect_key": key, "hostname": hostname, "version": "0.1.0",
                       "public_key": base64::engine::general_purpose::STANDARD.encode([7u8; 32])});
     let (st, r) = s.call_as("", Method::POST, "/agent/v1/register", Some(body)).await;
     assert_eq!(st, StatusCode::CREATED, "{r}");
-    let token = r["agent_token"].as_str().unwrap().to_owned();
+    r["agent_token"].as_str().unwrap().to_owned()
+}
+
+/// The agent's heartbeat, as it sends it once running.
+async fn heartbeat(s: &TestServer, token: &str) {
+    let (st, _) = s
+        .call_as(
+            token,
+            Method::POST,
+            "/agent/v1/heartbeat",
+            Some(json!({"state": "syncing"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+}
+
+async fn register_agent(s: &TestServer, key: &str, hostname: &str) -> String {
+    let token = register_only(s, key, hostname).await;
     let (st, _) = s
         .call_as(
             &token,
@@ -102,9 +120,15 @@ async fn the_install_guide_console_steps_and_a_user_added_to_a_group() {
     .await;
     b.click("button[data-copy=connect-key]").await;
     // 17–18. The agent registers with the key (the wizard does this through the API).
-    register_agent(&s, &key, "dc1.example.test").await;
-    // 19–20. Close the dialog: the Domain Agents tab shows the agent active.
+    let token = register_only(&s, &key, "dc1.example.test").await;
+    // 19. Close the dialog: until the agent first runs, it is waiting, not active.
     b.click("dialog button[type=submit]").await;
+    b.find("tr.agent[data-status=waiting]").await;
+    b.wait_text("waiting for first contact").await;
+    b.check(b.text("tr.agent").await.contains("never"), "never seen yet")
+        .await;
+    // Its first heartbeat: the tab (refreshing itself) shows it active.
+    heartbeat(&s, &token).await;
     b.find("tr.agent[data-status=active]").await;
     b.wait_text("dc1.example.test").await;
     b.wait_text("primary").await;
@@ -114,6 +138,17 @@ async fn the_install_guide_console_steps_and_a_user_added_to_a_group() {
         .await;
     register_agent(&s, k2["connect_key"].as_str().unwrap(), "dc2.example.test").await;
     b.wait_text("dc2.example.test").await;
+    // 20. "Save" on the Domain Agents tab: the settings stay, the tab stays.
+    b.click("form.save-domain button[type=submit]").await;
+    b.wait_text("Saved.").await;
+    b.check(
+        b.url().await.contains("tab=agents"),
+        "Save on Domain Agents comes back to it",
+    )
+    .await;
+    b.find("tr.agent[data-status=active]").await;
+    let (_, same) = s.call(Method::GET, &format!("/api/v1/domains/{domain}"), None).await;
+    assert_eq!(same["policies"], d["policies"], "Save there changes no setting");
     // "Save" on the Details tab.
     b.click("a[role=tab][href$='tab=details']").await;
     b.fill("input[name=delete_threshold]", "250").await;

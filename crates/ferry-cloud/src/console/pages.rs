@@ -243,6 +243,9 @@ fn health(agents: &[Value]) -> (&'static str, String) {
         ),
         Some(_) => ("yellow", "the primary agent is not reporting".into()),
         None if agents.is_empty() => ("red", "no agent installed".into()),
+        None if agents.iter().all(|a| a["status"] == "waiting") => {
+            ("yellow", "agent installed, waiting for its first contact".into())
+        }
         None => ("red", "no agent is syncing".into()),
     }
 }
@@ -449,6 +452,16 @@ fn domain_page(
                         a role="tab" href={ "/directories/" (id) "?tab=" (t) } aria-selected=(if t == tab { "true" } else { "false" }) { (label) }
                     }
                 }
+                @if tab != "details" {
+                    // Save on every tab (install guide step 20): it keeps the settings as
+                    // they are on Details, and comes back here.
+                    form.save-domain method="post" action={ "/directories/" (id) } {
+                        (csrf_input(s))
+                        input type="hidden" name="tab" value=(tab);
+                        button.primary type="submit" { "Save" }
+                        span.small { " the domain's settings (change them on Details)" }
+                    }
+                }
                 @if tab == "agents" {
                     section id="agents" data-refresh="5" {
                         @if v.agents.is_empty() {
@@ -459,13 +472,18 @@ fn domain_page(
                                 tbody {
                                     @for a in &v.agents {
                                         @let status = a["status"].as_str().unwrap_or("offline");
-                                        @let color = match status { "active" => "green", "stale" => "yellow", _ => "red" };
+                                        @let (color, label) = match status {
+                                            "active" => ("green", "active"),
+                                            "stale" => ("yellow", "stale"),
+                                            "waiting" => ("grey", "waiting for first contact"),
+                                            _ => ("red", "offline"),
+                                        };
                                         tr.agent data-status=(status) {
-                                            td { span class={ "dot " (color) } aria-hidden="true" {} " " (status) }
+                                            td { span class={ "dot " (color) } aria-hidden="true" {} " " (label) }
                                             td { (a["hostname"].as_str().unwrap_or("")) }
                                             td { (a["version"].as_str().unwrap_or("")) }
                                             td { @if a["primary"] == true { "primary" } @else { "standby" } }
-                                            td { (when(a["last_seen"].as_i64().unwrap_or(0))) }
+                                            td { @if status == "waiting" { "never" } @else { (when(a["last_seen"].as_i64().unwrap_or(0))) } }
                                             td { (a["report"]["last_error"].as_str().unwrap_or("—")) }
                                             td {
                                                 form method="post" action={ "/directories/" (id) "/agents/" (a["id"].as_str().unwrap_or("")) "/revoke" } {
@@ -581,20 +599,28 @@ pub(super) async fn save_domain(State(state): St, s: Session, Path(id): Path<Str
     if let Err(r) = guard(&s, &form, &[&id]) {
         return r;
     }
+    let back = match field(&form, "tab") {
+        t @ ("agents" | "activity") => t,
+        _ => "details",
+    };
     let threshold = field(&form, "delete_threshold");
-    let body = match threshold.parse::<u32>() {
-        Ok(t) => Some(json!({
-            "netbios_name": field(&form, "netbios_name"),
-            "user_ou": field(&form, "user_ou"),
-            "policies": {
-                "authority": field(&form, "authority"),
-                "ad_delete_action": field(&form, "ad_delete_action"),
-                "cloud_delete_action": field(&form, "cloud_delete_action"),
-                "delete_threshold": t,
-                "match_existing_users": field(&form, "match_existing_users") == "on",
-            }
-        })),
-        Err(_) => None,
+    // The Save of the other tabs sends no settings: they stay as they are.
+    let body = if !form.contains_key("delete_threshold") {
+        Some(json!({}))
+    } else {
+        threshold.parse::<u32>().ok().map(|t| {
+            json!({
+                "netbios_name": field(&form, "netbios_name"),
+                "user_ou": field(&form, "user_ou"),
+                "policies": {
+                    "authority": field(&form, "authority"),
+                    "ad_delete_action": field(&form, "ad_delete_action"),
+                    "cloud_delete_action": field(&form, "cloud_delete_action"),
+                    "delete_threshold": t,
+                    "match_existing_users": field(&form, "match_existing_users") == "on",
+                }
+            })
+        })
     };
     let msg = match body {
         None => format!("The delete threshold must be a whole number from 0 up, not {threshold:?}."),
@@ -603,7 +629,7 @@ pub(super) async fn save_domain(State(state): St, s: Session, Path(id): Path<Str
                 .api(&state, Method::PATCH, &format!("/api/v1/domains/{id}"), Some(b))
                 .await;
             if a.ok() {
-                return redirect(&format!("/directories/{id}?done=saved"));
+                return redirect(&format!("/directories/{id}?tab={back}&done=saved"));
             }
             if a.status == StatusCode::UNAUTHORIZED {
                 return redirect("/signin");
