@@ -295,6 +295,10 @@ async fn the_wizard_installs_an_agent_that_shows_active() {
     assert_eq!(listed["version"], env!("CARGO_PKG_VERSION"));
     // And it syncs: the user that was in AD before the install reaches the cloud.
     eventually("the first import", || async { cloud.user("early").await }).await;
+    // Its log, written to a file, carries no colour codes.
+    let log = std::fs::read_to_string(tmp.path().join("agent.log")).unwrap();
+    assert!(log.contains(" INFO "), "the agent logged: {log}");
+    assert!(!log.contains('\u{1b}'), "no ANSI escapes in a log file:\n{log}");
 
     // `status` tells the same story.
     let status = eventually("status reporting a sync", || async {
@@ -345,14 +349,26 @@ async fn the_wizard_installs_an_agent_that_shows_active() {
     );
 }
 
-/// The wizard started for `dir`, answered up to the DC's CA file, which it asks for now.
-fn wizard_up_to_the_ca(dir: &Path, dc: &Dc) -> Pty {
-    let mut t = Pty::spawn(
+/// The wizard started for `dir` on a terminal `columns` wide, answered up to
+/// the DC's CA file, which it asks for now.
+fn wizard_up_to_the_ca(dir: &Path, dc: &Dc, columns: u16) -> Pty {
+    let mut t = Pty::spawn_sized(
         &agent_binary(),
         &["install", "--config-dir", dir.to_str().unwrap(), "--no-service"],
         &[("RUST_LOG", "warn")],
+        columns,
     );
-    t.expect("Press Enter to start");
+    let intro = t.expect("Press Enter to start");
+    // The text fits the terminal, wrapped between words.
+    assert!(
+        intro.lines().all(|l| l.chars().count() <= usize::from(columns)),
+        "wrapped at {columns} columns:\n{intro}"
+    );
+    assert!(
+        words(&intro)
+            .contains("a Connect Key from the console (Directories → your domain → Install a new Sync Agent)."),
+        "{intro}"
+    );
     t.send_line("");
     t.expect("Ferry cloud URL");
     t.send_line("");
@@ -370,7 +386,7 @@ async fn ctrl_c_in_the_wizard_leaves_nothing_installed() {
     let key = connect_key(&cloud, &domain).await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ferry-agent");
-    let mut t = wizard_up_to_the_ca(&dir, &dc);
+    let mut t = wizard_up_to_the_ca(&dir, &dc, 60);
     t.send_line(dc.ca_file.to_str().unwrap());
     t.expect("Service account (DOMAIN\\user):");
     t.send_line(&format!("{}\\svc-sync", dc.domain));
@@ -682,6 +698,11 @@ async fn the_non_interactive_install_checks_everything_and_says_what_failed() {
     );
 }
 
+/// Text with its line breaks and indentation undone (the wizard wraps to the terminal).
+fn words(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// `ferry-agent check` of `account` (its password in `pw`) on the DC, with `extra` flags.
 fn check_as(dc: &Dc, account: &str, pw: &Path, extra: &[&str]) -> (i32, String, String) {
     let mut args = vec![
@@ -729,7 +750,7 @@ async fn a_self_signed_dc_certificate_is_shown_pinned_and_the_agent_syncs() {
     let account = format!("{}\\svc-sync", dc.domain);
 
     // The certificate itself as the CA file: refused, and explained for what it is.
-    let mut t = wizard_up_to_the_ca(&dir, &dc);
+    let mut t = wizard_up_to_the_ca(&dir, &dc, 160);
     t.send_line(&cert);
     let said = t.expect("Trust this certificate? (its SHA-256 is pinned in the agent's config) [y/N]:");
     for part in [
@@ -742,7 +763,7 @@ async fn a_self_signed_dc_certificate_is_shown_pinned_and_the_agent_syncs() {
         "CA:       yes (CA:TRUE)",
         &format!("SHA-256:  {fingerprint}"),
     ] {
-        assert!(said.contains(part), "{part:?} missing from:\n{said}");
+        assert!(words(&said).contains(&words(part)), "{part:?} missing from:\n{said}");
     }
     assert!(
         !said.contains("--ca-file") && !said.contains("name the host"),

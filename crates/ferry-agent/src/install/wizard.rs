@@ -56,11 +56,21 @@ fn handle_interrupts() {
     });
 }
 
-struct Term;
+struct Term {
+    /// Where lines are wrapped (the terminal's width).
+    width: usize,
+}
 
 impl Term {
+    fn new() -> Term {
+        let columns = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok());
+        Term {
+            width: columns.or_else(platform::terminal_width).unwrap_or(80).max(40),
+        }
+    }
+
     fn say(&self, text: &str) {
-        println!("{text}");
+        println!("{}", wrap(text, self.width));
     }
 
     fn ask(&self, prompt: &str, default: Option<&str>) -> Result<String, Cancelled> {
@@ -105,12 +115,49 @@ impl Term {
     fn refuse(&self, message: &str) {
         for (i, line) in message.lines().enumerate() {
             if i == 0 {
-                println!("  ✗ {line}");
+                println!("{}", wrap(&format!("  ✗ {line}"), self.width));
             } else {
-                println!("  {line}");
+                println!("{}", wrap(&format!("  {line}"), self.width));
             }
         }
     }
+}
+
+/// Wraps prose lines between words at `width` columns, continuation lines
+/// indented like the line (and past a leading `✓`/`✗`). Lines indented by
+/// four or more spaces are commands or tables and stay whole, to be copied
+/// as they are; so does a word longer than the line.
+fn wrap(text: &str, width: usize) -> String {
+    let mut out = Vec::new();
+    for line in text.split('\n') {
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        if indent >= 4 || line.chars().count() <= width {
+            out.push(line.to_owned());
+            continue;
+        }
+        let body = &line[indent..];
+        let hang = indent
+            + if body.starts_with("✗ ") || body.starts_with("✓ ") {
+                2
+            } else {
+                0
+            };
+        let mut current = " ".repeat(indent);
+        let mut has_word = false;
+        for word in body.split(' ').filter(|w| !w.is_empty()) {
+            if has_word && current.chars().count() + 1 + word.chars().count() > width {
+                out.push(std::mem::replace(&mut current, " ".repeat(hang)));
+                has_word = false;
+            }
+            if has_word {
+                current.push(' ');
+            }
+            current.push_str(word);
+            has_word = true;
+        }
+        out.push(current);
+    }
+    out.join("\n")
 }
 
 /// Runs the wizard; the exit code is 0 when the agent was installed.
@@ -134,7 +181,7 @@ pub async fn run(opts: Options) -> u8 {
     }
     save_terminal();
     handle_interrupts();
-    let code = match steps(&Term, opts).await {
+    let code = match steps(&Term::new(), opts).await {
         Ok(code) => code,
         Err(Cancelled) => {
             restore_terminal();
@@ -232,7 +279,7 @@ async fn steps(t: &Term, opts: Options) -> Result<u8, Cancelled> {
     t.say("\n[4/6] Checks");
     loop {
         let report = checklist(&ad, &root_dn, &bind_user, &password).await;
-        print!("{}", report.render());
+        t.say(report.render().trim_end());
         if report.ok() {
             t.say("  All checks passed.");
             break;
@@ -398,4 +445,36 @@ fn ask_account(t: &Term) -> Result<(String, Zeroizing<String>), Cancelled> {
         break p;
     };
     Ok((user, password))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wrap;
+
+    #[test]
+    fn prose_wraps_between_words_and_commands_stay_whole() {
+        let text = "  ✗ the DC's certificate is a CA certificate (CA:TRUE) used as the server's own certificate";
+        let w = wrap(text, 40);
+        assert!(w.lines().all(|l| l.chars().count() <= 40), "{w}");
+        assert_eq!(
+            w.split_whitespace().collect::<Vec<_>>(),
+            text.split_whitespace().collect::<Vec<_>>()
+        );
+        assert!(
+            w.lines()
+                .skip(1)
+                .all(|l| l.starts_with("    ") && !l.starts_with("     ")),
+            "{w}"
+        );
+        let command =
+            "    openssl x509 -in cert.pem -noout -fingerprint -sha256    (Samba: the file of \"tls certfile\")";
+        assert_eq!(wrap(command, 40), command);
+        let long = format!("SHA-256 {}", "AB:".repeat(40));
+        assert_eq!(
+            wrap(&long, 40).lines().nth(1).map(str::len),
+            Some(120),
+            "a long word stays whole"
+        );
+        assert_eq!(wrap("short\n\nlines", 40), "short\n\nlines");
+    }
 }
