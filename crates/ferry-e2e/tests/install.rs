@@ -540,7 +540,7 @@ async fn the_non_interactive_install_checks_everything_and_says_what_failed() {
                 ..good()
             },
             2,
-            "contains \"ferry\"".into(),
+            "contains \"ferry\": the install guide asks for a service account named otherwise".into(),
         ),
         (
             "not a Connect Key",
@@ -583,6 +583,28 @@ async fn the_non_interactive_install_checks_everything_and_says_what_failed() {
             },
             3,
             "✗ Sign-in as the service account".into(),
+        ),
+        (
+            "wrong NetBIOS prefix with the right password",
+            Flags {
+                user: format!("{}\\svc-sync", &nb[..nb.len() - 1]),
+                ..good()
+            },
+            3,
+            format!(
+                "\"{}\" is not this domain's NetBIOS name \"{nb}\" (the password is right: it signs in as svc-sync@{})",
+                &nb[..nb.len() - 1],
+                dc.realm.to_lowercase()
+            ),
+        ),
+        (
+            "Root DN that is not a DN, explained with a Root DN",
+            Flags {
+                root_dn: "DC=example,,DC=test".into(),
+                ..good()
+            },
+            2,
+            "a Root DN has only DC= parts, e.g. DC=example,DC=com".into(),
         ),
         (
             "account not delegated",
@@ -648,6 +670,13 @@ async fn the_non_interactive_install_checks_everything_and_says_what_failed() {
         );
         assert!(!flags.dir.exists(), "{what}: nothing is written");
     }
+    // A Root DN's example is a Root DN (not an OU, which the rule refuses).
+    let (_, _, err) = Flags {
+        root_dn: "example.test".into(),
+        ..good()
+    }
+    .run();
+    assert!(err.contains("e.g. DC=example,DC=com") && !err.contains("OU="), "{err}");
     let (got, _, err) = agent(&["install", "--non-interactive", "--connect-key", &key]);
     assert_eq!(got, 2);
     assert!(

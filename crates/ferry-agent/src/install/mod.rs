@@ -117,7 +117,8 @@ pub fn root_dn_problem(dn: &str) -> Option<String> {
     }
     match Dn::parse(dn) {
         Err(e) => Some(format!(
-            "{dn:?} is not a distinguished name ({e}): write it as DC=example,DC=com for example.com"
+            "{dn:?} is not a distinguished name ({}): a Root DN has only DC= parts, e.g. DC=example,DC=com for example.com",
+            e.why
         )),
         Ok(_) if dns_name_of(dn).is_none() => Some(format!(
             "{dn:?} is not a domain's Root DN: a Root DN has only DC= parts, e.g. DC=example,DC=com"

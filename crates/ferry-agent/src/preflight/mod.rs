@@ -176,13 +176,15 @@ pub fn account_form_problem(account: &str) -> Option<String> {
     }
 }
 
-/// Why the service account's name will not do, if it will not: names with
-/// "ferry" in them are Ferry's own and never synced, so an account the
-/// agent signs in as must not look like one.
+/// Why the service account's name will not do, if it will not. The install
+/// guide asks for a name without the product's ("ferry"), so the account is
+/// not taken for something Ferry created. Nothing else depends on the name:
+/// the agent leaves its own account out of the sync by its DN, whatever it
+/// is called, and other users with "ferry" in their names sync as usual.
 pub fn account_name_problem(account: &str) -> Option<String> {
     let user = account.trim().rsplit('\\').next().unwrap_or_default();
     user.to_lowercase().contains("ferry").then(|| {
-        format!("{user:?} contains \"ferry\", a name reserved for Ferry's own objects: create a service account with another name, e.g. svc-dirsync")
+        format!("{user:?} contains \"ferry\": the install guide asks for a service account named otherwise, so it is not taken for something Ferry created (the agent's own account is left out of the sync whatever its name); create one with another name, e.g. svc-dirsync")
     })
 }
 
@@ -215,7 +217,7 @@ pub async fn run(input: &PreflightInput) -> Report {
         root_syntax.is_ok(),
         match &root_syntax {
             Ok(_) => input.root_dn.clone(),
-            Err(e) => e.to_string(),
+            Err(e) => format!("{:?} is not a distinguished name: {}", e.dn, e.why),
         },
         Some("Enter the domain's DN, e.g. DC=example,DC=com for example.com".into()),
     );
@@ -258,13 +260,28 @@ pub async fn run(input: &PreflightInput) -> Report {
         return r;
     }
     if let Err(e) = conn.bind(account, &input.password).await {
-        r.push(
-            "bind",
-            "Sign-in as the service account",
-            false,
-            e.to_string(),
-            Some(fix_for(&e)),
-        );
+        let wrong_prefix = match &e {
+            AdError::Bind(m) if m.contains("password is wrong") && !domain_part.is_empty() => {
+                right_netbios_name(input, domain_part, user_part).await
+            }
+            _ => None,
+        };
+        match wrong_prefix {
+            Some((nb, upn)) => r.push(
+                "bind",
+                "Sign-in as the service account",
+                false,
+                format!("cannot sign in as {account}: {domain_part:?} is not this domain's NetBIOS name {nb:?} (the password is right: it signs in as {upn})"),
+                Some(format!("Enter the account as {nb}\\{user_part}")),
+            ),
+            None => r.push(
+                "bind",
+                "Sign-in as the service account",
+                false,
+                e.to_string(),
+                Some(fix_for(&e)),
+            ),
+        }
         return r;
     }
     r.push(
@@ -464,6 +481,26 @@ pub async fn run(input: &PreflightInput) -> Report {
 
 fn sid_domain(s: &[u8]) -> &[u8] {
     &s[..s.len().saturating_sub(4)]
+}
+
+/// A sign-in as `DOMAIN\user` refused as a wrong password may be a wrong
+/// DOMAIN (AD answers both alike): if the same password signs in as
+/// `user@<the Root DN's DNS name>`, it was the prefix. Returns the domain's
+/// NetBIOS name and the name that worked. (Only tried after a refusal, so a
+/// really wrong password costs one more failed sign-in.)
+async fn right_netbios_name(input: &PreflightInput, given: &str, user: &str) -> Option<(String, String)> {
+    let upn = format!("{user}@{}", crate::ad::dn::dns_name_of(&input.root_dn)?);
+    let mut conn = AdConnection::connect(&input.settings).await.ok()?;
+    conn.bind(&upn, &input.password).await.ok()?;
+    let root = conn.root_dse().await.ok()?;
+    let nb = netbios_name(
+        &mut conn,
+        &root.configuration_naming_context,
+        &root.default_naming_context,
+    )
+    .await;
+    conn.close().await;
+    nb.filter(|nb| !nb.eq_ignore_ascii_case(given)).map(|nb| (nb, upn))
 }
 
 async fn netbios_name(conn: &mut AdConnection, config_nc: &str, nc: &str) -> Option<String> {
