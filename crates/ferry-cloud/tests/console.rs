@@ -288,6 +288,30 @@ async fn bad_input_is_explained_and_changes_nothing() {
         .await;
     assert_eq!(t["title"], "Theirs");
 
+    // Addresses that are not pages: console pages that say so (not JSON, not a bare 405).
+    b.goto(&format!("{}/no-such-page", s.base)).await;
+    b.wait_text("Nothing is at /no-such-page.").await;
+    b.goto(&format!("{}/directories/{domain}/install", s.base)).await;
+    b.wait_text("is an action, done with a button on its page, not a page to open.")
+        .await;
+    b.click("main a[href^='/directories/']").await;
+    b.find("#install-agent").await;
+    for (path, status) in [
+        ("/no-such-page".to_owned(), StatusCode::NOT_FOUND),
+        (format!("/directories/{domain}/install"), StatusCode::METHOD_NOT_ALLOWED),
+    ] {
+        let r = s.http.get(format!("{}{path}", s.base)).send().await.unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        let html = r.text().await.unwrap();
+        assert!(html.contains("/static/console.css"), "{path}: a console page: {html}");
+    }
+    let r = s.http.get(format!("{}/api/v1/nothing", s.base)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(
+        r.headers()["content-type"].to_str().unwrap().contains("json"),
+        "an API path still answers JSON"
+    );
+
     // Domain details: a threshold that is not a number, a NetBIOS name too long.
     for (field, value, expect) in [
         (

@@ -65,6 +65,60 @@ pub fn router() -> Router<AppState> {
         .route("/audit", get(pages::audit))
         .route("/static/console.css", get(css))
         .route("/static/console.js", get(js))
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// The fallback of the whole service: a console page for a person, the
+/// API's JSON for a path under an API.
+pub async fn not_found(uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    let api = ["/api/", "/agent/", "/scim/", "/downloads/", "/healthz"];
+    if api.iter().any(|p| path.starts_with(p)) {
+        return crate::http::not_found(uri).await;
+    }
+    page(
+        StatusCode::NOT_FOUND,
+        layout(
+            "Not found",
+            "",
+            None,
+            html! {
+                h1 { "There is no such page" }
+                p.error role="alert" { "Nothing is at " code { (path) } "." }
+                p { a href="/" { "Back to the console" } }
+            },
+        ),
+    )
+}
+
+/// A console address visited with a method it does not take: an action
+/// (a form's button) opened as a link, or a page posted to.
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    let page_of = path
+        .rsplit_once('/')
+        .map_or("/", |(p, _)| if p.is_empty() { "/" } else { p });
+    let (what, back) = if method == Method::GET {
+        (
+            "is an action, done with a button on its page, not a page to open",
+            page_of,
+        )
+    } else {
+        ("is a page to open, not a form to send", path)
+    };
+    page(
+        StatusCode::METHOD_NOT_ALLOWED,
+        layout(
+            "Not here",
+            "",
+            None,
+            html! {
+                h1 { "Not here" }
+                p.error role="alert" { code { (path) } " " (what) "." }
+                p { a href=(back) { "Go to the page" } " · " a href="/" { "Back to the console" } }
+            },
+        ),
+    )
 }
 
 async fn css() -> Response {
