@@ -58,6 +58,24 @@ async fn register_agent(s: &TestServer, key: &str, hostname: &str) -> String {
     token
 }
 
+/// A new group with `member` added, through its page (which stays open).
+async fn group_with_member(b: &Browser, s: &TestServer, name: &str, member: &str) {
+    b.goto(&format!("{}/groups", s.base)).await;
+    b.fill("input[name=name]", name).await;
+    b.click("#new-group button[type=submit]").await;
+    b.wait_text("Created.").await;
+    b.fill("input[name=add]", member).await;
+    b.click("#add-member button[type=submit]").await;
+    b.wait_text("Saved.").await;
+}
+
+/// Nothing on the page scrolls sideways.
+async fn fits(b: &Browser) -> bool {
+    b.script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+        .await
+        == json!(true)
+}
+
 async fn user_count(s: &TestServer) -> u64 {
     let (_, v) = s.call(Method::GET, "/scim/v2/Users?count=0", None).await;
     v["totalResults"].as_u64().unwrap()
@@ -168,13 +186,7 @@ async fn the_install_guide_console_steps_and_a_user_added_to_a_group() {
     b.click("#new-user button[type=submit]").await;
     b.wait_text("Created.").await;
     b.wait_text("Source: the cloud").await;
-    b.goto(&format!("{}/groups", s.base)).await;
-    b.fill("input[name=name]", "Engineering").await;
-    b.click("#new-group button[type=submit]").await;
-    b.wait_text("Created.").await;
-    b.fill("input[name=add]", "ann").await;
-    b.click("#add-member button[type=submit]").await;
-    b.wait_text("Saved.").await;
+    group_with_member(&b, &s, "Engineering", "ann").await;
     b.check(b.count("tr.member").await == 1, "the group lists its member")
         .await;
     let (_, g) = s
@@ -190,6 +202,14 @@ async fn the_install_guide_console_steps_and_a_user_added_to_a_group() {
         .call(Method::GET, "/scim/v2/Users?filter=userName%20eq%20%22ann%22", None)
         .await;
     assert_eq!(members[0]["value"], u["Resources"][0]["id"]);
+    // The member is listed by name, not by id.
+    let row = b.text("tr.member").await;
+    let ann_id = u["Resources"][0]["id"].as_str().unwrap();
+    b.check(
+        row.contains("ann") && !row.contains(ann_id),
+        &format!("the member by name: {row:?}"),
+    )
+    .await;
     assert_eq!(u["Resources"][0]["emails"][0]["value"], "ann@example.test");
 
     // Delete the group (the browser's confirm dialog is answered yes).
@@ -402,11 +422,15 @@ async fn the_first_run_creates_the_organization_and_works_at_phone_width() {
     b.resize(375, 800).await;
     for path in ["/signin", "/directories", "/users", "/groups", "/audit"] {
         b.goto(&format!("{}{path}", s.base)).await;
-        let fits = b
-            .script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
-            .await;
-        b.check(fits == json!(true), &format!("{path} fits 375 px")).await;
+        b.check(fits(&b).await, &format!("{path} fits 375 px")).await;
     }
+    // A group's page too, with a member.
+    b.goto(&format!("{}/users", s.base)).await;
+    b.fill("input[name=username]", "ann").await;
+    b.click("#new-user button[type=submit]").await;
+    b.wait_text("Created.").await;
+    group_with_member(&b, &s, "Engineering", "ann").await;
+    b.check(fits(&b).await, "a group's page fits 375 px").await;
 }
 
 /// Sync errors where the admin looks: a count on Directories and the tab,
@@ -454,11 +478,46 @@ async fn sync_errors_are_shown_retried_and_dismissed() {
             .await;
         assert_eq!(st, StatusCode::OK, "{v}");
     }
+    // A user the agent brings from AD: Recent changes names it, not its id.
+    let push = ferry_proto::agent::PushChangesRequest {
+        from_cookie: None,
+        to_cookie: Some("c1".into()),
+        changes: vec![ferry_proto::agent::AdChange::UpsertUser {
+            guid: uuid::Uuid::new_v4(),
+            dn: "CN=Dee Dee,CN=Users,DC=example,DC=test".into(),
+            record: Box::new(ferry_proto::record::UserRecord {
+                username: "deedee".into(),
+                active: true,
+                ..Default::default()
+            }),
+            changed_at: None,
+        }],
+    };
+    let (st, v) = s
+        .call_as(
+            &token,
+            Method::POST,
+            "/agent/v1/changes",
+            Some(serde_json::to_value(push).unwrap()),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (_, dee) = s
+        .call(Method::GET, "/scim/v2/Users?filter=userName%20eq%20%22deedee%22", None)
+        .await;
+    let dee_id = dee["Resources"][0]["id"].as_str().unwrap().to_owned();
     let b = Browser::start("sync-errors").await;
     sign_in(&b, &s).await;
     b.wait_text("2 sync errors").await;
     b.click("a.sync-errors").await;
     b.wait_text("Sync activity (2 errors)").await;
+    b.find(&format!("a[href='/users/{dee_id}']")).await;
+    b.check(
+        b.text(&format!("a[href='/users/{dee_id}']")).await == "deedee"
+            && !b.source().await.contains(&format!("user:{dee_id}")),
+        "Recent changes names the user, not its id",
+    )
+    .await;
     b.check(b.count("tr.sync-error").await == 2, "both errors listed").await;
     b.wait_text("jsmith").await;
     b.wait_text("AD refused a value").await;

@@ -355,6 +355,8 @@ struct DomainView {
     sync_errors: Vec<Value>,
     sync_error_total: i64,
     activity: Vec<Value>,
+    /// Names of the objects the activity names by id.
+    names: ObjectNames,
 }
 
 async fn load_domain(state: &AppState, s: &Session, id: &str) -> Result<DomainView, Response> {
@@ -373,7 +375,8 @@ async fn load_domain(state: &AppState, s: &Session, id: &str) -> Result<DomainVi
         .filter(|e| e["details"]["origin"] == id || e["target"] == format!("domain:{id}").as_str())
         .take(50)
         .cloned()
-        .collect();
+        .collect::<Vec<_>>();
+    let names = object_names(state, s, activity.iter().filter_map(|e| e["target"].as_str())).await;
     Ok(DomainView {
         domain,
         agents: agents["agents"].as_array().cloned().unwrap_or_default(),
@@ -381,7 +384,49 @@ async fn load_domain(state: &AppState, s: &Session, id: &str) -> Result<DomainVi
         sync_errors: errors["sync_errors"].as_array().cloned().unwrap_or_default(),
         sync_error_total: errors["total"].as_i64().unwrap_or(0),
         activity,
+        names,
     })
+}
+
+/// Names of objects the API names by id, keyed by the audit log's
+/// `user:ID` / `group:ID`: the console shows names, never bare ids.
+type ObjectNames = HashMap<String, String>;
+
+/// The names of these objects, one read each (an object deleted since is
+/// left out; its id is shown).
+async fn object_names<'a>(state: &AppState, s: &Session, targets: impl Iterator<Item = &'a str>) -> ObjectNames {
+    let mut names = ObjectNames::new();
+    for target in targets {
+        if names.contains_key(target) {
+            continue;
+        }
+        let (path, attr) = match target.split_once(':') {
+            Some(("user", id)) if id_ok(id).is_ok() => (format!("/scim/v2/Users/{id}?attributes=userName"), "userName"),
+            Some(("group", id)) if id_ok(id).is_ok() => {
+                (format!("/scim/v2/Groups/{id}?attributes=displayName"), "displayName")
+            }
+            _ => continue,
+        };
+        let a = s.api(state, Method::GET, &path, None).await;
+        if let Some(name) = a.body[attr].as_str().filter(|_| a.ok()) {
+            names.insert(target.to_owned(), name.to_owned());
+        }
+    }
+    names
+}
+
+/// An object named by `kind:id`: its name, linked to its page, or the id
+/// when it is gone.
+fn object_link(target: &str, names: &ObjectNames) -> Markup {
+    let page = match target.split_once(':') {
+        Some(("user", id)) => Some(format!("/users/{id}")),
+        Some(("group", id)) => Some(format!("/groups/{id}")),
+        _ => None,
+    };
+    match (names.get(target), page) {
+        (Some(name), Some(href)) => html! { a href=(href) { (name) } },
+        _ => html! { code { (target) } },
+    }
 }
 
 fn select(name: &str, current: &str, options: &[(&str, &str)]) -> Markup {
@@ -554,7 +599,7 @@ fn domain_page(
                         thead { tr { th { "When" } th { "What" } th { "On" } th { "By" } } }
                         tbody {
                             @for e in &v.activity {
-                                tr { td { (when(e["at"].as_i64().unwrap_or(0))) } td { (e["action"].as_str().unwrap_or("")) } td { code { (e["target"].as_str().unwrap_or("")) } } td { (e["actor"].as_str().unwrap_or("")) } }
+                                tr { td { (when(e["at"].as_i64().unwrap_or(0))) } td { (e["action"].as_str().unwrap_or("")) } td { (object_link(e["target"].as_str().unwrap_or(""), &v.names)) } td { (e["actor"].as_str().unwrap_or("")) } }
                             }
                         }
                     }
@@ -1245,7 +1290,14 @@ pub(super) async fn create_group(State(state): St, s: Session, Form(form): F) ->
     }
 }
 
-fn group_page(s: &Session, g: &Value, links: &Value, msg: Option<&str>, q: &HashMap<String, String>) -> Response {
+fn group_page(
+    s: &Session,
+    g: &Value,
+    names: &ObjectNames,
+    links: &Value,
+    msg: Option<&str>,
+    q: &HashMap<String, String>,
+) -> Response {
     let id = g["id"].as_str().unwrap_or_default();
     page(
         form_status(msg),
@@ -1264,7 +1316,7 @@ fn group_page(s: &Session, g: &Value, links: &Value, msg: Option<&str>, q: &Hash
                     tbody {
                         @for m in g["members"].as_array().into_iter().flatten() {
                             tr.member {
-                                td { a href={ (if m["type"] == "Group" { "/groups/" } else { "/users/" }) (m["value"].as_str().unwrap_or("")) } { (m["display"].as_str().unwrap_or(m["value"].as_str().unwrap_or(""))) } }
+                                td { (object_link(&member_target(m), names)) }
                                 td { (m["type"].as_str().unwrap_or("User")) }
                                 td {
                                     form method="post" action={ "/groups/" (id) } {
@@ -1300,7 +1352,27 @@ pub(super) async fn group(State(state): St, s: Session, Path(id): Path<String>, 
         Err(r) => return r,
     };
     let links = object_links(&state, &s, &id).await;
-    group_page(&s, &g, &links, None, &q)
+    let names = member_names(&state, &s, &g).await;
+    group_page(&s, &g, &names, &links, None, &q)
+}
+
+/// A member as the audit log names objects: `user:ID` or `group:ID`.
+fn member_target(m: &Value) -> String {
+    let kind = if m["type"] == "Group" { "group" } else { "user" };
+    format!("{kind}:{}", m["value"].as_str().unwrap_or(""))
+}
+
+/// The names of a group's members (SCIM members carry only ids). A very
+/// big group shows the first thousand by name, the rest by id.
+async fn member_names(state: &AppState, s: &Session, g: &Value) -> ObjectNames {
+    let targets: Vec<String> = g["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .take(1000)
+        .map(member_target)
+        .collect();
+    object_names(state, s, targets.iter().map(String::as_str)).await
 }
 
 /// The id of the user (by username) or else group (by name) called `name`.
@@ -1346,7 +1418,8 @@ pub(super) async fn update_group(State(state): St, s: Session, Path(id): Path<St
         Err(r) => return r,
     };
     let links = object_links(&state, &s, &id).await;
-    group_page(&s, &g, &links, Some(&msg), &HashMap::new())
+    let names = member_names(&state, &s, &g).await;
+    group_page(&s, &g, &names, &links, Some(&msg), &HashMap::new())
 }
 
 pub(super) async fn delete_group(State(state): St, s: Session, Path(id): Path<String>, Form(form): F) -> Response {
