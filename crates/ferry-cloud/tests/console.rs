@@ -424,12 +424,12 @@ async fn the_first_run_creates_the_organization_and_works_at_phone_width() {
         b.goto(&format!("{}{path}", s.base)).await;
         b.check(fits(&b).await, &format!("{path} fits 375 px")).await;
     }
-    // A group's page too, with a member.
+    // A group's page too, with a member and a long name that has no spaces.
     b.goto(&format!("{}/users", s.base)).await;
     b.fill("input[name=username]", "ann").await;
     b.click("#new-user button[type=submit]").await;
     b.wait_text("Created.").await;
-    group_with_member(&b, &s, "Engineering", "ann").await;
+    group_with_member(&b, &s, "EngineeringPlatformOperationsWorldwideTeam", "ann").await;
     b.check(fits(&b).await, "a group's page fits 375 px").await;
 }
 
