@@ -767,7 +767,7 @@ fn openssl_fingerprint(pem: &Path) -> String {
 /// passes with `--tls-fingerprint`; a wrong fingerprint is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_self_signed_dc_certificate_is_shown_pinned_and_the_agent_syncs() {
-    let dc = delegate(Dc::start_self_signed()).await;
+    let dc = delegated(Dc::start_self_signed()).await;
     let cloud = Cloud::start().await;
     let domain = add_domain(&cloud, &dc).await;
     let key = connect_key(&cloud, &domain).await;

@@ -132,24 +132,31 @@ impl Dc {
 
     /// Starts a new DC on a free loopback address of this process's own range.
     pub fn start() -> Dc {
-        Dc::start_with_tls("ca")
+        Dc::start_with(&[])
+    }
+
+    /// Starts a new DC of another domain (`OTHER.TEST`, `OTHER`): several
+    /// domains in one org.
+    pub fn start_realm(realm: &str, netbios: &str) -> Dc {
+        Dc::start_with(&[("FERRY_DC_REALM", realm), ("FERRY_DC_DOMAIN", netbios)])
     }
 
     /// A DC whose certificate is self-signed, as `openssl req -x509` makes
     /// it (CA:TRUE): `ca_file` is that certificate.
     pub fn start_self_signed() -> Dc {
-        Dc::start_with_tls("self-signed")
+        Dc::start_with(&[("FERRY_DC_TLS", "self-signed")])
     }
 
-    fn start_with_tls(tls: &str) -> Dc {
+    fn start_with(env: &[(&str, &str)]) -> Dc {
+        let self_signed = env.contains(&("FERRY_DC_TLS", "self-signed"));
         for _ in 0..50 {
             let (ip, dir) = Dc::next_address("dc");
             let out = Command::new("bash")
                 .arg(repo().join("scripts/samba-dc"))
-                .env("FERRY_DC_TLS", tls)
                 .args(["start"])
                 .arg(&dir)
                 .arg(&ip)
+                .envs(env.iter().copied())
                 .output()
                 .expect("run scripts/samba-dc");
             let stderr = String::from_utf8_lossy(&out.stderr);
@@ -161,7 +168,7 @@ impl Dc {
             }
             let vars = parse_vars(&String::from_utf8_lossy(&out.stdout));
             let mut dc = Dc::from_vars(&vars, true);
-            if tls == "self-signed" {
+            if self_signed {
                 let fp = Command::new("openssl")
                     .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
                     .arg(&dc.ca_file)
