@@ -224,6 +224,11 @@ async fn the_install_guide_console_steps_and_a_user_added_to_a_group() {
     // The audit log shows what was done, by whom.
     b.goto(&format!("{}/audit", s.base)).await;
     b.wait_text("group.member_add").await;
+    b.check(
+        b.text(&format!("a[href='/users/{ann_id}']")).await == "ann",
+        "the audit log names the user it was done to",
+    )
+    .await;
     b.wait_text(&format!("admin:{}", s.org.admin_email)).await;
 
     // Sign out: the session no longer works.

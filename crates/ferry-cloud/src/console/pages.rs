@@ -1438,6 +1438,8 @@ pub(super) async fn audit(State(state): St, s: Session, Query(q): Q) -> Response
         Ok(l) => l,
         Err(r) => return r,
     };
+    let entries = list["entries"].as_array().cloned().unwrap_or_default();
+    let names = object_names(&state, &s, entries.iter().filter_map(|e| e["target"].as_str())).await;
     page(
         StatusCode::OK,
         layout(
@@ -1449,12 +1451,12 @@ pub(super) async fn audit(State(state): St, s: Session, Query(q): Q) -> Response
                 table {
                     thead { tr { th { "When" } th { "Who" } th { "What" } th { "On" } th { "Details" } } }
                     tbody {
-                        @for e in list["entries"].as_array().into_iter().flatten() {
+                        @for e in &entries {
                             tr {
                                 td { (when(e["at"].as_i64().unwrap_or(0))) }
                                 td { (e["actor"].as_str().unwrap_or("")) }
                                 td { (e["action"].as_str().unwrap_or("")) }
-                                td { code { (e["target"].as_str().unwrap_or("")) } }
+                                td { (object_link(e["target"].as_str().unwrap_or(""), &names)) }
                                 td.details { code { (e["details"].to_string()) } }
                             }
                         }
