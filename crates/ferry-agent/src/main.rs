@@ -320,6 +320,7 @@ async fn install(a: InstallArgs) -> Result<ExitCode> {
             config_dir: a.config_dir,
             service: !a.no_service,
             insecure_skip_tls_verify: a.insecure_skip_tls_verify,
+            tls_fingerprint: a.tls_fingerprint,
         })
         .await;
         return Ok(ExitCode::from(code));

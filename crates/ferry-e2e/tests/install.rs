@@ -352,12 +352,17 @@ async fn the_wizard_installs_an_agent_that_shows_active() {
 /// The wizard started for `dir` on a terminal `columns` wide, answered up to
 /// the DC's CA file, which it asks for now.
 fn wizard_up_to_the_ca(dir: &Path, dc: &Dc, columns: u16) -> Pty {
-    let mut t = Pty::spawn_sized(
-        &agent_binary(),
-        &["install", "--config-dir", dir.to_str().unwrap(), "--no-service"],
-        &[("RUST_LOG", "warn")],
-        columns,
-    );
+    let mut t = wizard_up_to_the_dc(dir, dc, columns, &[]);
+    t.expect("CA certificate");
+    t
+}
+
+/// The wizard (with `extra` flags) started for `dir` on a terminal
+/// `columns` wide, answered up to the domain controller's URL.
+fn wizard_up_to_the_dc(dir: &Path, dc: &Dc, columns: u16, extra: &[&str]) -> Pty {
+    let mut args = vec!["install", "--config-dir", dir.to_str().unwrap(), "--no-service"];
+    args.extend_from_slice(extra);
+    let mut t = Pty::spawn_sized(&agent_binary(), &args, &[("RUST_LOG", "warn")], columns);
     let intro = t.expect("Press Enter to start");
     // The text fits the terminal, wrapped between words.
     assert!(
@@ -376,7 +381,6 @@ fn wizard_up_to_the_ca(dir: &Path, dc: &Dc, columns: u16) -> Pty {
     t.send_line(&dc.base_dn);
     t.expect("Domain controller");
     t.send_line(&dc.ldaps_url);
-    t.expect("CA certificate");
     t
 }
 
@@ -855,6 +859,23 @@ async fn a_self_signed_dc_certificate_is_shown_pinned_and_the_agent_syncs() {
     let (code, out, err) = check(&["--tls-fingerprint", &fingerprint]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("All checks passed."), "{out}");
+    // The wizard with --tls-fingerprint asks for no CA and connects.
+    let mut t = wizard_up_to_the_dc(
+        &tmp.path().join("second"),
+        &dc,
+        160,
+        &["--tls-fingerprint", &fingerprint],
+    );
+    let said = t.expect(&format!("✓ {} serves {}", dc.ldaps_url, dc.base_dn));
+    assert!(
+        !said.contains("CA certificate") && said.contains("(--tls-fingerprint)"),
+        "{said}"
+    );
+    t.expect("Service account (DOMAIN\\user):");
+    t.ctrl_c();
+    t.expect("Cancelled: nothing was installed.");
+    assert_eq!(t.wait().code(), Some(130));
+
     let other = "00:".repeat(31) + "00";
     let (code, out, _) = check(&["--tls-fingerprint", &other]);
     assert_eq!(code, 1, "{out}");

@@ -27,6 +27,8 @@ pub struct Options {
     pub service: bool,
     /// Accept any DC certificate (lab only).
     pub insecure_skip_tls_verify: bool,
+    /// Trust the DC certificate with this SHA-256 (`--tls-fingerprint`): the CA is not asked for.
+    pub tls_fingerprint: Option<String>,
 }
 
 /// The wizard was cancelled (Ctrl-C, end of input, or "q").
@@ -169,6 +171,9 @@ pub async fn run(opts: Options) -> u8 {
         if opts.insecure_skip_tls_verify {
             args.push("--insecure-skip-tls-verify");
         }
+        if let Some(pin) = &opts.tls_fingerprint {
+            args.extend(["--tls-fingerprint", pin]);
+        }
         let dir = opts.config_dir.display().to_string();
         args.extend(["--config-dir", &dir]);
         return match platform::relaunch_elevated(&args) {
@@ -247,7 +252,7 @@ async fn steps(t: &Term, opts: Options) -> Result<u8, Cancelled> {
         let (settings, served) = loop {
             let settings = match ad.take() {
                 Some(s) => s,
-                None => ask_dc(t, &root_dn, opts.insecure_skip_tls_verify)?,
+                None => ask_dc(t, &root_dn, &opts)?,
             };
             match dc_naming_context_or_certificate(&settings).await {
                 Ok(served) => break (settings, served),
@@ -364,7 +369,7 @@ async fn steps(t: &Term, opts: Options) -> Result<u8, Cancelled> {
     }
 }
 
-fn ask_dc(t: &Term, root_dn: &str, insecure: bool) -> Result<AdSettings, Cancelled> {
+fn ask_dc(t: &Term, root_dn: &str, opts: &Options) -> Result<AdSettings, Cancelled> {
     let url = loop {
         let u = t.ask("Domain controller", Some(&default_dc_url(root_dn)))?;
         match dc_url_problem(&u) {
@@ -372,6 +377,17 @@ fn ask_dc(t: &Term, root_dn: &str, insecure: bool) -> Result<AdSettings, Cancell
             None => break u,
         }
     };
+    let mut s = AdSettings::new(&url);
+    s.insecure_skip_tls_verify = opts.insecure_skip_tls_verify;
+    s.starttls = url.starts_with("ldap://");
+    s.timeout = std::time::Duration::from_secs(15);
+    if let Some(pin) = &opts.tls_fingerprint {
+        t.say(&format!(
+            "  The DC's certificate is trusted by its SHA-256 {pin} (--tls-fingerprint)."
+        ));
+        s.tls_fingerprint = Some(pin.clone());
+        return Ok(s);
+    }
     let ca = loop {
         let c = t.ask(
             "CA certificate of the domain controller (PEM file; Enter for the system's trust store)",
@@ -388,11 +404,7 @@ fn ask_dc(t: &Term, root_dn: &str, insecure: bool) -> Result<AdSettings, Cancell
             "{c} is not a readable file: give the path of the CA's PEM file"
         ));
     };
-    let mut s = AdSettings::new(&url);
     s.ca_file = ca;
-    s.insecure_skip_tls_verify = insecure;
-    s.starttls = url.starts_with("ldap://");
-    s.timeout = std::time::Duration::from_secs(15);
     Ok(s)
 }
 
