@@ -57,6 +57,10 @@ pub struct AgentConfig {
     /// CA file for the DC's certificate (relative: in the config directory).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// The DC's certificate, trusted by its SHA-256 (`AB:CD:…`) instead of a
+    /// CA: a self-signed certificate the admin compared and pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_fingerprint: Option<String>,
     /// Skip certificate verification (lab only).
     #[serde(default)]
     pub insecure_skip_tls_verify: bool,
@@ -245,6 +249,7 @@ mod tests {
             root_dn: "DC=example,DC=test".into(),
             ldap_url: "ldaps://dc".into(),
             ca_file: None,
+            tls_fingerprint: None,
             insecure_skip_tls_verify: false,
             bind_user: "EXAMPLE\\svc".into(),
             agent_token: t,

@@ -23,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print a script that creates the service account and delegates it the six tasks (PowerShell for Windows; --samba for samba-tool).
+    Prepare(PrepareArgs),
     /// Check the domain controller and the service account (the install guide's rules), each item ✓ or ✗ with its fix.
     Check(CheckArgs),
     /// Install the agent: a wizard in the terminal, or --non-interactive for automation.
@@ -57,6 +59,9 @@ struct InstallArgs {
     /// PEM file with the CA that signed the DC's certificate (default: the system's trust store).
     #[arg(long)]
     ca_file: Option<PathBuf>,
+    /// Trust exactly the DC certificate with this SHA-256 fingerprint (e.g. a self-signed one), instead of a CA.
+    #[arg(long, value_name = "SHA256", conflicts_with = "ca_file")]
+    tls_fingerprint: Option<String>,
     /// Accept any DC certificate. Lab use only: the connection can then be intercepted.
     #[arg(long)]
     insecure_skip_tls_verify: bool,
@@ -78,6 +83,28 @@ struct InstallArgs {
     /// Replace an agent already installed in the config directory (it is revoked).
     #[arg(long)]
     replace: bool,
+}
+
+#[derive(Args)]
+struct PrepareArgs {
+    /// The Root DN, e.g. DC=example,DC=com.
+    #[arg(long)]
+    root_dn: String,
+    /// The domain's NetBIOS name (default: the Root DN's first part, upper-cased).
+    #[arg(long)]
+    netbios: Option<String>,
+    /// The service account's name.
+    #[arg(long, default_value = ferry_proto::delegation::DEFAULT_ACCOUNT)]
+    account: String,
+    /// Where to delegate the tasks (default: the Root DN).
+    #[arg(long)]
+    scope: Option<String>,
+    /// A bash script with samba-tool, for a Samba DC.
+    #[arg(long)]
+    samba: bool,
+    /// The DC samba-tool talks to (default: ldap://<the domain's DNS name>).
+    #[arg(long)]
+    ldap_url: Option<String>,
 }
 
 #[derive(Args)]
@@ -115,6 +142,9 @@ struct DcArgs {
     /// PEM file with the CA that signed the DC's certificate (default: the system's trust store).
     #[arg(long)]
     ca_file: Option<PathBuf>,
+    /// Trust exactly the DC certificate with this SHA-256 fingerprint (e.g. a self-signed one), instead of a CA.
+    #[arg(long, value_name = "SHA256", conflicts_with = "ca_file")]
+    tls_fingerprint: Option<String>,
     /// Accept any DC certificate. Lab use only: the connection can then be intercepted.
     #[arg(long)]
     insecure_skip_tls_verify: bool,
@@ -153,6 +183,8 @@ fn main() -> ExitCode {
     }
     tracing_subscriber::fmt()
         .with_env_filter(log_filter())
+        // Colour only for a person at a terminal: not in a log file or the journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -173,6 +205,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Prepare(a) => Ok(prepare(a)),
         Command::Check(a) => check(a).await,
         Command::Install(a) => install(*a).await,
         Command::Run(a) => run_sync(a).await,
@@ -213,6 +246,7 @@ fn windows_service_main(config_dir: PathBuf) -> ExitCode {
 fn settings(a: &DcArgs) -> AdSettings {
     let mut s = AdSettings::new(&a.ldap_url);
     s.ca_file = a.ca_file.clone();
+    s.tls_fingerprint = a.tls_fingerprint.clone();
     s.insecure_skip_tls_verify = a.insecure_skip_tls_verify;
     s.starttls = a.ldap_url.starts_with("ldap://") && !a.no_starttls;
     s.timeout = Duration::from_secs(15);
@@ -231,6 +265,28 @@ fn read_password(file: &Option<PathBuf>, what: &str) -> Result<String> {
         bail!("no password for {what}: give --bind-password-file or set FERRY_BIND_PASSWORD");
     }
     Ok(rpassword::prompt_password(format!("Password for {what}: "))?)
+}
+
+fn prepare(a: PrepareArgs) -> ExitCode {
+    use ferry_agent::install::prepare::{script, Platform, PrepareInput};
+    let input = PrepareInput {
+        root_dn: a.root_dn,
+        netbios: a.netbios,
+        account: a.account,
+        scope: a.scope,
+        ldap_url: a.ldap_url,
+        platform: if a.samba { Platform::Samba } else { Platform::Windows },
+    };
+    match script(&input) {
+        Ok(s) => {
+            print!("{s}");
+            ExitCode::SUCCESS
+        }
+        Err(m) => {
+            eprintln!("error: {m}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 async fn check(a: CheckArgs) -> Result<ExitCode> {
@@ -264,6 +320,7 @@ async fn install(a: InstallArgs) -> Result<ExitCode> {
             config_dir: a.config_dir,
             service: !a.no_service,
             insecure_skip_tls_verify: a.insecure_skip_tls_verify,
+            tls_fingerprint: a.tls_fingerprint,
         })
         .await;
         return Ok(ExitCode::from(code));
@@ -293,6 +350,7 @@ async fn install(a: InstallArgs) -> Result<ExitCode> {
     let dc = DcArgs {
         ldap_url: a.ldap_url.unwrap_or_default(),
         ca_file: a.ca_file,
+        tls_fingerprint: a.tls_fingerprint,
         insecure_skip_tls_verify: a.insecure_skip_tls_verify,
         no_starttls: false,
     };

@@ -34,6 +34,7 @@ pub async fn installed_agent(config_dir: &Path, shutdown: impl Future<Output = (
     let cloud = CloudClient::new(&c.cloud_url, &secrets.agent_token)?;
     let mut ad = AdSettings::new(&c.ldap_url);
     ad.ca_file = c.ca_file.clone();
+    ad.tls_fingerprint = c.tls_fingerprint.clone();
     ad.insecure_skip_tls_verify = c.insecure_skip_tls_verify;
     tokio::pin!(shutdown);
     // The domain (root DN, user OU, policies) comes from the cloud.

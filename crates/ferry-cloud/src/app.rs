@@ -124,7 +124,7 @@ pub fn router(state: AppState) -> Router {
     let limit = state.config.body_limit;
     api_routes(&state.config)
         .merge(crate::console::router())
-        .fallback(crate::http::not_found)
+        .fallback(crate::console::not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(
             // Method and path only: query strings and headers may carry secrets.

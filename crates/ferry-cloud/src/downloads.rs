@@ -3,9 +3,14 @@
 //! signed-in admins, each with its SHA-256 so the download can be checked
 //! (`GET /downloads/ferry-agent.sha256`, `…/ferry-agent.msi.sha256`, in
 //! `sha256sum` form).
+//!
+//! The install dialog downloads these in the admin's browser, so the
+//! console's session cookie is accepted here as well as a bearer token.
+//! That is safe for these routes only: they are reads with no effect, and
+//! the cookie is `SameSite=Strict`.
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -16,7 +21,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::app::AppState;
 use crate::http::auth::AdminAuth;
-use crate::http::ApiError;
+use crate::http::{cookie, ApiError, SESSION_COOKIE};
 
 /// Routes under `/downloads`.
 pub fn router() -> Router<AppState> {
@@ -37,6 +42,35 @@ pub fn router() -> Router<AppState> {
             "/ferry-agent.msi.sha256",
             get(|s: State<AppState>, a: AdminAuth| checksum_file(s, a, Artifact::WindowsMsi)),
         )
+        .layer(axum::middleware::map_request(session_cookie_as_bearer))
+        .layer(axum::middleware::map_response(explain_unauthorized))
+}
+
+/// A browser sends the console's session cookie, not a bearer token: the
+/// cookie's token is checked exactly as a bearer token would be.
+async fn session_cookie_as_bearer(mut req: Request) -> Request {
+    if req.headers().contains_key(header::AUTHORIZATION) {
+        return req;
+    }
+    if let Some(token) = cookie(req.headers(), SESSION_COOKIE) {
+        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
+            req.headers_mut().insert(header::AUTHORIZATION, v);
+        }
+    }
+    req
+}
+
+/// A refused download says how to get it: from the console, signed in.
+async fn explain_unauthorized(resp: Response) -> Response {
+    if resp.status() != StatusCode::UNAUTHORIZED {
+        return resp;
+    }
+    ApiError::unauthorized(
+        "sign_in_required",
+        "sign in to the console, then download the agent there (Directories → your domain → Install a new Sync Agent); \
+         a script sends the admin API token that ferry-cloud init wrote (--token-out) as 'Authorization: Bearer <token>'",
+    )
+    .into_response()
 }
 
 /// What the server can offer.

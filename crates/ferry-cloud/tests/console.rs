@@ -21,13 +21,31 @@ async fn sign_in(b: &Browser, s: &TestServer) {
     b.wait_text("Directories").await;
 }
 
-async fn register_agent(s: &TestServer, key: &str, hostname: &str) -> String {
+/// Registers an agent as the install does; it has not run yet.
+async fn register_only(s: &TestServer, key: &str, hostname: &str) -> String {
     use base64::Engine as _;
     let body = json!({"connect_key": key, "hostname": hostname, "version": "0.1.0",
                       "public_key": base64::engine::general_purpose::STANDARD.encode([7u8; 32])});
     let (st, r) = s.call_as("", Method::POST, "/agent/v1/register", Some(body)).await;
     assert_eq!(st, StatusCode::CREATED, "{r}");
-    let token = r["agent_token"].as_str().unwrap().to_owned();
+    r["agent_token"].as_str().unwrap().to_owned()
+}
+
+/// The agent's heartbeat, as it sends it once running.
+async fn heartbeat(s: &TestServer, token: &str) {
+    let (st, _) = s
+        .call_as(
+            token,
+            Method::POST,
+            "/agent/v1/heartbeat",
+            Some(json!({"state": "syncing"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+}
+
+async fn register_agent(s: &TestServer, key: &str, hostname: &str) -> String {
+    let token = register_only(s, key, hostname).await;
     let (st, _) = s
         .call_as(
             &token,
@@ -38,6 +56,24 @@ async fn register_agent(s: &TestServer, key: &str, hostname: &str) -> String {
         .await;
     assert_eq!(st, StatusCode::OK);
     token
+}
+
+/// A new group with `member` added, through its page (which stays open).
+async fn group_with_member(b: &Browser, s: &TestServer, name: &str, member: &str) {
+    b.goto(&format!("{}/groups", s.base)).await;
+    b.fill("input[name=name]", name).await;
+    b.click("#new-group button[type=submit]").await;
+    b.wait_text("Created.").await;
+    b.fill("input[name=add]", member).await;
+    b.click("#add-member button[type=submit]").await;
+    b.wait_text("Saved.").await;
+}
+
+/// Nothing on the page scrolls sideways.
+async fn fits(b: &Browser) -> bool {
+    b.script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+        .await
+        == json!(true)
 }
 
 async fn user_count(s: &TestServer) -> u64 {
@@ -81,11 +117,36 @@ async fn the_install_guide_console_steps_and_a_user_added_to_a_group() {
         "the dialog links the agent download",
     )
     .await;
+    // "Prepare the service account": the scripts for this domain.
+    let script =
+        |platform: &str| format!("return document.querySelector('details.prepare.{platform} pre').textContent");
+    let ps = b.script(&script("windows")).await;
+    let ps = ps.as_str().unwrap_or_default();
+    b.check(
+        ps.contains("$Trustee = 'EXAMPLE\\svc-dirsync'")
+            && ps.contains("-PasswordNeverExpires $true -ChangePasswordAtLogon $false")
+            && ps.contains("dsacls $Scope /I:S /G \"${Trustee}:CA;Reset Password;user\""),
+        &format!("the PowerShell is for this domain: {ps}"),
+    )
+    .await;
+    let sh = b.script(&script("samba")).await;
+    let sh = sh.as_str().unwrap_or_default();
+    b.check(
+        sh.contains("SCOPE='DC=example,DC=test'") && sh.contains("st user create 'svc-dirsync'"),
+        &format!("the samba-tool script is for this domain: {sh}"),
+    )
+    .await;
     b.click("button[data-copy=connect-key]").await;
     // 17–18. The agent registers with the key (the wizard does this through the API).
-    register_agent(&s, &key, "dc1.example.test").await;
-    // 19–20. Close the dialog: the Domain Agents tab shows the agent active.
+    let token = register_only(&s, &key, "dc1.example.test").await;
+    // 19. Close the dialog: until the agent first runs, it is waiting, not active.
     b.click("dialog button[type=submit]").await;
+    b.find("tr.agent[data-status=waiting]").await;
+    b.wait_text("waiting for first contact").await;
+    b.check(b.text("tr.agent").await.contains("never"), "never seen yet")
+        .await;
+    // Its first heartbeat: the tab (refreshing itself) shows it active.
+    heartbeat(&s, &token).await;
     b.find("tr.agent[data-status=active]").await;
     b.wait_text("dc1.example.test").await;
     b.wait_text("primary").await;
@@ -95,6 +156,17 @@ async fn the_install_guide_console_steps_and_a_user_added_to_a_group() {
         .await;
     register_agent(&s, k2["connect_key"].as_str().unwrap(), "dc2.example.test").await;
     b.wait_text("dc2.example.test").await;
+    // 20. "Save" on the Domain Agents tab: the settings stay, the tab stays.
+    b.click("form.save-domain button[type=submit]").await;
+    b.wait_text("Saved.").await;
+    b.check(
+        b.url().await.contains("tab=agents"),
+        "Save on Domain Agents comes back to it",
+    )
+    .await;
+    b.find("tr.agent[data-status=active]").await;
+    let (_, same) = s.call(Method::GET, &format!("/api/v1/domains/{domain}"), None).await;
+    assert_eq!(same["policies"], d["policies"], "Save there changes no setting");
     // "Save" on the Details tab.
     b.click("a[role=tab][href$='tab=details']").await;
     b.fill("input[name=delete_threshold]", "250").await;
@@ -114,13 +186,7 @@ async fn the_install_guide_console_steps_and_a_user_added_to_a_group() {
     b.click("#new-user button[type=submit]").await;
     b.wait_text("Created.").await;
     b.wait_text("Source: the cloud").await;
-    b.goto(&format!("{}/groups", s.base)).await;
-    b.fill("input[name=name]", "Engineering").await;
-    b.click("#new-group button[type=submit]").await;
-    b.wait_text("Created.").await;
-    b.fill("input[name=add]", "ann").await;
-    b.click("#add-member button[type=submit]").await;
-    b.wait_text("Saved.").await;
+    group_with_member(&b, &s, "Engineering", "ann").await;
     b.check(b.count("tr.member").await == 1, "the group lists its member")
         .await;
     let (_, g) = s
@@ -136,6 +202,14 @@ async fn the_install_guide_console_steps_and_a_user_added_to_a_group() {
         .call(Method::GET, "/scim/v2/Users?filter=userName%20eq%20%22ann%22", None)
         .await;
     assert_eq!(members[0]["value"], u["Resources"][0]["id"]);
+    // The member is listed by name, not by id.
+    let row = b.text("tr.member").await;
+    let ann_id = u["Resources"][0]["id"].as_str().unwrap();
+    b.check(
+        row.contains("ann") && !row.contains(ann_id),
+        &format!("the member by name: {row:?}"),
+    )
+    .await;
     assert_eq!(u["Resources"][0]["emails"][0]["value"], "ann@example.test");
 
     // Delete the group (the browser's confirm dialog is answered yes).
@@ -150,6 +224,11 @@ async fn the_install_guide_console_steps_and_a_user_added_to_a_group() {
     // The audit log shows what was done, by whom.
     b.goto(&format!("{}/audit", s.base)).await;
     b.wait_text("group.member_add").await;
+    b.check(
+        b.text(&format!("a[href='/users/{ann_id}']")).await == "ann",
+        "the audit log names the user it was done to",
+    )
+    .await;
     b.wait_text(&format!("admin:{}", s.org.admin_email)).await;
 
     // Sign out: the session no longer works.
@@ -233,6 +312,30 @@ async fn bad_input_is_explained_and_changes_nothing() {
         .call_as(&other.token, Method::GET, &format!("/scim/v2/Users/{theirs_id}"), None)
         .await;
     assert_eq!(t["title"], "Theirs");
+
+    // Addresses that are not pages: console pages that say so (not JSON, not a bare 405).
+    b.goto(&format!("{}/no-such-page", s.base)).await;
+    b.wait_text("Nothing is at /no-such-page.").await;
+    b.goto(&format!("{}/directories/{domain}/install", s.base)).await;
+    b.wait_text("is an action, done with a button on its page, not a page to open.")
+        .await;
+    b.click("main a[href^='/directories/']").await;
+    b.find("#install-agent").await;
+    for (path, status) in [
+        ("/no-such-page".to_owned(), StatusCode::NOT_FOUND),
+        (format!("/directories/{domain}/install"), StatusCode::METHOD_NOT_ALLOWED),
+    ] {
+        let r = s.http.get(format!("{}{path}", s.base)).send().await.unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        let html = r.text().await.unwrap();
+        assert!(html.contains("/static/console.css"), "{path}: a console page: {html}");
+    }
+    let r = s.http.get(format!("{}/api/v1/nothing", s.base)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(
+        r.headers()["content-type"].to_str().unwrap().contains("json"),
+        "an API path still answers JSON"
+    );
 
     // Domain details: a threshold that is not a number, a NetBIOS name too long.
     for (field, value, expect) in [
@@ -324,11 +427,15 @@ async fn the_first_run_creates_the_organization_and_works_at_phone_width() {
     b.resize(375, 800).await;
     for path in ["/signin", "/directories", "/users", "/groups", "/audit"] {
         b.goto(&format!("{}{path}", s.base)).await;
-        let fits = b
-            .script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
-            .await;
-        b.check(fits == json!(true), &format!("{path} fits 375 px")).await;
+        b.check(fits(&b).await, &format!("{path} fits 375 px")).await;
     }
+    // A group's page too, with a member and a long name that has no spaces.
+    b.goto(&format!("{}/users", s.base)).await;
+    b.fill("input[name=username]", "ann").await;
+    b.click("#new-user button[type=submit]").await;
+    b.wait_text("Created.").await;
+    group_with_member(&b, &s, "EngineeringPlatformOperationsWorldwideTeam", "ann").await;
+    b.check(fits(&b).await, "a group's page fits 375 px").await;
 }
 
 /// Sync errors where the admin looks: a count on Directories and the tab,
@@ -376,11 +483,46 @@ async fn sync_errors_are_shown_retried_and_dismissed() {
             .await;
         assert_eq!(st, StatusCode::OK, "{v}");
     }
+    // A user the agent brings from AD: Recent changes names it, not its id.
+    let push = ferry_proto::agent::PushChangesRequest {
+        from_cookie: None,
+        to_cookie: Some("c1".into()),
+        changes: vec![ferry_proto::agent::AdChange::UpsertUser {
+            guid: uuid::Uuid::new_v4(),
+            dn: "CN=Dee Dee,CN=Users,DC=example,DC=test".into(),
+            record: Box::new(ferry_proto::record::UserRecord {
+                username: "deedee".into(),
+                active: true,
+                ..Default::default()
+            }),
+            changed_at: None,
+        }],
+    };
+    let (st, v) = s
+        .call_as(
+            &token,
+            Method::POST,
+            "/agent/v1/changes",
+            Some(serde_json::to_value(push).unwrap()),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (_, dee) = s
+        .call(Method::GET, "/scim/v2/Users?filter=userName%20eq%20%22deedee%22", None)
+        .await;
+    let dee_id = dee["Resources"][0]["id"].as_str().unwrap().to_owned();
     let b = Browser::start("sync-errors").await;
     sign_in(&b, &s).await;
     b.wait_text("2 sync errors").await;
     b.click("a.sync-errors").await;
     b.wait_text("Sync activity (2 errors)").await;
+    b.find(&format!("a[href='/users/{dee_id}']")).await;
+    b.check(
+        b.text(&format!("a[href='/users/{dee_id}']")).await == "deedee"
+            && !b.source().await.contains(&format!("user:{dee_id}")),
+        "Recent changes names the user, not its id",
+    )
+    .await;
     b.check(b.count("tr.sync-error").await == 2, "both errors listed").await;
     b.wait_text("jsmith").await;
     b.wait_text("AD refused a value").await;

@@ -324,6 +324,7 @@ fn write_config(dir: &std::path::Path, dc: &Dc, cloud: &Cloud, agent: &Enrolled)
         root_dn: dc.base_dn.clone(),
         ldap_url: dc.ldaps_url.clone(),
         ca_file: None,
+        tls_fingerprint: None,
         insecure_skip_tls_verify: false,
         bind_user: format!("{}\\svc-sync", dc.domain),
         agent_token,

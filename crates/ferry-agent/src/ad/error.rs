@@ -15,7 +15,7 @@ pub enum AdError {
         detail: String,
     },
     /// TLS setup or verification failed.
-    #[error("TLS to {url} failed: {detail}. Give the DC's CA certificate with --ca-file (or fix the DC's certificate: it must name the host you connect to)")]
+    #[error("TLS to {url} failed: {detail}")]
     Tls {
         /// LDAP URL.
         url: String,

@@ -1,5 +1,5 @@
 //! The AD connector: the agent's hands in Active Directory. Connects over
-//! LDAPS or StartTLS with CA verification, binds as the delegated service
+//! LDAPS or StartTLS with CA verification (or one pinned certificate, [`tls`]), binds as the delegated service
 //! account, reads (paged full reads, ranged multi-valued attributes,
 //! DirSync increments, the in-scope objectGUID set) and writes.
 
@@ -11,10 +11,10 @@ pub mod guid;
 pub mod mapping;
 pub mod names;
 pub mod read;
+pub mod tls;
 pub mod write;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use ldap3::controls::RawControl;
@@ -35,6 +35,9 @@ pub struct AdSettings {
     pub ca_file: Option<PathBuf>,
     /// Upgrade an `ldap://` connection with StartTLS.
     pub starttls: bool,
+    /// Trust exactly the certificate with this SHA-256 (hex, colons
+    /// allowed) instead of a CA: for self-signed DC certificates.
+    pub tls_fingerprint: Option<String>,
     /// Accept any certificate. Only for a lab; logs a loud warning.
     pub insecure_skip_tls_verify: bool,
     /// Connect and per-operation timeout.
@@ -47,6 +50,7 @@ impl AdSettings {
         AdSettings {
             url: url.to_owned(),
             ca_file: None,
+            tls_fingerprint: None,
             starttls: url.starts_with("ldap://"),
             insecure_skip_tls_verify: false,
             timeout: Duration::from_secs(30),
@@ -65,59 +69,6 @@ pub struct AdConnection {
     url: String,
     encrypted: bool,
     timeout: Duration,
-}
-
-fn tls_config(s: &AdSettings) -> Result<Arc<rustls::ClientConfig>, AdError> {
-    let tls_err = |detail: String| AdError::Tls {
-        url: s.url.clone(),
-        detail,
-    };
-    let roots = match &s.ca_file {
-        Some(path) => roots_from_pem(path).map_err(tls_err)?,
-        None => system_roots().map_err(tls_err)?,
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
-/// The CA certificates in a PEM file.
-fn roots_from_pem(path: &std::path::Path) -> Result<rustls::RootCertStore, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let cert = cert.map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("a certificate in {} is not usable: {e}", path.display()))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("{} holds no PEM certificate", path.display()));
-    }
-    Ok(roots)
-}
-
-/// The operating system's trusted roots: the Windows certificate store
-/// (where an enterprise CA such as AD CS is already trusted), the macOS
-/// keychain, or the Linux CA bundle (`SSL_CERT_FILE` overrides it).
-fn system_roots() -> Result<rustls::RootCertStore, String> {
-    let found = rustls_native_certs::load_native_certs();
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, _unusable) = roots.add_parsable_certificates(found.certs);
-    if added == 0 {
-        let why = found
-            .errors
-            .first()
-            .map_or_else(|| "it is empty".to_owned(), |e| e.to_string());
-        return Err(format!(
-            "cannot use the system's trust store ({why}): give the DC's CA certificate with --ca-file"
-        ));
-    }
-    Ok(roots)
 }
 
 impl AdConnection {
@@ -139,7 +90,7 @@ impl AdConnection {
             );
             settings = settings.set_no_tls_verify(true);
         } else if s.encrypted() {
-            settings = settings.set_config(tls_config(s)?);
+            settings = settings.set_config(tls::client_config(s)?);
         }
         let (conn, ldap) = LdapConnAsync::with_settings(settings, &s.url)
             .await

@@ -47,6 +47,8 @@ pub async fn status(dir: &Path) -> anyhow::Result<Status> {
         c.bind_user,
         if c.insecure_skip_tls_verify {
             " (certificate NOT verified)"
+        } else if c.tls_fingerprint.is_some() {
+            " (its certificate pinned by SHA-256)"
         } else {
             ""
         }

@@ -9,6 +9,7 @@
 //! up the service, undoing all three if a later one fails.
 
 pub mod manage;
+pub mod prepare;
 pub mod wizard;
 
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ use ferry_proto::connect_key::connect_key_url;
 use zeroize::Zeroizing;
 
 use crate::ad::dn::{dns_name_of, same_dn, Dn};
-use crate::ad::{AdConnection, AdSettings};
+use crate::ad::{tls, AdConnection, AdError, AdSettings};
 use crate::cloud::{CloudClient, CloudError};
 use crate::config::{self, AgentConfig};
 use crate::platform::{self, service, Outcome};
@@ -116,7 +117,8 @@ pub fn root_dn_problem(dn: &str) -> Option<String> {
     }
     match Dn::parse(dn) {
         Err(e) => Some(format!(
-            "{dn:?} is not a distinguished name ({e}): write it as DC=example,DC=com for example.com"
+            "{dn:?} is not a distinguished name ({}): a Root DN has only DC= parts, e.g. DC=example,DC=com for example.com",
+            e.why
         )),
         Ok(_) if dns_name_of(dn).is_none() => Some(format!(
             "{dn:?} is not a domain's Root DN: a Root DN has only DC= parts, e.g. DC=example,DC=com"
@@ -144,14 +146,66 @@ pub fn dc_url_problem(url: &str) -> Option<String> {
 
 /// Connects to the DC and reads its naming context (the rootDSE is readable
 /// before signing in), so a wrong Root DN is caught before anything else.
+/// An untrusted certificate is described, with its fingerprint to pin.
 pub async fn dc_naming_context(ad: &AdSettings) -> Result<String, Problem> {
-    let mut conn = AdConnection::connect(ad)
-        .await
-        .map_err(|e| Problem::new(Step::Ad, format!("{e}\n  fix: {}", preflight::fix_for(&e))))?;
-    let root = conn
-        .root_dse()
-        .await
-        .map_err(|e| Problem::new(Step::Ad, format!("cannot read the domain controller's rootDSE: {e}")))?;
+    match dc_naming_context_or_certificate(ad).await {
+        Ok(served) => Ok(served),
+        Err(DcRefused::Other(p)) => Err(p),
+        Err(DcRefused::Untrusted { detail, certificate }) => Err(Problem::new(
+            Step::Ad,
+            format!(
+                "TLS to {} failed: {detail}\n  fix: {}\n  The certificate the domain controller presents:\n{}",
+                ad.url,
+                tls::refusal_advice(&detail, true),
+                certificate.describe()
+            ),
+        )),
+    }
+}
+
+/// Why the DC's naming context could not be read.
+pub enum DcRefused {
+    /// The DC's certificate is not trusted; this is the one it presents.
+    Untrusted {
+        /// The TLS error.
+        detail: String,
+        /// The certificate, for the admin to compare and perhaps pin.
+        certificate: tls::DcCertificate,
+    },
+    /// Anything else, explained.
+    Other(Problem),
+}
+
+/// [`dc_naming_context`], with an untrusted certificate handed back whole
+/// (the wizard offers to pin it).
+pub async fn dc_naming_context_or_certificate(ad: &AdSettings) -> Result<String, DcRefused> {
+    if let Some(f) = &ad.tls_fingerprint {
+        tls::parse_fingerprint(f).map_err(|m| DcRefused::Other(Problem::new(Step::Input, m)))?;
+    }
+    let mut conn = match AdConnection::connect(ad).await {
+        Ok(c) => c,
+        Err(AdError::Tls { detail, .. }) if !ad.insecure_skip_tls_verify => {
+            return Err(match tls::dc_certificate(ad).await {
+                Ok(certificate) => DcRefused::Untrusted { detail, certificate },
+                Err(e) => DcRefused::Other(Problem::new(
+                    Step::Ad,
+                    format!("{e}\n  fix: {}", preflight::fix_for(&e)),
+                )),
+            });
+        }
+        Err(e) => {
+            return Err(DcRefused::Other(Problem::new(
+                Step::Ad,
+                format!("{e}\n  fix: {}", preflight::fix_for(&e)),
+            )))
+        }
+    };
+    let root = conn.root_dse().await.map_err(|e| {
+        DcRefused::Other(Problem::new(
+            Step::Ad,
+            format!("cannot read the domain controller's rootDSE: {e}"),
+        ))
+    })?;
     conn.close().await;
     Ok(root.default_naming_context)
 }
@@ -296,6 +350,12 @@ pub async fn install(a: &Answers) -> Result<Installed, Problem> {
         root_dn: reg.domain.root_dn.clone(),
         ldap_url: a.ad.url.clone(),
         ca_file: None,
+        tls_fingerprint: a
+            .ad
+            .tls_fingerprint
+            .as_deref()
+            .and_then(|f| tls::parse_fingerprint(f).ok())
+            .map(|sha256| tls::format_fingerprint(&sha256)),
         insecure_skip_tls_verify: a.ad.insecure_skip_tls_verify,
         bind_user: a.bind_user.trim().to_owned(),
         agent_token: sealed_token,

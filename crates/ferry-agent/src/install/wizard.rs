@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use zeroize::Zeroizing;
 
 use super::{
-    check_key, checklist, cloud_url_for, cloud_url_problem, dc_naming_context, dc_url_problem, default_dc_url, install,
-    root_dn_mismatch, root_dn_problem, summary, Answers,
+    check_key, checklist, cloud_url_for, cloud_url_problem, dc_naming_context_or_certificate, dc_url_problem,
+    default_dc_url, install, root_dn_mismatch, root_dn_problem, summary, Answers, DcRefused,
 };
+use crate::ad::tls::{self, DcCertificate};
 use crate::ad::AdSettings;
 use crate::config::AgentConfig;
 use crate::platform::{self, restore_terminal, save_terminal, service};
@@ -26,6 +27,8 @@ pub struct Options {
     pub service: bool,
     /// Accept any DC certificate (lab only).
     pub insecure_skip_tls_verify: bool,
+    /// Trust the DC certificate with this SHA-256 (`--tls-fingerprint`): the CA is not asked for.
+    pub tls_fingerprint: Option<String>,
 }
 
 /// The wizard was cancelled (Ctrl-C, end of input, or "q").
@@ -55,11 +58,21 @@ fn handle_interrupts() {
     });
 }
 
-struct Term;
+struct Term {
+    /// Where lines are wrapped (the terminal's width).
+    width: usize,
+}
 
 impl Term {
+    fn new() -> Term {
+        let columns = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok());
+        Term {
+            width: columns.or_else(platform::terminal_width).unwrap_or(80).max(40),
+        }
+    }
+
     fn say(&self, text: &str) {
-        println!("{text}");
+        println!("{}", wrap(text, self.width));
     }
 
     fn ask(&self, prompt: &str, default: Option<&str>) -> Result<String, Cancelled> {
@@ -104,12 +117,49 @@ impl Term {
     fn refuse(&self, message: &str) {
         for (i, line) in message.lines().enumerate() {
             if i == 0 {
-                println!("  ✗ {line}");
+                println!("{}", wrap(&format!("  ✗ {line}"), self.width));
             } else {
-                println!("  {line}");
+                println!("{}", wrap(&format!("  {line}"), self.width));
             }
         }
     }
+}
+
+/// Wraps prose lines between words at `width` columns, continuation lines
+/// indented like the line (and past a leading `✓`/`✗`). Lines indented by
+/// four or more spaces are commands or tables and stay whole, to be copied
+/// as they are; so does a word longer than the line.
+fn wrap(text: &str, width: usize) -> String {
+    let mut out = Vec::new();
+    for line in text.split('\n') {
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        if indent >= 4 || line.chars().count() <= width {
+            out.push(line.to_owned());
+            continue;
+        }
+        let body = &line[indent..];
+        let hang = indent
+            + if body.starts_with("✗ ") || body.starts_with("✓ ") {
+                2
+            } else {
+                0
+            };
+        let mut current = " ".repeat(indent);
+        let mut has_word = false;
+        for word in body.split(' ').filter(|w| !w.is_empty()) {
+            if has_word && current.chars().count() + 1 + word.chars().count() > width {
+                out.push(std::mem::replace(&mut current, " ".repeat(hang)));
+                has_word = false;
+            }
+            if has_word {
+                current.push(' ');
+            }
+            current.push_str(word);
+            has_word = true;
+        }
+        out.push(current);
+    }
+    out.join("\n")
 }
 
 /// Runs the wizard; the exit code is 0 when the agent was installed.
@@ -120,6 +170,9 @@ pub async fn run(opts: Options) -> u8 {
         let mut args = vec!["install"];
         if opts.insecure_skip_tls_verify {
             args.push("--insecure-skip-tls-verify");
+        }
+        if let Some(pin) = &opts.tls_fingerprint {
+            args.extend(["--tls-fingerprint", pin]);
         }
         let dir = opts.config_dir.display().to_string();
         args.extend(["--config-dir", &dir]);
@@ -133,7 +186,7 @@ pub async fn run(opts: Options) -> u8 {
     }
     save_terminal();
     handle_interrupts();
-    let code = match steps(&Term, opts).await {
+    let code = match steps(&Term::new(), opts).await {
         Ok(code) => code,
         Err(Cancelled) => {
             restore_terminal();
@@ -199,11 +252,14 @@ async fn steps(t: &Term, opts: Options) -> Result<u8, Cancelled> {
         let (settings, served) = loop {
             let settings = match ad.take() {
                 Some(s) => s,
-                None => ask_dc(t, &root_dn, opts.insecure_skip_tls_verify)?,
+                None => ask_dc(t, &root_dn, &opts)?,
             };
-            match dc_naming_context(&settings).await {
+            match dc_naming_context_or_certificate(&settings).await {
                 Ok(served) => break (settings, served),
-                Err(p) => t.refuse(&p.message),
+                Err(DcRefused::Other(p)) => t.refuse(&p.message),
+                Err(DcRefused::Untrusted { detail, certificate }) => {
+                    ad = offer_pin(t, &settings, &detail, &certificate)?;
+                }
             }
         };
         match root_dn_mismatch(&root_dn, &served, &settings.url) {
@@ -228,7 +284,7 @@ async fn steps(t: &Term, opts: Options) -> Result<u8, Cancelled> {
     t.say("\n[4/6] Checks");
     loop {
         let report = checklist(&ad, &root_dn, &bind_user, &password).await;
-        print!("{}", report.render());
+        t.say(report.render().trim_end());
         if report.ok() {
             t.say("  All checks passed.");
             break;
@@ -313,7 +369,7 @@ async fn steps(t: &Term, opts: Options) -> Result<u8, Cancelled> {
     }
 }
 
-fn ask_dc(t: &Term, root_dn: &str, insecure: bool) -> Result<AdSettings, Cancelled> {
+fn ask_dc(t: &Term, root_dn: &str, opts: &Options) -> Result<AdSettings, Cancelled> {
     let url = loop {
         let u = t.ask("Domain controller", Some(&default_dc_url(root_dn)))?;
         match dc_url_problem(&u) {
@@ -321,6 +377,17 @@ fn ask_dc(t: &Term, root_dn: &str, insecure: bool) -> Result<AdSettings, Cancell
             None => break u,
         }
     };
+    let mut s = AdSettings::new(&url);
+    s.insecure_skip_tls_verify = opts.insecure_skip_tls_verify;
+    s.starttls = url.starts_with("ldap://");
+    s.timeout = std::time::Duration::from_secs(15);
+    if let Some(pin) = &opts.tls_fingerprint {
+        t.say(&format!(
+            "  The DC's certificate is trusted by its SHA-256 {pin} (--tls-fingerprint)."
+        ));
+        s.tls_fingerprint = Some(pin.clone());
+        return Ok(s);
+    }
     let ca = loop {
         let c = t.ask(
             "CA certificate of the domain controller (PEM file; Enter for the system's trust store)",
@@ -337,12 +404,40 @@ fn ask_dc(t: &Term, root_dn: &str, insecure: bool) -> Result<AdSettings, Cancell
             "{c} is not a readable file: give the path of the CA's PEM file"
         ));
     };
-    let mut s = AdSettings::new(&url);
     s.ca_file = ca;
-    s.insecure_skip_tls_verify = insecure;
-    s.starttls = url.starts_with("ldap://");
-    s.timeout = std::time::Duration::from_secs(15);
     Ok(s)
+}
+
+/// The DC's certificate is not trusted: show it, and offer to trust that
+/// one certificate (pinned by its SHA-256) once the admin compared it.
+/// `None`: not trusted; the DC and its CA are asked again.
+fn offer_pin(
+    t: &Term,
+    settings: &AdSettings,
+    detail: &str,
+    cert: &DcCertificate,
+) -> Result<Option<AdSettings>, Cancelled> {
+    t.refuse(&format!(
+        "{} presents a certificate this host does not trust ({detail}).\n{}",
+        settings.url,
+        tls::refusal_advice(detail, false)
+    ));
+    t.say("  The certificate it presents:");
+    t.say(&cert.describe());
+    t.say("  Compare the SHA-256 with the certificate on the DC before trusting it. On the DC:");
+    t.say("    openssl x509 -in cert.pem -noout -fingerprint -sha256    (Samba: the file of \"tls certfile\")");
+    t.say("    certutil -hashfile dc.cer SHA256                          (Windows: the certificate exported as .cer)");
+    if !t.yes(
+        "Trust this certificate? (its SHA-256 is pinned in the agent's config)",
+        false,
+    )? {
+        t.say("  Not trusted: give the CA certificate that signed it, or another domain controller.");
+        return Ok(None);
+    }
+    let mut pinned = settings.clone();
+    pinned.ca_file = None;
+    pinned.tls_fingerprint = Some(cert.sha256.clone());
+    Ok(Some(pinned))
 }
 
 fn ask_account(t: &Term) -> Result<(String, Zeroizing<String>), Cancelled> {
@@ -362,4 +457,36 @@ fn ask_account(t: &Term) -> Result<(String, Zeroizing<String>), Cancelled> {
         break p;
     };
     Ok((user, password))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wrap;
+
+    #[test]
+    fn prose_wraps_between_words_and_commands_stay_whole() {
+        let text = "  ✗ the DC's certificate is a CA certificate (CA:TRUE) used as the server's own certificate";
+        let w = wrap(text, 40);
+        assert!(w.lines().all(|l| l.chars().count() <= 40), "{w}");
+        assert_eq!(
+            w.split_whitespace().collect::<Vec<_>>(),
+            text.split_whitespace().collect::<Vec<_>>()
+        );
+        assert!(
+            w.lines()
+                .skip(1)
+                .all(|l| l.starts_with("    ") && !l.starts_with("     ")),
+            "{w}"
+        );
+        let command =
+            "    openssl x509 -in cert.pem -noout -fingerprint -sha256    (Samba: the file of \"tls certfile\")";
+        assert_eq!(wrap(command, 40), command);
+        let long = format!("SHA-256 {}", "AB:".repeat(40));
+        assert_eq!(
+            wrap(&long, 40).lines().nth(1).map(str::len),
+            Some(120),
+            "a long word stays whole"
+        );
+        assert_eq!(wrap("short\n\nlines", 40), "short\n\nlines");
+    }
 }

@@ -83,6 +83,12 @@ pub fn keep_window_open() {}
 
 static SAVED_TERMINAL: OnceLock<nix::libc::termios> = OnceLock::new();
 
+/// The width of the terminal on stdout, if it is one.
+pub fn terminal_width() -> Option<usize> {
+    let ws = rustix::termios::tcgetwinsize(std::io::stdout()).ok()?;
+    (ws.ws_col > 0).then_some(usize::from(ws.ws_col))
+}
+
 /// Remembers the terminal's settings before the wizard hides input.
 pub fn save_terminal() {
     if let Ok(t) = nix::sys::termios::tcgetattr(std::io::stdin()) {

@@ -167,6 +167,12 @@ pub fn keep_window_open() {
 /// back by the reader itself (rpassword's guard), also when Ctrl-C ends it.
 pub fn save_terminal() {}
 
+/// The console's width is not asked for on Windows: the wizard wraps at
+/// the classic 80 columns (`COLUMNS` overrides it, as everywhere).
+pub fn terminal_width() -> Option<usize> {
+    None
+}
+
 /// Gives the hidden-input reader, interrupted by Ctrl-C on another thread,
 /// the moment it needs to put the console mode back before the process exits.
 pub fn restore_terminal() {

@@ -8,132 +8,71 @@ pub mod sd;
 
 use ldap3::controls::RawControl;
 use ldap3::Scope;
-use uuid::Uuid;
 
 use self::sd::{granted, parse_dacl, rid, sid_to_string, AppliesTo, Need, Sid};
 use crate::ad::dn::{dn_within, same_dn, Dn};
 use crate::ad::write::{UF_DONT_EXPIRE_PASSWD, UF_NORMAL_ACCOUNT};
 use crate::ad::{ber, AdConnection, AdError, AdSettings};
 
-const USER_CLASS: Uuid = Uuid::from_u128(0xbf967aba_0de6_11d0_a285_00aa003049e2);
-const GROUP_CLASS: Uuid = Uuid::from_u128(0xbf967a9c_0de6_11d0_a285_00aa003049e2);
-const RESET_PASSWORD: Uuid = Uuid::from_u128(0x00299570_246d_11d0_a768_00aa006e0529);
-const PWD_LAST_SET: Uuid = Uuid::from_u128(0xbf967a0a_0de6_11d0_a285_00aa003049e2);
-const MEMBER_ATTR: Uuid = Uuid::from_u128(0xbf9679c0_0de6_11d0_a285_00aa003049e2);
-const GP_LINK: Uuid = Uuid::from_u128(0xf30e3bbe_9ff0_11d1_b603_0000f80367c1);
-const GP_OPTIONS: Uuid = Uuid::from_u128(0xf30e3bbf_9ff0_11d1_b603_0000f80367c1);
+pub use ferry_proto::delegation::Task;
+use ferry_proto::delegation::{
+    GP_LINK, GP_OPTIONS, GROUP_CLASS, MEMBER_ATTR, PWD_LAST_SET, RESET_PASSWORD, USER_CLASS,
+};
 
-/// The first six "common tasks" of the Delegation of Control wizard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Task {
-    /// Create, delete, and manage user accounts.
-    ManageUsers,
-    /// Reset user passwords and force password change at next logon.
-    ResetPasswords,
-    /// Read all user information.
-    ReadUsers,
-    /// Create, delete and manage groups.
-    ManageGroups,
-    /// Modify the membership of a group.
-    ModifyMembership,
-    /// Manage Group Policy links.
-    ManageGpLinks,
+/// The effective rights that make a task possible. The wizard's grants
+/// overlap (full control of users includes resetting their passwords), so
+/// a broader grant satisfies a narrower task.
+fn needs(task: Task) -> Vec<Need> {
+    use sd::rights::*;
+    let on = |rights, object, applies_to| Need {
+        rights,
+        object,
+        applies_to,
+    };
+    match task {
+        Task::ManageUsers => vec![
+            on(CC | DC, Some(USER_CLASS), AppliesTo::Container),
+            on(WP, None, AppliesTo::Descendants(USER_CLASS)),
+        ],
+        Task::ResetPasswords => vec![
+            on(CR, Some(RESET_PASSWORD), AppliesTo::Descendants(USER_CLASS)),
+            on(WP, Some(PWD_LAST_SET), AppliesTo::Descendants(USER_CLASS)),
+        ],
+        Task::ReadUsers => vec![on(RP, None, AppliesTo::Descendants(USER_CLASS))],
+        Task::ManageGroups => vec![
+            on(CC | DC, Some(GROUP_CLASS), AppliesTo::Container),
+            on(WP, None, AppliesTo::Descendants(GROUP_CLASS)),
+        ],
+        Task::ModifyMembership => vec![on(RP | WP, Some(MEMBER_ATTR), AppliesTo::Descendants(GROUP_CLASS))],
+        Task::ManageGpLinks => vec![
+            on(RP | WP, Some(GP_LINK), AppliesTo::Container),
+            on(RP | WP, Some(GP_OPTIONS), AppliesTo::Container),
+        ],
+    }
 }
 
-impl Task {
-    /// All six, in the wizard's order.
-    pub const ALL: [Task; 6] = [
-        Task::ManageUsers,
-        Task::ResetPasswords,
-        Task::ReadUsers,
-        Task::ManageGroups,
-        Task::ModifyMembership,
-        Task::ManageGpLinks,
-    ];
-
-    /// The wizard's wording.
-    pub fn title(self) -> &'static str {
-        match self {
-            Task::ManageUsers => "Create, delete, and manage user accounts",
-            Task::ResetPasswords => "Reset user passwords and force password change at next logon",
-            Task::ReadUsers => "Read all user information",
-            Task::ManageGroups => "Create, delete and manage groups",
-            Task::ModifyMembership => "Modify the membership of a group",
-            Task::ManageGpLinks => "Manage Group Policy links",
-        }
+/// How to grant a task, on Windows and on Samba: one short command per ACE
+/// (`samba_url`: the DC samba-tool talks to), or `ferry-agent prepare`.
+fn task_fix(task: Task, scope: &str, account: &str, sid: &str, samba_url: &str) -> String {
+    let mut out = format!(
+        "Delegate \"{}\" to {account} on {scope} (Active Directory Users and Computers → Delegate Control; `ferry-agent prepare` prints a script for all six), or run",
+        task.title()
+    );
+    out.push_str("\n      Windows:");
+    for g in task.grants() {
+        let (inherit, perm) = g.dsacls();
+        out.push_str(&format!(
+            "\n        dsacls \"{scope}\" {inherit} /G \"{account}:{perm}\""
+        ));
     }
-
-    /// The effective rights that make the task possible. The wizard's
-    /// grants overlap (full control of users includes resetting their
-    /// passwords), so a broader grant satisfies a narrower task.
-    fn needs(self) -> Vec<Need> {
-        use sd::rights::*;
-        let on = |rights, object, applies_to| Need {
-            rights,
-            object,
-            applies_to,
-        };
-        match self {
-            Task::ManageUsers => vec![
-                on(CC | DC, Some(USER_CLASS), AppliesTo::Container),
-                on(WP, None, AppliesTo::Descendants(USER_CLASS)),
-            ],
-            Task::ResetPasswords => vec![
-                on(CR, Some(RESET_PASSWORD), AppliesTo::Descendants(USER_CLASS)),
-                on(WP, Some(PWD_LAST_SET), AppliesTo::Descendants(USER_CLASS)),
-            ],
-            Task::ReadUsers => vec![on(RP, None, AppliesTo::Descendants(USER_CLASS))],
-            Task::ManageGroups => vec![
-                on(CC | DC, Some(GROUP_CLASS), AppliesTo::Container),
-                on(WP, None, AppliesTo::Descendants(GROUP_CLASS)),
-            ],
-            Task::ModifyMembership => vec![on(RP | WP, Some(MEMBER_ATTR), AppliesTo::Descendants(GROUP_CLASS))],
-            Task::ManageGpLinks => vec![
-                on(RP | WP, Some(GP_LINK), AppliesTo::Container),
-                on(RP | WP, Some(GP_OPTIONS), AppliesTo::Container),
-            ],
-        }
+    out.push_str("\n      Samba:");
+    for g in task.grants() {
+        out.push_str(&format!(
+            "\n        samba-tool dsacl set -H {samba_url} -U Administrator --objectdn='{scope}' --sddl='{}'",
+            g.sddl(sid)
+        ));
     }
-
-    /// The ACEs the wizard writes for this task, in SDDL, for `sid`.
-    pub fn sddl(self, sid: &str) -> String {
-        let (u, g) = (USER_CLASS, GROUP_CLASS);
-        match self {
-            Task::ManageUsers => format!("(OA;CI;CCDC;{u};;{sid})(OA;CIIO;GA;;{u};{sid})"),
-            Task::ResetPasswords => {
-                format!("(OA;CIIO;CR;{RESET_PASSWORD};{u};{sid})(OA;CIIO;RPWP;{PWD_LAST_SET};{u};{sid})")
-            }
-            Task::ReadUsers => format!("(OA;CIIO;RP;;{u};{sid})"),
-            Task::ManageGroups => format!("(OA;CI;CCDC;{g};;{sid})(OA;CIIO;GA;;{g};{sid})"),
-            Task::ModifyMembership => format!("(OA;CIIO;RPWP;{MEMBER_ATTR};{g};{sid})"),
-            Task::ManageGpLinks => format!("(OA;CI;RPWP;{GP_LINK};;{sid})(OA;CI;RPWP;{GP_OPTIONS};;{sid})"),
-        }
-    }
-
-    /// How to grant it, on Windows and on Samba.
-    pub fn fix(self, scope: &str, account: &str, sid: &str) -> String {
-        let dsacls = match self {
-            Task::ManageUsers => format!(
-                "dsacls \"{scope}\" /I:T /G \"{account}:CCDC;user\" && dsacls \"{scope}\" /I:S /G \"{account}:GA;;user\""
-            ),
-            Task::ResetPasswords => format!(
-                "dsacls \"{scope}\" /I:S /G \"{account}:CA;Reset Password;user\" \"{account}:RPWP;pwdLastSet;user\""
-            ),
-            Task::ReadUsers => format!("dsacls \"{scope}\" /I:S /G \"{account}:RP;;user\""),
-            Task::ManageGroups => format!(
-                "dsacls \"{scope}\" /I:T /G \"{account}:CCDC;group\" && dsacls \"{scope}\" /I:S /G \"{account}:GA;;group\""
-            ),
-            Task::ModifyMembership => format!("dsacls \"{scope}\" /I:S /G \"{account}:RPWP;member;group\""),
-            Task::ManageGpLinks => {
-                format!("dsacls \"{scope}\" /I:T /G \"{account}:RPWP;gPLink\" \"{account}:RPWP;gPOptions\"")
-            }
-        };
-        format!(
-            "Delegate \"{}\" to {account} on {scope} (Active Directory Users and Computers → Delegate Control), or run\n      Windows: {dsacls}\n      Samba:   samba-tool dsacl set --objectdn='{scope}' --sddl='{}'",
-            self.title(),
-            self.sddl(sid)
-        )
-    }
+    out
 }
 
 /// One checklist line.
@@ -237,13 +176,15 @@ pub fn account_form_problem(account: &str) -> Option<String> {
     }
 }
 
-/// Why the service account's name will not do, if it will not: names with
-/// "ferry" in them are Ferry's own and never synced, so an account the
-/// agent signs in as must not look like one.
+/// Why the service account's name will not do, if it will not. The install
+/// guide asks for a name without the product's ("ferry"), so the account is
+/// not taken for something Ferry created. Nothing else depends on the name:
+/// the agent leaves its own account out of the sync by its DN, whatever it
+/// is called, and other users with "ferry" in their names sync as usual.
 pub fn account_name_problem(account: &str) -> Option<String> {
     let user = account.trim().rsplit('\\').next().unwrap_or_default();
     user.to_lowercase().contains("ferry").then(|| {
-        format!("{user:?} contains \"ferry\", a name reserved for Ferry's own objects: create a service account with another name, e.g. svc-dirsync")
+        format!("{user:?} contains \"ferry\": the install guide asks for a service account named otherwise, so it is not taken for something Ferry created (the agent's own account is left out of the sync whatever its name); create one with another name, e.g. svc-dirsync")
     })
 }
 
@@ -276,7 +217,7 @@ pub async fn run(input: &PreflightInput) -> Report {
         root_syntax.is_ok(),
         match &root_syntax {
             Ok(_) => input.root_dn.clone(),
-            Err(e) => e.to_string(),
+            Err(e) => format!("{:?} is not a distinguished name: {}", e.dn, e.why),
         },
         Some("Enter the domain's DN, e.g. DC=example,DC=com for example.com".into()),
     );
@@ -284,11 +225,25 @@ pub async fn run(input: &PreflightInput) -> Report {
     let mut conn = match AdConnection::connect(&input.settings).await {
         Ok(c) => c,
         Err(e) => {
+            // An untrusted certificate is shown, so its fingerprint can be compared and pinned.
+            let presented = match &e {
+                AdError::Tls { .. } if !input.settings.insecure_skip_tls_verify => {
+                    crate::ad::tls::dc_certificate(&input.settings).await.ok()
+                }
+                _ => None,
+            };
+            let detail = match presented {
+                Some(c) => format!(
+                    "{e}\n    The certificate the domain controller presents:\n{}",
+                    c.describe()
+                ),
+                None => e.to_string(),
+            };
             r.push(
                 "connect",
                 "Domain controller reachable over TLS",
                 false,
-                e.to_string(),
+                detail,
                 Some(fix_for(&e)),
             );
             return r;
@@ -305,13 +260,28 @@ pub async fn run(input: &PreflightInput) -> Report {
         return r;
     }
     if let Err(e) = conn.bind(account, &input.password).await {
-        r.push(
-            "bind",
-            "Sign-in as the service account",
-            false,
-            e.to_string(),
-            Some(fix_for(&e)),
-        );
+        let wrong_prefix = match &e {
+            AdError::Bind(m) if m.contains("password is wrong") && !domain_part.is_empty() => {
+                right_netbios_name(input, domain_part, user_part).await
+            }
+            _ => None,
+        };
+        match wrong_prefix {
+            Some((nb, upn)) => r.push(
+                "bind",
+                "Sign-in as the service account",
+                false,
+                format!("cannot sign in as {account}: {domain_part:?} is not this domain's NetBIOS name {nb:?} (the password is right: it signs in as {upn})"),
+                Some(format!("Enter the account as {nb}\\{user_part}")),
+            ),
+            None => r.push(
+                "bind",
+                "Sign-in as the service account",
+                false,
+                e.to_string(),
+                Some(fix_for(&e)),
+            ),
+        }
         return r;
     }
     r.push(
@@ -485,7 +455,7 @@ pub async fn run(input: &PreflightInput) -> Report {
             .cloned()
             .collect();
         for task in Task::ALL {
-            let ok = task.needs().iter().all(|n| granted(&dacl, &delegated_to, n));
+            let ok = needs(task).iter().all(|n| granted(&dacl, &delegated_to, n));
             r.push(
                 &format!("task:{task:?}"),
                 task.title(),
@@ -495,7 +465,13 @@ pub async fn run(input: &PreflightInput) -> Report {
                 } else {
                     format!("not delegated on {scope}")
                 },
-                Some(task.fix(scope, account, &my_sid_text)),
+                Some(task_fix(
+                    task,
+                    scope,
+                    account,
+                    &my_sid_text,
+                    &samba_url(&input.settings.url),
+                )),
             );
         }
     }
@@ -505,6 +481,26 @@ pub async fn run(input: &PreflightInput) -> Report {
 
 fn sid_domain(s: &[u8]) -> &[u8] {
     &s[..s.len().saturating_sub(4)]
+}
+
+/// A sign-in as `DOMAIN\user` refused as a wrong password may be a wrong
+/// DOMAIN (AD answers both alike): if the same password signs in as
+/// `user@<the Root DN's DNS name>`, it was the prefix. Returns the domain's
+/// NetBIOS name and the name that worked. (Only tried after a refusal, so a
+/// really wrong password costs one more failed sign-in.)
+async fn right_netbios_name(input: &PreflightInput, given: &str, user: &str) -> Option<(String, String)> {
+    let upn = format!("{user}@{}", crate::ad::dn::dns_name_of(&input.root_dn)?);
+    let mut conn = AdConnection::connect(&input.settings).await.ok()?;
+    conn.bind(&upn, &input.password).await.ok()?;
+    let root = conn.root_dse().await.ok()?;
+    let nb = netbios_name(
+        &mut conn,
+        &root.configuration_naming_context,
+        &root.default_naming_context,
+    )
+    .await;
+    conn.close().await;
+    nb.filter(|nb| !nb.eq_ignore_ascii_case(given)).map(|nb| (nb, upn))
 }
 
 async fn netbios_name(conn: &mut AdConnection, config_nc: &str, nc: &str) -> Option<String> {
@@ -545,10 +541,21 @@ async fn read_dacl(conn: &mut AdConnection, dn: &str) -> Result<Vec<sd::Ace>, Ad
 /// How to fix a connection or sign-in error.
 pub fn fix_for(e: &AdError) -> String {
     match e {
-        AdError::Tls { .. } => "Give the CA certificate that signed the DC's certificate (--ca-file), and connect by the name or address the certificate carries".into(),
+        AdError::Tls { detail, .. } => crate::ad::tls::refusal_advice(detail, true),
         AdError::Connect { .. } => "Check the DC's address, that LDAPS (636) or LDAP with StartTLS (389) is reachable from this host, and that the DC runs".into(),
         AdError::Bind(m) if m.contains("disabled") => "Enable the account".into(),
         AdError::Bind(m) if m.contains("must change") => "Untick \"User must change password at next logon\" and set the password again".into(),
         _ => "Check the account name (DOMAIN\\user) and its password".into(),
     }
+}
+
+/// The plain-LDAP URL of the DC, for samba-tool (it signs and seals the
+/// connection itself).
+fn samba_url(ldap_url: &str) -> String {
+    let rest = ldap_url
+        .strip_prefix("ldaps://")
+        .or_else(|| ldap_url.strip_prefix("ldap://"))
+        .unwrap_or(ldap_url);
+    let host = rest.split(['/', ':']).next().unwrap_or(rest);
+    format!("ldap://{host}")
 }

@@ -37,6 +37,8 @@ pub struct Dc {
     pub samba_ldap_url: String,
     /// The AD double in front of this DC, if any (stopped when the last clone goes).
     pub double: Option<Arc<DoubleGuard>>,
+    /// The SHA-256 of a self-signed DC certificate, pinned by the fixture's own connections.
+    pub tls_fingerprint: Option<String>,
     owned: bool,
 }
 
@@ -66,6 +68,7 @@ impl Dc {
             admin_password: get("FERRY_DC_ADMIN_PASSWORD"),
             samba_ldap_url: get("FERRY_DC_LDAP_URL"),
             double: None,
+            tls_fingerprint: None,
             owned,
         }
     }
@@ -138,7 +141,14 @@ impl Dc {
         Dc::start_with(&[("FERRY_DC_REALM", realm), ("FERRY_DC_DOMAIN", netbios)])
     }
 
+    /// A DC whose certificate is self-signed, as `openssl req -x509` makes
+    /// it (CA:TRUE): `ca_file` is that certificate.
+    pub fn start_self_signed() -> Dc {
+        Dc::start_with(&[("FERRY_DC_TLS", "self-signed")])
+    }
+
     fn start_with(env: &[(&str, &str)]) -> Dc {
+        let self_signed = env.contains(&("FERRY_DC_TLS", "self-signed"));
         for _ in 0..50 {
             let (ip, dir) = Dc::next_address("dc");
             let out = Command::new("bash")
@@ -157,14 +167,30 @@ impl Dc {
                 panic!("scripts/samba-dc start failed:\n{stderr}");
             }
             let vars = parse_vars(&String::from_utf8_lossy(&out.stdout));
-            return Dc::from_vars(&vars, true).with_double_from_env();
+            let mut dc = Dc::from_vars(&vars, true);
+            if self_signed {
+                let fp = Command::new("openssl")
+                    .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+                    .arg(&dc.ca_file)
+                    .output()
+                    .expect("run openssl");
+                dc.tls_fingerprint = String::from_utf8_lossy(&fp.stdout)
+                    .trim()
+                    .rsplit('=')
+                    .next()
+                    .map(str::to_owned);
+            }
+            return dc.with_double_from_env();
         }
         panic!("no free loopback address for a test DC");
     }
 
     pub fn admin_settings(&self) -> AdSettings {
         let mut s = AdSettings::new(&self.ldaps_url);
-        s.ca_file = Some(self.ca_file.clone());
+        match &self.tls_fingerprint {
+            Some(pin) => s.tls_fingerprint = Some(pin.clone()),
+            None => s.ca_file = Some(self.ca_file.clone()),
+        }
         s
     }
 

@@ -290,12 +290,24 @@ pub fn agent_status(last_seen_at: i64, now: i64) -> &'static str {
     }
 }
 
+/// An agent's state for the admin: `waiting` from registration until its
+/// first heartbeat (the install registered it; it has not run yet: the
+/// report is still the empty one registration stores, as a heartbeat always
+/// reports every field), then [`agent_status`] by its last heartbeat.
+pub fn agent_state(a: &Agent, now: i64) -> &'static str {
+    if a.report.as_object().is_none_or(serde_json::Map::is_empty) {
+        "waiting"
+    } else {
+        agent_status(a.last_seen_at, now)
+    }
+}
+
 fn agent_json(a: &Agent, d: &Domain, now: i64) -> Value {
     json!({
         "id": a.id,
         "hostname": a.hostname,
         "version": a.version,
-        "status": agent_status(a.last_seen_at, now),
+        "status": agent_state(a, now),
         "primary": d.lease_agent_id == Some(a.id) && d.lease_expires_at > now,
         "last_seen": a.last_seen_at,
         "registered_at": a.created_at,
@@ -614,5 +626,29 @@ mod tests {
         assert_eq!(agent_status(0, 30_000), "stale");
         assert_eq!(agent_status(0, 299_999), "stale");
         assert_eq!(agent_status(0, 300_000), "offline");
+    }
+
+    #[test]
+    fn an_agent_is_waiting_until_its_first_heartbeat() {
+        let mut a = Agent {
+            id: uuid::Uuid::nil(),
+            org_id: uuid::Uuid::nil(),
+            domain_id: uuid::Uuid::nil(),
+            hostname: "dc1".into(),
+            version: "0.1.0".into(),
+            public_key: String::new(),
+            created_at: 1_000,
+            last_seen_at: 1_000,
+            revoked_at: None,
+            report: json!({}),
+        };
+        assert_eq!(agent_state(&a, 1_000), "waiting");
+        assert_eq!(agent_state(&a, 10_000_000), "waiting", "not offline: it never ran");
+        // A heartbeat at once (a test clock that stands still) is a contact all the same.
+        a.report = serde_json::to_value(ferry_proto::agent::HeartbeatRequest::default()).unwrap();
+        assert_eq!(agent_state(&a, 1_000), "active");
+        a.last_seen_at = 2_000;
+        assert_eq!(agent_state(&a, 2_000), "active");
+        assert_eq!(agent_state(&a, 2_000 + 300_000), "offline");
     }
 }

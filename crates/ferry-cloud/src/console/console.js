@@ -1,5 +1,6 @@
 // Ferry console: the little the pages need beyond HTML. Everything works
-// without it except the copy button and the agents tab refreshing itself.
+// without it except the copy button, the agents tab refreshing itself and
+// the install dialog starting its download by itself.
 "use strict";
 document.addEventListener("click", (ev) => {
   const copy = ev.target.closest("[data-copy]");
@@ -28,4 +29,12 @@ for (const section of document.querySelectorAll("[data-refresh]")) {
     const current = document.getElementById(id);
     if (next && current) current.replaceWith(next);
   }, every);
+}
+// The install dialog starts the agent's download for this browser's
+// platform as it opens (install guide step 4); its link is the fallback.
+{
+  const platform = /Windows/.test(navigator.userAgent) ? "windows" : "linux";
+  const auto = document.querySelector(`dialog[open] a[data-autodownload=${platform}]`)
+    || document.querySelector("dialog[open] a[data-autodownload]");
+  if (auto) auto.click();
 }

@@ -19,7 +19,7 @@ mod pages;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequestParts, State};
-use axum::http::header::{CONTENT_TYPE, COOKIE, HOST, LOCATION, SET_COOKIE};
+use axum::http::header::{CONTENT_TYPE, HOST, LOCATION, SET_COOKIE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 use tower::ServiceExt;
 
 use crate::app::AppState;
+use crate::http::{cookie, SESSION_COOKIE};
 
 /// The console's routes (mounted at `/`).
 pub fn router() -> Router<AppState> {
@@ -64,9 +65,61 @@ pub fn router() -> Router<AppState> {
         .route("/audit", get(pages::audit))
         .route("/static/console.css", get(css))
         .route("/static/console.js", get(js))
+        .method_not_allowed_fallback(method_not_allowed)
 }
 
-const SESSION_COOKIE: &str = "ferry_session";
+/// The fallback of the whole service: a console page for a person, the
+/// API's JSON for a path under an API.
+pub async fn not_found(uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    let api = ["/api/", "/agent/", "/scim/", "/downloads/", "/healthz"];
+    if api.iter().any(|p| path.starts_with(p)) {
+        return crate::http::not_found(uri).await;
+    }
+    page(
+        StatusCode::NOT_FOUND,
+        layout(
+            "Not found",
+            "",
+            None,
+            html! {
+                h1 { "There is no such page" }
+                p.error role="alert" { "Nothing is at " code { (path) } "." }
+                p { a href="/" { "Back to the console" } }
+            },
+        ),
+    )
+}
+
+/// A console address visited with a method it does not take: an action
+/// (a form's button) opened as a link, or a page posted to.
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    let page_of = path
+        .rsplit_once('/')
+        .map_or("/", |(p, _)| if p.is_empty() { "/" } else { p });
+    let (what, back) = if method == Method::GET {
+        (
+            "is an action, done with a button on its page, not a page to open",
+            page_of,
+        )
+    } else {
+        ("is a page to open, not a form to send", path)
+    };
+    page(
+        StatusCode::METHOD_NOT_ALLOWED,
+        layout(
+            "Not here",
+            "",
+            None,
+            html! {
+                h1 { "Not here" }
+                p.error role="alert" { code { (path) } " " (what) "." }
+                p { a href=(back) { "Go to the page" } " · " a href="/" { "Back to the console" } }
+            },
+        ),
+    )
+}
 
 async fn css() -> Response {
     ([(CONTENT_TYPE, "text/css; charset=utf-8")], include_str!("console.css")).into_response()
@@ -130,18 +183,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
                 .is_some_and(|v| v.as_bytes() == b"https"),
         })
     }
-}
-
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
-        .filter(|v| !v.is_empty() && v.len() < 200)
 }
 
 /// An answer from the API: status and JSON body.

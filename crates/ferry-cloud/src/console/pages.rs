@@ -243,6 +243,9 @@ fn health(agents: &[Value]) -> (&'static str, String) {
         ),
         Some(_) => ("yellow", "the primary agent is not reporting".into()),
         None if agents.is_empty() => ("red", "no agent installed".into()),
+        None if agents.iter().all(|a| a["status"] == "waiting") => {
+            ("yellow", "agent installed, waiting for its first contact".into())
+        }
         None => ("red", "no agent is syncing".into()),
     }
 }
@@ -352,6 +355,8 @@ struct DomainView {
     sync_errors: Vec<Value>,
     sync_error_total: i64,
     activity: Vec<Value>,
+    /// Names of the objects the activity names by id.
+    names: ObjectNames,
 }
 
 async fn load_domain(state: &AppState, s: &Session, id: &str) -> Result<DomainView, Response> {
@@ -370,7 +375,8 @@ async fn load_domain(state: &AppState, s: &Session, id: &str) -> Result<DomainVi
         .filter(|e| e["details"]["origin"] == id || e["target"] == format!("domain:{id}").as_str())
         .take(50)
         .cloned()
-        .collect();
+        .collect::<Vec<_>>();
+    let names = object_names(state, s, activity.iter().filter_map(|e| e["target"].as_str())).await;
     Ok(DomainView {
         domain,
         agents: agents["agents"].as_array().cloned().unwrap_or_default(),
@@ -378,7 +384,49 @@ async fn load_domain(state: &AppState, s: &Session, id: &str) -> Result<DomainVi
         sync_errors: errors["sync_errors"].as_array().cloned().unwrap_or_default(),
         sync_error_total: errors["total"].as_i64().unwrap_or(0),
         activity,
+        names,
     })
+}
+
+/// Names of objects the API names by id, keyed by the audit log's
+/// `user:ID` / `group:ID`: the console shows names, never bare ids.
+type ObjectNames = HashMap<String, String>;
+
+/// The names of these objects, one read each (an object deleted since is
+/// left out; its id is shown).
+async fn object_names<'a>(state: &AppState, s: &Session, targets: impl Iterator<Item = &'a str>) -> ObjectNames {
+    let mut names = ObjectNames::new();
+    for target in targets {
+        if names.contains_key(target) {
+            continue;
+        }
+        let (path, attr) = match target.split_once(':') {
+            Some(("user", id)) if id_ok(id).is_ok() => (format!("/scim/v2/Users/{id}?attributes=userName"), "userName"),
+            Some(("group", id)) if id_ok(id).is_ok() => {
+                (format!("/scim/v2/Groups/{id}?attributes=displayName"), "displayName")
+            }
+            _ => continue,
+        };
+        let a = s.api(state, Method::GET, &path, None).await;
+        if let Some(name) = a.body[attr].as_str().filter(|_| a.ok()) {
+            names.insert(target.to_owned(), name.to_owned());
+        }
+    }
+    names
+}
+
+/// An object named by `kind:id`: its name, linked to its page, or the id
+/// when it is gone.
+fn object_link(target: &str, names: &ObjectNames) -> Markup {
+    let page = match target.split_once(':') {
+        Some(("user", id)) => Some(format!("/users/{id}")),
+        Some(("group", id)) => Some(format!("/groups/{id}")),
+        _ => None,
+    };
+    match (names.get(target), page) {
+        (Some(name), Some(href)) => html! { a href=(href) { (name) } },
+        _ => html! { code { (target) } },
+    }
 }
 
 fn select(name: &str, current: &str, options: &[(&str, &str)]) -> Markup {
@@ -432,6 +480,7 @@ fn domain_page(
                     dialog open id="install-dialog" aria-labelledby="install-title" {
                         h2 id="install-title" { "Install a new Sync Agent" }
                         (install_steps(k))
+                        (prepare_account(d))
                         div.copy {
                             input id="connect-key" readonly value=(k["connect_key"].as_str().unwrap_or("")) aria-label="Connect Key";
                             button type="button" data-copy="connect-key" { "Copy" }
@@ -448,6 +497,16 @@ fn domain_page(
                         a role="tab" href={ "/directories/" (id) "?tab=" (t) } aria-selected=(if t == tab { "true" } else { "false" }) { (label) }
                     }
                 }
+                @if tab != "details" {
+                    // Save on every tab (install guide step 20): it keeps the settings as
+                    // they are on Details, and comes back here.
+                    form.save-domain method="post" action={ "/directories/" (id) } {
+                        (csrf_input(s))
+                        input type="hidden" name="tab" value=(tab);
+                        button.primary type="submit" { "Save" }
+                        span.small { " the domain's settings (change them on Details)" }
+                    }
+                }
                 @if tab == "agents" {
                     section id="agents" data-refresh="5" {
                         @if v.agents.is_empty() {
@@ -458,13 +517,18 @@ fn domain_page(
                                 tbody {
                                     @for a in &v.agents {
                                         @let status = a["status"].as_str().unwrap_or("offline");
-                                        @let color = match status { "active" => "green", "stale" => "yellow", _ => "red" };
+                                        @let (color, label) = match status {
+                                            "active" => ("green", "active"),
+                                            "stale" => ("yellow", "stale"),
+                                            "waiting" => ("grey", "waiting for first contact"),
+                                            _ => ("red", "offline"),
+                                        };
                                         tr.agent data-status=(status) {
-                                            td { span class={ "dot " (color) } aria-hidden="true" {} " " (status) }
+                                            td { span class={ "dot " (color) } aria-hidden="true" {} " " (label) }
                                             td { (a["hostname"].as_str().unwrap_or("")) }
                                             td { (a["version"].as_str().unwrap_or("")) }
                                             td { @if a["primary"] == true { "primary" } @else { "standby" } }
-                                            td { (when(a["last_seen"].as_i64().unwrap_or(0))) }
+                                            td { @if status == "waiting" { "never" } @else { (when(a["last_seen"].as_i64().unwrap_or(0))) } }
                                             td { (a["report"]["last_error"].as_str().unwrap_or("—")) }
                                             td {
                                                 form method="post" action={ "/directories/" (id) "/agents/" (a["id"].as_str().unwrap_or("")) "/revoke" } {
@@ -535,7 +599,7 @@ fn domain_page(
                         thead { tr { th { "When" } th { "What" } th { "On" } th { "By" } } }
                         tbody {
                             @for e in &v.activity {
-                                tr { td { (when(e["at"].as_i64().unwrap_or(0))) } td { (e["action"].as_str().unwrap_or("")) } td { code { (e["target"].as_str().unwrap_or("")) } } td { (e["actor"].as_str().unwrap_or("")) } }
+                                tr { td { (when(e["at"].as_i64().unwrap_or(0))) } td { (e["action"].as_str().unwrap_or("")) } td { (object_link(e["target"].as_str().unwrap_or(""), &v.names)) } td { (e["actor"].as_str().unwrap_or("")) } }
                             }
                         }
                     }
@@ -580,20 +644,28 @@ pub(super) async fn save_domain(State(state): St, s: Session, Path(id): Path<Str
     if let Err(r) = guard(&s, &form, &[&id]) {
         return r;
     }
+    let back = match field(&form, "tab") {
+        t @ ("agents" | "activity") => t,
+        _ => "details",
+    };
     let threshold = field(&form, "delete_threshold");
-    let body = match threshold.parse::<u32>() {
-        Ok(t) => Some(json!({
-            "netbios_name": field(&form, "netbios_name"),
-            "user_ou": field(&form, "user_ou"),
-            "policies": {
-                "authority": field(&form, "authority"),
-                "ad_delete_action": field(&form, "ad_delete_action"),
-                "cloud_delete_action": field(&form, "cloud_delete_action"),
-                "delete_threshold": t,
-                "match_existing_users": field(&form, "match_existing_users") == "on",
-            }
-        })),
-        Err(_) => None,
+    // The Save of the other tabs sends no settings: they stay as they are.
+    let body = if !form.contains_key("delete_threshold") {
+        Some(json!({}))
+    } else {
+        threshold.parse::<u32>().ok().map(|t| {
+            json!({
+                "netbios_name": field(&form, "netbios_name"),
+                "user_ou": field(&form, "user_ou"),
+                "policies": {
+                    "authority": field(&form, "authority"),
+                    "ad_delete_action": field(&form, "ad_delete_action"),
+                    "cloud_delete_action": field(&form, "cloud_delete_action"),
+                    "delete_threshold": t,
+                    "match_existing_users": field(&form, "match_existing_users") == "on",
+                }
+            })
+        })
     };
     let msg = match body {
         None => format!("The delete threshold must be a whole number from 0 up, not {threshold:?}."),
@@ -602,7 +674,7 @@ pub(super) async fn save_domain(State(state): St, s: Session, Path(id): Path<Str
                 .api(&state, Method::PATCH, &format!("/api/v1/domains/{id}"), Some(b))
                 .await;
             if a.ok() {
-                return redirect(&format!("/directories/{id}?done=saved"));
+                return redirect(&format!("/directories/{id}?tab={back}&done=saved"));
             }
             if a.status == StatusCode::UNAUTHORIZED {
                 return redirect("/signin");
@@ -617,33 +689,88 @@ pub(super) async fn save_domain(State(state): St, s: Session, Path(id): Path<Str
 }
 
 /// The install dialog's steps: the agent for Windows (the MSI) and for
-/// Linux (the binary), each with its checksum and its own commands.
+/// Linux (the binary), each with its checksum and the commands to run as
+/// printed. The download for the browser's platform starts by itself
+/// (console.js clicks the `data-autodownload` link); the link is the fallback.
 fn install_steps(k: &Value) -> Markup {
     let downloads = k["downloads"].as_array().cloned().unwrap_or_default();
     let offer = |platform: &str| downloads.iter().find(|d| d["platform"] == platform).cloned();
+    let link = |d: &Value, platform: &str, default_file: &str| {
+        let url = d["url"].as_str().unwrap_or("");
+        // Only a file the server has starts by itself (else the browser shows a failed download).
+        let auto = d["sha256"].is_string().then_some(platform);
+        html! { a href=(url) download data-autodownload=[auto] { (d["file"].as_str().unwrap_or(default_file)) } }
+    };
     let checksum = |d: &Value| {
-        html! { br; span.small { "SHA-256: " code.sha256 { (d["sha256"].as_str().unwrap_or("")) } } }
+        html! {
+            br; span.small { "SHA-256: " code.sha256 { (d["sha256"].as_str().unwrap_or("")) }
+                " (also at " a href={ (d["url"].as_str().unwrap_or("")) ".sha256" } { (d["file"].as_str().unwrap_or("")) ".sha256" } ")" }
+        }
     };
     html! {
         @if let Some(d) = offer("windows") {
             h3 { "On the Windows domain controller" }
             ol.windows {
-                li { "Download " a href=(d["url"].as_str().unwrap_or("")) download { (d["file"].as_str().unwrap_or("")) } " (Windows, x64) and open it." (checksum(&d))
-                    br; span.small { "Check it in PowerShell: " code { "Get-FileHash ferry-agent.msi" } } }
-                li { "Click through the installer; the setup wizard opens at the end (later: " code { "ferry-agent install" } " in an administrator prompt)." }
-                li { "Create a service account and delegate it the six tasks (" code { "ferry-agent check" } " says what is missing), then paste this Connect Key when the wizard asks:" }
+                li { "Download " (link(&d, "windows", "ferry-agent.msi")) " (Windows, x64; it starts by itself on Windows)." (checksum(&d)) }
+                li { "Check it in PowerShell, in the folder it downloaded to (it prints " code { "True" } "):"
+                    pre.commands.windows { code { (windows_commands(&d)) } } }
+                li { "Open it and click through the installer; the setup wizard opens at the end (later: " code { "ferry-agent install" } " in an administrator prompt)." }
+                li { "The wizard asks for the service account (see “Prepare the service account” below) and this Connect Key." }
             }
         }
         @if let Some(d) = offer("linux").or_else(|| (downloads.is_empty()).then(|| json!({"url": k["download_url"], "file": "ferry-agent"}))) {
             h3 { "On a Linux host next to the domain controller" }
             ol.linux {
-                li { "Download the agent: " a href=(d["url"].as_str().unwrap_or("")) download { (d["file"].as_str().unwrap_or("ferry-agent")) } " (Linux, x86-64)."
-                    @if d["sha256"].is_string() { (checksum(&d)) br; span.small { "Check it: " code { "sha256sum ferry-agent" } } } }
-                li { "On the domain controller, create a service account and delegate it the six tasks (" code { "ferry-agent check" } " says what is missing)." }
-                li { "Run " code { "chmod +x ferry-agent && sudo ./ferry-agent install" } " and paste this Connect Key when asked:" }
+                li { "Download " (link(&d, "linux", "ferry-agent")) " (Linux, x86-64; it starts by itself on other systems)."
+                    @if d["sha256"].is_string() { (checksum(&d)) } }
+                li { "In the folder it downloaded to, check it, make it executable and start the setup:"
+                    pre.commands.linux { code { (linux_commands(&d)) } } }
+                li { "The wizard asks for the service account (see “Prepare the service account” below) and this Connect Key." }
             }
         }
     }
+}
+
+/// "Prepare the service account" (guide steps 6–14): the scripts for this
+/// domain, the same `ferry-agent prepare` prints.
+fn prepare_account(d: &Value) -> Markup {
+    let plan = ferry_proto::delegation::ServiceAccountPlan::for_domain(
+        d["root_dn"].as_str().unwrap_or(""),
+        d["netbios_name"].as_str().unwrap_or(""),
+    );
+    html! {
+        h3 { "Prepare the service account" }
+        p.small { "The agent signs in as an ordinary account, " code { (plan.trustee()) } ", delegated the six tasks on " code { (plan.scope) } ". Run one of these on the domain controller; the setup's checks then pass with nothing else to do." }
+        details.prepare.windows {
+            summary { "Windows: PowerShell (as an administrator)" }
+            pre.script { code { (plan.powershell()) } }
+        }
+        details.prepare.samba {
+            summary { "Samba: samba-tool (as root)" }
+            pre.script { code { (plan.samba()) } }
+        }
+    }
+}
+
+/// PowerShell that checks the MSI against its SHA-256 (`-eq` ignores case).
+fn windows_commands(d: &Value) -> String {
+    let file = d["file"].as_str().unwrap_or("ferry-agent.msi");
+    format!(
+        "(Get-FileHash .\\{file}).Hash -eq '{}'",
+        d["sha256"].as_str().unwrap_or("")
+    )
+}
+
+/// The shell lines for the Linux binary: checksum, executable bit, install.
+fn linux_commands(d: &Value) -> String {
+    let file = d["file"].as_str().unwrap_or("ferry-agent");
+    let mut lines = Vec::new();
+    if let Some(sum) = d["sha256"].as_str() {
+        lines.push(format!("echo '{sum}  {file}' | sha256sum -c"));
+    }
+    lines.push(format!("chmod +x {file}"));
+    lines.push(format!("sudo ./{file} install"));
+    lines.join("\n")
 }
 
 pub(super) async fn install_agent(State(state): St, s: Session, Path(id): Path<String>, Form(form): F) -> Response {
@@ -1163,7 +1290,14 @@ pub(super) async fn create_group(State(state): St, s: Session, Form(form): F) ->
     }
 }
 
-fn group_page(s: &Session, g: &Value, links: &Value, msg: Option<&str>, q: &HashMap<String, String>) -> Response {
+fn group_page(
+    s: &Session,
+    g: &Value,
+    names: &ObjectNames,
+    links: &Value,
+    msg: Option<&str>,
+    q: &HashMap<String, String>,
+) -> Response {
     let id = g["id"].as_str().unwrap_or_default();
     page(
         form_status(msg),
@@ -1182,7 +1316,7 @@ fn group_page(s: &Session, g: &Value, links: &Value, msg: Option<&str>, q: &Hash
                     tbody {
                         @for m in g["members"].as_array().into_iter().flatten() {
                             tr.member {
-                                td { a href={ (if m["type"] == "Group" { "/groups/" } else { "/users/" }) (m["value"].as_str().unwrap_or("")) } { (m["display"].as_str().unwrap_or(m["value"].as_str().unwrap_or(""))) } }
+                                td { (object_link(&member_target(m), names)) }
                                 td { (m["type"].as_str().unwrap_or("User")) }
                                 td {
                                     form method="post" action={ "/groups/" (id) } {
@@ -1218,7 +1352,27 @@ pub(super) async fn group(State(state): St, s: Session, Path(id): Path<String>, 
         Err(r) => return r,
     };
     let links = object_links(&state, &s, &id).await;
-    group_page(&s, &g, &links, None, &q)
+    let names = member_names(&state, &s, &g).await;
+    group_page(&s, &g, &names, &links, None, &q)
+}
+
+/// A member as the audit log names objects: `user:ID` or `group:ID`.
+fn member_target(m: &Value) -> String {
+    let kind = if m["type"] == "Group" { "group" } else { "user" };
+    format!("{kind}:{}", m["value"].as_str().unwrap_or(""))
+}
+
+/// The names of a group's members (SCIM members carry only ids). A very
+/// big group shows the first thousand by name, the rest by id.
+async fn member_names(state: &AppState, s: &Session, g: &Value) -> ObjectNames {
+    let targets: Vec<String> = g["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .take(1000)
+        .map(member_target)
+        .collect();
+    object_names(state, s, targets.iter().map(String::as_str)).await
 }
 
 /// The id of the user (by username) or else group (by name) called `name`.
@@ -1264,7 +1418,8 @@ pub(super) async fn update_group(State(state): St, s: Session, Path(id): Path<St
         Err(r) => return r,
     };
     let links = object_links(&state, &s, &id).await;
-    group_page(&s, &g, &links, Some(&msg), &HashMap::new())
+    let names = member_names(&state, &s, &g).await;
+    group_page(&s, &g, &names, &links, Some(&msg), &HashMap::new())
 }
 
 pub(super) async fn delete_group(State(state): St, s: Session, Path(id): Path<String>, Form(form): F) -> Response {
@@ -1283,6 +1438,8 @@ pub(super) async fn audit(State(state): St, s: Session, Query(q): Q) -> Response
         Ok(l) => l,
         Err(r) => return r,
     };
+    let entries = list["entries"].as_array().cloned().unwrap_or_default();
+    let names = object_names(&state, &s, entries.iter().filter_map(|e| e["target"].as_str())).await;
     page(
         StatusCode::OK,
         layout(
@@ -1294,12 +1451,12 @@ pub(super) async fn audit(State(state): St, s: Session, Query(q): Q) -> Response
                 table {
                     thead { tr { th { "When" } th { "Who" } th { "What" } th { "On" } th { "Details" } } }
                     tbody {
-                        @for e in list["entries"].as_array().into_iter().flatten() {
+                        @for e in &entries {
                             tr {
                                 td { (when(e["at"].as_i64().unwrap_or(0))) }
                                 td { (e["actor"].as_str().unwrap_or("")) }
                                 td { (e["action"].as_str().unwrap_or("")) }
-                                td { code { (e["target"].as_str().unwrap_or("")) } }
+                                td { (object_link(e["target"].as_str().unwrap_or(""), &names)) }
                                 td.details { code { (e["details"].to_string()) } }
                             }
                         }
@@ -1336,18 +1493,27 @@ mod tests {
         );
         assert!(
             html.contains("SHA-256: <code class=\"sha256\">aa11</code>")
-                && html.contains("Get-FileHash ferry-agent.msi"),
+                && html.contains("(Get-FileHash .\\ferry-agent.msi).Hash -eq 'aa11'"),
             "{html}"
         );
         assert!(
-            html.contains("SHA-256: <code class=\"sha256\">bb22</code>") && html.contains("sudo ./ferry-agent install"),
+            html.contains("SHA-256: <code class=\"sha256\">bb22</code>")
+                && html.contains(
+                    "echo 'bb22  ferry-agent' | sha256sum -c\nchmod +x ferry-agent\nsudo ./ferry-agent install"
+                ),
             "{html}"
+        );
+        assert!(
+            html.contains("data-autodownload=\"windows\"") && html.contains("data-autodownload=\"linux\""),
+            "each download starts by itself on its platform: {html}"
         );
 
         // A server with no file to offer still links the Linux download (which then says how to offer it).
         let bare = install_steps(&json!({"download_url": "https://f.example/downloads/ferry-agent"})).into_string();
         assert!(
-            bare.contains("href=\"https://f.example/downloads/ferry-agent\" download") && !bare.contains("windows"),
+            bare.contains("href=\"https://f.example/downloads/ferry-agent\" download")
+                && !bare.contains("windows")
+                && !bare.contains("data-autodownload"),
             "{bare}"
         );
     }

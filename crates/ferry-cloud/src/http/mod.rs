@@ -185,3 +185,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
             .map_err(|e| ApiError::bad_request(format!("bad query parameters: {}", e.body_text())))
     }
 }
+
+/// The console's session cookie: it holds the session token the console
+/// sends to the API as a bearer token.
+pub const SESSION_COOKIE: &str = "ferry_session";
+
+/// A cookie's value (bounded: a session token is far shorter).
+pub fn cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+        .filter(|v| !v.is_empty() && v.len() < 200)
+}

@@ -33,6 +33,15 @@ fn chromium() -> Option<String> {
 
 impl Browser {
     pub async fn start(name: &str) -> Browser {
+        Browser::launch(name, None).await
+    }
+
+    /// A browser whose downloads land in `dir`, without asking.
+    pub async fn start_downloading_to(name: &str, dir: &std::path::Path) -> Browser {
+        Browser::launch(name, Some(dir)).await
+    }
+
+    async fn launch(name: &str, downloads: Option<&std::path::Path>) -> Browser {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -57,6 +66,9 @@ impl Browser {
         let mut opts = json!({"args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,900"]});
         if let Some(bin) = chromium() {
             opts["binary"] = json!(bin);
+        }
+        if let Some(dir) = downloads {
+            opts["prefs"] = json!({"download.default_directory": dir, "download.prompt_for_download": false});
         }
         let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": opts}}});
         let r: Value = http
@@ -179,6 +191,12 @@ impl Browser {
             .as_str()
             .unwrap_or_default()
             .to_owned()
+    }
+
+    /// The value of one of the page's cookies.
+    pub async fn cookie(&self, name: &str) -> Option<String> {
+        let v = self.cmd(reqwest::Method::GET, &format!("/cookie/{name}"), None).await;
+        v["value"].as_str().map(str::to_owned)
     }
 
     /// Resizes the window (CSS pixels).

@@ -139,7 +139,6 @@ pub struct Enrolled {
     pub secret_key: String,
 }
 
-/// A fresh DC with a delegated service account, and a cloud with the domain.
 /// A fresh DC with a delegated service account (and one user).
 pub async fn delegated_dc() -> Dc {
     delegated(Dc::start()).await

@@ -19,9 +19,14 @@ impl Pty {
     /// Starts `program args…` as the leader of a new session whose
     /// controlling terminal is the pty (util-linux `setsid --ctty`).
     pub fn spawn(program: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Pty {
+        Pty::spawn_sized(program, args, env, 160)
+    }
+
+    /// [`Pty::spawn`] on a terminal `columns` wide.
+    pub fn spawn_sized(program: &std::path::Path, args: &[&str], env: &[(&str, &str)], columns: u16) -> Pty {
         let winsize = nix::pty::Winsize {
             ws_row: 40,
-            ws_col: 160,
+            ws_col: columns,
             ws_xpixel: 0,
             ws_ypixel: 0,
         };
