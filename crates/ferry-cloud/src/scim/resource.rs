@@ -2,6 +2,8 @@
 //! (canonical names, types, read-only attributes dropped), rendering a
 //! stored object, and `attributes`/`excludedAttributes` projection.
 
+use std::collections::HashSet;
+
 use ferry_proto::record::ObjectKind;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
@@ -103,9 +105,12 @@ pub fn check_attr(attr: &Attr, v: &Value, path: &str) -> Result<Option<Value>, S
             other => vec![other],
         };
         let mut out = Vec::with_capacity(items.len());
+        // Equal values serialize equally (serde_json keeps object keys
+        // sorted), so a set of their texts de-duplicates in one pass.
+        let mut seen = HashSet::with_capacity(items.len());
         for item in items {
             if let Some(x) = check_single(attr, item, path)? {
-                if !out.contains(&x) {
+                if seen.insert(x.to_string()) {
                     out.push(x);
                 }
             }
