@@ -126,9 +126,10 @@ pub(super) async fn setup(State(state): St, caller: Caller, Form(form): F) -> Re
     let org = field(&form, "org");
     let email = field(&form, "email").to_lowercase();
     let password = form.get("password").cloned().unwrap_or_default();
-    let problem = if org.is_empty() || org.len() > 200 {
+    let has_control = |v: &str| v.chars().any(|c| crate::http::refused_control(u32::from(c)));
+    let problem = if org.is_empty() || org.len() > 200 || has_control(org) {
         Some("Enter the organization's name (up to 200 characters).")
-    } else if !email.contains('@') || email.len() > 254 || email.contains(char::is_whitespace) {
+    } else if !email.contains('@') || email.len() > 254 || email.contains(char::is_whitespace) || has_control(&email) {
         Some("Enter a valid e-mail address for the admin.")
     } else if password.chars().count() < 8 || password.len() > 200 {
         Some("The password needs 8 to 200 characters.")

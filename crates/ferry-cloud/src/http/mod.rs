@@ -107,26 +107,107 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        // Values from AD (the agent API) are mirrored as they are, except
+        // U+0000, which no engine stores alike (PostgreSQL refuses it).
+        let path = req
+            .extensions()
+            .get::<axum::extract::OriginalUri>()
+            .map(|u| u.0.path().to_owned())
+            .unwrap_or_else(|| req.uri().path().to_owned());
+        let strict = !path.starts_with("/agent/");
         let bytes = read_body(req, state).await?;
+        if let Some(c) = control_character(&bytes, strict) {
+            return Err(ApiError::bad_request(control_message(c)));
+        }
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request(format!("the request body is not valid: {e}")))
     }
 }
 
-/// Reads a body, answering 413 when it exceeds the limit.
+/// The first refused control character in a JSON text's strings, if any:
+/// U+0000 always, and when `strict` every other control character (C0, DEL,
+/// C1) but tab, line feed and carriage return. One pass over the bytes:
+/// C0 characters can only come as escapes (`\u0000`), DEL and C1 raw too.
+pub fn control_character(json: &[u8], strict: bool) -> Option<u32> {
+    let refused = |c: u32| if strict { refused_control(c) } else { c == 0 };
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            b'\\' if json.get(i + 1) == Some(&b'u') => {
+                let code = json
+                    .get(i + 2..i + 6)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u32::from_str_radix(h, 16).ok());
+                if let Some(c) = code.filter(|c| refused(*c)) {
+                    return Some(c);
+                }
+                i += 6;
+            }
+            // `\"`, `\\`, `\n`…: skip the escaped character.
+            b'\\' => i += 2,
+            0x7f if refused(0x7f) => return Some(0x7f),
+            // U+0080..U+009F in UTF-8.
+            0xc2 if json.get(i + 1).is_some_and(|b| (0x80..=0x9f).contains(b)) => {
+                let c = 0x80 + u32::from(json[i + 1] & 0x1f);
+                if refused(c) {
+                    return Some(c);
+                }
+                i += 2;
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Whether a stored string may not hold character `c`: the control
+/// characters, except tab, line feed and carriage return.
+pub fn refused_control(c: u32) -> bool {
+    (c < 0x20 && !matches!(c, 0x09 | 0x0a | 0x0d)) || (0x7f..=0x9f).contains(&c)
+}
+
+/// What to tell a client that sent control character `c`.
+pub fn control_message(c: u32) -> String {
+    format!("the request holds the control character U+{c:04X}, which is not accepted in any value")
+}
+
+/// Reads a body, answering 413 when it exceeds the limit (declared or,
+/// for a chunked body, found while reading).
 pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body::Bytes, ApiError> {
     axum::body::Bytes::from_request(req, state).await.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE || caused_by::<http_body_util::LengthLimitError>(&e) {
+            body_too_large()
+        } else if caused_by::<tower_http::timeout::TimeoutError>(&e) {
             ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "the request body is larger than this service accepts",
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                "the request body did not arrive in time; send it again",
             )
         } else {
             ApiError::bad_request(format!("the request body could not be read: {e}"))
         }
     })
+}
+
+fn body_too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        "the request body is larger than this service accepts",
+    )
+}
+
+/// Whether an error is, or was caused by, an `E` (body errors come wrapped).
+fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<E>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// The client's address (the TCP peer), or `unknown`.
@@ -157,6 +238,52 @@ pub async fn not_found(uri: axum::http::Uri) -> Response {
         format!("{} is not an endpoint", uri.path()),
     )
     .into_response()
+}
+
+/// Answers every error of the JSON surfaces in their JSON form: axum's own
+/// rejections (a path that is not valid UTF-8 after decoding, a method a
+/// route does not serve, an unreadable body) are plain text otherwise.
+pub async fn json_errors(req: Request, next: axum::middleware::Next) -> Response {
+    let path = req.uri().path().to_owned();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let surface = ["/scim/", "/api/", "/agent/", "/downloads/", "/healthz"]
+        .iter()
+        .any(|p| path.starts_with(p));
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    if !surface || is_json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
+    let text = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&text).trim().to_owned();
+    if message.is_empty() {
+        message = status.canonical_reason().unwrap_or("error").to_owned();
+    }
+    let mut out = if path.starts_with("/scim/") {
+        crate::scim::ScimError::status(status, message).into_response()
+    } else {
+        let code = match status {
+            StatusCode::BAD_REQUEST => "invalid_request",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            StatusCode::REQUEST_TIMEOUT => "timeout",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+            s if s.is_server_error() => "internal_error",
+            _ => "invalid_request",
+        };
+        ApiError::new(status, code, message).into_response()
+    };
+    if let Some(v) = retry_after {
+        out.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    out
 }
 
 /// The base URL clients reach us at.

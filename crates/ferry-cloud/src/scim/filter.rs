@@ -192,7 +192,7 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
                         v.len()
                     ));
                 }
-                if v.chars().any(char::is_control) {
+                if v.chars().any(|c| crate::http::refused_control(u32::from(c))) {
                     return Err("a value in the filter holds a control character (such as U+0000)".into());
                 }
                 out.push(Tok::Str(v));

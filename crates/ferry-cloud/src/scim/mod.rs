@@ -93,6 +93,9 @@ impl FromRequest<AppState> for ScimBody {
         let bytes = crate::http::read_body(req, state)
             .await
             .map_err(|e| ScimError::status(e.status, e.message))?;
+        if let Some(c) = crate::http::control_character(&bytes, true) {
+            return Err(ScimError::invalid_value(crate::http::control_message(c)));
+        }
         serde_json::from_slice(&bytes)
             .map(ScimBody)
             .map_err(|e| ScimError::bad("invalidSyntax", format!("the body is not valid JSON: {e}")))
@@ -278,6 +281,12 @@ impl ListParams {
     }
 
     fn from_body(v: &Value) -> Result<Self, ScimError> {
+        if !v.is_object() {
+            return Err(ScimError::bad("invalidSyntax", "a search request is a JSON object"));
+        }
+        if v.get("filter").is_some_and(|f| !f.is_string() && !f.is_null()) {
+            return Err(ScimError::bad("invalidFilter", "filter must be a string"));
+        }
         let list = |k: &str| -> Option<String> {
             match &v[k] {
                 Value::Array(a) => Some(a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")),
