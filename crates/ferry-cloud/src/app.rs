@@ -87,11 +87,11 @@ pub struct Inner {
     pub clock: Arc<dyn Clock>,
     /// Settings.
     pub config: Config,
-    /// Failed admin sign-ins, per address and per account.
+    /// Failed admin sign-ins, per (address, account).
     pub login_limiter: RateLimiter,
     /// Failed Connect Key uses, per address.
     pub connect_key_limiter: RateLimiter,
-    /// Requests with unknown bearer tokens, per address.
+    /// Requests with unknown bearer tokens, per (address, kind of token).
     pub token_limiter: RateLimiter,
     /// Woken when the change feed grows (long-polls wait on it).
     pub feed_grew: Notify,
@@ -115,9 +115,10 @@ impl AppState {
             store,
             clock,
             config,
-            login_limiter: RateLimiter::new(5, 15 * 60 * 1000),
-            connect_key_limiter: RateLimiter::new(10, 15 * 60 * 1000),
-            token_limiter: RateLimiter::new(30, 5 * 60 * 1000),
+            // Waits double from 1 s after the free failures, up to the cap.
+            login_limiter: RateLimiter::new(5, 1000, 15 * 60 * 1000),
+            connect_key_limiter: RateLimiter::new(10, 1000, 15 * 60 * 1000),
+            token_limiter: RateLimiter::new(30, 1000, 5 * 60 * 1000),
             feed_grew: Notify::new(),
             agent_checksum: tokio::sync::OnceCell::new(),
             agent_msi_checksum: tokio::sync::OnceCell::new(),

@@ -99,15 +99,21 @@ pub struct Session {
 impl FromRequestParts<AppState> for Session {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Response> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         let token = cookie(&parts.headers, SESSION_COOKIE).ok_or_else(|| redirect("/signin"))?;
         Ok(Session {
             csrf: csrf_of(&token),
             token,
-            ip: parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().cloned(),
+            ip: client(parts, state),
             host: parts.headers.get(HOST).cloned(),
         })
     }
+}
+
+/// The client's address (through trusted proxies), as the connection
+/// address of the API requests the console makes in process for it.
+fn client(parts: &Parts, state: &AppState) -> Option<ConnectInfo<std::net::SocketAddr>> {
+    crate::http::client_ip(parts, &state.config.trusted_proxies).map(|ip| ConnectInfo(std::net::SocketAddr::new(ip, 0)))
 }
 
 /// A request's client address and host, for API calls made before sign-in.
@@ -117,12 +123,12 @@ pub struct Caller {
     secure: bool,
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
+impl FromRequestParts<AppState> for Caller {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         Ok(Caller {
-            ip: parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().cloned(),
+            ip: client(parts, state),
             host: parts.headers.get(HOST).cloned(),
             secure: parts
                 .headers
@@ -361,7 +367,15 @@ async fn start_page(state: &AppState, headers: &HeaderMap) -> &'static str {
 }
 
 /// Signs in through the API; the response sets the session cookie.
-async fn sign_in(state: &AppState, caller: Caller, email: &str, password: &str, to: &str) -> Result<Response, String> {
+/// Signs in through the API; a refusal keeps the API's status (401 for a
+/// wrong password, 429 while the address and account wait).
+async fn sign_in(
+    state: &AppState,
+    caller: Caller,
+    email: &str,
+    password: &str,
+    to: &str,
+) -> Result<Response, (StatusCode, String)> {
     let a = call(
         state,
         None,
@@ -373,7 +387,7 @@ async fn sign_in(state: &AppState, caller: Caller, email: &str, password: &str, 
     )
     .await;
     if !a.ok() {
-        return Err(a.message());
+        return Err((a.status, a.message()));
     }
     let token = a.body["token"].as_str().unwrap_or_default().to_owned();
     let max_age = state.config.session_ttl_ms / 1000;

@@ -167,7 +167,7 @@ pub(super) async fn setup(State(state): St, caller: Caller, Form(form): F) -> Re
     match created {
         Ok(true) => match sign_in(&state, caller, &email, &password, "/directories").await {
             Ok(r) => r,
-            Err(m) => page_error(StatusCode::UNAUTHORIZED, &m),
+            Err((status, m)) => page_error(status, &m),
         },
         Ok(false) => redirect("/signin"),
         Err(e) => page_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
@@ -215,7 +215,8 @@ pub(super) async fn signin(State(state): St, caller: Caller, Form(form): F) -> R
     }
     match sign_in(&state, caller, &email, &password, "/directories").await {
         Ok(r) => r,
-        Err(m) => signin_page(StatusCode::UNAUTHORIZED, Some(&m), &email),
+        // 401 for a wrong password, 429 (not 401) while this address waits.
+        Err((status, m)) => signin_page(status, Some(&m), &email),
     }
 }
 

@@ -3,7 +3,7 @@
 
 pub mod auth;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use ferry_proto::agent::ApiErrorBody;
 use serde::de::DeserializeOwned;
 
+use crate::app::AppState;
 use crate::ratelimit::Limited;
 use crate::store::StoreError;
 
@@ -210,21 +211,77 @@ fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'stati
     false
 }
 
-/// The client's address (the TCP peer), or `unknown`.
+/// The client's address: the TCP peer, or, when the peer is a trusted
+/// proxy, the address the proxies forwarded (`unknown` when there is none).
 pub struct ClientIp(pub String);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+impl FromRequestParts<AppState> for ClientIp {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         Ok(ClientIp(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip().to_string())
+            client_ip(parts, &state.config.trusted_proxies)
+                .map(|ip| ip.to_string())
                 .unwrap_or_else(|| "unknown".into()),
         ))
     }
+}
+
+/// The client's address of a request. The TCP peer unless it is one of the
+/// `trusted` proxies; then the forwarded chain (`Forwarded: for=`, else
+/// `X-Forwarded-For`) is read from the right, skipping trusted proxies, and
+/// the first other address is the client's. Anyone can write those headers,
+/// so they are believed only as far as trusted proxies vouch for them.
+pub fn client_ip(parts: &Parts, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>()?.0.ip();
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let forwarded: Vec<Option<IpAddr>> = if parts.headers.contains_key(header::FORWARDED) {
+        parts
+            .headers
+            .get_all(header::FORWARDED)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("").split(','))
+            .filter_map(|element| {
+                element.split(';').find_map(|pair| {
+                    let (k, v) = pair.split_once('=')?;
+                    k.trim().eq_ignore_ascii_case("for").then(|| forwarded_node(v))
+                })
+            })
+            .collect()
+    } else {
+        parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("").split(','))
+            .map(forwarded_node)
+            .collect()
+    };
+    let mut client = peer;
+    for hop in forwarded.into_iter().rev() {
+        match hop {
+            Some(ip) if is_trusted(&ip) => client = ip,
+            Some(ip) => return Some(ip),
+            // An unreadable or hidden hop: the last proxy we trust is all we know.
+            None => return Some(client),
+        }
+    }
+    Some(client)
+}
+
+/// One forwarded address: `1.2.3.4`, `1.2.3.4:80`, `"[2001:db8::1]:80"`, `2001:db8::1`.
+fn forwarded_node(v: &str) -> Option<IpAddr> {
+    let v = v.trim().trim_matches('"');
+    if let Ok(ip) = v.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Some(rest) = v.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    v.parse::<SocketAddr>().ok().map(|s| s.ip())
 }
 
 /// The answer for paths no route serves.
