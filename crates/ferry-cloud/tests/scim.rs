@@ -517,3 +517,44 @@ async fn external_scim2_suite_passes() {
         "the suite ran its checks:\n{stdout}"
     );
 }
+
+both_engines!(
+    a_patch_sets_a_password_hashed_outside_the_transaction,
+    |engine| async move {
+        let s = TestServer::start(engine).await;
+        let u = create_user(&s, json!({"userName": "pat"})).await;
+        let id = u["id"].as_str().unwrap().to_owned();
+        let has_password = || async {
+            let mut tx = s.store.begin().await.unwrap();
+            let row = tx.get_user(s.org.id, id.parse().unwrap()).await.unwrap().unwrap();
+            (row.has_password, row.version)
+        };
+        assert_eq!(has_password().await, (false, 1));
+        for (i, op) in [
+            json!({"op": "replace", "path": "password", "value": "Pat-Pa55-one"}),
+            json!({"op": "replace", "value": {"password": "Pat-Pa55-two", "title": "Eng"}}),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (st, v) = s
+                .call(
+                    Method::PATCH,
+                    &format!("/scim/v2/Users/{id}"),
+                    Some(json!({"schemas": [PATCH_OP], "Operations": [op]})),
+                )
+                .await;
+            assert_eq!(st, StatusCode::OK, "{v}");
+            assert!(v.get("password").is_none(), "never returned");
+            assert_eq!(has_password().await, (true, 2 + i as i64));
+        }
+        let mut tx = s.store.begin().await.unwrap();
+        let feed = tx.read_feed(s.org.id, 0, 100).await.unwrap();
+        let sets = feed
+            .iter()
+            .filter(|e| matches!(e.change, ferry_proto::agent::CloudChange::PasswordSet { .. }))
+            .count();
+        assert_eq!(sets, 2, "one password change each");
+        assert!(!format!("{feed:?}").contains("Pat-Pa55"));
+    }
+);

@@ -620,17 +620,44 @@ async fn patch_user(
     ScimBody(body): ScimBody,
 ) -> Result<Response, ScimError> {
     let ctx = ctx(&state, &auth);
-    let mut tx = state.store.begin().await?;
-    let current = load_user(&mut tx, &auth, &id).await?;
-    check_if_match(&headers, current.version)?;
-    let mut working = resource::user_working(&current);
-    patch::apply_patch(&USERS, &mut working, &body)?;
-    // The working copy never holds the stored password, so one present now was set by this PATCH.
-    let (next, password) = new_user_from(&Value::Object(working)).await?;
-    let (row, _) = directory::update_user(&mut tx, &ctx, &current, next, password.as_deref()).await?;
-    let resp = respond_user(&mut tx, &auth, &row, &base(&state, &headers), &HashMap::new()).await?;
-    state.commit(tx).await?;
-    Ok(resp)
+    // A PATCH that sets a password is read, hashed with no store connection
+    // held (argon2 takes tens of milliseconds; SQLite has one connection),
+    // then written if the user did not change meanwhile.
+    let mut hashed: Option<(String, String)> = None;
+    for _ in 0..3 {
+        let mut tx = state.store.begin().await?;
+        let current = load_user(&mut tx, &auth, &id).await?;
+        check_if_match(&headers, current.version)?;
+        let mut working = resource::user_working(&current);
+        patch::apply_patch(&USERS, &mut working, &body)?;
+        // The working copy never holds the stored password, so one present now was set by this PATCH.
+        let u = split_user(normalize(&USERS, &Value::Object(working))?)?;
+        let password_hash = match (&u.password, &hashed) {
+            (None, _) => None,
+            (Some(p), Some((plain, h))) if p == plain => Some(h.clone()),
+            (Some(p), _) => {
+                drop(tx);
+                let h = hash(Some(p.clone())).await?.unwrap_or_default();
+                hashed = Some((p.clone(), h));
+                continue;
+            }
+        };
+        let next = NewUser {
+            username: u.username,
+            external_id: u.external_id,
+            active: u.active,
+            doc: u.doc,
+            password_hash,
+        };
+        let (row, _) = directory::update_user(&mut tx, &ctx, &current, next, u.password.as_deref()).await?;
+        let resp = respond_user(&mut tx, &auth, &row, &base(&state, &headers), &HashMap::new()).await?;
+        state.commit(tx).await?;
+        return Ok(resp);
+    }
+    Err(ScimError::status(
+        StatusCode::CONFLICT,
+        "the user kept changing while this PATCH was applied; send it again",
+    ))
 }
 
 async fn delete_user(
