@@ -409,7 +409,8 @@ impl AttrInfo for SubInfo<'_> {
     }
 }
 
-fn is_empty(v: &Value) -> bool {
+/// Whether a value holds nothing: null, `""`, `[]`, `{}`.
+pub fn is_empty(v: &Value) -> bool {
     match v {
         Value::Null => true,
         Value::String(s) => s.is_empty(),

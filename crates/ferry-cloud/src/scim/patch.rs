@@ -178,7 +178,7 @@ fn apply_op(
                 for (ek, ev) in inner.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("schemas")) {
                     apply_op(rt, working, kind, Some(&format!("{}:{ek}", ext.id)), Some(ev))?;
                 }
-            } else {
+            } else if !ignored_without_path(rt, k) {
                 apply_op(rt, working, kind, Some(k), Some(v))?;
             }
         }
@@ -229,6 +229,15 @@ fn apply_op(
         }
     }
     result
+}
+
+/// In a path-less add/replace, the value is a partial resource, read as a
+/// PUT body is: `schemas` and read-only attributes (`id`, `meta`, a user's
+/// `groups`) are ignored, so a client echoing them back (Okta sends the
+/// group's `id`) is not refused.
+fn ignored_without_path(rt: &ResourceType, key: &str) -> bool {
+    ["schemas", "id", "meta"].iter().any(|k| k.eq_ignore_ascii_case(key))
+        || rt.core_attr(key).is_some_and(|a| a.mutability == Mutability::ReadOnly)
 }
 
 fn needs_value(value: Option<&Value>, path: &str) -> Result<Value, ScimError> {

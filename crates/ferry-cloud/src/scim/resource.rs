@@ -68,6 +68,12 @@ pub fn normalize(rt: &ResourceType, input: &Value) -> Result<Map<String, Value>,
             }
             _ => key.as_str(),
         };
+        if rt.core_attr(name).is_none() && super::filter::is_empty(value) {
+            // RFC 7643 attributes Ferry does not keep, sent empty (Entra ID
+            // sends `"roles": []`): they ask to store nothing, so nothing is
+            // refused. A value in one is still refused below.
+            continue;
+        }
         let attr = rt.core_attr(name).ok_or_else(|| {
             ScimError::invalid_value(format!(
                 "{key:?} is not an attribute of {}; see /Schemas/{}",
@@ -150,6 +156,11 @@ pub fn check_single(attr: &Attr, v: &Value, path: &str) -> Result<Option<Value>,
             Ok(Some(v.clone()))
         }
         (Ty::DateTime, _) => Err(wrong("an RFC 3339 date-time")),
+        // A bare value for a complex attribute with a `value` (Entra ID sends
+        // the manager's id as a string) stands for `{"value": …}`.
+        (Ty::Complex, Value::String(_)) if attr.sub_attr("value").is_some() => {
+            check_single(attr, &json!({ "value": v }), path)
+        }
         (Ty::Complex, Value::Object(o)) => {
             let mut out = Map::new();
             for (k, sv) in o {
