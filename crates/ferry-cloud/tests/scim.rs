@@ -31,6 +31,26 @@ fn scim_error(v: &Value, status: u16, scim_type: Option<&str>) {
     assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()), "{v}");
 }
 
+/// A cloud write context for the test org (to seed many objects directly).
+fn cloud_ctx(s: &TestServer) -> ferry_cloud::directory::WriteCtx {
+    ferry_cloud::directory::WriteCtx {
+        org_id: s.org.id,
+        origin: "cloud".into(),
+        actor: "test".into(),
+        now: 1000,
+    }
+}
+
+fn new_user(name: &str, doc: Value) -> ferry_cloud::store::NewUser {
+    ferry_cloud::store::NewUser {
+        username: name.into(),
+        external_id: None,
+        active: true,
+        doc,
+        password_hash: None,
+    }
+}
+
 async fn feed_head(s: &TestServer) -> i64 {
     let mut tx = s.store.begin().await.unwrap();
     tx.feed_head(s.org.id).await.unwrap()
@@ -563,24 +583,16 @@ both_engines!(
 // transaction): the count is exact and pages are cut right across batch
 // boundaries, for Users, Groups and `/.search` over both.
 both_engines!(unindexed_filters_are_paged_across_batches, |engine| async move {
-    use ferry_cloud::directory::{self, WriteCtx};
-    use ferry_cloud::store::{NewGroup, NewUser};
+    use ferry_cloud::directory;
+    use ferry_cloud::store::NewGroup;
     let s = TestServer::start(engine).await;
-    let ctx = WriteCtx {
-        org_id: s.org.id,
-        origin: "cloud".into(),
-        actor: "test".into(),
-        now: 1000,
-    };
+    let ctx = cloud_ctx(&s);
     let mut tx = s.store.begin().await.unwrap();
     for i in 0..450 {
-        let user = NewUser {
-            username: format!("u{i:04}"),
-            external_id: None,
-            active: true,
-            doc: json!({"title": if i % 3 == 0 { "Three" } else { "Other" }}),
-            password_hash: None,
-        };
+        let user = new_user(
+            &format!("u{i:04}"),
+            json!({"title": if i % 3 == 0 { "Three" } else { "Other" }}),
+        );
         directory::create_user(&mut tx, &ctx, user, None).await.unwrap();
     }
     for i in 0..250 {
@@ -650,4 +662,47 @@ both_engines!(unindexed_filters_are_paged_across_batches, |engine| async move {
         .await;
     assert_eq!(all["totalResults"], 700, "{all}");
     assert_eq!(all["Resources"], v["Resources"]);
+});
+
+// Members are checked in a few queries (500 ids each), whatever their
+// number: 1,200 users and a nested group in one request, and an unknown id
+// among them is named.
+both_engines!(a_big_group_is_checked_in_batches, |engine| async move {
+    use ferry_cloud::directory;
+    let s = TestServer::start(engine).await;
+    let ctx = cloud_ctx(&s);
+    let mut tx = s.store.begin().await.unwrap();
+    let mut members = Vec::new();
+    for i in 0..1200 {
+        let user = new_user(&format!("m{i:04}"), json!({}));
+        let row = directory::create_user(&mut tx, &ctx, user, None).await.unwrap();
+        members.push(json!({"value": row.id.to_string(), "type": "User"}));
+    }
+    tx.commit().await.unwrap();
+    let inner = create_group(&s, json!({"displayName": "inner"})).await;
+    members.push(json!({"value": inner["id"], "type": "Group"}));
+    let unknown = "00000000-0000-4000-8000-000000000001";
+    let mut with_unknown = members.clone();
+    with_unknown.insert(700, json!({"value": unknown}));
+    let (st, v) = s
+        .call(
+            Method::POST,
+            "/scim/v2/Groups",
+            Some(json!({"displayName": "big", "members": with_unknown})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains(unknown), "{v}");
+    let mut wrong_type = members.clone();
+    wrong_type[3]["type"] = json!("Group");
+    let (st, v) = s
+        .call(
+            Method::POST,
+            "/scim/v2/Groups",
+            Some(json!({"displayName": "big", "members": wrong_type})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let g = create_group(&s, json!({"displayName": "big", "members": members})).await;
+    assert_eq!(g["members"].as_array().unwrap().len(), 1201);
 });

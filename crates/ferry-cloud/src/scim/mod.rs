@@ -366,9 +366,11 @@ async fn resolve_members(
     auth: &AdminAuth,
     given: &[(Uuid, Option<ObjectKind>)],
 ) -> Result<Vec<Member>, ScimError> {
+    let ids: Vec<Uuid> = given.iter().map(|(id, _)| *id).collect();
+    let kinds = tx.object_kinds(auth.org_id, &ids).await?;
     let mut out = Vec::with_capacity(given.len());
     for (id, declared) in given {
-        let kind = tx.object_kind(auth.org_id, *id).await?.ok_or_else(|| {
+        let kind = kinds.get(id).copied().ok_or_else(|| {
             ScimError::invalid_value(format!("member {id} is not a user or group of this organization"))
         })?;
         if declared.is_some_and(|d| d != kind) {

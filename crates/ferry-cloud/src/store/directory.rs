@@ -561,6 +561,32 @@ impl Tx {
         Ok(None)
     }
 
+    /// The kinds of those of `ids` that exist in this org, in a few queries
+    /// (500 ids a query), however many there are.
+    pub async fn object_kinds(
+        &mut self,
+        org_id: Uuid,
+        ids: &[Uuid],
+    ) -> StoreResult<std::collections::HashMap<Uuid, ObjectKind>> {
+        let mut out = std::collections::HashMap::with_capacity(ids.len());
+        for (table, kind) in [("dir_users", ObjectKind::User), ("dir_groups", ObjectKind::Group)] {
+            for chunk in ids.chunks(500) {
+                let sql = format!(
+                    "SELECT id FROM {table} WHERE org_id = $1 AND id IN ({})",
+                    placeholders(2, chunk.len())
+                );
+                let mut q = sqlx::query(&sql).bind(org_id.to_string());
+                for id in chunk {
+                    q = q.bind(id.to_string());
+                }
+                for r in q.fetch_all(self.conn()).await? {
+                    out.insert(get_uuid(&r, "id")?, kind);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The link of an AD object in a domain.
     pub async fn link_by_guid(&mut self, org_id: Uuid, domain_id: Uuid, guid: Uuid) -> StoreResult<Option<Link>> {
         let row = sqlx::query(
