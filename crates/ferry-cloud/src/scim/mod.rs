@@ -9,6 +9,7 @@ pub mod schema;
 mod search;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
@@ -303,27 +304,35 @@ async fn patch_user(
     ScimBody(body): ScimBody,
 ) -> Result<Response, ScimError> {
     let ctx = ctx(&state, &auth);
-    // A PATCH that sets a password is read, hashed with no store connection
-    // held (argon2 takes tens of milliseconds; SQLite has one connection),
-    // then written if the user did not change meanwhile.
+    let body = Arc::new(body);
     let mut hashed: Option<(String, String)> = None;
-    for _ in 0..3 {
-        let mut tx = state.store.begin().await?;
-        let current = load_user(&mut tx, &auth, &id).await?;
+    for _ in 0..WRITE_ATTEMPTS {
+        // Read, and let the store go (SQLite has one connection): the PATCH
+        // is applied and checked, and a password hashed, with none held.
+        let current = load_user(&mut state.store.begin().await?, &auth, &id).await?;
         check_if_match(&headers, current.version)?;
-        let mut working = resource::user_working(&current);
-        patch::apply_patch(&USERS, &mut working, &body)?;
-        // The working copy never holds the stored password, so one present now was set by this PATCH.
-        let u = split_user(normalize(&USERS, &Value::Object(working))?)?;
+        let (patch_body, read) = (body.clone(), current.clone());
+        let u = off_workers(move || {
+            let mut working = resource::user_working(&read);
+            patch::apply_patch(&USERS, &mut working, &patch_body)?;
+            // The working copy never holds the stored password, so one present now was set by this PATCH.
+            split_user(normalize(&USERS, &Value::Object(working))?)
+        })
+        .await?;
         let password_hash = match (&u.password, &hashed) {
             (None, _) => None,
             (Some(p), Some((plain, h))) if p == plain => Some(h.clone()),
             (Some(p), _) => {
-                drop(tx);
                 let h = hash(Some(p.clone())).await?.unwrap_or_default();
-                hashed = Some((p.clone(), h));
-                continue;
+                hashed = Some((p.clone(), h.clone()));
+                Some(h)
             }
+        };
+        let mut tx = state.store.begin().await?;
+        let current = match load_user(&mut tx, &auth, &id).await? {
+            // Changed meanwhile: apply the PATCH to the new state.
+            now if now.version != current.version => continue,
+            now => now,
         };
         let next = NewUser {
             username: u.username,
@@ -337,10 +346,27 @@ async fn patch_user(
         state.commit(tx).await?;
         return Ok(resp);
     }
-    Err(ScimError::status(
+    Err(changed_meanwhile())
+}
+
+/// Reads before a write that found the object changed since, at most.
+const WRITE_ATTEMPTS: usize = 3;
+
+fn changed_meanwhile() -> ScimError {
+    ScimError::status(
         StatusCode::CONFLICT,
-        "the user kept changing while this PATCH was applied; send it again",
-    ))
+        "the resource kept changing while this request was applied; send it again",
+    )
+}
+
+/// Runs CPU-heavy work (a big document patched and validated) on the
+/// blocking pool, so the async workers keep answering other requests.
+async fn off_workers<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ScimError> + Send + 'static,
+) -> Result<T, ScimError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| ScimError::status(StatusCode::INTERNAL_SERVER_ERROR, "the request could not be processed"))?
 }
 
 async fn delete_user(
@@ -455,35 +481,54 @@ async fn write_group(
     auth: &AdminAuth,
     headers: &HeaderMap,
     id: &str,
-    body: &Value,
+    body: Value,
     is_patch: bool,
 ) -> Result<Response, ScimError> {
     let b = base(state, headers);
     let ctx = ctx(state, auth);
-    let mut tx = state.store.begin().await?;
-    let current = load_group(&mut tx, auth, id).await?;
-    check_if_match(headers, current.version)?;
-    let input = if is_patch {
-        let members = tx.group_members(auth.org_id, current.id).await?;
-        let mut working = resource::group_working(&current, &members, &b);
-        patch::apply_patch(&GROUPS, &mut working, body)?;
-        Value::Object(working)
-    } else {
-        body.clone()
-    };
-    let g = split_group(normalize(&GROUPS, &input)?)?;
-    let members = resolve_members(&mut tx, auth, &g.members).await?;
-    let next = NewGroup {
-        name: g.name,
-        external_id: g.external_id,
-        doc: g.doc,
-    };
-    let (row, _) = directory::update_group(&mut tx, &ctx, &current, next, Some(&members))
-        .await
-        .map_err(self_member)?;
-    let resp = respond_group(&mut tx, auth, &row, &b, &HashMap::new()).await?;
-    state.commit(tx).await?;
-    Ok(resp)
+    let body = Arc::new(body);
+    for _ in 0..WRITE_ATTEMPTS {
+        // Read, let the store go, work out the new state with no connection
+        // held, then write if nothing changed meanwhile.
+        let mut tx = state.store.begin().await?;
+        let current = load_group(&mut tx, auth, id).await?;
+        check_if_match(headers, current.version)?;
+        let members = match is_patch {
+            true => tx.group_members(auth.org_id, current.id).await?,
+            false => Vec::new(),
+        };
+        drop(tx);
+        let (input, read, base_url) = (body.clone(), current.clone(), b.clone());
+        let g = off_workers(move || {
+            let input = if is_patch {
+                let mut working = resource::group_working(&read, &members, &base_url);
+                patch::apply_patch(&GROUPS, &mut working, &input)?;
+                Value::Object(working)
+            } else {
+                Value::clone(&input)
+            };
+            split_group(normalize(&GROUPS, &input)?)
+        })
+        .await?;
+        let mut tx = state.store.begin().await?;
+        let current = match load_group(&mut tx, auth, id).await? {
+            now if now.version != current.version => continue,
+            now => now,
+        };
+        let members = resolve_members(&mut tx, auth, &g.members).await?;
+        let next = NewGroup {
+            name: g.name,
+            external_id: g.external_id,
+            doc: g.doc,
+        };
+        let (row, _) = directory::update_group(&mut tx, &ctx, &current, next, Some(&members))
+            .await
+            .map_err(self_member)?;
+        let resp = respond_group(&mut tx, auth, &row, &b, &HashMap::new()).await?;
+        state.commit(tx).await?;
+        return Ok(resp);
+    }
+    Err(changed_meanwhile())
 }
 
 async fn replace_group(
@@ -493,7 +538,7 @@ async fn replace_group(
     Path(id): Path<String>,
     ScimBody(body): ScimBody,
 ) -> Result<Response, ScimError> {
-    write_group(&state, &auth, &headers, &id, &body, false).await
+    write_group(&state, &auth, &headers, &id, body, false).await
 }
 
 async fn patch_group(
@@ -503,7 +548,7 @@ async fn patch_group(
     Path(id): Path<String>,
     ScimBody(body): ScimBody,
 ) -> Result<Response, ScimError> {
-    write_group(&state, &auth, &headers, &id, &body, true).await
+    write_group(&state, &auth, &headers, &id, body, true).await
 }
 
 async fn delete_group(

@@ -24,7 +24,7 @@ use super::schema::{ResourceType, GROUPS, MAX_RESULTS, USERS};
 use super::{base, scim_json, ScimAuth, ScimBody, ScimError, LIST_RESPONSE};
 use crate::app::AppState;
 use crate::http::auth::AdminAuth;
-use crate::store::{GroupRow, Tx, UserQuery, UserRow};
+use crate::store::{GroupRow, Member, Tx, UserQuery, UserRow};
 
 /// Resources rendered and evaluated per transaction when the store cannot
 /// answer a filter.
@@ -179,7 +179,10 @@ enum Scan<'a> {
     Groups,
 }
 
-/// Walks the org, a batch per transaction, offering each resource to `w`.
+/// Walks the org, a batch per transaction, keeping the matches in `w`.
+/// Each batch is read, the store let go, then rendered and evaluated on the
+/// blocking pool, so neither the connection nor the async workers are held
+/// by the CPU work.
 async fn scan(
     state: &AppState,
     auth: &AdminAuth,
@@ -191,30 +194,86 @@ async fn scan(
     let mut after: Option<String> = None;
     loop {
         let mut tx = state.store.begin().await?;
-        let (rt, rendered, last) = match what {
+        let batch = match what {
             Scan::Users(external_id) => {
                 let rows = tx
                     .scan_users(auth.org_id, after.as_deref(), external_id, SCAN_BATCH)
                     .await?;
-                let last = rows.last().map(|r| r.username.to_lowercase());
-                (&USERS, render_users(&mut tx, auth, &rows, base).await?, last)
+                let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+                let groups = tx.groups_of_many(auth.org_id, &ids).await?;
+                Batch::Users(rows, groups)
             }
             Scan::Groups => {
                 let rows = tx.scan_groups(auth.org_id, after.as_deref(), SCAN_BATCH).await?;
-                let last = rows.last().map(|r| r.name.to_lowercase());
-                (&GROUPS, render_groups(&mut tx, auth, &rows, base).await?, last)
+                let mut members = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    members.push(tx.group_members(auth.org_id, row.id).await?);
+                }
+                Batch::Groups(rows, members)
             }
         };
         drop(tx);
-        let full = rendered.len() as i64 == SCAN_BATCH;
-        for r in rendered {
-            w.offer(rt, f, r);
+        let (full, last) = (batch.len() as i64 == SCAN_BATCH, batch.last_key());
+        let (rt, f, base) = (batch.resource_type(), f.clone(), base.to_owned());
+        let matched = super::off_workers(move || {
+            Ok(batch
+                .render(&base)
+                .into_iter()
+                .filter(|r| filter::matches(&f, r, &Info(rt)))
+                .collect::<Vec<_>>())
+        })
+        .await?;
+        for r in matched {
+            w.keep(rt, r);
         }
         match last {
             Some(key) if full => after = Some(key),
             _ => return Ok(()),
         }
-        tokio::task::yield_now().await;
+    }
+}
+
+/// One batch of a walk, as read.
+enum Batch {
+    Users(Vec<UserRow>, HashMap<Uuid, Vec<(Uuid, String)>>),
+    Groups(Vec<GroupRow>, Vec<Vec<Member>>),
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        match self {
+            Batch::Users(rows, _) => rows.len(),
+            Batch::Groups(rows, _) => rows.len(),
+        }
+    }
+
+    /// The key the next batch starts after.
+    fn last_key(&self) -> Option<String> {
+        match self {
+            Batch::Users(rows, _) => rows.last().map(|r| r.username.to_lowercase()),
+            Batch::Groups(rows, _) => rows.last().map(|r| r.name.to_lowercase()),
+        }
+    }
+
+    fn resource_type(&self) -> &'static ResourceType {
+        match self {
+            Batch::Users(..) => &USERS,
+            Batch::Groups(..) => &GROUPS,
+        }
+    }
+
+    fn render(self, base: &str) -> Vec<Value> {
+        match self {
+            Batch::Users(rows, mut groups) => rows
+                .iter()
+                .map(|row| resource::render_user(row, &groups.remove(&row.id).unwrap_or_default(), base))
+                .collect(),
+            Batch::Groups(rows, members) => rows
+                .iter()
+                .zip(members)
+                .map(|(row, m)| resource::render_group(row, &m, base))
+                .collect(),
+        }
     }
 }
 
@@ -248,9 +307,13 @@ impl Window {
 
     /// A candidate: counted and kept (when in the window) if it matches.
     fn offer(&mut self, rt: &ResourceType, f: &Filter, r: Value) {
-        if !filter::matches(f, &r, &Info(rt)) {
-            return;
+        if filter::matches(f, &r, &Info(rt)) {
+            self.keep(rt, r);
         }
+    }
+
+    /// A match: counted, and kept when in the window.
+    fn keep(&mut self, rt: &ResourceType, r: Value) {
         if self.total >= self.skip && self.page.len() < self.take {
             self.page(rt, r);
         }
