@@ -43,8 +43,9 @@ pub struct Config {
     /// Proxies whose `Forwarded`/`X-Forwarded-For` name the client (the
     /// TCP peer is the client otherwise).
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// Time a connection has to send a request's headers: a half-open
-    /// connection is closed after it.
+    /// Time a connection has to send a request's headers, counted from the
+    /// end of the previous answer: a half-open or idle connection is closed
+    /// after it (clients reconnect; agents call every few seconds).
     pub header_read_timeout: Duration,
     /// Time a client has to send a request's body.
     pub body_timeout: Duration,
@@ -67,7 +68,7 @@ impl Default for Config {
             lease_ttl_ms: 30_000,
             max_poll_ms: 30_000,
             trusted_proxies: Vec::new(),
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(20),
             body_timeout: Duration::from_secs(30),
             handler_timeout: Duration::from_secs(60),
             max_connections: 1024,

@@ -517,6 +517,52 @@ fn cases(user: &str, group: &str, domain: &str) -> Vec<Case> {
         Body::None,
         "invalidValue",
     ));
+    // Paging at the edges: clamped as RFC 7644 says, never an overflow.
+    for query in [
+        "startIndex=9223372036854775807",
+        "startIndex=-9223372036854775808&count=-1",
+        "count=9223372036854775807",
+        "startIndex=0&count=0",
+        "filter=title%20pr&startIndex=9223372036854775807&count=1000",
+    ] {
+        for res in ["Users", "Groups"] {
+            v.push(case(
+                format!("GET {res}?{query}"),
+                "GET",
+                format!("/scim/v2/{res}?{query}"),
+                Body::None,
+                200,
+            ));
+        }
+    }
+    v.push(scim(
+        "count past i64",
+        "GET",
+        "/scim/v2/Users?count=99999999999999999999",
+        Body::None,
+        "invalidValue",
+    ));
+    v.push(case(
+        "/.search at the last index",
+        "POST",
+        "/scim/v2/.search",
+        Body::Json(json!({"filter": "id pr", "startIndex": i64::MAX, "count": i64::MAX})),
+        200,
+    ));
+    v.push(case(
+        "/.search at the last index, no filter",
+        "POST",
+        "/scim/v2/.search",
+        Body::Json(json!({"startIndex": i64::MAX})),
+        200,
+    ));
+    v.push(scim(
+        "a filter that is a number",
+        "POST",
+        "/scim/v2/Users/.search",
+        Body::Json(json!({"filter": 7})),
+        "invalidFilter",
+    ));
 
     // Unicode that is valid: stored and read back, not refused.
     for name in [
