@@ -706,3 +706,34 @@ both_engines!(a_big_group_is_checked_in_batches, |engine| async move {
     let g = create_group(&s, json!({"displayName": "big", "members": members})).await;
     assert_eq!(g["members"].as_array().unwrap().len(), 1201);
 });
+
+// `userName eq` or `externalId eq` as one term of an `and` narrows the
+// candidates through the index; the rest of the filter still decides.
+both_engines!(an_indexed_term_of_an_and_narrows_the_search, |engine| async move {
+    let s = TestServer::start(engine).await;
+    create_user(&s, json!({"userName": "ann", "externalId": "x1", "title": "Eng"})).await;
+    create_user(&s, json!({"userName": "bob", "externalId": "x1", "title": "Ops"})).await;
+    for (filter, want) in [
+        (r#"userName eq "ANN" and title eq "eng""#, vec!["ann"]),
+        (r#"title eq "ops" and userName eq "ann""#, vec![]),
+        (r#"externalId eq "x1" and title pr"#, vec!["ann", "bob"]),
+        (
+            r#"externalId eq "x1" and (title eq "ops" or title eq "none")"#,
+            vec!["bob"],
+        ),
+        (r#"externalId eq "x1" or userName eq "zed""#, vec!["ann", "bob"]),
+    ] {
+        let (st, v) = s
+            .call(Method::POST, "/scim/v2/Users/.search", Some(json!({"filter": filter})))
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let got: Vec<&str> = v["Resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["userName"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, want, "{filter}");
+        assert_eq!(v["totalResults"], want.len(), "{filter}");
+    }
+});

@@ -453,7 +453,9 @@ impl ListParams {
     }
 }
 
-/// `attr eq "value"` on a top-level attribute: something an index answers.
+/// `attr eq "value"` on a top-level attribute, as the whole filter or as
+/// one term of a top-level `and`: every match has that value, so an index
+/// narrows the candidates and the filter decides on them.
 fn eq_on<'a>(f: &'a Filter, attr: &str) -> Option<&'a str> {
     match f {
         Filter::Compare(p, Op::Eq, Value::String(v))
@@ -461,6 +463,10 @@ fn eq_on<'a>(f: &'a Filter, attr: &str) -> Option<&'a str> {
         {
             Some(v)
         }
+        Filter::And(terms) => terms.iter().find_map(|t| match t {
+            Filter::And(_) => None,
+            t => eq_on(t, attr),
+        }),
         _ => None,
     }
 }
