@@ -158,18 +158,54 @@ async fn users_with_escaped_and_non_ascii_names_round_trip() {
     assert_eq!(rec.email.as_deref(), Some("jsmith@example.test"));
     assert!(rec.active);
     assert_eq!(manager, None);
-    assert_eq!(ferry_agent::ad::mapping::excluded(&mapped[0], "CN=svc,DC=x"), None);
-    let krbtgt = c
-        .read_entry(
-            &format!("CN=krbtgt,CN=Users,{}", dc.base_dn),
-            ferry_agent::ad::mapping::READ_ATTRS,
-        )
+    // What Ferry never touches, read from the DC: built-in accounts, and
+    // members of protected groups through nested groups (no adminCount:
+    // Samba never runs SDProp).
+    let ops = format!("CN=ops-admins,{}", ou);
+    dc.ldapmodify(
+        &format!("dn: {ops}\nobjectClass: group\nsAMAccountName: ops-admins\n"),
+        true,
+    );
+    let helper = format!("CN=helper,{ou}");
+    dc.ldapmodify(
+        &format!("dn: {helper}\nobjectClass: user\nsAMAccountName: helper\n"),
+        true,
+    );
+    dc.ldapmodify(
+        &format!("dn: {ops}\nchangetype: modify\nadd: member\nmember: {helper}\n"),
+        false,
+    );
+    dc.ldapmodify(
+        &format!(
+            "dn: CN=Domain Admins,CN=Users,{}\nchangetype: modify\nadd: member\nmember: {ops}\n",
+            dc.base_dn
+        ),
+        false,
+    );
+    let protection = ferry_agent::sync::protect::Protection::read(&mut c, &dc.base_dn, vec!["CN=svc,DC=x".into()])
         .await
-        .unwrap()
         .unwrap();
-    assert!(
-        ferry_agent::ad::mapping::excluded(&krbtgt, "CN=svc,DC=x").is_some(),
-        "krbtgt is never synced"
+    assert_eq!(protection.why(&mapped[0]), None, "an ordinary user");
+    for dn in [
+        format!("CN=krbtgt,CN=Users,{}", dc.base_dn),
+        format!("CN=Administrator,CN=Users,{}", dc.base_dn),
+        format!("CN=Guest,CN=Users,{}", dc.base_dn),
+        format!("CN=Domain Users,CN=Users,{}", dc.base_dn),
+        helper.clone(),
+    ] {
+        let e = c
+            .read_entry(&dn, ferry_agent::ad::mapping::READ_ATTRS)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(protection.why(&e).is_some(), "{dn} is never synced nor written");
+    }
+    dc.ldapmodify(
+        &format!(
+            "dn: CN=Domain Admins,CN=Users,{}\nchangetype: modify\ndelete: member\nmember: {ops}\n",
+            dc.base_dn
+        ),
+        false,
     );
 
     // Rename and move keep the objectGUID.
@@ -406,7 +442,7 @@ async fn dirsync_and_reconciliation_as_a_delegated_account() {
     );
 
     // A delete: the delegated account sees no tombstone, but reconciliation finds it.
-    let before = svc.in_scope_guids(&ou).await.unwrap();
+    let before = svc.in_scope_guids(&ou, |_| true).await.unwrap();
     let gone = svc
         .read_entry(&u2, &["objectGUID"])
         .await
@@ -416,7 +452,7 @@ async fn dirsync_and_reconciliation_as_a_delegated_account() {
         .unwrap();
     let cookie = inc.cookie;
     admin.delete(&u2).await.unwrap();
-    let after = svc.in_scope_guids(&ou).await.unwrap();
+    let after = svc.in_scope_guids(&ou, |_| true).await.unwrap();
     let deleted: Vec<_> = before.difference(&after).collect();
     assert_eq!(deleted, vec![&gone]);
     let inc = svc.dirsync_all(&dc.base_dn, &cookie, &attrs).await.unwrap();

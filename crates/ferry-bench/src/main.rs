@@ -30,6 +30,10 @@ struct Opts {
     /// Single changes timed in each direction.
     #[arg(long, default_value_t = 50)]
     changes: usize,
+    /// Changes made on each side while the agent is stopped, for the
+    /// catch-up figure (at most half the users on each side).
+    #[arg(long, default_value_t = 3_000)]
+    catchup: usize,
     /// How long the agent is watched while idle.
     #[arg(long, default_value_t = 60)]
     idle_secs: u64,
@@ -246,6 +250,85 @@ impl Cloud {
             .await?;
         Ok(v["Resources"][0].clone())
     }
+}
+
+/// The catch-up figure: with the agent stopped, `n` users get a new title
+/// in AD and `n` others a new title in the cloud; the agent (`start`) is
+/// started and timed until both sides hold every change, each side read
+/// whole. Returns the time and the agent's peak RSS meanwhile.
+async fn catch_up(
+    n: usize,
+    users: usize,
+    base: &str,
+    dc: &Dc,
+    cloud: &Cloud,
+    start: impl FnOnce() -> Result<Proc>,
+) -> Result<(f64, f64)> {
+    let stamp = format!("{}", std::process::id());
+    let mut admin = dc.admin().await?;
+    for i in 0..n {
+        let title = format!("night-ad-{stamp}-{i}");
+        admin
+            .set_attributes(&user_dn((2 * i) % users, base), &[("title", Some(&title))])
+            .await?;
+    }
+    for i in 0..n {
+        let u = cloud.user(&format!("u{:06}", (2 * i + 1) % users)).await?;
+        let id = u["id"].as_str().unwrap_or_default().to_owned();
+        cloud
+            .ok(
+                reqwest::Method::PATCH,
+                &format!("/scim/v2/Users/{id}"),
+                Some(json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                            "Operations": [{"op": "replace", "path": "title", "value": format!("night-cloud-{stamp}-{i}")}]})),
+            )
+            .await?;
+    }
+    let started = Instant::now();
+    let agent = start()?;
+    let (ad_prefix, cloud_prefix) = (format!("night-ad-{stamp}-"), format!("night-cloud-{stamp}-"));
+    loop {
+        // The cloud, whole: every AD change there.
+        let mut in_cloud = 0;
+        let mut page = 1;
+        loop {
+            let v = cloud
+                .ok(
+                    reqwest::Method::GET,
+                    &format!("/scim/v2/Users?startIndex={page}&count=1000&attributes=title"),
+                    None,
+                )
+                .await?;
+            let rs = v["Resources"].as_array().cloned().unwrap_or_default();
+            in_cloud += rs
+                .iter()
+                .filter(|u| u["title"].as_str().is_some_and(|t| t.starts_with(&ad_prefix)))
+                .count();
+            if rs.len() < 1000 {
+                break;
+            }
+            page += 1000;
+        }
+        // AD, whole: every cloud change there.
+        let in_ad = admin
+            .search_paged(
+                base,
+                ldap3::Scope::Subtree,
+                &format!("(title={}*)", ldap3::ldap_escape(cloud_prefix.as_str())),
+                &["1.1"],
+            )
+            .await?
+            .len();
+        if in_cloud == n && in_ad == n {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            bail!("no catch-up in 30 min: {in_cloud}/{n} AD changes in the cloud, {in_ad}/{n} cloud changes in AD");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok((secs, peak_rss_mib(agent.pid())))
 }
 
 fn user_dn(i: usize, base: &str) -> String {
@@ -763,6 +846,24 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
     let cloud_rss_sync = peak_rss_mib(cloud_proc.pid());
     drop(agent_proc);
 
+    let n_catchup = o.catchup.min(o.users / 2);
+    say(&format!(
+        "catch-up: agent stopped, {n_catchup} changes on each side, then started"
+    ));
+    let (catchup_secs, catchup_rss) = catch_up(n_catchup, o.users, &base, &dc, &cloud, || {
+        Ok(Proc(
+            Command::new(bin.join("ferry-agent"))
+                .arg("run")
+                .arg("--config-dir")
+                .arg(&agent_dir)
+                .env("RUST_LOG", "info")
+                .stderr(std::fs::OpenOptions::new().append(true).open(&agent_log)?)
+                .spawn()?,
+        ))
+    })
+    .await?;
+    eprintln!("    {catchup_secs:.2} s");
+
     say(&format!(
         "SCIM throughput on the loaded store ({} s each, 4 clients; agent stopped)",
         o.scim_secs
@@ -863,6 +964,13 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
         format!("{:.3} / {:.3} s", percentile(&cloud_to_ad, 50.0), p99_c),
         &format!("p99 ≤ 1.5 s {}", ok(p99_c <= 1.5)),
     );
+    let import_rate = (o.users + o.groups) as f64 / import_secs;
+    let catchup_rate = (2 * n_catchup) as f64 / catchup_secs;
+    row(
+        &format!("catch-up, {n_catchup} changes each side"),
+        format!("{catchup_secs:.2} s = {:.2}× import rate", catchup_rate / import_rate),
+        "",
+    );
     row(
         "agent peak RSS",
         format!("{agent_rss:.1} MiB"),
@@ -910,6 +1018,10 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
             "import_objects_per_sec": (o.users + o.groups) as f64 / import_secs,
             "latency_ad_to_cloud": {"median": percentile(&ad_to_cloud, 50.0), "p99": p99_a, "n": ad_to_cloud.len()},
             "latency_cloud_to_ad": {"median": percentile(&cloud_to_ad, 50.0), "p99": p99_c, "n": cloud_to_ad.len()},
+            "catchup_changes_each_side": n_catchup,
+            "catchup_secs": catchup_secs,
+            "catchup_rate_vs_import_rate": catchup_rate / import_rate,
+            "catchup_agent_peak_rss_mib": catchup_rss,
             "agent_peak_rss_mib": agent_rss,
             "cloud_peak_rss_mib": cloud_rss,
             "agent_idle_cpu_percent": agent_idle_cpu,

@@ -921,3 +921,158 @@ both_engines!(
         assert_eq!(list["total"], 0, "{list}");
     }
 );
+
+async fn new_domain(s: &TestServer, name: &str) -> String {
+    let (st, d) = s
+        .call(Method::POST, "/api/v1/domains", Some(json!({ "name": name })))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{d}");
+    d["id"].as_str().unwrap().to_owned()
+}
+
+both_engines!(
+    each_object_belongs_to_one_domain_and_goes_to_its_agent_only,
+    |engine| async move {
+        let s = TestServer::start(engine).await;
+        let d1 = new_domain(&s, "one.test").await;
+        let d2 = new_domain(&s, "two.test").await;
+        let (a1, a2) = (enrol(&s, &d1).await, enrol(&s, &d2).await);
+        heartbeat(&s, &a1).await;
+        heartbeat(&s, &a2).await;
+        let (_, d) = s.call(Method::GET, &format!("/api/v1/domains/{d1}"), None).await;
+        assert_eq!(d["default_for_cloud_objects"], true, "the org's first domain: {d}");
+
+        // A1's jsmith and its group, from AD.
+        let (g1, u1) = (Uuid::new_v4(), Uuid::new_v4());
+        let (st, v) = push(&s, &a1, None, "c1", vec![ad_user(u1, "jsmith")]).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let group = AdChange::UpsertGroup {
+            guid: g1,
+            dn: "CN=Engineers,CN=Users,DC=one,DC=test".into(),
+            record: GroupRecord {
+                name: "Engineers".into(),
+                description: None,
+            },
+        };
+        let members = AdChange::SetMembers {
+            group: g1,
+            members: vec![u1],
+        };
+        push(&s, &a1, Some("c1"), "c2", vec![group.clone(), members]).await;
+        let jsmith = scim_user(&s, "jsmith").await.unwrap();
+        let jid = jsmith["id"].as_str().unwrap().to_owned();
+
+        // A2 pushes its own jsmith (disabled) and an empty Engineers: both
+        // are conflicts of A2, and A1's objects stay as they are.
+        let mut theirs = ad_user(Uuid::new_v4(), "jsmith");
+        if let AdChange::UpsertUser { record, .. } = &mut theirs {
+            record.active = false;
+            record.given_name = Some("Jane".into());
+        }
+        let g2 = Uuid::new_v4();
+        let group2 = AdChange::UpsertGroup {
+            guid: g2,
+            dn: "CN=Engineers,CN=Users,DC=two,DC=test".into(),
+            record: GroupRecord {
+                name: "Engineers".into(),
+                description: None,
+            },
+        };
+        let empty = AdChange::SetMembers {
+            group: g2,
+            members: vec![],
+        };
+        let (st, v) = push(
+            &s,
+            &a2,
+            None,
+            "x1",
+            vec![theirs, group2, empty, ad_user(Uuid::new_v4(), "onlytwo")],
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["refused"], 2, "{v}");
+        let after = scim_user(&s, "jsmith").await.unwrap();
+        assert_eq!(after["active"], true);
+        assert_eq!(after["name"]["givenName"], "Given");
+        let (_, errors) = s
+            .call(Method::GET, &format!("/api/v1/domains/{d2}/sync-errors"), None)
+            .await;
+        let errors = errors["sync_errors"].as_array().unwrap().clone();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors
+            .iter()
+            .all(|e| e["message"].as_str().unwrap().contains("one.test")));
+        let (_, links) = s.call(Method::GET, &format!("/api/v1/objects/{jid}/links"), None).await;
+        assert_eq!(links["links"].as_array().unwrap().len(), 1, "{links}");
+        assert_eq!(links["home_domain"], d1.as_str());
+
+        // The feed: a cloud edit of A1's jsmith goes to A1 only; A2's own
+        // user's edit to A2 only.
+        let head1 = feed(&s, &a1, 0, 0).await.next_cursor;
+        let head2 = feed(&s, &a2, 0, 0).await.next_cursor;
+        set_title(&s, &jid, "Lead").await;
+        let two = scim_user(&s, "onlytwo").await.unwrap();
+        set_title(&s, two["id"].as_str().unwrap(), "Solo").await;
+        let f1 = feed(&s, &a1, head1, 0).await;
+        let f2 = feed(&s, &a2, head2, 0).await;
+        let ids = |f: &FeedResponse| -> Vec<Uuid> {
+            f.entries
+                .iter()
+                .filter_map(|e| match &e.change {
+                    ferry_proto::agent::CloudChange::UpsertUser { id, .. } => Some(*id),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(ids(&f1), vec![jid.parse::<Uuid>().unwrap()], "{f1:?}");
+        assert_eq!(ids(&f2), vec![two["id"].as_str().unwrap().parse::<Uuid>().unwrap()]);
+
+        // A2 may not link A1's object to an AD object of its own.
+        let (st, v) = s
+            .call_as(
+                &a2.token,
+                Method::POST,
+                "/agent/v1/links",
+                Some(json!({"object_id": jid, "kind": "user", "guid": Uuid::new_v4(), "dn": "CN=x,DC=two,DC=test"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CONFLICT, "{v}");
+        assert_eq!(v["code"], "other_domain", "{v}");
+        // …and a delete from A2 of an object it never had changes nothing.
+        let (st, _) = push(&s, &a2, Some("x1"), "x2", vec![AdChange::Delete { guid: u1 }]).await;
+        assert_eq!(st, StatusCode::OK);
+        assert!(scim_user(&s, "jsmith").await.is_some());
+    }
+);
+
+both_engines!(one_by_one_deletes_add_up_to_the_threshold, |engine| async move {
+    let s = TestServer::start(engine).await;
+    let (domain, a) = setup(&s, json!({"delete_threshold": 2})).await;
+    heartbeat(&s, &a).await;
+    let guids: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+    let users = guids
+        .iter()
+        .enumerate()
+        .map(|(i, g)| ad_user(*g, &format!("one{i}")))
+        .collect();
+    push(&s, &a, None, "c0", users).await;
+    // One at a time: the first two are applied, the third and fourth
+    // would make more than two in the window and are held.
+    let mut from = "c0".to_owned();
+    let mut outcome = Vec::new();
+    for (i, g) in guids.iter().enumerate() {
+        let to = format!("c{}", i + 1);
+        let (st, v) = push(&s, &a, Some(&from), &to, vec![AdChange::Delete { guid: *g }]).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        outcome.push((v["applied"].as_i64().unwrap(), v["quarantined"].as_i64().unwrap()));
+        from = to;
+    }
+    assert_eq!(outcome, vec![(1, 0), (1, 0), (0, 1), (0, 1)]);
+    assert!(scim_user(&s, "one0").await.is_none());
+    assert!(scim_user(&s, "one2").await.is_some(), "held, not deleted");
+    let (_, q) = s
+        .call(Method::GET, &format!("/api/v1/domains/{domain}/quarantine"), None)
+        .await;
+    assert_eq!(q["quarantine"].as_array().unwrap().len(), 2, "{q}");
+});

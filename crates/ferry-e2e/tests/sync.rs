@@ -7,45 +7,14 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use ferry_agent::ad::write::NewAdUser;
-use ferry_agent::ad::AdSettings;
 use ferry_agent::cloud::CloudClient;
-use ferry_agent::sync::{self, Shared};
+use ferry_agent::sync;
 use ferry_cloud::store::Store;
 use serde_json::json;
-
-/// Runs a sync engine in this process; it stops when the sender drops.
-async fn run_engine(dc: &Dc, cloud: &Cloud, agent: &Enrolled) -> Engine {
-    let shared = engine_shared(dc, cloud, agent).await;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(sync::run(shared, async {
-        stop_rx.await.ok();
-    }));
-    Engine {
-        stop: Some(stop_tx),
-        task: Some(task),
-    }
-}
-
-/// An engine running in this process.
-struct Engine {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<sync::Ended>>,
-}
-
-impl Engine {
-    /// Stops cleanly (the engine releases its lease).
-    async fn stop(mut self) {
-        self.stop.take();
-        if let Some(t) = self.task.take() {
-            t.await.ok();
-        }
-    }
-}
 
 async fn setup() -> (Dc, Cloud, Engine) {
     let (dc, cloud, domain) = prepare().await;
@@ -686,21 +655,6 @@ async fn a_real_conflict_follows_the_authority_policy() {
     }
 }
 
-async fn engine_shared(dc: &Dc, cloud: &Cloud, agent: &Enrolled) -> Arc<Shared> {
-    let client = CloudClient::new(&cloud.base, &agent.token).unwrap();
-    let first = client.heartbeat(&Default::default()).await.unwrap();
-    let mut ad = AdSettings::new(&dc.ldaps_url);
-    ad.ca_file = Some(dc.ca_file.clone());
-    Shared::new(
-        client,
-        ad,
-        format!("{}\\svc-sync", dc.domain),
-        SVC_PW.into(),
-        agent.secret_key.clone(),
-        first,
-    )
-}
-
 struct CloudProcess(std::process::Child);
 
 impl CloudProcess {
@@ -849,17 +803,10 @@ async fn a_mass_delete_in_ad_waits_for_approval() {
         admin.delete(&format!("CN=m{i},{ou}")).await.unwrap();
     }
     let qid = eventually("the deletes in quarantine", || async {
-        let (_, q) = cloud
-            .call(
-                reqwest::Method::GET,
-                &format!("/api/v1/domains/{domain}/quarantine"),
-                None,
-            )
-            .await;
-        q["quarantine"]
-            .as_array()?
+        pending_quarantine(&cloud, &domain)
+            .await
             .iter()
-            .find(|e| e["status"] == "pending" && e["deletes"] == 3)
+            .find(|e| e["deletes"] == 3)
             .map(|e| e["id"].as_str().unwrap_or_default().to_owned())
     })
     .await;
@@ -985,24 +932,6 @@ async fn a_big_group_changed_on_both_sides_ends_equal() {
     assert_eq!(dc.group_members(&group), want_dns, "AD stayed settled");
     assert_eq!(cloud_members(&cloud, &gid).await, want, "the cloud stayed settled");
     engine.stop().await;
-}
-
-async fn scim_create_user(cloud: &Cloud, body: serde_json::Value) -> serde_json::Value {
-    let (st, u) = cloud.call(reqwest::Method::POST, "/scim/v2/Users", Some(body)).await;
-    assert_eq!(st, 201, "{u}");
-    u
-}
-
-async fn sync_errors(cloud: &Cloud, domain: &str) -> Vec<serde_json::Value> {
-    let (st, v) = cloud
-        .call(
-            reqwest::Method::GET,
-            &format!("/api/v1/domains/{domain}/sync-errors"),
-            None,
-        )
-        .await;
-    assert_eq!(st, 200, "{v}");
-    v["sync_errors"].as_array().cloned().unwrap_or_default()
 }
 
 /// A cloud change AD refuses for good (a userPrincipalName another AD
@@ -1135,6 +1064,8 @@ async fn cloud_names_land_in_ad_within_ads_rules() {
     let long_name = "a-name-of-25-characters-x";
     let long_cn = "A display name that is longer than sixty-four characters, as some are";
     scim_create_user(&cloud, json!({"userName": long_name, "displayName": long_cn})).await;
+    // Another name AD's 20 characters make the same: an account name of its own.
+    scim_create_user(&cloud, json!({"userName": "a-name-of-25-characters-y"})).await;
     scim_create_user(&cloud, json!({"userName": "jsmith1", "displayName": "John Smith"})).await;
     scim_create_user(&cloud, json!({"userName": "jsmith2", "displayName": "John Smith"})).await;
     scim_create_user(&cloud, json!({"userName": "marker"})).await;
@@ -1147,6 +1078,15 @@ async fn cloud_names_land_in_ad_within_ads_rules() {
     let long_cn_in_ad = eventually("the long name, derived", || cn_of("a-name-of-25-charact")).await;
     assert_eq!(long_cn_in_ad.chars().count(), 64, "{long_cn_in_ad}");
     assert!(long_cn.starts_with(&long_cn_in_ad));
+    let variant = ferry_proto::names::sam_variant("a-name-of-25-charact", 2, 20);
+    let (dc_ref, users_ref, variant_ref) = (&dc, &users, &variant);
+    eventually("the second long name, with an account name of its own", || async move {
+        dc_ref
+            .ldapsearch(users_ref, &format!("(sAMAccountName={variant_ref})"), &["cn"])
+            .contains("cn: a-name-of-25-characters-y")
+            .then_some(())
+    })
+    .await;
     assert_eq!(cn_of("jsmith1").await.as_deref(), Some("John Smith"));
     assert_eq!(
         eventually("the second John Smith", || cn_of("jsmith2")).await,
@@ -1411,32 +1351,45 @@ async fn a_resync_and_a_refused_cookie_read_the_domain_again_without_duplicates(
 }
 
 /// Every cloud user: userName → (title, mobile).
-async fn cloud_users(cloud: &Cloud) -> std::collections::BTreeMap<String, (String, String)> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut start = 1;
+/// Every cloud user, read page by page over SCIM.
+async fn all_cloud_users(cloud: &Cloud) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
     loop {
-        let (_, v) = cloud
+        let (st, v) = cloud
             .call(
                 reqwest::Method::GET,
-                &format!("/scim/v2/Users?count=500&startIndex={start}"),
+                &format!("/scim/v2/Users?count=1000&startIndex={}", out.len() + 1),
                 None,
             )
             .await;
+        assert_eq!(st, 200, "{v}");
         let page = v["Resources"].as_array().cloned().unwrap_or_default();
-        for u in &page {
-            let text = |x: &serde_json::Value| x.as_str().unwrap_or_default().to_owned();
+        let last = page.len() < 1000;
+        out.extend(page);
+        if last {
+            return out;
+        }
+    }
+}
+
+fn text(x: &serde_json::Value) -> String {
+    x.as_str().unwrap_or_default().to_owned()
+}
+
+/// Every cloud user: userName → (title, mobile).
+async fn cloud_users(cloud: &Cloud) -> std::collections::BTreeMap<String, (String, String)> {
+    all_cloud_users(cloud)
+        .await
+        .iter()
+        .map(|u| {
             let mobile = u["phoneNumbers"]
                 .as_array()
                 .and_then(|p| p.iter().find(|n| n["type"] == "mobile"))
                 .map(|n| text(&n["value"]))
                 .unwrap_or_default();
-            out.insert(text(&u["userName"]), (text(&u["title"]), mobile));
-        }
-        if page.len() < 500 {
-            return out;
-        }
-        start += 500;
-    }
+            (text(&u["userName"]), (text(&u["title"]), mobile))
+        })
+        .collect()
 }
 
 /// Every AD user under `base`: sAMAccountName → (title, mobile).
@@ -1463,10 +1416,12 @@ fn ad_users(dc: &Dc, base: &str) -> std::collections::BTreeMap<String, (String, 
     out
 }
 
-/// The agent is stopped while both sides change (N AD users changed, N
-/// cloud users created, N memberships and N changes made in the cloud;
-/// `FERRY_CATCHUP_N`, 300 by default), then started: it catches up, and both
-/// sides are compared whole: every user's attributes and the group's members.
+/// The agent is stopped while both sides make N changes (`FERRY_CATCHUP_N`,
+/// 300 by default; the figure is 3,000): AD changes N users' titles;
+/// the cloud creates N/3 users, puts them in a new group (N/3 memberships)
+/// and gives the other N/3 changes to AD users. Then it is started: it
+/// catches up, and both sides are compared whole: every user's attributes
+/// and the group's members.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_night_of_changes_on_both_sides_catches_up_and_both_sides_end_equal() {
     let n: usize = std::env::var("FERRY_CATCHUP_N")
@@ -1506,8 +1461,10 @@ async fn a_night_of_changes_on_both_sides_catches_up_and_both_sides_end_equal() 
         ));
     }
     dc.ldapmodify(&ldif, false);
+    let third = n / 3;
+    let patched = n - 2 * third;
     let mut ids = Vec::new();
-    for i in 0..n {
+    for i in 0..third {
         let u = scim_create_user(
             &cloud,
             json!({"userName": format!("cloudy{i}"), "title": format!("Cloud {i}")}),
@@ -1523,7 +1480,7 @@ async fn a_night_of_changes_on_both_sides_catches_up_and_both_sides_end_equal() 
         )
         .await;
     assert_eq!(st, 201, "{g}");
-    for i in 0..n {
+    for i in 0..patched {
         let u = cloud.user(&format!("night{i}")).await.unwrap();
         let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
             "Operations": [{"op": "add", "path": "phoneNumbers", "value": [{"type": "mobile", "value": format!("+1555{i:04}")}]}]});
@@ -1543,9 +1500,14 @@ async fn a_night_of_changes_on_both_sides_catches_up_and_both_sides_end_equal() 
     let users_dn = format!("CN=Users,{}", dc.base_dn);
     let mut want_ad = std::collections::BTreeMap::new();
     for i in 0..n {
-        want_ad.insert(format!("night{i}"), (format!("Night {i}"), format!("+1555{i:04}")));
+        let mobile = if i < patched {
+            format!("+1555{i:04}")
+        } else {
+            String::new()
+        };
+        want_ad.insert(format!("night{i}"), (format!("Night {i}"), mobile));
     }
-    let want_cloudy: std::collections::BTreeMap<String, (String, String)> = (0..n)
+    let want_cloudy: std::collections::BTreeMap<String, (String, String)> = (0..third)
         .map(|i| (format!("cloudy{i}"), (format!("Cloud {i}"), String::new())))
         .collect();
     let group_dn = format!("CN=Night Shift,{users_dn}");
@@ -1576,7 +1538,7 @@ async fn a_night_of_changes_on_both_sides_catches_up_and_both_sides_end_equal() 
             && cloud_night == want_ad
             && ad_cloudy == want_cloudy
             && cloud_cloudy == want_cloudy
-            && members == n
+            && members == third
         {
             break;
         }
@@ -1592,9 +1554,167 @@ async fn a_night_of_changes_on_both_sides_catches_up_and_both_sides_end_equal() 
     }
     eprintln!(
         "caught up {n} AD and {} cloud changes in {:.1} s",
-        3 * n,
+        2 * third + patched,
         started.elapsed().as_secs_f32()
     );
+    assert!(sync_errors(&cloud, &domain).await.is_empty());
+    engine.stop().await;
+}
+
+/// Every cloud user's id → userName.
+async fn cloud_user_names(cloud: &Cloud) -> std::collections::HashMap<String, String> {
+    all_cloud_users(cloud)
+        .await
+        .iter()
+        .map(|u| (text(&u["id"]), text(&u["userName"])))
+        .collect()
+}
+
+/// A group of 30,000 members (`FERRY_BIG_GROUP_N`) is in AD before the
+/// agent starts: the import brings it whole (its member list read by range
+/// where the DC ranges it, and pushed in chunks within the cloud's body
+/// limit), and a marker changed in AD after it still arrives. The two sides'
+/// member lists are compared whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_of_30000_members_is_imported_whole() {
+    let n: usize = std::env::var("FERRY_BIG_GROUP_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30_000);
+    let (dc, cloud, domain) = prepare().await;
+    let ou = dc.new_ou("multitude").await;
+    let mut ldif = String::new();
+    for i in 0..n {
+        ldif.push_str(&format!(
+            "dn: CN=m{i},{ou}\nobjectClass: user\nsAMAccountName: many{i}\n\n"
+        ));
+    }
+    let group = format!("CN=Everyone Here,{ou}");
+    ldif.push_str(&format!(
+        "dn: {group}\nobjectClass: group\nsAMAccountName: everyonehere\n"
+    ));
+    for i in 0..n {
+        ldif.push_str(&format!("member: CN=m{i},{ou}\n"));
+    }
+    dc.ldapmodify(&ldif, true);
+    assert_eq!(dc.group_members(&group).len(), n, "AD has them all");
+    let agent = enrol(&cloud, &domain).await;
+    let started = Instant::now();
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    let g = eventually("the group in the cloud", || cloud.group("everyonehere")).await;
+    let gid = g["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let want: BTreeSet<String> = (0..n).map(|i| format!("many{i}")).collect();
+    loop {
+        let (_, g) = cloud
+            .call(reqwest::Method::GET, &format!("/scim/v2/Groups/{gid}"), None)
+            .await;
+        let ids: Vec<String> = g["members"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|m| m["value"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        if ids.len() == n {
+            let names = cloud_user_names(&cloud).await;
+            let got: BTreeSet<String> = ids.iter().filter_map(|id| names.get(id).cloned()).collect();
+            assert_eq!(got, want, "the cloud group's members are AD's");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the import did not bring the group whole: {} of {n} members",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!(
+        "imported {n} users and a group of {n} members in {:.1} s",
+        started.elapsed().as_secs_f32()
+    );
+    // The sync goes on after it: a change in AD arrives.
+    dc.ldapmodify(
+        &format!("dn: CN=m0,{ou}\nchangetype: modify\nreplace: title\ntitle: After\n"),
+        false,
+    );
+    eventually("a change after the import", || async {
+        cloud.user("many0").await.filter(|u| u["title"] == "After")
+    })
+    .await;
+    assert!(sync_errors(&cloud, &domain).await.is_empty());
+    engine.stop().await;
+}
+
+/// A user deleted in the cloud under the `disable` policy stays deleted: its
+/// AD account is disabled, and neither a later change to that account in AD
+/// nor a full re-read of the domain brings it back as a new cloud user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cloud_delete_under_disable_stays_deleted() {
+    let (dc, cloud, domain) = prepare().await;
+    let users = format!("CN=Users,{}", dc.base_dn);
+    let leaver = NewAdUser {
+        sam_account_name: "leaver".into(),
+        cn: Some("Leaver".into()),
+        password: Some("Leaver-Pa55-word".into()),
+        enabled: true,
+        ..Default::default()
+    };
+    dc.admin().await.create_user(&users, &leaver).await.unwrap();
+    let agent = enrol(&cloud, &domain).await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    let u = eventually("leaver in the cloud", || cloud.user("leaver")).await;
+    let (st, v) = cloud
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/scim/v2/Users/{}", u["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(st, 204, "{v}");
+    let uac = || {
+        dc.ldapsearch(&users, "(sAMAccountName=leaver)", &["userAccountControl"])
+            .lines()
+            .find_map(|l| l.strip_prefix("userAccountControl: ").map(str::to_owned))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    eventually("the AD account disabled", || async { (uac() & 2 == 2).then_some(()) }).await;
+
+    // AD changes the account; a marker behind it arrives, the leaver does not.
+    dc.ldapmodify(
+        &format!("dn: CN=Leaver,{users}\nchangetype: modify\nreplace: title\ntitle: Still here\n"),
+        false,
+    );
+    dc.ldapmodify(
+        &format!("dn: CN=Marker,{users}\nobjectClass: user\nsAMAccountName: marker\n"),
+        true,
+    );
+    eventually("the marker in the cloud", || cloud.user("marker")).await;
+    assert!(cloud.user("leaver").await.is_none(), "a cloud delete stays");
+
+    // A full re-read of the domain does not bring it back either.
+    let (st, v) = cloud
+        .call(reqwest::Method::POST, &format!("/api/v1/domains/{domain}/resync"), None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    eventually("the re-read done", || async {
+        stored_cookie(&cloud, &domain)
+            .await
+            .filter(|c| !c.starts_with("import"))
+            .map(|_| ())
+    })
+    .await;
+    dc.ldapmodify(
+        &format!("dn: CN=Marker Two,{users}\nobjectClass: user\nsAMAccountName: marker2\n"),
+        true,
+    );
+    eventually("a marker after the re-read", || cloud.user("marker2")).await;
+    assert!(
+        cloud.user("leaver").await.is_none(),
+        "a cloud delete stays after a resync"
+    );
+    assert_eq!(uac() & 2, 2, "the AD account stays disabled");
     assert!(sync_errors(&cloud, &domain).await.is_empty());
     engine.stop().await;
 }

@@ -48,6 +48,9 @@ pub struct DomainInfo {
     pub user_ou: String,
     /// Sync policies.
     pub policies: DomainPolicies,
+    /// The service accounts (DNs) of the domain's agents: never synced, never written.
+    #[serde(default)]
+    pub service_accounts: Vec<String>,
 }
 
 /// Per-domain sync policies.
@@ -61,8 +64,34 @@ pub struct DomainPolicies {
     pub cloud_delete_action: CloudDeleteAction,
     /// More deletes than this in one batch are quarantined until approved.
     pub delete_threshold: u32,
-    /// Link an unlinked cloud user with the same username on first contact.
+    /// Link an unlinked cloud user (or group) with the same name on first contact.
     pub match_existing_users: bool,
+    /// Which part of AD the domain syncs.
+    #[serde(default)]
+    pub scope: SyncScope,
+}
+
+/// Which part of AD a domain syncs: AD → cloud reads only objects the scope
+/// admits, and the agent writes only to them. Objects that leave it are
+/// handled as deleted in AD (the AD delete policy and threshold apply).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncScope {
+    /// Only objects under these containers (DNs); empty: the whole domain.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Never objects under these containers.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+impl SyncScope {
+    /// Whether an object at `dn` is in scope.
+    pub fn admits(&self, dn: &str) -> bool {
+        use crate::dn::dn_within;
+        (self.include.is_empty() || self.include.iter().any(|i| dn_within(dn, i)))
+            && !self.exclude.iter().any(|x| dn_within(dn, x))
+    }
 }
 
 impl Default for DomainPolicies {
@@ -73,6 +102,7 @@ impl Default for DomainPolicies {
             cloud_delete_action: CloudDeleteAction::Disable,
             delete_threshold: 500,
             match_existing_users: true,
+            scope: SyncScope::default(),
         }
     }
 }
@@ -125,6 +155,9 @@ pub struct HeartbeatRequest {
     pub applied: u64,
     /// When the agent last finished a sync pass without error (unix ms).
     pub last_sync_at: Option<i64>,
+    /// The DN of the service account the agent binds as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
 }
 
 /// Answer to [`HeartbeatRequest`].

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod connect_key;
+pub mod dn;
 pub mod names;
 pub mod record;
 pub mod seal;

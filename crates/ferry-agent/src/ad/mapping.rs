@@ -3,7 +3,6 @@
 
 use ferry_proto::record::{GroupRecord, UserRecord};
 
-use super::dn::same_dn;
 use super::entry::AdEntry;
 use super::write::{UF_ACCOUNTDISABLE, UF_PASSWD_NOTREQD};
 
@@ -111,27 +110,6 @@ pub fn group_record(e: &AdEntry) -> GroupRecord {
     }
 }
 
-/// Why an entry is outside what Ferry syncs, if it is: critical system
-/// objects, protected (privileged) accounts, krbtgt, the agent's own
-/// service account.
-pub fn excluded(e: &AdEntry, service_account_dn: &str) -> Option<&'static str> {
-    if e.flag("isCriticalSystemObject") {
-        return Some("a critical system object");
-    }
-    if e.int("adminCount") == Some(1) {
-        return Some("a protected (privileged) account: adminCount=1");
-    }
-    if e.str("sAMAccountName")
-        .is_some_and(|s| s.eq_ignore_ascii_case("krbtgt"))
-    {
-        return Some("the krbtgt account");
-    }
-    if same_dn(&e.dn, service_account_dn) {
-        return Some("the agent's own service account");
-    }
-    None
-}
-
 /// Whether a (DirSync) entry is a tombstone, where the DC shows them.
 pub fn is_tombstone(e: &AdEntry) -> bool {
     e.flag("isDeleted")
@@ -229,17 +207,7 @@ mod tests {
     }
 
     #[test]
-    fn system_and_privileged_objects_are_never_synced() {
-        let svc = "CN=svc-sync,CN=Users,DC=x";
-        assert!(excluded(&entry("CN=krbtgt,CN=Users,DC=x", &[("sAMAccountName", "krbtgt")]), svc).is_some());
-        assert!(excluded(&entry("CN=A,DC=x", &[("adminCount", "1")]), svc).is_some());
-        assert!(excluded(
-            &entry("CN=Domain Admins,DC=x", &[("isCriticalSystemObject", "TRUE")]),
-            svc
-        )
-        .is_some());
-        assert!(excluded(&entry("cn=SVC-SYNC,cn=users,dc=x", &[]), svc).is_some());
-        assert_eq!(excluded(&entry("CN=ann,DC=x", &[("sAMAccountName", "ann")]), svc), None);
+    fn tombstones_are_told() {
         assert!(is_tombstone(&entry("CN=x\\0ADEL:1,DC=x", &[("isDeleted", "TRUE")])));
     }
 }

@@ -4,7 +4,7 @@
 //! DirSync increments, the in-scope objectGUID set) and writes.
 
 pub mod ber;
-pub mod dn;
+pub use ferry_proto::dn;
 pub mod entry;
 pub mod error;
 pub mod guid;

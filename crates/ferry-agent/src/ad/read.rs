@@ -271,11 +271,20 @@ impl AdConnection {
     /// The objectGUIDs of every user and group under `base`: compared with
     /// what the cloud has linked, the difference is what was deleted or
     /// moved out of scope (a delegated account sees no tombstones).
-    pub async fn in_scope_guids(&mut self, base: &str) -> Result<HashSet<Uuid>, AdError> {
+    /// `admits` tells which DNs the sync's scope takes.
+    pub async fn in_scope_guids(
+        &mut self,
+        base: &str,
+        admits: impl Fn(&str) -> bool,
+    ) -> Result<HashSet<Uuid>, AdError> {
         let entries = self
             .search_paged(base, Scope::Subtree, USERS_AND_GROUPS, &["objectGUID"])
             .await?;
-        Ok(entries.iter().filter_map(AdEntry::guid).collect())
+        Ok(entries
+            .iter()
+            .filter(|e| admits(&e.dn))
+            .filter_map(AdEntry::guid)
+            .collect())
     }
 
     /// One DirSync round from `cookie` (empty: from the beginning) over the

@@ -14,6 +14,7 @@ use ferry_proto::record::{GroupRecord, ObjectKind, UserRecord};
 use uuid::Uuid;
 
 use super::error::SyncError;
+use super::protect::{self, Protection};
 use super::Shared;
 use crate::ad::guid::guid_filter;
 use crate::ad::mapping::READ_ATTRS;
@@ -31,6 +32,7 @@ pub async fn run(shared: Arc<Shared>) {
 
 async fn follow(shared: &Shared) -> Result<(), String> {
     let mut conn = shared.connect().await.map_err(|e| e.to_string())?;
+    let mut protection = protect::read(shared, &mut conn).await?;
     let mut cursor = shared.cloud.state().await.map_err(|e| e.to_string())?.feed_cursor;
     let mut links = Links::default();
     // Objects with an open cloud → AD error: a success clears theirs.
@@ -48,7 +50,15 @@ async fn follow(shared: &Shared) -> Result<(), String> {
             return Ok(());
         }
         let page = shared.cloud.feed(cursor, 20).await.map_err(|e| e.to_string())?;
+        if protection.stale(&shared.domain.read().await.policies.scope) {
+            protection = protect::read(shared, &mut conn).await?;
+        }
         let domain = shared.domain.read().await.clone();
+        let ctx = Ctx {
+            shared,
+            domain: &domain,
+            protection: &protection,
+        };
         let mut resolved = Vec::new();
         links.fresh = false;
         for entry in &page.entries {
@@ -56,7 +66,7 @@ async fn follow(shared: &Shared) -> Result<(), String> {
                 links.map.insert(*id, *guid);
             }
             let object = subject(&entry.change);
-            match apply(shared, &mut conn, &domain, &mut links, entry).await {
+            match apply(&ctx, &mut conn, &mut links, entry).await {
                 Ok(()) => {
                     if failed.remove(&object) {
                         resolved.push(object.to_string());
@@ -155,51 +165,164 @@ async fn linked(
     links: &mut Links,
     id: Uuid,
 ) -> Result<Option<AdEntry>, SyncError> {
-    // Read every link again at most once a feed page: an object created in
-    // the cloud has none, and asking for each would read them all per object.
+    match link_of(shared, links, id).await? {
+        Some(g) => Ok(find(conn, root, g).await?),
+        None => Ok(None),
+    }
+}
+
+/// The objectGUID a cloud id is linked to. Every link is read again at most
+/// once a feed page: an object created in the cloud has none, and asking for
+/// each would read them all per object.
+async fn link_of(shared: &Shared, links: &mut Links, id: Uuid) -> Result<Option<Uuid>, SyncError> {
     if !links.map.contains_key(&id) && !links.fresh {
         for l in shared.cloud.links().await? {
             links.map.insert(l.object_id, l.guid);
         }
         links.fresh = true;
     }
-    match links.map.get(&id) {
-        Some(g) => Ok(find(conn, root, *g).await?),
+    Ok(links.map.get(&id).copied())
+}
+
+/// What a change is applied with.
+struct Ctx<'a> {
+    shared: &'a Shared,
+    domain: &'a DomainInfo,
+    protection: &'a Protection,
+}
+
+/// Where a cloud object lands in AD.
+enum Target {
+    /// Its AD object (linked, or matched and now linked).
+    Existing(Box<AdEntry>),
+    /// Linked to an AD object that is gone: deleted in AD (the delete
+    /// comes up the other way), never created again by name.
+    Gone,
+    /// Not in AD yet; `name_taken`: its account name is another object's.
+    New { name_taken: bool },
+}
+
+/// A refusal of Ferry's own: the object is out of its reach.
+fn protected(e: &AdEntry, why: &str) -> SyncError {
+    SyncError::Refused {
+        code: "protected".into(),
+        message: format!("the AD object {} is {why}; Ferry never writes to it", e.dn),
+    }
+}
+
+/// Why Ferry may not write an AD object: protected, or outside the scope.
+fn out_of_reach(p: &Protection, e: &AdEntry) -> Option<SyncError> {
+    if let Some(why) = p.why(e) {
+        return Some(protected(e, why));
+    }
+    (!p.admits(&e.dn)).then(|| SyncError::Refused {
+        code: "out_of_scope".into(),
+        message: format!(
+            "the AD object {} is outside this domain's sync scope; Ferry does not write to it",
+            e.dn
+        ),
+    })
+}
+
+/// The linked AD object of a cloud object, refused when it is protected.
+async fn linked_entry(
+    ctx: &Ctx<'_>,
+    conn: &mut AdConnection,
+    links: &mut Links,
+    id: Uuid,
+) -> Result<Option<AdEntry>, SyncError> {
+    match linked(ctx.shared, conn, &ctx.domain.root_dn, links, id).await? {
+        Some(e) => match out_of_reach(ctx.protection, &e) {
+            Some(refusal) => Err(refusal),
+            None => Ok(Some(e)),
+        },
         None => Ok(None),
     }
 }
 
-async fn apply(
-    shared: &Shared,
+/// The AD object a cloud user or group lands on: its linked one, or an AD
+/// object of the same account name that the matching rules allow linking
+/// (not protected, linked to nothing, matching on for the domain). Any
+/// other same-named object is a conflict recorded as a sync error, never
+/// written to.
+async fn target(
+    ctx: &Ctx<'_>,
     conn: &mut AdConnection,
-    domain: &DomainInfo,
     links: &mut Links,
-    entry: &FeedEntry,
-) -> Result<(), SyncError> {
-    let root = domain.root_dn.as_str();
+    id: Uuid,
+    kind: ObjectKind,
+    sam: &str,
+) -> Result<Target, SyncError> {
+    let root = ctx.domain.root_dn.as_str();
+    if let Some(guid) = link_of(ctx.shared, links, id).await? {
+        return match find(conn, root, guid).await? {
+            Some(e) => match out_of_reach(ctx.protection, &e) {
+                Some(refusal) => Err(refusal),
+                None => Ok(Target::Existing(Box::new(e))),
+            },
+            None => Ok(Target::Gone),
+        };
+    }
+    let Some(e) = by_sam(conn, root, sam).await? else {
+        return Ok(Target::New { name_taken: false });
+    };
+    if let Some(refusal) = out_of_reach(ctx.protection, &e) {
+        return Err(refusal);
+    }
+    let Some(guid) = e.guid() else {
+        return Err(SyncError::Retry(format!("{} has no objectGUID", e.dn)));
+    };
+    if links.map.values().any(|g| *g == guid) {
+        // Another cloud object's account (two cloud names that AD's rules
+        // make one): this one gets a name of its own.
+        return Ok(Target::New { name_taken: true });
+    }
+    if !ctx.domain.policies.match_existing_users {
+        return Err(SyncError::Refused {
+            code: "conflict".into(),
+            message: format!(
+                "an AD account named {sam:?} ({}) exists and matching existing objects is off for this domain: rename one of them, or turn matching on",
+                e.dn
+            ),
+        });
+    }
+    ctx.shared
+        .cloud
+        .put_link(&LinkInfo {
+            object_id: id,
+            kind,
+            guid,
+            dn: e.dn.clone(),
+        })
+        .await?;
+    links.map.insert(id, guid);
+    tracing::info!(dn = %e.dn, %id, "cloud → AD: matched an existing AD object by its account name, and linked it");
+    Ok(Target::Existing(Box::new(e)))
+}
+
+async fn apply(ctx: &Ctx<'_>, conn: &mut AdConnection, links: &mut Links, entry: &FeedEntry) -> Result<(), SyncError> {
+    let (shared, domain) = (ctx.shared, ctx.domain);
     match &entry.change {
         CloudChange::UpsertUser { id, record } => {
-            let existing = match linked(shared, conn, root, links, *id).await? {
-                Some(e) => Some(e),
-                None => by_sam(conn, root, &names::user_sam(&record.username)).await?,
-            };
-            match existing {
-                Some(e) => update_user(shared, conn, &e, record).await?,
-                None => create_user(shared, conn, domain, *id, record, links).await?,
+            let sam = names::user_sam(&record.username);
+            match target(ctx, conn, links, *id, ObjectKind::User, &sam).await? {
+                Target::Existing(e) => update_user(shared, conn, &e, record).await?,
+                Target::Gone => tracing::debug!(%id, "the user's AD account was deleted in AD: not created again"),
+                Target::New { name_taken } => create_user(shared, conn, domain, *id, record, links, name_taken).await?,
             }
         }
         CloudChange::UpsertGroup { id, record } => {
-            let existing = match linked(shared, conn, root, links, *id).await? {
-                Some(e) => Some(e),
-                None => by_sam(conn, root, &sam_account_name_for(&record.name, names::MAX_GROUP_SAM)).await?,
-            };
-            match existing {
-                Some(e) => update_group(shared, conn, &e, record).await?,
-                None => create_group(shared, conn, domain, *id, record, links).await?,
+            let sam = sam_account_name_for(&record.name, names::MAX_GROUP_SAM);
+            match target(ctx, conn, links, *id, ObjectKind::Group, &sam).await? {
+                Target::Existing(e) => update_group(shared, conn, &e, record).await?,
+                Target::Gone => tracing::debug!(%id, "the group was deleted in AD: not created again"),
+                Target::New { name_taken } => {
+                    create_group(shared, conn, domain, *id, record, links, name_taken).await?
+                }
             }
         }
         CloudChange::Delete { id, kind } => {
-            let Some(e) = linked(shared, conn, root, links, *id).await? else {
+            let Some(e) = linked_entry(ctx, conn, links, *id).await? else {
                 return Ok(());
             };
             match (kind, domain.policies.cloud_delete_action) {
@@ -222,8 +345,8 @@ async fn apply(
         CloudChange::AddMember { group, member, .. } | CloudChange::RemoveMember { group, member, .. } => {
             let add = matches!(entry.change, CloudChange::AddMember { .. });
             let (Some(g), Some(m)) = (
-                linked(shared, conn, root, links, *group).await?,
-                linked(shared, conn, root, links, *member).await?,
+                linked_entry(ctx, conn, links, *group).await?,
+                linked_entry(ctx, conn, links, *member).await?,
             ) else {
                 tracing::debug!(seq = entry.seq, "membership of objects not in AD: skipped");
                 return Ok(());
@@ -243,7 +366,11 @@ async fn apply(
             shared.applied.fetch_add(1, Ordering::SeqCst);
         }
         CloudChange::PasswordSet { user } => {
-            set_password(shared, conn, root, links, entry.seq, *user).await?;
+            let Some(e) = linked_entry(ctx, conn, links, *user).await? else {
+                tracing::warn!(%user, "a password for a user with no AD account: skipped");
+                return Ok(());
+            };
+            set_password(shared, conn, &e, entry.seq, *user).await?;
         }
     }
     Ok(())
@@ -313,14 +440,10 @@ async fn create_user(
     id: Uuid,
     r: &UserRecord,
     links: &mut Links,
+    name_taken: bool,
 ) -> Result<(), SyncError> {
-    let sam = free_sam(
-        conn,
-        &domain.root_dn,
-        &names::user_sam(&r.username),
-        names::MAX_USER_SAM,
-    )
-    .await?;
+    let base = names::user_sam(&r.username);
+    let sam = free_sam(conn, &domain.root_dn, &base, names::MAX_USER_SAM, name_taken).await?;
     let display = r.display_name.clone().unwrap_or_else(|| r.username.clone());
     let cn = free_cn(conn, &domain.user_ou, &display).await?;
     let u = NewAdUser {
@@ -369,10 +492,11 @@ async fn create_group(
     id: Uuid,
     r: &GroupRecord,
     links: &mut Links,
+    name_taken: bool,
 ) -> Result<(), SyncError> {
     let base = sam_account_name_for(&r.name, names::MAX_GROUP_SAM);
     let g = NewAdGroup {
-        sam_account_name: Some(free_sam(conn, &domain.root_dn, &base, names::MAX_GROUP_SAM).await?),
+        sam_account_name: Some(free_sam(conn, &domain.root_dn, &base, names::MAX_GROUP_SAM, name_taken).await?),
         name: free_cn(conn, &domain.user_ou, &r.name).await?,
         description: r.description.clone(),
         group_type: GROUP_UNIVERSAL_SECURITY,
@@ -383,15 +507,20 @@ async fn create_group(
     Ok(())
 }
 
-/// `base`, or the first of its variants (`base-2`, …) no object in the
-/// domain has.
-async fn free_sam(conn: &mut AdConnection, root: &str, base: &str, max: usize) -> Result<String, SyncError> {
-    for n in 1..=names::MAX_VARIANTS {
-        let candidate = if n == 1 {
-            base.to_owned()
-        } else {
-            names::sam_variant(base, n, max)
-        };
+/// `base` when it is free (the caller has just looked), or else the first
+/// of its variants (`base-2`, …) no object in the domain has.
+async fn free_sam(
+    conn: &mut AdConnection,
+    root: &str,
+    base: &str,
+    max: usize,
+    base_taken: bool,
+) -> Result<String, SyncError> {
+    if !base_taken {
+        return Ok(base.to_owned());
+    }
+    for n in 2..=names::MAX_VARIANTS {
+        let candidate = names::sam_variant(base, n, max);
         if by_sam(conn, root, &candidate).await?.is_none() {
             return Ok(candidate);
         }
@@ -464,15 +593,10 @@ async fn link_new(
 async fn set_password(
     shared: &Shared,
     conn: &mut AdConnection,
-    root: &str,
-    links: &mut Links,
+    e: &AdEntry,
     seq: i64,
     user: Uuid,
 ) -> Result<(), SyncError> {
-    let Some(e) = linked(shared, conn, root, links, user).await? else {
-        tracing::warn!(%user, "a password for a user with no AD account: skipped");
-        return Ok(());
-    };
     let sealed = match shared.cloud.sealed(seq).await {
         Ok(s) => s,
         Err(err) if err.code() == Some("not_found") => {

@@ -49,8 +49,10 @@ impl From<CloudError> for SyncError {
     fn from(e: CloudError) -> Self {
         match &e {
             // The request itself is wrong for the cloud: retrying sends the same.
+            // …and so is a link the cloud's identity rules forbid.
             CloudError::Refused { status, code, .. }
-                if (400..500).contains(status) && ![401, 403, 408, 409, 413, 429].contains(status) =>
+                if ((400..500).contains(status) && ![401, 403, 408, 409, 413, 429].contains(status))
+                    || (*status == 409 && matches!(code.as_str(), "other_domain" | "already_linked")) =>
             {
                 SyncError::Refused {
                     code: format!("http {status} {code}"),

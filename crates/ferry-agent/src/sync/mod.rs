@@ -9,6 +9,7 @@
 pub mod ad_to_cloud;
 pub mod cloud_to_ad;
 pub mod error;
+pub mod protect;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,6 +49,8 @@ pub struct Shared {
     pub last_sync_at: AtomicI64,
     /// The domain's open sync errors, as the last heartbeat told.
     pub sync_errors: AtomicU64,
+    /// The DN of the service account, once looked up (told to the cloud).
+    pub service_account: std::sync::Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -74,6 +77,7 @@ impl Shared {
             last_error: std::sync::Mutex::new(None),
             last_sync_at: AtomicI64::new(0),
             sync_errors: AtomicU64::new(0),
+            service_account: std::sync::Mutex::new(None),
         })
     }
 
@@ -156,6 +160,7 @@ pub async fn heartbeat_loop(shared: Arc<Shared>) {
             pushed: shared.pushed.load(Ordering::SeqCst),
             applied: shared.applied.load(Ordering::SeqCst),
             last_sync_at: Some(shared.last_sync_at.load(Ordering::SeqCst)).filter(|t| *t > 0),
+            service_account: shared.service_account.lock().ok().and_then(|g| g.clone()),
         };
         match shared.cloud.heartbeat(&req).await {
             Ok(r) => {

@@ -129,6 +129,16 @@ impl Dc {
 
     /// Starts a new DC on a free loopback address of this process's own range.
     pub fn start() -> Dc {
+        Dc::start_with(&[])
+    }
+
+    /// Starts a new DC of another domain (`OTHER.TEST`, `OTHER`): several
+    /// domains in one org.
+    pub fn start_realm(realm: &str, netbios: &str) -> Dc {
+        Dc::start_with(&[("FERRY_DC_REALM", realm), ("FERRY_DC_DOMAIN", netbios)])
+    }
+
+    fn start_with(env: &[(&str, &str)]) -> Dc {
         for _ in 0..50 {
             let (ip, dir) = Dc::next_address("dc");
             let out = Command::new("bash")
@@ -136,6 +146,7 @@ impl Dc {
                 .args(["start"])
                 .arg(&dir)
                 .arg(&ip)
+                .envs(env.iter().copied())
                 .output()
                 .expect("run scripts/samba-dc");
             let stderr = String::from_utf8_lossy(&out.stderr);

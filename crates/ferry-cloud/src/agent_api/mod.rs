@@ -4,7 +4,7 @@
 
 mod sync_errors;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -56,6 +56,7 @@ fn domain_info(d: &Domain) -> DomainInfo {
         root_dn: d.settings.root_dn.clone(),
         user_ou: d.settings.user_ou.clone(),
         policies: d.settings.policies.clone(),
+        service_accounts: Vec::new(),
     }
 }
 
@@ -239,11 +240,19 @@ async fn heartbeat(
     let lease = tx.acquire_lease(&agent, now, state.config.lease_ttl_ms).await?;
     let domain = tx.get_domain(agent.org_id, agent.domain_id).await?;
     let sync_errors = open_errors(&mut tx, &agent).await?;
+    let mut info = domain_info(&domain);
+    info.service_accounts = tx
+        .list_agents(agent.org_id, agent.domain_id)
+        .await?
+        .iter()
+        .filter(|a| a.revoked_at.is_none())
+        .filter_map(|a| a.report.get("service_account")?.as_str().map(str::to_owned))
+        .collect();
     tx.commit().await?;
     Ok(Json(HeartbeatResponse {
         primary: lease.primary,
         lease_expires_at: lease.expires_at,
-        domain: domain_info(&domain),
+        domain: info,
         sync_errors,
     }))
 }
@@ -359,8 +368,9 @@ async fn feed(
         let rows = tx.read_feed(agent.org_id, q.after, limit).await?;
         let next_cursor = rows.last().map_or(q.after, |r| r.seq);
         let mut current = Vec::with_capacity(rows.len());
+        let mut homes = HashMap::new();
         for r in rows.into_iter().filter(|r| r.origin != own_origin) {
-            if let Some(r) = with_current_state(&mut tx, agent.org_id, r).await? {
+            if let Some(r) = for_domain(&mut tx, &agent, &mut homes, r).await? {
                 current.push(r);
             }
         }
@@ -396,23 +406,52 @@ async fn feed(
 /// written: applying an old snapshot after a newer change (say, a conflict
 /// AD won meanwhile) would undo it. Upserts of objects deleted since are
 /// dropped (their delete entry follows).
-async fn with_current_state(
+///
+/// An entry goes only to the domain its object belongs to (a membership
+/// change: the group's; a delete: the domains it was linked in), so one
+/// domain's users are never created in another's AD.
+async fn for_domain(
     tx: &mut crate::store::Tx,
-    org_id: uuid::Uuid,
+    agent: &Agent,
+    homes: &mut HashMap<uuid::Uuid, Option<uuid::Uuid>>,
     mut row: crate::store::FeedRow,
 ) -> Result<Option<crate::store::FeedRow>, ApiError> {
     use crate::directory::record::{group_record, user_record};
     use ferry_proto::agent::CloudChange;
-    match &mut row.change {
+    use ferry_proto::record::ObjectKind;
+    let org_id = agent.org_id;
+    let home = match &mut row.change {
         CloudChange::UpsertUser { id, record } => match tx.get_user(org_id, *id).await? {
-            Some(u) => **record = user_record(&u),
+            Some(u) => {
+                **record = user_record(&u);
+                u.home_domain
+            }
             None => return Ok(None),
         },
         CloudChange::UpsertGroup { id, record } => match tx.get_group(org_id, *id).await? {
-            Some(g) => *record = group_record(&g),
+            Some(g) => {
+                *record = group_record(&g);
+                g.home_domain
+            }
             None => return Ok(None),
         },
-        _ => {}
+        CloudChange::AddMember { group, .. } | CloudChange::RemoveMember { group, .. } => match homes.get(group) {
+            Some(h) => *h,
+            None => {
+                let h = tx.home_of(org_id, ObjectKind::Group, *group).await?;
+                homes.insert(*group, h);
+                h
+            }
+        },
+        CloudChange::PasswordSet { user } => tx.home_of(org_id, ObjectKind::User, *user).await?,
+        CloudChange::Delete { .. } => row
+            .links
+            .iter()
+            .any(|l| l.object_id == row.object_id && l.domain_id == agent.domain_id)
+            .then_some(agent.domain_id),
+    };
+    if home != Some(agent.domain_id) {
+        return Ok(None);
     }
     Ok(Some(row))
 }
@@ -479,6 +518,29 @@ async fn put_link(
     match tx.object_kind(agent.org_id, req.object_id).await? {
         Some(k) if k == req.kind => {}
         _ => return Err(ApiError::not_found("user or group with that object_id and kind")),
+    }
+    // Only an object of this domain (or of none yet) may be linked here, and
+    // an AD object linked to one cloud object is not taken over by another.
+    let home = tx.claim_home(agent.org_id, req.kind, req.object_id, domain.id).await?;
+    if let Some(h) = home.filter(|h| *h != domain.id) {
+        let other = tx.get_domain(agent.org_id, h).await?.settings.name;
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "other_domain",
+            format!(
+                "the cloud object belongs to domain {other}; {} may not link it",
+                domain.settings.name
+            ),
+        ));
+    }
+    if let Some(l) = tx.link_by_guid(agent.org_id, domain.id, req.guid).await? {
+        if l.object_id != req.object_id {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "already_linked",
+                format!("the AD object {} is linked to another cloud object", l.ad_dn),
+            ));
+        }
     }
     let link = crate::store::Link {
         domain_id: agent.domain_id,

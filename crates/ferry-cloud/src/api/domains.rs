@@ -3,7 +3,7 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use ferry_proto::agent::{AdDeleteAction, Authority, CloudDeleteAction, DomainPolicies};
+use ferry_proto::agent::{AdDeleteAction, Authority, CloudDeleteAction, DomainPolicies, SyncScope};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -31,11 +31,14 @@ pub(super) struct PolicyPatch {
     cloud_delete_action: Option<CloudDeleteAction>,
     delete_threshold: Option<u32>,
     match_existing_users: Option<bool>,
+    scope: Option<SyncScope>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DomainPatch {
+    /// Objects created in the cloud are placed in this domain (one per org).
+    default_for_cloud_objects: Option<bool>,
     netbios_name: Option<String>,
     user_ou: Option<String>,
     policies: Option<PolicyPatch>,
@@ -58,6 +61,7 @@ pub(super) async fn create(
         None => format!("CN=Users,{root_dn}"),
     };
     let policies = apply_policy_patch(DomainPolicies::default(), body.policies.unwrap_or_default())?;
+    validate_scope(&policies.scope, &root_dn, &user_ou)?;
     let settings = DomainSettings {
         name,
         netbios_name: netbios,
@@ -68,6 +72,13 @@ pub(super) async fn create(
     let now = state.now();
     let mut tx = state.store.begin().await?;
     let domain = tx.insert_domain(auth.org_id, &settings, now).await?;
+    // The org's first domain is where objects made in the cloud go, those
+    // made before it included (the single-domain case needs no choice).
+    if tx.default_domain(auth.org_id).await?.is_none() {
+        tx.set_default_domain(auth.org_id, Some(domain.id)).await?;
+        tx.adopt_unhomed(auth.org_id, domain.id).await?;
+    }
+    let default = tx.default_domain(auth.org_id).await?;
     tx.append_audit(
         auth.org_id,
         &auth.actor,
@@ -78,15 +89,16 @@ pub(super) async fn create(
     )
     .await?;
     tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(domain_json(&domain))))
+    Ok((StatusCode::CREATED, Json(domain_json(&domain, default))))
 }
 
 /// `GET /api/v1/domains`.
 pub(super) async fn list(State(state): State<AppState>, auth: AdminAuth) -> Result<Json<Value>, ApiError> {
     let mut tx = state.store.begin().await?;
     let domains = tx.list_domains(auth.org_id).await?;
+    let default = tx.default_domain(auth.org_id).await?;
     Ok(Json(
-        json!({ "domains": domains.iter().map(domain_json).collect::<Vec<_>>() }),
+        json!({ "domains": domains.iter().map(|d| domain_json(d, default)).collect::<Vec<_>>() }),
     ))
 }
 
@@ -99,7 +111,8 @@ pub(super) async fn get_one(
     let id = parse_id(&id, "domain")?;
     let mut tx = state.store.begin().await?;
     let d = tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;
-    Ok(Json(domain_json(&d)))
+    let default = tx.default_domain(auth.org_id).await?;
+    Ok(Json(domain_json(&d, default)))
 }
 
 /// `PATCH /api/v1/domains/{id}`.
@@ -123,14 +136,32 @@ pub(super) async fn update(
     if let Some(p) = body.policies {
         s.policies = apply_policy_patch(s.policies, p)?;
     }
-    if s == current.settings {
-        return Ok(Json(domain_json(&current)));
+    validate_scope(&s.policies.scope, &s.root_dn, &s.user_ou)?;
+    // A new scope is read whole: objects it brings in are imported, those
+    // it leaves out are found gone by reconciliation (the AD delete policy
+    // and threshold apply).
+    let scope_changed = s.policies.scope != current.settings.policies.scope;
+    if scope_changed {
+        tx.reset_ad_cookie(auth.org_id, id).await?;
+    }
+    let was_default = tx.default_domain(auth.org_id).await? == Some(id);
+    let default = match body.default_for_cloud_objects {
+        Some(true) => Some(id),
+        Some(false) if was_default => None,
+        _ => tx.default_domain(auth.org_id).await?,
+    };
+    if s == current.settings && (default == Some(id)) == was_default {
+        return Ok(Json(domain_json(&current, default)));
+    }
+    if (default == Some(id)) != was_default {
+        tx.set_default_domain(auth.org_id, default).await?;
     }
     let d = tx.update_domain(auth.org_id, id, &s, now).await?;
     let details = json!({
         "netbios_name": s.netbios_name,
         "user_ou": s.user_ou,
         "policies": s.policies,
+        "default_for_cloud_objects": default == Some(id),
     });
     tx.append_audit(
         auth.org_id,
@@ -142,7 +173,7 @@ pub(super) async fn update(
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(domain_json(&d)))
+    Ok(Json(domain_json(&d, default)))
 }
 
 /// `DELETE /api/v1/domains/{id}`.
@@ -272,9 +303,10 @@ fn agent_json(a: &Agent, d: &Domain, now: i64) -> Value {
     })
 }
 
-/// The JSON form of a domain.
-pub fn domain_json(d: &Domain) -> Value {
+/// The JSON form of a domain (`default`: the org's default domain).
+pub fn domain_json(d: &Domain, default: Option<uuid::Uuid>) -> Value {
     json!({
+        "default_for_cloud_objects": default == Some(d.id),
         "id": d.id,
         "name": d.settings.name,
         "netbios_name": d.settings.netbios_name,
@@ -387,7 +419,69 @@ fn apply_policy_patch(mut p: DomainPolicies, patch: PolicyPatch) -> Result<Domai
     if let Some(m) = patch.match_existing_users {
         p.match_existing_users = m;
     }
+    if let Some(scope) = patch.scope {
+        p.scope = scope;
+    }
     Ok(p)
+}
+
+/// A scope's containers are DNs inside the domain, and it keeps the OU
+/// where users made in the cloud land.
+fn validate_scope(scope: &SyncScope, root_dn: &str, user_ou: &str) -> Result<(), ApiError> {
+    use ferry_proto::dn::{dn_within, Dn};
+    if scope.include.len() + scope.exclude.len() > 200 {
+        return Err(ApiError::bad_request("a scope names at most 200 containers"));
+    }
+    for dn in scope.include.iter().chain(&scope.exclude) {
+        if Dn::parse(dn).is_err() || !dn_within(dn, root_dn) {
+            return Err(ApiError::bad_request(format!(
+                "scope container {dn:?} must be a DN inside {root_dn}, e.g. \"OU=Staff,{root_dn}\""
+            )));
+        }
+    }
+    if !scope.admits(user_ou) {
+        return Err(ApiError::bad_request(format!(
+            "the scope leaves out {user_ou}, where users made in the cloud land: include it, or change user_ou"
+        )));
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/domains/{id}/scope-preview`: what a scope would change,
+/// before it is saved: the linked objects it would leave out (from the DNs
+/// the cloud last saw), what the AD delete policy then does to them, and
+/// whether that is more than the delete threshold (then they are held in
+/// quarantine). Objects it would bring in are read from AD once it is saved.
+pub(super) async fn scope_preview(
+    State(state): State<AppState>,
+    auth: AdminAuth,
+    Path(id): Path<String>,
+    JsonBody(scope): JsonBody<SyncScope>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id, "domain")?;
+    let mut tx = state.store.begin().await?;
+    let d = tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;
+    validate_scope(&scope, &d.settings.root_dn, &d.settings.user_ou)?;
+    let links = tx.links_of_domain(auth.org_id, id).await?;
+    let mut leaving: Vec<&crate::store::Link> = links.iter().filter(|l| !scope.admits(&l.ad_dn)).collect();
+    leaving.sort_by(|a, b| a.ad_dn.cmp(&b.ad_dn));
+    let count = |kind: ferry_proto::record::ObjectKind| leaving.iter().filter(|l| l.kind == kind).count();
+    let threshold = d.settings.policies.delete_threshold as usize;
+    let action = match d.settings.policies.ad_delete_action {
+        AdDeleteAction::Remove => "deleted in the cloud",
+        AdDeleteAction::Unlink => "unlinked (kept in the cloud)",
+    };
+    Ok(Json(json!({
+        "leaving": {
+            "users": count(ferry_proto::record::ObjectKind::User),
+            "groups": count(ferry_proto::record::ObjectKind::Group),
+            "action": action,
+            "held_in_quarantine": leaving.len() > threshold,
+            "sample": leaving.iter().take(20).map(|l| &l.ad_dn).collect::<Vec<_>>(),
+        },
+        "staying": links.len() - leaving.len(),
+        "threshold": threshold,
+    })))
 }
 
 /// `GET /api/v1/domains/{id}/quarantine`: deletes held for a decision.

@@ -3,6 +3,7 @@
 
 mod audit;
 mod domains;
+mod homes;
 pub use domains::agent_status;
 mod sessions;
 pub mod sync_errors;
@@ -45,6 +46,8 @@ pub fn router() -> Router<AppState> {
         )
         .route("/domains/{id}/sync-errors/retry", post(sync_errors::retry_all))
         .route("/domains/{id}/resync", post(sync_errors::resync))
+        .route("/domains/{id}/objects", post(homes::place))
+        .route("/domains/{id}/scope-preview", post(domains::scope_preview))
         .route("/domains/{id}/sync-errors/{error_id}", delete(sync_errors::dismiss_one))
         .route(
             "/domains/{id}/sync-errors/{error_id}/retry",
@@ -66,6 +69,14 @@ async fn object_links(
     if tx.object_kind(auth.org_id, id).await?.is_none() {
         return Err(crate::http::ApiError::not_found("object"));
     }
+    let kind = tx
+        .object_kind(auth.org_id, id)
+        .await?
+        .unwrap_or(ferry_proto::record::ObjectKind::User);
+    let home = match tx.home_of(auth.org_id, kind, id).await? {
+        Some(h) => Some((h, tx.get_domain(auth.org_id, h).await?.settings.name)),
+        None => None,
+    };
     let mut out = Vec::new();
     for l in tx.links_of(auth.org_id, id).await? {
         let domain = tx.get_domain(auth.org_id, l.domain_id).await?;
@@ -76,7 +87,11 @@ async fn object_links(
             "synced_at": l.synced_at,
         }));
     }
-    Ok(axum::Json(serde_json::json!({ "links": out })))
+    Ok(axum::Json(serde_json::json!({
+        "home_domain": home.as_ref().map(|h| h.0),
+        "home_domain_name": home.map(|h| h.1),
+        "links": out,
+    })))
 }
 
 async fn openapi() -> axum::response::Response {

@@ -45,7 +45,11 @@ async fn domain_tx(state: &AppState, auth: &AdminAuth, id: Uuid) -> Result<Tx, A
 /// What an admin can do about an error, in words.
 pub fn advice(e: &SyncErrorRow) -> &'static str {
     let code = e.code.as_str();
-    if code.contains("entryAlreadyExists") || code.contains(" 68") {
+    if code == "protected" {
+        "Ferry never writes to AD's protected objects (built-in, privileged or critical accounts, members of protected groups, agents' service accounts). Rename the cloud object so it does not land on one, or dismiss this error."
+    } else if code.contains("other_domain") || code.contains("already_linked") {
+        "The object belongs to another domain (or its AD object to another cloud object): each object syncs with one domain. Rename one of them, or dismiss this error."
+    } else if code.contains("entryAlreadyExists") || code.contains(" 68") {
         "An object with the same name exists in AD. Rename one of them (or link them), then retry."
     } else if code.contains("insufficientAccessRights") || code.contains(" 50") {
         "The service account may not write this object (a protected or privileged account, or a right missing): check `ferry-agent check`, then retry."

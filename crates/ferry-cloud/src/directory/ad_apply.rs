@@ -16,6 +16,10 @@ use super::record::{apply_group_record, apply_user_record};
 use super::{audit, target, WriteCtx};
 use crate::store::{Domain, Link, Member, NewGroup, NewUser, StoreError, StoreResult, Tx};
 
+/// The delete threshold's sliding window: more deletes than the threshold
+/// within it (those applied and those of the batch) are held in quarantine.
+pub const DELETE_WINDOW_MS: i64 = 10 * 60 * 1000;
+
 /// Why a batch was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -74,7 +78,19 @@ pub async fn apply_ad_changes(
             }
         }
     }
-    let quarantine = deletes > domain.settings.policies.delete_threshold as usize;
+    // The threshold counts over a sliding window, so deletes that come one
+    // by one add up as a mass delete does.
+    let since = ctx.now - DELETE_WINDOW_MS;
+    let recent = if deletes > 0 {
+        usize::try_from(tx.recent_deletes(ctx.org_id, domain.id, since).await?).unwrap_or(0)
+    } else {
+        0
+    };
+    let quarantine = recent + deletes > domain.settings.policies.delete_threshold as usize;
+    if deletes > 0 && !quarantine {
+        let n = i64::try_from(deletes).unwrap_or(i64::MAX);
+        tx.note_deletes(ctx.org_id, domain.id, n, ctx.now, since).await?;
+    }
     let mut applied = 0u64;
     let mut refused = std::collections::HashSet::new();
     let mut held = Vec::new();
@@ -124,7 +140,12 @@ pub async fn apply_ad_changes(
     held.retain(|c| !matches!(c, AdChange::Delete { guid } if already.contains(guid)));
     if !held.is_empty() {
         tx.insert_quarantine(ctx.org_id, domain.id, &held, ctx.now).await?;
-        let details = json!({ "deletes": held.len(), "threshold": domain.settings.policies.delete_threshold });
+        let details = json!({
+            "deletes": held.len(),
+            "threshold": domain.settings.policies.delete_threshold,
+            "deleted_in_window": recent,
+            "window_secs": DELETE_WINDOW_MS / 1000,
+        });
         audit(
             tx,
             ctx,
@@ -170,10 +191,14 @@ fn refusal(domain: &Domain, change: &AdChange, why: &str) -> SyncErrorReport {
         | AdChange::AddMembers { group, .. }
         | AdChange::RemoveMembers { group, .. } => (ObjectKind::Group, group.to_string(), "change members"),
     };
-    let fix = if domain.settings.policies.match_existing_users {
-        "rename one of them, or link them"
+    // The store's own "a user named … exists" needs the fix said; the
+    // matching rules' refusals say theirs.
+    let fix = if !why.starts_with("a user named") && !why.starts_with("a group named") {
+        ""
+    } else if domain.settings.policies.match_existing_users {
+        ": rename one of them, or link them"
     } else {
-        "rename one of them, or turn on matching existing users for this domain"
+        ": rename one of them, or turn on matching existing users for this domain"
     };
     SyncErrorReport {
         direction: SyncDirection::AdToCloud,
@@ -182,7 +207,7 @@ fn refusal(domain: &Domain, change: &AdChange, why: &str) -> SyncErrorReport {
         object_name: name,
         operation: operation.to_owned(),
         code: "conflict".into(),
-        message: format!("{why}: {fix}"),
+        message: format!("{why}{fix}"),
     }
 }
 
@@ -272,23 +297,31 @@ async fn upsert_user(
         None => None,
     };
     let link = tx.link_by_guid(ctx.org_id, domain.id, guid).await?;
+    if link.is_none() && tx.is_cloud_deleted(ctx.org_id, domain.id, guid).await? {
+        // Deleted in the cloud, kept (disabled) in AD by policy: it stays deleted.
+        return Ok(false);
+    }
     let base: Option<UserRecord> = link
         .as_ref()
         .and_then(|l| l.base.clone())
         .and_then(|b| serde_json::from_value(b).ok());
     let existing = match &link {
-        Some(link) => tx.get_user(ctx.org_id, link.object_id).await?,
-        None if domain.settings.policies.match_existing_users => {
-            match tx.find_user_by_username(ctx.org_id, &record.username).await? {
-                Some(u) if tx.link_by_object(ctx.org_id, domain.id, u.id).await?.is_none() => {
-                    let details = json!({ "userName": u.username, "dn": dn });
-                    audit(tx, ctx, "sync.user_matched", &target(ObjectKind::User, u.id), details).await?;
-                    Some(u)
-                }
-                _ => None,
+        Some(link) => match tx.get_user(ctx.org_id, link.object_id).await? {
+            Some(u) => {
+                at_home(tx, ctx, domain, "user", &u.username, u.home_domain).await?;
+                Some(u)
             }
-        }
-        None => None,
+            None => None,
+        },
+        None => match tx.find_user_by_username(ctx.org_id, &record.username).await? {
+            Some(u) => {
+                may_match(tx, ctx, domain, ObjectKind::User, u.id, &u.username, u.home_domain).await?;
+                let details = json!({ "userName": u.username, "dn": dn });
+                audit(tx, ctx, "sync.user_matched", &target(ObjectKind::User, u.id), details).await?;
+                Some(u)
+            }
+            None => None,
+        },
     };
     // An account name the agent derived from the cloud's userName (cut to
     // AD's 20 characters, made unique) is the cloud's name, not a rename.
@@ -447,10 +480,21 @@ async fn upsert_group(
     record: &GroupRecord,
 ) -> StoreResult<bool> {
     let existing = match tx.link_by_guid(ctx.org_id, domain.id, guid).await? {
-        Some(link) => tx.get_group(ctx.org_id, link.object_id).await?,
+        Some(link) => match tx.get_group(ctx.org_id, link.object_id).await? {
+            Some(g) => {
+                at_home(tx, ctx, domain, "group", &g.name, g.home_domain).await?;
+                Some(g)
+            }
+            None => None,
+        },
         None => match tx.find_group_by_name(ctx.org_id, &record.name).await? {
-            Some(g) if tx.link_by_object(ctx.org_id, domain.id, g.id).await?.is_none() => Some(g),
-            _ => None,
+            Some(g) => {
+                may_match(tx, ctx, domain, ObjectKind::Group, g.id, &g.name, g.home_domain).await?;
+                let details = json!({ "displayName": g.name, "dn": dn });
+                audit(tx, ctx, "sync.group_matched", &target(ObjectKind::Group, g.id), details).await?;
+                Some(g)
+            }
+            None => None,
         },
     };
     let (id, changed) = match existing {
@@ -486,11 +530,25 @@ async fn upsert_group(
 
 async fn delete(tx: &mut Tx, ctx: &WriteCtx, domain: &Domain, guid: Uuid) -> StoreResult<bool> {
     let Some(link) = tx.link_by_guid(ctx.org_id, domain.id, guid).await? else {
+        tx.forget_cloud_deleted(ctx.org_id, domain.id, guid).await?;
         return Ok(false);
     };
-    match domain.settings.policies.ad_delete_action {
+    // An object at home in another domain is never deleted from here: only
+    // this domain's link to it goes.
+    let home = tx.home_of(ctx.org_id, link.kind, link.object_id).await?;
+    let action = if home.is_some_and(|h| h != domain.id) {
+        AdDeleteAction::Unlink
+    } else {
+        domain.settings.policies.ad_delete_action
+    };
+    match action {
         AdDeleteAction::Unlink => {
             tx.delete_link(ctx.org_id, domain.id, guid).await?;
+            // The object leaves the domain with its AD account: this domain's
+            // agent must not create it again by name.
+            if home == Some(domain.id) {
+                tx.set_home(ctx.org_id, link.kind, link.object_id, None).await?;
+            }
             let details = json!({ "ad_guid": guid, "dn": link.ad_dn });
             audit(tx, ctx, "sync.unlink", &target(link.kind, link.object_id), details).await?;
         }
@@ -509,11 +567,69 @@ async fn linked(
     guid: Uuid,
     kind: ObjectKind,
 ) -> StoreResult<Option<Uuid>> {
-    Ok(tx
+    let Some(link) = tx
         .link_by_guid(ctx.org_id, domain.id, guid)
         .await?
         .filter(|l| l.kind == kind)
-        .map(|l| l.object_id))
+    else {
+        return Ok(None);
+    };
+    // Linked here but at home in another domain (links made before homes
+    // existed): this domain does not change it.
+    let home = tx.home_of(ctx.org_id, kind, link.object_id).await?;
+    Ok(home.is_none_or(|h| h == domain.id).then_some(link.object_id))
+}
+
+/// Refuses a change through a link to an object at home in another domain.
+async fn at_home(
+    tx: &mut Tx,
+    ctx: &WriteCtx,
+    domain: &Domain,
+    what: &str,
+    name: &str,
+    home: Option<Uuid>,
+) -> StoreResult<()> {
+    match home {
+        Some(h) if h != domain.id => {
+            let other = tx.get_domain(ctx.org_id, h).await?.settings.name;
+            Err(StoreError::Conflict(format!(
+                "the cloud {what} {name:?} belongs to domain {other}; {} does not change it (unlink it there, or remove the AD object's link here)",
+                domain.settings.name
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether an AD object of this domain may be linked to an existing cloud
+/// object of the same name (soft match), as a conflict naming why not. The
+/// object must belong to no other domain, be linked nowhere, and the
+/// domain's policy must allow matching. On success it is placed here.
+async fn may_match(
+    tx: &mut Tx,
+    ctx: &WriteCtx,
+    domain: &Domain,
+    kind: ObjectKind,
+    id: Uuid,
+    name: &str,
+    home: Option<Uuid>,
+) -> StoreResult<()> {
+    let what = kind.as_str();
+    at_home(tx, ctx, domain, what, name, home).await?;
+    if let Some(l) = tx.links_of(ctx.org_id, id).await?.first() {
+        let other = tx.get_domain(ctx.org_id, l.domain_id).await?.settings.name;
+        return Err(StoreError::Conflict(format!(
+            "a cloud {what} named {name:?} exists and is linked to {} in {other}: rename one of them",
+            l.ad_dn
+        )));
+    }
+    if !domain.settings.policies.match_existing_users {
+        return Err(StoreError::Conflict(format!(
+            "a cloud {what} named {name:?} exists and matching existing objects is off for this domain: rename one of them, or turn matching on"
+        )));
+    }
+    tx.claim_home(ctx.org_id, kind, id, domain.id).await?;
+    Ok(())
 }
 
 /// Member GUIDs to cloud members; members not (yet) linked are left out —

@@ -37,7 +37,8 @@ pub const ORIGIN_CLOUD: &str = "cloud";
 /// Creates a user. `password` is the plaintext of `user.password_hash`, if
 /// one was set: it is sealed to every agent and then forgotten.
 pub async fn create_user(tx: &mut Tx, ctx: &WriteCtx, user: NewUser, password: Option<&str>) -> StoreResult<UserRow> {
-    let row = tx.insert_user(ctx.org_id, &user, ctx.now).await?;
+    let mut row = tx.insert_user(ctx.org_id, &user, ctx.now).await?;
+    row.home_domain = place_new(tx, ctx, ObjectKind::User, row.id).await?;
     let change = CloudChange::UpsertUser {
         id: row.id,
         record: Box::new(record::user_record(&row)),
@@ -50,6 +51,42 @@ pub async fn create_user(tx: &mut Tx, ctx: &WriteCtx, user: NewUser, password: O
     let details = json!({ "userName": row.username, "active": row.active });
     audit(tx, ctx, "user.create", &target(ObjectKind::User, row.id), details).await?;
     Ok(row)
+}
+
+/// The home of a new object: the domain it came from, or the org's default
+/// domain for objects made in the cloud (none: it syncs nowhere until placed).
+async fn place_new(tx: &mut Tx, ctx: &WriteCtx, kind: ObjectKind, id: Uuid) -> StoreResult<Option<Uuid>> {
+    let home = match Uuid::parse_str(&ctx.origin) {
+        Ok(domain) => Some(domain),
+        Err(_) => tx.default_domain(ctx.org_id).await?,
+    };
+    match home {
+        Some(d) => tx.claim_home(ctx.org_id, kind, id, d).await,
+        None => Ok(None),
+    }
+}
+
+/// Places objects without a home in `domain` and sends them (with their
+/// memberships) to its agent. Objects homed elsewhere are left as they are
+/// and returned, with their home.
+pub async fn place(tx: &mut Tx, ctx: &WriteCtx, domain: Uuid, ids: &[Uuid]) -> StoreResult<Vec<(Uuid, Uuid)>> {
+    let mut elsewhere = Vec::new();
+    for id in ids {
+        let Some(kind) = tx.object_kind(ctx.org_id, *id).await? else {
+            return Err(StoreError::NotFound);
+        };
+        let before = tx.home_of(ctx.org_id, kind, *id).await?;
+        match tx.claim_home(ctx.org_id, kind, *id, domain).await? {
+            Some(home) if home != domain => elsewhere.push((*id, home)),
+            _ if before.is_none() => {
+                redeliver(tx, ctx, *id).await?;
+                let details = json!({ "domain": domain });
+                audit(tx, ctx, "object.place", &target(kind, *id), details).await?;
+            }
+            _ => {}
+        }
+    }
+    Ok(elsewhere)
 }
 
 /// Replaces a user's state with `next` unless nothing differs. Returns the
@@ -113,7 +150,7 @@ pub async fn update_user(
 }
 
 /// Records a password change in the feed, with the password sealed to each
-/// agent of the org (the feed entry itself carries no secret).
+/// agent of the user's home domain (the feed entry itself carries no secret).
 async fn password_set(tx: &mut Tx, ctx: &WriteCtx, user: Uuid, password: &str) -> StoreResult<()> {
     let seq = tx
         .append_feed(
@@ -124,7 +161,15 @@ async fn password_set(tx: &mut Tx, ctx: &WriteCtx, user: Uuid, password: &str) -
             ctx.now,
         )
         .await?;
-    for agent in tx.list_org_agents(ctx.org_id).await? {
+    // Sealed to the agents of the user's home domain only: no other agent
+    // writes this user, so no other needs its password.
+    let home = tx.home_of(ctx.org_id, ObjectKind::User, user).await?;
+    for agent in tx
+        .list_org_agents(ctx.org_id)
+        .await?
+        .into_iter()
+        .filter(|a| Some(a.domain_id) == home)
+    {
         let context = password_context(user, seq);
         match ferry_proto::seal::seal(&agent.public_key, &context, password.as_bytes()) {
             Ok(sealed) => {
@@ -145,6 +190,17 @@ pub fn password_context(user: Uuid, seq: i64) -> String {
 /// Deletes a user (and its memberships).
 pub async fn delete_user(tx: &mut Tx, ctx: &WriteCtx, id: Uuid) -> StoreResult<()> {
     let user = tx.get_user(ctx.org_id, id).await?.ok_or(StoreError::NotFound)?;
+    // Deleted in the cloud where the domain keeps the AD account (disabled):
+    // that account must not come back as a new cloud user.
+    if ctx.origin == ORIGIN_CLOUD {
+        for l in tx.links_of(ctx.org_id, id).await? {
+            let d = tx.get_domain(ctx.org_id, l.domain_id).await?;
+            if d.settings.policies.cloud_delete_action == ferry_proto::agent::CloudDeleteAction::Disable {
+                tx.mark_cloud_deleted(ctx.org_id, l.domain_id, l.ad_guid, ObjectKind::User, ctx.now)
+                    .await?;
+            }
+        }
+    }
     // The feed entry first: it snapshots the links the delete removes.
     let change = CloudChange::Delete {
         id,
@@ -158,7 +214,8 @@ pub async fn delete_user(tx: &mut Tx, ctx: &WriteCtx, id: Uuid) -> StoreResult<(
 
 /// Creates a group with its members.
 pub async fn create_group(tx: &mut Tx, ctx: &WriteCtx, group: NewGroup, members: &[Member]) -> StoreResult<GroupRow> {
-    let row = tx.insert_group(ctx.org_id, &group, ctx.now).await?;
+    let mut row = tx.insert_group(ctx.org_id, &group, ctx.now).await?;
+    row.home_domain = place_new(tx, ctx, ObjectKind::Group, row.id).await?;
     let change = CloudChange::UpsertGroup {
         id: row.id,
         record: record::group_record(&row),

@@ -194,6 +194,7 @@ mod tests {
             version: 1,
             created_at: 0,
             updated_at: 0,
+            home_domain: None,
         }
     }
 

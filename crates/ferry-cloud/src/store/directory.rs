@@ -10,7 +10,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::accounts::conflict_as;
-use super::{get_json, get_uuid, to_json, StoreError, StoreResult, Tx};
+use super::{get_json, get_opt_uuid, get_uuid, to_json, StoreError, StoreResult, Tx};
 
 /// A user as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +33,8 @@ pub struct UserRow {
     pub created_at: i64,
     /// Last change.
     pub updated_at: i64,
+    /// The AD domain the user belongs to (see `0005_home_domain.sql`).
+    pub home_domain: Option<Uuid>,
 }
 
 /// What a new user is made of.
@@ -67,6 +69,8 @@ pub struct GroupRow {
     pub created_at: i64,
     /// Last change.
     pub updated_at: i64,
+    /// The AD domain the group belongs to.
+    pub home_domain: Option<Uuid>,
 }
 
 /// What a new group is made of.
@@ -125,8 +129,9 @@ pub struct UserQuery {
     pub limit: i64,
 }
 
-const USER_COLS: &str = "id, username, external_id, active, doc, password_hash, version, created_at, updated_at";
-const GROUP_COLS: &str = "id, name, external_id, doc, version, created_at, updated_at";
+const USER_COLS: &str =
+    "id, username, external_id, active, doc, password_hash, version, created_at, updated_at, home_domain";
+const GROUP_COLS: &str = "id, name, external_id, doc, version, created_at, updated_at, home_domain";
 
 impl Tx {
     /// Inserts a user; a conflict when the username is taken in the org.
@@ -747,6 +752,7 @@ fn user_from_row(r: &AnyRow) -> StoreResult<UserRow> {
         version: r.try_get("version")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
+        home_domain: get_opt_uuid(r, "home_domain")?,
     })
 }
 
@@ -759,6 +765,7 @@ fn group_from_row(r: &AnyRow) -> StoreResult<GroupRow> {
         version: r.try_get("version")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
+        home_domain: get_opt_uuid(r, "home_domain")?,
     })
 }
 

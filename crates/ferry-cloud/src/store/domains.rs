@@ -186,8 +186,17 @@ impl Tx {
 
     /// Deletes a domain with its keys, agents and links.
     pub async fn delete_domain(&mut self, org_id: Uuid, id: Uuid) -> StoreResult<()> {
+        self.forget_home(org_id, id).await?;
         let (o, d) = (org_id.to_string(), id.to_string());
-        for table in ["connect_keys", "agents", "links", "quarantine", "sync_errors"] {
+        for table in [
+            "connect_keys",
+            "agents",
+            "links",
+            "quarantine",
+            "sync_errors",
+            "cloud_deleted",
+            "recent_deletes",
+        ] {
             let sql = format!("DELETE FROM {table} WHERE domain_id = $1 AND org_id = $2");
             sqlx::query(&sql).bind(&d).bind(&o).execute(self.conn()).await?;
         }

@@ -12,6 +12,7 @@
 mod accounts;
 mod directory;
 mod domains;
+mod homes;
 mod journal;
 mod sync_errors;
 
@@ -33,6 +34,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("0002_sealed_secrets.sql")),
     (3, include_str!("0003_link_base.sql")),
     (4, include_str!("0004_sync_errors.sql")),
+    (5, include_str!("0005_home_domain.sql")),
+    (6, include_str!("0006_cloud_deleted.sql")),
 ];
 
 /// Which database engine is behind the pool.

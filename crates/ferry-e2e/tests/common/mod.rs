@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 pub use dc::Dc;
 use ferry_agent::ad::write::NewAdUser;
+use ferry_agent::ad::AdSettings;
+use ferry_agent::cloud::CloudClient;
 use ferry_agent::preflight::Task;
+use ferry_agent::sync::{self, Shared};
 use ferry_cloud::app::{serve, AppState, Config};
 use ferry_cloud::clock::SystemClock;
 use ferry_cloud::secrets::{hash_password, new_token, token_hash, API_TOKEN_PREFIX};
@@ -139,7 +142,11 @@ pub struct Enrolled {
 /// A fresh DC with a delegated service account, and a cloud with the domain.
 /// A fresh DC with a delegated service account (and one user).
 pub async fn delegated_dc() -> Dc {
-    let dc = Dc::start();
+    delegated(Dc::start()).await
+}
+
+/// `dc` with a delegated service account (and one user).
+pub async fn delegated(dc: Dc) -> Dc {
     let mut admin = dc.admin().await;
     let svc = NewAdUser {
         sam_account_name: "svc-sync".into(),
@@ -243,4 +250,88 @@ pub fn agent_binary() -> std::path::PathBuf {
 /// The `ferry-cloud` binary cargo built next to this test.
 pub fn cloud_binary() -> std::path::PathBuf {
     agent_binary().with_file_name("ferry-cloud")
+}
+
+/// Runs a sync engine in this process; it stops when the sender drops.
+pub async fn run_engine(dc: &Dc, cloud: &Cloud, agent: &Enrolled) -> Engine {
+    let shared = engine_shared(dc, cloud, agent).await;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(sync::run(shared, async {
+        stop_rx.await.ok();
+    }));
+    Engine {
+        stop: Some(stop_tx),
+        task: Some(task),
+    }
+}
+
+/// An engine running in this process.
+pub struct Engine {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<sync::Ended>>,
+}
+
+impl Engine {
+    /// Stops cleanly (the engine releases its lease).
+    pub async fn stop(mut self) {
+        self.stop.take();
+        if let Some(t) = self.task.take() {
+            t.await.ok();
+        }
+    }
+}
+
+/// The engine's shared state for an enrolled agent of `dc`, bound as svc-sync.
+pub async fn engine_shared(dc: &Dc, cloud: &Cloud, agent: &Enrolled) -> Arc<Shared> {
+    let client = CloudClient::new(&cloud.base, &agent.token).unwrap();
+    let first = client.heartbeat(&Default::default()).await.unwrap();
+    let mut ad = AdSettings::new(&dc.ldaps_url);
+    ad.ca_file = Some(dc.ca_file.clone());
+    Shared::new(
+        client,
+        ad,
+        format!("{}\\svc-sync", dc.domain),
+        SVC_PW.into(),
+        agent.secret_key.clone(),
+        first,
+    )
+}
+
+/// Creates a user over SCIM (201 expected).
+pub async fn scim_create_user(cloud: &Cloud, body: serde_json::Value) -> serde_json::Value {
+    let (st, u) = cloud.call(reqwest::Method::POST, "/scim/v2/Users", Some(body)).await;
+    assert_eq!(st, 201, "{u}");
+    u
+}
+
+/// A domain's open sync errors, from the admin API.
+pub async fn sync_errors(cloud: &Cloud, domain: &str) -> Vec<serde_json::Value> {
+    let (st, v) = cloud
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/domains/{domain}/sync-errors"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    v["sync_errors"].as_array().cloned().unwrap_or_default()
+}
+
+/// A domain's quarantine entries still waiting for a decision.
+pub async fn pending_quarantine(cloud: &Cloud, domain: &str) -> Vec<Value> {
+    let (st, q) = cloud
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/domains/{domain}/quarantine"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{q}");
+    q["quarantine"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["status"] == "pending")
+        .collect()
 }

@@ -12,8 +12,9 @@ use uuid::Uuid;
 
 use super::push::push;
 use super::root;
-use crate::ad::mapping::{excluded, group_record, user_record, when_changed, READ_ATTRS};
+use crate::ad::mapping::{group_record, user_record, when_changed, READ_ATTRS};
 use crate::ad::{AdConnection, AdEntry};
+use crate::sync::protect::Protection;
 use crate::sync::Shared;
 
 /// Changes per pushed batch.
@@ -31,7 +32,7 @@ pub(super) async fn full_import(
     shared: &Shared,
     conn: &mut AdConnection,
     mut cookie: Option<String>,
-    svc: &str,
+    protection: &Protection,
 ) -> Result<String, String> {
     let root = root(shared).await;
     let started = Instant::now();
@@ -65,8 +66,11 @@ pub(super) async fn full_import(
                 .map_err(|e| e.to_string())?;
             conn.complete_ranged(&mut page).await.map_err(|e| e.to_string())?;
             for e in page {
-                if let Some(why) = excluded(&e, svc) {
+                if let Some(why) = protection.why(&e) {
                     tracing::debug!(dn = %e.dn, why, "skipped");
+                    continue;
+                }
+                if !protection.admits(&e.dn) {
                     continue;
                 }
                 let Some(guid) = e.guid() else { continue };

@@ -9,9 +9,10 @@ use super::push::push;
 use super::root;
 use crate::ad::dn::dn_within;
 use crate::ad::guid::guid_filter;
-use crate::ad::mapping::{excluded, group_record, is_tombstone, user_record, when_changed, READ_ATTRS};
+use crate::ad::mapping::{group_record, is_tombstone, user_record, when_changed, READ_ATTRS};
 use crate::ad::read::member_delta;
 use crate::ad::{AdConnection, AdEntry, AdError};
+use crate::sync::protect::Protection;
 use crate::sync::Shared;
 
 /// One DirSync round; pushes what changed; returns the new cookie.
@@ -24,7 +25,7 @@ pub(super) async fn increment(
     shared: &Shared,
     conn: &mut AdConnection,
     cookie: Option<String>,
-    svc: &str,
+    protection: &Protection,
 ) -> Result<Option<(String, bool)>, String> {
     let root = root(shared).await;
     let current = cookie.clone().unwrap_or_default();
@@ -54,7 +55,7 @@ pub(super) async fn increment(
             continue;
         }
         // DirSync sends only what changed: read the whole object.
-        let Some(full) = read_in_scope(conn, &root, svc, guid).await? else {
+        let Some(full) = read_in_scope(conn, &root, protection, guid).await? else {
             suspect = true;
             continue;
         };
@@ -114,7 +115,7 @@ pub(super) async fn guids_of(conn: &mut AdConnection, root: &str, dns: &[String]
 pub(super) async fn read_in_scope(
     conn: &mut AdConnection,
     root: &str,
-    svc: &str,
+    protection: &Protection,
     guid: Uuid,
 ) -> Result<Option<AdEntry>, String> {
     let found = conn
@@ -124,7 +125,7 @@ pub(super) async fn read_in_scope(
     Ok(found
         .into_iter()
         .next()
-        .filter(|full| dn_within(&full.dn, root) && excluded(full, svc).is_none()))
+        .filter(|full| dn_within(&full.dn, root) && protection.admits(&full.dn) && protection.why(full).is_none()))
 }
 
 /// The upsert of a whole object (a user's manager resolved to its GUID).

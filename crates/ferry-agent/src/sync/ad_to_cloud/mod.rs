@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 
 use ferry_proto::agent::AdChange;
 
-use super::Shared;
-use crate::ad::AdConnection;
+use super::{protect, Shared};
 use import::{full_import, IMPORT};
 use increment::increment;
 use push::push;
@@ -46,10 +45,10 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
     let mut conn = shared.connect().await.map_err(|e| e.to_string())?;
     let state = shared.cloud.state().await.map_err(|e| e.to_string())?;
     let mut cookie = state.ad_cookie;
-    // Looked up once per connection, not on every change.
-    let svc = service_account_dn(shared, &mut conn, &root(shared).await).await?;
+    // Read once per connection (and again every few minutes), not on every change.
+    let mut protection = protect::read(shared, &mut conn).await?;
     if cookie.as_deref().is_none_or(|c| c.starts_with(IMPORT)) {
-        cookie = Some(full_import(shared, &mut conn, cookie, &svc).await?);
+        cookie = Some(full_import(shared, &mut conn, cookie, &protection).await?);
     }
     let mut last_usn = -1;
     let mut last_change = Instant::now();
@@ -61,16 +60,19 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
         if !shared.primary.load(Ordering::SeqCst) {
             return Ok(());
         }
+        if protection.stale(&shared.domain.read().await.policies.scope) {
+            protection = protect::read(shared, &mut conn).await?;
+        }
         let usn = conn.highest_committed_usn().await.map_err(|e| e.to_string())?;
         if usn != last_usn {
-            match increment(shared, &mut conn, cookie.clone(), &svc).await? {
+            match increment(shared, &mut conn, cookie.clone(), &protection).await? {
                 Some((next, suspect)) => {
                     cookie = Some(next);
                     reconcile_due |= suspect;
                 }
                 None => {
                     // Read everything again; links by objectGUID keep it free of duplicates.
-                    cookie = Some(full_import(shared, &mut conn, cookie, &svc).await?);
+                    cookie = Some(full_import(shared, &mut conn, cookie, &protection).await?);
                     reconcile_due = true;
                 }
             }
@@ -112,7 +114,7 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
             }
         }
         if last_retry.elapsed() >= RETRY_CHECK_EVERY {
-            retry::retry_refused(shared, &mut conn, &cookie, &svc).await?;
+            retry::retry_refused(shared, &mut conn, &cookie, &protection).await?;
             last_retry = Instant::now();
             // An admin's "Resync this domain" clears the stored cookie: start over.
             let stored = shared.cloud.state().await.map_err(|e| e.to_string())?.ad_cookie;
@@ -137,16 +139,4 @@ const RECONCILE_QUIET: Duration = Duration::from_secs(2);
 
 async fn root(shared: &Shared) -> String {
     shared.domain.read().await.root_dn.clone()
-}
-
-/// The service account's DN (it is never synced). A failed lookup is an
-/// error: read as "none", the account itself would be synced.
-async fn service_account_dn(shared: &Shared, conn: &mut AdConnection, root: &str) -> Result<String, String> {
-    let name = shared.bind_user.rsplit('\\').next().unwrap_or_default();
-    let filter = format!("(sAMAccountName={})", ldap3::ldap_escape(name));
-    let found = conn
-        .search_paged(root, ldap3::Scope::Subtree, &filter, &["objectGUID"])
-        .await
-        .map_err(|e| format!("cannot look up the service account {name}: {e}"))?;
-    Ok(found.into_iter().next().map(|e| e.dn).unwrap_or_default())
 }

@@ -14,11 +14,15 @@ use crate::sync::Shared;
 /// their deletes, read on a connection of its own.
 pub(super) async fn gone_from_ad(shared: &Shared) -> Result<Vec<AdChange>, String> {
     let root = root(shared).await;
+    let scope = shared.domain.read().await.policies.scope.clone();
     let mut conn = shared.connect().await.map_err(|e| e.to_string())?;
     // Links first: a link is recorded only after its AD object exists, so
     // every link read here has its object in the set read next.
     let links = shared.cloud.links().await.map_err(|e| e.to_string())?;
-    let present = conn.in_scope_guids(&root).await.map_err(|e| e.to_string())?;
+    let present = conn
+        .in_scope_guids(&root, |dn| scope.admits(dn))
+        .await
+        .map_err(|e| e.to_string())?;
     conn.close().await;
     shared.ad_objects.store(present.len() as u64, Ordering::SeqCst);
     Ok(links

@@ -10,6 +10,7 @@ use super::increment::{guids_of, read_in_scope, upsert_of};
 use super::push::push;
 use super::root;
 use crate::ad::AdConnection;
+use crate::sync::protect::Protection;
 use crate::sync::Shared;
 
 /// Retries the due AD → cloud errors; the cookie does not move.
@@ -17,7 +18,7 @@ pub(super) async fn retry_refused(
     shared: &Shared,
     conn: &mut AdConnection,
     cookie: &Option<String>,
-    svc: &str,
+    protection: &Protection,
 ) -> Result<(), String> {
     let open = shared.cloud.open_sync_errors().await.map_err(|e| e.to_string())?;
     if open.ad_to_cloud_due.is_empty() {
@@ -29,7 +30,7 @@ pub(super) async fn retry_refused(
     let mut gone = Vec::new();
     for key in &open.ad_to_cloud_due {
         let Ok(guid) = key.parse::<Uuid>() else { continue };
-        let Some(mut full) = read_in_scope(conn, &root, svc, guid).await? else {
+        let Some(mut full) = read_in_scope(conn, &root, protection, guid).await? else {
             gone.push(key.clone());
             continue;
         };

@@ -1,0 +1,260 @@
+//! What Ferry never syncs and never writes in a domain, whichever side asks:
+//! critical system objects, built-in accounts and groups, protected
+//! (privileged) accounts and every member, direct or nested, of AD's
+//! protected groups, krbtgt, and the service accounts of the domain's agents.
+//!
+//! `adminCount=1` alone is not enough: Windows sets it on the members of
+//! protected groups only when SDProp runs (hourly), and Samba never does.
+//! The members are read with LDAP_MATCHING_RULE_IN_CHAIN instead.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use ferry_proto::agent::SyncScope;
+use uuid::Uuid;
+
+use super::Shared;
+use crate::ad::dn::same_dn;
+use crate::ad::{AdConnection, AdEntry, AdError};
+
+/// Relative ids of the domain's protected groups (MS-ADTS 3.1.1.6.1.2).
+const PROTECTED_DOMAIN_RIDS: &[u32] = &[512, 516, 518, 519, 521, 526, 527];
+/// Relative ids of the protected groups of the Builtin domain (S-1-5-32-…).
+const PROTECTED_BUILTIN_RIDS: &[u32] = &[544, 548, 549, 550, 551, 552];
+/// RIDs below this are AD's own accounts and groups (Administrator 500,
+/// Guest 501, krbtgt 502, Domain Users 513, …).
+const FIRST_ORDINARY_RID: u32 = 1000;
+/// How long a reading of the protected groups' members is trusted.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(30);
+
+/// The domain's untouchable objects, as read at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Protection {
+    /// DNs of the agents' service accounts (this agent's first).
+    service_accounts: Vec<String>,
+    /// objectGUIDs of the protected groups' members, nesting included.
+    members: HashSet<Uuid>,
+    /// When it was read.
+    read_at: Option<Instant>,
+    /// The domain's sync scope when it was read.
+    pub scope: SyncScope,
+}
+
+/// A SID's authority and sub-authorities, from its binary form.
+fn parse_sid(b: &[u8]) -> Option<(u64, Vec<u32>)> {
+    if b.len() < 8 || b[0] != 1 {
+        return None;
+    }
+    let count = usize::from(b[1]);
+    if b.len() != 8 + 4 * count {
+        return None;
+    }
+    let authority = b[2..8].iter().fold(0u64, |a, x| (a << 8) | u64::from(*x));
+    let subs = b[8..]
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Some((authority, subs))
+}
+
+/// Whether a SID is a built-in one: the Builtin domain's (S-1-5-32-…),
+/// or one of a domain's own with a RID below 1000.
+fn builtin_sid(b: &[u8]) -> bool {
+    match parse_sid(b) {
+        Some((5, subs)) if subs.first() == Some(&32) => true,
+        Some((5, subs)) if subs.first() == Some(&21) && subs.len() == 5 => subs[4] < FIRST_ORDINARY_RID,
+        _ => false,
+    }
+}
+
+/// Whether a group's SID is one of AD's protected groups.
+fn protected_group_sid(b: &[u8]) -> bool {
+    match parse_sid(b) {
+        Some((5, subs)) if subs.len() == 2 && subs[0] == 32 => PROTECTED_BUILTIN_RIDS.contains(&subs[1]),
+        Some((5, subs)) if subs.len() == 5 && subs[0] == 21 => PROTECTED_DOMAIN_RIDS.contains(&subs[4]),
+        _ => false,
+    }
+}
+
+impl Protection {
+    /// Reads the protected groups and their members (nesting included).
+    /// `service_accounts`: the DNs of the domain's agents' accounts.
+    pub async fn read(conn: &mut AdConnection, root: &str, service_accounts: Vec<String>) -> Result<Self, AdError> {
+        let groups = conn
+            .search_paged(
+                root,
+                ldap3::Scope::Subtree,
+                "(&(objectClass=group)(|(isCriticalSystemObject=TRUE)(adminCount=1)))",
+                &["objectSid"],
+            )
+            .await?;
+        let mut members = HashSet::new();
+        for g in groups
+            .iter()
+            .filter(|g| g.values("objectSid").first().is_some_and(|s| protected_group_sid(s)))
+        {
+            let filter = format!(
+                "(memberOf:1.2.840.113556.1.4.1941:={})",
+                ldap3::ldap_escape(g.dn.as_str())
+            );
+            let found = conn
+                .search_paged(root, ldap3::Scope::Subtree, &filter, &["objectGUID"])
+                .await?;
+            members.extend(found.iter().filter_map(AdEntry::guid));
+        }
+        Ok(Protection {
+            service_accounts,
+            members,
+            read_at: Some(Instant::now()),
+            scope: SyncScope::default(),
+        })
+    }
+
+    /// Whether it is time to read again: it is old, or the scope changed.
+    pub fn stale(&self, scope: &SyncScope) -> bool {
+        self.read_at.is_none_or(|t| t.elapsed() >= REFRESH_EVERY) || *scope != self.scope
+    }
+
+    /// Whether an object at `dn` is in the domain's sync scope.
+    pub fn admits(&self, dn: &str) -> bool {
+        self.scope.admits(dn)
+    }
+
+    /// Why an entry is out of Ferry's reach, if it is.
+    pub fn why(&self, e: &AdEntry) -> Option<&'static str> {
+        if e.flag("isCriticalSystemObject") {
+            return Some("a critical system object");
+        }
+        if e.int("adminCount") == Some(1) {
+            return Some("a protected (privileged) account: adminCount=1");
+        }
+        if e.str("sAMAccountName")
+            .is_some_and(|s| s.eq_ignore_ascii_case("krbtgt"))
+        {
+            return Some("the krbtgt account");
+        }
+        if e.values("objectSid").first().is_some_and(|s| builtin_sid(s)) {
+            return Some("a built-in account or group of AD");
+        }
+        if self.service_accounts.iter().any(|s| same_dn(&e.dn, s)) {
+            return Some("the service account of a Ferry agent");
+        }
+        if e.guid().is_some_and(|g| self.members.contains(&g)) {
+            return Some("a member of a protected group (Domain Admins, Administrators, …)");
+        }
+        None
+    }
+}
+
+/// The domain's protection as of now: this agent's own service account
+/// (looked up, and told to the cloud with the heartbeat) and those of the
+/// domain's other agents, as the cloud lists them.
+pub async fn read(shared: &Shared, conn: &mut AdConnection) -> Result<Protection, String> {
+    let (root, mut accounts, scope) = {
+        let d = shared.domain.read().await;
+        (d.root_dn.clone(), d.service_accounts.clone(), d.policies.scope.clone())
+    };
+    let own = service_account_dn(shared, conn, &root).await?;
+    if let Ok(mut g) = shared.service_account.lock() {
+        *g = Some(own.clone()).filter(|s| !s.is_empty());
+    }
+    accounts.insert(0, own);
+    accounts.retain(|a| !a.is_empty());
+    let mut p = Protection::read(conn, &root, accounts)
+        .await
+        .map_err(|e| format!("cannot read the domain's protected groups: {e}"))?;
+    p.scope = scope;
+    Ok(p)
+}
+
+/// The service account's DN. A failed lookup is an error: read as "none",
+/// the account itself would be synced.
+async fn service_account_dn(shared: &Shared, conn: &mut AdConnection, root: &str) -> Result<String, String> {
+    let name = shared.bind_user.rsplit('\\').next().unwrap_or_default();
+    let filter = format!("(sAMAccountName={})", ldap3::ldap_escape(name));
+    let found = conn
+        .search_paged(root, ldap3::Scope::Subtree, &filter, &["objectGUID"])
+        .await
+        .map_err(|e| format!("cannot look up the service account {name}: {e}"))?;
+    Ok(found.into_iter().next().map(|e| e.dn).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sid(authority: u8, subs: &[u32]) -> Vec<u8> {
+        let mut b = vec![1, subs.len() as u8, 0, 0, 0, 0, 0, authority];
+        for s in subs {
+            b.extend_from_slice(&s.to_le_bytes());
+        }
+        b
+    }
+
+    fn entry(dn: &str, attrs: &[(&str, Vec<u8>)]) -> AdEntry {
+        let mut e = AdEntry {
+            dn: dn.into(),
+            ..AdEntry::default()
+        };
+        for (k, v) in attrs {
+            e.attrs.entry(k.to_ascii_lowercase()).or_default().push(v.clone());
+        }
+        e
+    }
+
+    #[test]
+    fn built_in_and_protected_sids_are_told_apart() {
+        let domain = [21, 1_111, 2_222, 3_333];
+        let with = |rid: u32| sid(5, &[domain[0], domain[1], domain[2], domain[3], rid]);
+        assert!(builtin_sid(&with(500)), "Administrator");
+        assert!(builtin_sid(&with(502)), "krbtgt");
+        assert!(builtin_sid(&sid(5, &[32, 544])), "BUILTIN\\Administrators");
+        assert!(!builtin_sid(&with(1104)), "an ordinary user");
+        assert!(protected_group_sid(&with(512)), "Domain Admins");
+        assert!(protected_group_sid(&sid(5, &[32, 551])), "Backup Operators");
+        assert!(!protected_group_sid(&with(513)), "Domain Users");
+        assert!(!protected_group_sid(&with(1200)));
+        assert!(parse_sid(&[1, 3, 0]).is_none(), "truncated");
+        assert!(parse_sid(&[]).is_none());
+    }
+
+    #[test]
+    fn protection_names_why() {
+        let p = Protection {
+            service_accounts: vec!["CN=svc-sync,CN=Users,DC=x".into()],
+            members: [Uuid::from_u128(7)].into_iter().collect(),
+            read_at: None,
+            scope: SyncScope::default(),
+        };
+        let guid = |n: u128| {
+            let mut b = Uuid::from_u128(n).to_bytes_le().to_vec();
+            b.truncate(16);
+            b
+        };
+        let plain = entry(
+            "CN=ann,DC=x",
+            &[
+                ("sAMAccountName", b"ann".to_vec()),
+                ("objectGUID", guid(1)),
+                ("objectSid", sid(5, &[21, 1, 2, 3, 1105])),
+            ],
+        );
+        assert_eq!(p.why(&plain), None);
+        let admin = entry(
+            "CN=Administrator,CN=Users,DC=x",
+            &[("objectSid", sid(5, &[21, 1, 2, 3, 500]))],
+        );
+        assert!(p.why(&admin).is_some());
+        assert!(p.why(&entry("cn=SVC-SYNC,cn=users,dc=x", &[])).is_some());
+        assert!(p
+            .why(&entry("CN=nested,DC=x", &[("objectGUID", guid(7))]))
+            .is_some_and(|w| w.contains("protected group")));
+        assert!(p
+            .why(&entry("CN=k,DC=x", &[("sAMAccountName", b"krbtgt".to_vec())]))
+            .is_some());
+        assert!(p
+            .why(&entry("CN=c,DC=x", &[("isCriticalSystemObject", b"TRUE".to_vec())]))
+            .is_some());
+        assert!(p.why(&entry("CN=a,DC=x", &[("adminCount", b"1".to_vec())])).is_some());
+    }
+}
