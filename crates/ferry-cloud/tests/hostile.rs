@@ -374,6 +374,57 @@ fn cases(user: &str, group: &str, domain: &str) -> Vec<Case> {
             400,
         ));
     }
+    // The sync scope and placement routes: NUL, deep or huge DNs, bad ids.
+    for (what, body) in [
+        (
+            "NUL in an included OU",
+            json!({"include": ["OU=a\u{0}b,DC=hostile,DC=example"]}),
+        ),
+        (
+            "a control character in an excluded OU",
+            json!({"exclude": ["OU=\u{1b},DC=hostile,DC=example"]}),
+        ),
+        ("an OU that is not a DN", json!({"include": ["not a dn"]})),
+        (
+            "an OU outside the domain",
+            json!({"include": ["OU=x,DC=elsewhere,DC=test"]}),
+        ),
+        (
+            "a 100 KB OU",
+            json!({"include": [format!("OU={},DC=hostile,DC=example", "x".repeat(100_000))]}),
+        ),
+        (
+            "10,000 OUs deep",
+            json!({"include": [format!("{}DC=hostile,DC=example", "OU=x,".repeat(10_000))]}),
+        ),
+        ("a scope that is a string", json!("OU=x")),
+    ] {
+        v.push(case(
+            format!("scope preview: {what}"),
+            "POST",
+            format!("/api/v1/domains/{domain}/scope-preview"),
+            Body::Json(body),
+            400,
+        ));
+    }
+    for (what, body, status) in [
+        ("ids that are not UUIDs", json!({"ids": ["x", "€"]}), 400),
+        ("no ids field", json!({}), 400),
+        (
+            "10,000 unknown ids",
+            json!({"ids": vec!["00000000-0000-4000-8000-000000000000"; 10_000]}),
+            404,
+        ),
+    ] {
+        v.push(case(
+            format!("place objects: {what}"),
+            "POST",
+            format!("/api/v1/domains/{domain}/objects"),
+            Body::Json(body),
+            status,
+        ));
+    }
+
     // NUL in an object key, and in a path segment.
     v.push(scim(
         "NUL in a JSON key",
