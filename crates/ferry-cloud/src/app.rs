@@ -47,7 +47,7 @@ pub struct Config {
     /// end of the previous answer: a half-open or idle connection is closed
     /// after it (clients reconnect; agents call every few seconds).
     pub header_read_timeout: Duration,
-    /// Time a client has to send a request's body.
+    /// Time a request's body may go without a byte arriving.
     pub body_timeout: Duration,
     /// Time a request has to be answered (beyond the longest long-poll).
     pub handler_timeout: Duration,
