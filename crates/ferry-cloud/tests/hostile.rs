@@ -686,6 +686,61 @@ both_engines!(hostile_requests_get_the_right_4xx_in_json, |engine| async move {
         let (status, v) = raw(&addr, &s.org.token, c.method, &c.target, &c.body).await;
         check(c, status, &v);
     }
+    // With an agent's token: its routes' own refusals are JSON too.
+    let (_, k) = s
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/domains/{domain}/connect-keys"),
+            None,
+        )
+        .await;
+    let (_, reg) = s
+        .call_as(
+            "",
+            reqwest::Method::POST,
+            "/agent/v1/register",
+            Some(
+                json!({"connect_key": k["connect_key"], "hostname": "dc1.hostile.example", "version": "0.1.0",
+                        "public_key": "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="}),
+            ),
+        )
+        .await;
+    let agent = reg["agent_token"].as_str().unwrap().to_owned();
+    let agent_cases = [
+        case(
+            "agent: a secret id that is not a number",
+            "GET",
+            "/agent/v1/secrets/abc",
+            Body::None,
+            400,
+        ),
+        case(
+            "agent: a feed cursor that is not a number",
+            "GET",
+            "/agent/v1/feed?after=%FF",
+            Body::None,
+            400,
+        ),
+        case(
+            "agent: NUL in a heartbeat",
+            "POST",
+            "/agent/v1/heartbeat",
+            Body::Json(json!({"state": "a\u{0}b", "ad_objects": 0, "pushed": 0, "applied": 0})),
+            400,
+        ),
+        case(
+            "agent: a heartbeat that is not JSON",
+            "POST",
+            "/agent/v1/heartbeat",
+            Body::Raw(b"{".to_vec()),
+            400,
+        ),
+    ];
+    for c in &agent_cases {
+        let (status, v) = raw(&addr, &agent, c.method, &c.target, &c.body).await;
+        check(c, status, &v);
+    }
+
     // Still serving, and nothing refused was stored.
     let (st, _) = s.call(reqwest::Method::GET, "/healthz", None).await;
     assert_eq!(st, reqwest::StatusCode::OK);
