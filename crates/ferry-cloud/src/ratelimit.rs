@@ -74,8 +74,17 @@ impl RateLimiter {
     pub fn fail(&self, key: &str, now: i64) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= MAX_KEYS {
+            // Bounded memory under a flood of distinct keys: forget the quiet
+            // ones, then those not waiting, then (a flood of waiting keys)
+            // everything; the limiter is a brake, not the only defence.
             let quiet = self.max_delay_ms;
             entries.retain(|_, e| now < e.until || now - e.last_failure < quiet);
+            if entries.len() >= MAX_KEYS {
+                entries.retain(|_, e| now < e.until);
+            }
+            if entries.len() >= MAX_KEYS {
+                entries.clear();
+            }
         }
         let e = entries.entry(key.to_owned()).or_insert(Entry {
             failures: 0,
@@ -142,6 +151,16 @@ mod tests {
         assert!(l.check("ip", 31_000).is_ok());
         l.reset("ip");
         assert!(l.check("ip", 31_001).is_ok());
+    }
+
+    #[test]
+    fn a_flood_of_keys_stays_bounded() {
+        let l = RateLimiter::new(1, 1_000, 60_000);
+        for i in 0..(MAX_KEYS * 2) {
+            l.fail(&i.to_string(), 0);
+        }
+        let n = l.entries.lock().map(|e| e.len()).unwrap_or(usize::MAX);
+        assert!(n <= MAX_KEYS, "{n} keys");
     }
 
     #[test]
