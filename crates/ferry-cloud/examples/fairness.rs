@@ -6,7 +6,7 @@
 //! send the heaviest legal requests back to back: unindexed filter searches
 //! over the whole org (Users, Groups and `/.search`), and PATCHes adding
 //! 8,000 e-mails. Prints p50/p99 of each probe, the ratio to the baseline,
-//! and how long the heavy requests take. A benchmark, not a test: see
+//! how long the heavy requests take, and the process's peak memory. A benchmark, not a test: see
 //! docs/BENCHMARKS.md.
 //!
 //!   cargo run --release -p ferry-cloud --example fairness -- [USERS] [SECONDS]
@@ -229,6 +229,12 @@ async fn main() {
             );
         }
     }
+    // The process's high-water mark: the heavy searches must not hold a whole org.
+    let hwm = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM")).map(|l| l.trim().to_owned()))
+        .unwrap_or_default();
+    println!("peak memory of the process (store, server and clients): {hwm}");
     println!("| heavy request | n | p50 ms | max ms |");
     println!("|---|---|---|---|");
     for what in [
