@@ -116,7 +116,8 @@ impl AppState {
             store,
             clock,
             config,
-            // Waits double from 1 s after the free failures, up to the cap.
+            // After N failures a key waits 1 s, twice as long after each
+            // later failure, up to the cap (ratelimit.rs).
             login_limiter: RateLimiter::new(5, 1000, 15 * 60 * 1000),
             connect_key_limiter: RateLimiter::new(10, 1000, 15 * 60 * 1000),
             token_limiter: RateLimiter::new(30, 1000, 5 * 60 * 1000),
