@@ -148,14 +148,14 @@ pub fn router(state: AppState) -> Router {
     let answer_within = c.handler_timeout + Duration::from_millis(c.max_poll_ms);
     api_routes(&state.config)
         .merge(crate::console::router())
-        .fallback(crate::http::not_found)
+        .fallback(crate::surface_errors::not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(c.body_timeout))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             answer_within,
         ))
-        .layer(axum::middleware::from_fn(crate::http::json_errors))
+        .layer(axum::middleware::from_fn(crate::surface_errors::json_errors))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(
             // Method and path only: query strings and headers may carry secrets.
             |req: &axum::http::Request<_>| tracing::info_span!("http", method = %req.method(), path = %req.uri().path()),
@@ -167,9 +167,9 @@ pub fn router(state: AppState) -> Router {
 pub fn api_router(state: AppState) -> Router {
     let limit = state.config.body_limit;
     api_routes(&state.config)
-        .fallback(crate::http::not_found)
+        .fallback(crate::surface_errors::not_found)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn(crate::http::json_errors))
+        .layer(axum::middleware::from_fn(crate::surface_errors::json_errors))
         .with_state(state)
 }
 
