@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
@@ -39,6 +40,19 @@ pub struct Config {
     pub lease_ttl_ms: i64,
     /// Longest feed long-poll.
     pub max_poll_ms: u64,
+    /// Proxies whose `Forwarded`/`X-Forwarded-For` name the client (the
+    /// TCP peer is the client otherwise).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Time a connection has to send a request's headers, counted from the
+    /// end of the previous answer: a half-open or idle connection is closed
+    /// after it (clients reconnect; agents call every few seconds).
+    pub header_read_timeout: Duration,
+    /// Time a request's body may go without a byte arriving.
+    pub body_timeout: Duration,
+    /// Time a request has to be answered (beyond the longest long-poll).
+    pub handler_timeout: Duration,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
 }
 
 impl Default for Config {
@@ -53,6 +67,11 @@ impl Default for Config {
             connect_key_ttl_ms: 7 * 24 * 3600 * 1000,
             lease_ttl_ms: 30_000,
             max_poll_ms: 30_000,
+            trusted_proxies: Vec::new(),
+            header_read_timeout: Duration::from_secs(20),
+            body_timeout: Duration::from_secs(30),
+            handler_timeout: Duration::from_secs(60),
+            max_connections: 1024,
         }
     }
 }
@@ -69,11 +88,11 @@ pub struct Inner {
     pub clock: Arc<dyn Clock>,
     /// Settings.
     pub config: Config,
-    /// Failed admin sign-ins, per address and per account.
+    /// Failed admin sign-ins, per (address, account).
     pub login_limiter: RateLimiter,
     /// Failed Connect Key uses, per address.
     pub connect_key_limiter: RateLimiter,
-    /// Requests with unknown bearer tokens, per address.
+    /// Requests with unknown bearer tokens, per (address, kind of token).
     pub token_limiter: RateLimiter,
     /// Woken when the change feed grows (long-polls wait on it).
     pub feed_grew: Notify,
@@ -97,9 +116,11 @@ impl AppState {
             store,
             clock,
             config,
-            login_limiter: RateLimiter::new(5, 15 * 60 * 1000),
-            connect_key_limiter: RateLimiter::new(10, 15 * 60 * 1000),
-            token_limiter: RateLimiter::new(30, 5 * 60 * 1000),
+            // After N failures a key waits 1 s, twice as long after each
+            // later failure, up to the cap (ratelimit.rs).
+            login_limiter: RateLimiter::new(5, 1000, 15 * 60 * 1000),
+            connect_key_limiter: RateLimiter::new(10, 1000, 15 * 60 * 1000),
+            token_limiter: RateLimiter::new(30, 1000, 5 * 60 * 1000),
             feed_grew: Notify::new(),
             agent_checksum: tokio::sync::OnceCell::new(),
             agent_msi_checksum: tokio::sync::OnceCell::new(),
@@ -122,10 +143,19 @@ impl AppState {
 /// Every route of the service: the APIs and the console.
 pub fn router(state: AppState) -> Router {
     let limit = state.config.body_limit;
+    let c = &state.config;
+    // A long-poll may wait `max_poll_ms`; the handler bound comes on top.
+    let answer_within = c.handler_timeout + Duration::from_millis(c.max_poll_ms);
     api_routes(&state.config)
         .merge(crate::console::router())
         .fallback(crate::console::not_found)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(c.body_timeout))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            answer_within,
+        ))
+        .layer(axum::middleware::from_fn(crate::surface_errors::json_errors))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(
             // Method and path only: query strings and headers may carry secrets.
             |req: &axum::http::Request<_>| tracing::info_span!("http", method = %req.method(), path = %req.uri().path()),
@@ -137,8 +167,9 @@ pub fn router(state: AppState) -> Router {
 pub fn api_router(state: AppState) -> Router {
     let limit = state.config.body_limit;
     api_routes(&state.config)
-        .fallback(crate::http::not_found)
+        .fallback(crate::surface_errors::not_found)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(crate::surface_errors::json_errors))
         .with_state(state)
 }
 
@@ -171,13 +202,62 @@ async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) ->
 }
 
 /// Serves until `shutdown` resolves, then finishes in-flight requests.
+///
+/// Each connection has `header_read_timeout` to send a request's headers
+/// (so half-open connections are released), and at most `max_connections`
+/// are served at once.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let header_timeout = state.config.header_read_timeout;
+    let slots = Arc::new(tokio::sync::Semaphore::new(state.config.max_connections.max(1)));
     let app = router(state);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
+            let mut req = req.map(axum::body::Body::new);
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo::<SocketAddr>(peer));
+            app.clone().oneshot(req)
+        });
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }

@@ -14,3 +14,4 @@ pub mod ratelimit;
 pub mod scim;
 pub mod secrets;
 pub mod store;
+pub mod surface_errors;

@@ -59,6 +59,18 @@ struct ServeArgs {
     /// The ferry-agent.msi (Windows installer) to offer for download (scripts/build-msi builds it).
     #[arg(long, env = "FERRY_AGENT_MSI")]
     agent_msi: Option<PathBuf>,
+    /// Proxies (addresses or CIDR ranges) whose Forwarded / X-Forwarded-For headers
+    /// name the client; repeat it or separate with commas. Without it the TCP peer is the client.
+    #[arg(long = "trusted-proxy", env = "FERRY_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_proxy)]
+    trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// `10.0.0.0/8`, or one address (`10.0.0.7`, `::1`).
+fn parse_proxy(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an address or a CIDR range (such as 10.0.0.0/8)"))
 }
 
 #[derive(Args)]
@@ -143,8 +155,13 @@ async fn serve(a: ServeArgs) -> Result<()> {
         Some(p) => tracing::info!(path = %p.display(), "offering the Windows installer at /downloads/ferry-agent.msi"),
         None => tracing::info!("no ferry-agent.msi to offer for Windows (see --agent-msi)"),
     }
+    if !a.trusted_proxies.is_empty() {
+        let list: Vec<String> = a.trusted_proxies.iter().map(ToString::to_string).collect();
+        tracing::info!(proxies = %list.join(","), "client addresses from Forwarded / X-Forwarded-For of these proxies");
+    }
     let config = Config {
         public_url: a.public_url,
+        trusted_proxies: a.trusted_proxies,
         agent_binary,
         agent_msi,
         ..Config::default()

@@ -413,10 +413,11 @@ both_engines!(sign_in_sessions_tokens_and_rate_limit, |engine| async move {
         (st, v["code"].as_str()),
         (StatusCode::UNAUTHORIZED, Some("invalid_credentials"))
     );
-    // Wrong passwords: refused, then limited (5 failures from one address);
-    // the right password is refused too while limited.
+    // Wrong passwords: refused, then limited (5 failures from one address
+    // for one account); the right password from that address is refused too
+    // while it waits (tests/limits.rs: not from another address).
     let wrong = json!({"email": s.org.admin_email, "password": "guess"});
-    for _ in 0..4 {
+    for _ in 0..5 {
         let (st, v) = s
             .call_as("", Method::POST, "/api/v1/sessions", Some(wrong.clone()))
             .await;
@@ -445,17 +446,32 @@ both_engines!(connect_key_guessing_is_limited, |engine| async move {
         let (st, _) = register(&s, &format!("fck1.guess.{i}")).await;
         assert_eq!(st, StatusCode::UNAUTHORIZED);
     }
-    let (_, k) = s
-        .call(Method::POST, &format!("/api/v1/domains/{id}/connect-keys"), None)
-        .await;
-    let (st, v) = register(&s, k["connect_key"].as_str().unwrap()).await;
+    // The eleventh guess waits (1 s, then 2 s, 4 s… at most 15 min)…
+    let (st, v) = register(&s, "fck1.guess.10").await;
     assert_eq!(
         (st, v["code"].as_str()),
         (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited"))
     );
-    s.clock.advance(15 * 60 * 1000 + 1);
-    let (st, _) = register(&s, k["connect_key"].as_str().unwrap()).await;
-    assert_eq!(st, StatusCode::CREATED, "the window passed");
+    // A wait, not a lockout: after it, a guess is answered again, and the
+    // next one waits longer.
+    s.clock.advance(1_001);
+    let (st, v) = register(&s, "fck1.guess.11").await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("connect_key_invalid")),
+        "{v}"
+    );
+    let (st, _) = register(&s, "fck1.guess.12").await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
+    s.clock.advance(1_001);
+    let (st, _) = register(&s, "fck1.guess.13").await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "the second wait is 2 s");
+    // A valid key from the same address, while it waits, is never refused.
+    let (_, k) = s
+        .call(Method::POST, &format!("/api/v1/domains/{id}/connect-keys"), None)
+        .await;
+    let (st, v) = register(&s, k["connect_key"].as_str().unwrap()).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
 });
 
 both_engines!(oversized_bodies_are_refused, |engine| async move {

@@ -31,6 +31,26 @@ fn scim_error(v: &Value, status: u16, scim_type: Option<&str>) {
     assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()), "{v}");
 }
 
+/// A cloud write context for the test org (to seed many objects directly).
+fn cloud_ctx(s: &TestServer) -> ferry_cloud::directory::WriteCtx {
+    ferry_cloud::directory::WriteCtx {
+        org_id: s.org.id,
+        origin: "cloud".into(),
+        actor: "test".into(),
+        now: 1000,
+    }
+}
+
+fn new_user(name: &str, doc: Value) -> ferry_cloud::store::NewUser {
+    ferry_cloud::store::NewUser {
+        username: name.into(),
+        external_id: None,
+        active: true,
+        doc,
+        password_hash: None,
+    }
+}
+
 async fn feed_head(s: &TestServer) -> i64 {
     let mut tx = s.store.begin().await.unwrap();
     tx.feed_head(s.org.id).await.unwrap()
@@ -517,3 +537,203 @@ async fn external_scim2_suite_passes() {
         "the suite ran its checks:\n{stdout}"
     );
 }
+
+both_engines!(
+    a_patch_sets_a_password_hashed_outside_the_transaction,
+    |engine| async move {
+        let s = TestServer::start(engine).await;
+        let u = create_user(&s, json!({"userName": "pat"})).await;
+        let id = u["id"].as_str().unwrap().to_owned();
+        let has_password = || async {
+            let mut tx = s.store.begin().await.unwrap();
+            let row = tx.get_user(s.org.id, id.parse().unwrap()).await.unwrap().unwrap();
+            (row.has_password, row.version)
+        };
+        assert_eq!(has_password().await, (false, 1));
+        for (i, op) in [
+            json!({"op": "replace", "path": "password", "value": "Pat-Pa55-one"}),
+            json!({"op": "replace", "value": {"password": "Pat-Pa55-two", "title": "Eng"}}),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (st, v) = s
+                .call(
+                    Method::PATCH,
+                    &format!("/scim/v2/Users/{id}"),
+                    Some(json!({"schemas": [PATCH_OP], "Operations": [op]})),
+                )
+                .await;
+            assert_eq!(st, StatusCode::OK, "{v}");
+            assert!(v.get("password").is_none(), "never returned");
+            assert_eq!(has_password().await, (true, 2 + i as i64));
+        }
+        let mut tx = s.store.begin().await.unwrap();
+        let feed = tx.read_feed(s.org.id, 0, 100).await.unwrap();
+        let sets = feed
+            .iter()
+            .filter(|e| matches!(e.change, ferry_proto::agent::CloudChange::PasswordSet { .. }))
+            .count();
+        assert_eq!(sets, 2, "one password change each");
+        assert!(!format!("{feed:?}").contains("Pat-Pa55"));
+    }
+);
+
+// Filters the store cannot answer walk the org in batches (200 a
+// transaction): the count is exact and pages are cut right across batch
+// boundaries, for Users, Groups and `/.search` over both.
+both_engines!(unindexed_filters_are_paged_across_batches, |engine| async move {
+    use ferry_cloud::directory;
+    use ferry_cloud::store::NewGroup;
+    let s = TestServer::start(engine).await;
+    let ctx = cloud_ctx(&s);
+    let mut tx = s.store.begin().await.unwrap();
+    for i in 0..450 {
+        let user = new_user(
+            &format!("u{i:04}"),
+            json!({"title": if i % 3 == 0 { "Three" } else { "Other" }}),
+        );
+        directory::create_user(&mut tx, &ctx, user, None).await.unwrap();
+    }
+    for i in 0..250 {
+        let group = NewGroup {
+            name: format!("g{i:04}"),
+            external_id: Some(if i % 5 == 0 { "five".into() } else { "other".into() }),
+            doc: json!({}),
+        };
+        directory::create_group(&mut tx, &ctx, group, &[]).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let names = |v: &Value, key: &str| -> Vec<String> {
+        v["Resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r[key].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // 150 users have title "Three" (u0000, u0003 … u0447): the 60th to 69th.
+    let (st, v) = s
+        .call(
+            Method::GET,
+            "/scim/v2/Users?filter=title%20eq%20%22three%22&startIndex=60&count=10",
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["totalResults"], 150);
+    let want: Vec<String> = (59..69).map(|k| format!("u{:04}", k * 3)).collect();
+    assert_eq!(names(&v, "userName"), want);
+    // 50 groups have externalId "five".
+    let (_, v) = s
+        .call(
+            Method::POST,
+            "/scim/v2/Groups/.search",
+            Some(json!({"filter": "externalId eq \"five\" and displayName pr", "startIndex": 41, "count": 20})),
+        )
+        .await;
+    assert_eq!(v["totalResults"], 50, "{v}");
+    let want: Vec<String> = (40..50).map(|k| format!("g{:04}", k * 5)).collect();
+    assert_eq!(names(&v, "displayName"), want);
+    // Over both: 450 users then 250 groups match `id pr`; a page spanning the two.
+    let (_, v) = s
+        .call(
+            Method::POST,
+            "/scim/v2/.search",
+            Some(json!({"filter": "id pr", "startIndex": 446, "count": 10, "attributes": ["id"]})),
+        )
+        .await;
+    assert_eq!(v["totalResults"], 700, "{v}");
+    assert_eq!(v["itemsPerPage"], 10);
+    let ids: Vec<&str> = v["Resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 10);
+    // The same page without a filter (the store's own paging) agrees.
+    let (_, all) = s
+        .call(
+            Method::POST,
+            "/scim/v2/.search",
+            Some(json!({"startIndex": 446, "count": 10, "attributes": ["id"]})),
+        )
+        .await;
+    assert_eq!(all["totalResults"], 700, "{all}");
+    assert_eq!(all["Resources"], v["Resources"]);
+});
+
+// Members are checked in a few queries (500 ids each), whatever their
+// number: 1,200 users and a nested group in one request, and an unknown id
+// among them is named.
+both_engines!(a_big_group_is_checked_in_batches, |engine| async move {
+    use ferry_cloud::directory;
+    let s = TestServer::start(engine).await;
+    let ctx = cloud_ctx(&s);
+    let mut tx = s.store.begin().await.unwrap();
+    let mut members = Vec::new();
+    for i in 0..1200 {
+        let user = new_user(&format!("m{i:04}"), json!({}));
+        let row = directory::create_user(&mut tx, &ctx, user, None).await.unwrap();
+        members.push(json!({"value": row.id.to_string(), "type": "User"}));
+    }
+    tx.commit().await.unwrap();
+    let inner = create_group(&s, json!({"displayName": "inner"})).await;
+    members.push(json!({"value": inner["id"], "type": "Group"}));
+    let unknown = "00000000-0000-4000-8000-000000000001";
+    let mut with_unknown = members.clone();
+    with_unknown.insert(700, json!({"value": unknown}));
+    let (st, v) = s
+        .call(
+            Method::POST,
+            "/scim/v2/Groups",
+            Some(json!({"displayName": "big", "members": with_unknown})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains(unknown), "{v}");
+    let mut wrong_type = members.clone();
+    wrong_type[3]["type"] = json!("Group");
+    let (st, v) = s
+        .call(
+            Method::POST,
+            "/scim/v2/Groups",
+            Some(json!({"displayName": "big", "members": wrong_type})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let g = create_group(&s, json!({"displayName": "big", "members": members})).await;
+    assert_eq!(g["members"].as_array().unwrap().len(), 1201);
+});
+
+// `userName eq` or `externalId eq` as one term of an `and` narrows the
+// candidates through the index; the rest of the filter still decides.
+both_engines!(an_indexed_term_of_an_and_narrows_the_search, |engine| async move {
+    let s = TestServer::start(engine).await;
+    create_user(&s, json!({"userName": "ann", "externalId": "x1", "title": "Eng"})).await;
+    create_user(&s, json!({"userName": "bob", "externalId": "x1", "title": "Ops"})).await;
+    for (filter, want) in [
+        (r#"userName eq "ANN" and title eq "eng""#, vec!["ann"]),
+        (r#"title eq "ops" and userName eq "ann""#, vec![]),
+        (r#"externalId eq "x1" and title pr"#, vec!["ann", "bob"]),
+        (
+            r#"externalId eq "x1" and (title eq "ops" or title eq "none")"#,
+            vec!["bob"],
+        ),
+        (r#"externalId eq "x1" or userName eq "zed""#, vec!["ann", "bob"]),
+    ] {
+        let (st, v) = s
+            .call(Method::POST, "/scim/v2/Users/.search", Some(json!({"filter": filter})))
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let got: Vec<&str> = v["Resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["userName"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, want, "{filter}");
+        assert_eq!(v["totalResults"], want.len(), "{filter}");
+    }
+});

@@ -431,3 +431,34 @@ both_engines!(audit_pages_newest_first, |engine| async move {
     assert_eq!(next.len(), 3);
     assert_eq!(next[0].action, "act2");
 });
+
+/// The SQLite database holds password hashes and sealed secrets: it and
+/// its WAL and shared-memory files are the owner's alone, and an older
+/// install's files are restricted when the store opens them.
+#[cfg(unix)]
+#[tokio::test]
+async fn sqlite_files_are_private_to_the_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ferry.db");
+    let url = format!("sqlite://{}", db.display());
+    let store = Store::open(&url).await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_org("Acme", 1).await.unwrap();
+    tx.commit().await.unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let p = dir.path().join(format!("ferry.db{suffix}"));
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+    }
+    store.close().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let p = dir.path().join(format!("ferry.db{suffix}"));
+        if p.exists() {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    let store = Store::open(&url).await.unwrap();
+    assert_eq!(mode(&db), 0o600);
+    store.close().await;
+}

@@ -67,10 +67,6 @@ async fn register(
     JsonBody(req): JsonBody<RegisterRequest>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
     let now = state.now();
-    state
-        .connect_key_limiter
-        .check(&ip, now)
-        .map_err(|l| ApiError::limited(l, "Connect Key attempts"))?;
     for (field, value, max) in [
         ("hostname", &req.hostname, 255),
         ("version", &req.version, 64),
@@ -89,10 +85,7 @@ async fn register(
     let mut tx = state.store.begin().await?;
     let key = match tx.consume_connect_key(&token_hash(&req.connect_key), now).await? {
         Ok(k) => k,
-        Err(problem) => {
-            state.connect_key_limiter.fail(&ip, now);
-            return Err(connect_key_refused(problem));
-        }
+        Err(problem) => return Err(connect_key_failed(&state, &ip, now, problem)),
     };
     let token = new_token(AGENT_TOKEN_PREFIX);
     let agent = tx
@@ -150,6 +143,16 @@ fn connect_key_refused(problem: ConnectKeyProblem) -> ApiError {
     ApiError::unauthorized(code, msg)
 }
 
+/// The answer to a Connect Key that does not work: why, or 429 while this
+/// address waits after too many. A valid key is never refused: it is
+/// looked up first, and a key is a 256-bit secret no one guesses.
+fn connect_key_failed(state: &AppState, ip: &str, now: i64, problem: ConnectKeyProblem) -> ApiError {
+    match state.connect_key_limiter.refuse(ip, now) {
+        Some(l) => ApiError::limited(l, "Connect Key attempts"),
+        None => connect_key_refused(problem),
+    }
+}
+
 /// `POST /agent/v1/connect-key`: the domain a Connect Key would register an
 /// agent for, without using the key. Counted against the same guess limit
 /// as registration.
@@ -159,17 +162,10 @@ async fn check_connect_key(
     JsonBody(req): JsonBody<ConnectKeyCheckRequest>,
 ) -> Result<Json<ConnectKeyCheckResponse>, ApiError> {
     let now = state.now();
-    state
-        .connect_key_limiter
-        .check(&ip, now)
-        .map_err(|l| ApiError::limited(l, "Connect Key attempts"))?;
     let mut tx = state.store.begin().await?;
     let key = match tx.find_connect_key(&token_hash(&req.connect_key), now).await? {
         Ok(k) => k,
-        Err(problem) => {
-            state.connect_key_limiter.fail(&ip, now);
-            return Err(connect_key_refused(problem));
-        }
+        Err(problem) => return Err(connect_key_failed(&state, &ip, now, problem)),
     };
     let domain = tx.get_domain(key.org_id, key.domain_id).await?;
     Ok(Json(ConnectKeyCheckResponse {

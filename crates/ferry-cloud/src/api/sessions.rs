@@ -27,29 +27,29 @@ pub(super) async fn sign_in(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let now = state.now();
     let email = body.email.trim().to_lowercase();
-    let ip_key = format!("ip:{ip}");
-    let account_key = format!("account:{email}");
-    for key in [&ip_key, &account_key] {
-        state
-            .login_limiter
-            .check(key, now)
-            .map_err(|l| ApiError::limited(l, "sign-ins"))?;
-    }
-    let mut tx = state.store.begin().await?;
-    let admin = tx.find_admin_by_email(&email).await?;
+    // Failures count per (address, account): a guesser waits, but neither
+    // the account's owner at another address nor another account does.
+    let limiter_key = format!("{ip} {email}");
+    state
+        .login_limiter
+        .check(&limiter_key, now)
+        .map_err(|l| ApiError::limited(l, "sign-ins"))?;
+    // Read the account and let the store go before hashing: argon2 takes
+    // tens of milliseconds, and SQLite has a single connection.
+    let admin = state.store.begin().await?.find_admin_by_email(&email).await?;
     // Verify against a real hash even for unknown accounts, so timing does
     // not tell which e-mails exist.
     let phc = match &admin {
         Some(a) => a.password_hash.clone(),
-        None => dummy_hash(),
+        None => dummy_hash().await,
     };
     let password = body.password;
     let ok = tokio::task::spawn_blocking(move || verify_password(&password, &phc))
         .await
         .unwrap_or(false);
+    let mut tx = state.store.begin().await?;
     let Some(admin) = admin.filter(|_| ok) else {
-        state.login_limiter.fail(&ip_key, now);
-        state.login_limiter.fail(&account_key, now);
+        state.login_limiter.fail(&limiter_key, now);
         if let Some(a) = tx.find_admin_by_email(&email).await? {
             tx.append_audit(
                 a.org_id,
@@ -67,7 +67,7 @@ pub(super) async fn sign_in(
             "the e-mail or password is wrong",
         ));
     };
-    state.login_limiter.reset(&account_key);
+    state.login_limiter.reset(&limiter_key);
     let token = new_token(SESSION_PREFIX);
     let expires_at = now + state.config.session_ttl_ms;
     tx.insert_token(
@@ -96,10 +96,16 @@ pub(super) async fn sign_in(
     ))
 }
 
-fn dummy_hash() -> String {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// A hash of nothing, made once (off the async workers).
+async fn dummy_hash() -> String {
+    static DUMMY: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
     DUMMY
-        .get_or_init(|| hash_password("not a real password").unwrap_or_default())
+        .get_or_init(|| async {
+            tokio::task::spawn_blocking(|| hash_password("not a real password").unwrap_or_default())
+                .await
+                .unwrap_or_default()
+        })
+        .await
         .clone()
 }
 

@@ -74,7 +74,7 @@ pub async fn not_found(uri: axum::http::Uri) -> Response {
     let path = uri.path();
     let api = ["/api/", "/agent/", "/scim/", "/downloads/", "/healthz"];
     if api.iter().any(|p| path.starts_with(p)) {
-        return crate::http::not_found(uri).await;
+        return crate::surface_errors::not_found(uri).await;
     }
     page(
         StatusCode::NOT_FOUND,
@@ -152,15 +152,21 @@ pub struct Session {
 impl FromRequestParts<AppState> for Session {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Response> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         let token = cookie(&parts.headers, SESSION_COOKIE).ok_or_else(|| redirect("/signin"))?;
         Ok(Session {
             csrf: csrf_of(&token),
             token,
-            ip: parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().cloned(),
+            ip: client(parts, state),
             host: parts.headers.get(HOST).cloned(),
         })
     }
+}
+
+/// The client's address (through trusted proxies), as the connection
+/// address of the API requests the console makes in process for it.
+fn client(parts: &Parts, state: &AppState) -> Option<ConnectInfo<std::net::SocketAddr>> {
+    crate::http::client_ip(parts, &state.config.trusted_proxies).map(|ip| ConnectInfo(std::net::SocketAddr::new(ip, 0)))
 }
 
 /// A request's client address and host, for API calls made before sign-in.
@@ -170,12 +176,12 @@ pub struct Caller {
     secure: bool,
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
+impl FromRequestParts<AppState> for Caller {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         Ok(Caller {
-            ip: parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().cloned(),
+            ip: client(parts, state),
             host: parts.headers.get(HOST).cloned(),
             secure: parts
                 .headers
@@ -402,7 +408,15 @@ async fn start_page(state: &AppState, headers: &HeaderMap) -> &'static str {
 }
 
 /// Signs in through the API; the response sets the session cookie.
-async fn sign_in(state: &AppState, caller: Caller, email: &str, password: &str, to: &str) -> Result<Response, String> {
+/// Signs in through the API; a refusal keeps the API's status (401 for a
+/// wrong password, 429 while the address and account wait).
+async fn sign_in(
+    state: &AppState,
+    caller: Caller,
+    email: &str,
+    password: &str,
+    to: &str,
+) -> Result<Response, (StatusCode, String)> {
     let a = call(
         state,
         None,
@@ -414,7 +428,7 @@ async fn sign_in(state: &AppState, caller: Caller, email: &str, password: &str, 
     )
     .await;
     if !a.ok() {
-        return Err(a.message());
+        return Err((a.status, a.message()));
     }
     let token = a.body["token"].as_str().unwrap_or_default().to_owned();
     let max_age = state.config.session_ttl_ms / 1000;

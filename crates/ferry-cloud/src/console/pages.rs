@@ -126,9 +126,10 @@ pub(super) async fn setup(State(state): St, caller: Caller, Form(form): F) -> Re
     let org = field(&form, "org");
     let email = field(&form, "email").to_lowercase();
     let password = form.get("password").cloned().unwrap_or_default();
-    let problem = if org.is_empty() || org.len() > 200 {
+    let has_control = |v: &str| v.chars().any(|c| crate::http::refused_control(u32::from(c)));
+    let problem = if org.is_empty() || org.len() > 200 || has_control(org) {
         Some("Enter the organization's name (up to 200 characters).")
-    } else if !email.contains('@') || email.len() > 254 || email.contains(char::is_whitespace) {
+    } else if !email.contains('@') || email.len() > 254 || email.contains(char::is_whitespace) || has_control(&email) {
         Some("Enter a valid e-mail address for the admin.")
     } else if password.chars().count() < 8 || password.len() > 200 {
         Some("The password needs 8 to 200 characters.")
@@ -166,7 +167,7 @@ pub(super) async fn setup(State(state): St, caller: Caller, Form(form): F) -> Re
     match created {
         Ok(true) => match sign_in(&state, caller, &email, &password, "/directories").await {
             Ok(r) => r,
-            Err(m) => page_error(StatusCode::UNAUTHORIZED, &m),
+            Err((status, m)) => page_error(status, &m),
         },
         Ok(false) => redirect("/signin"),
         Err(e) => page_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
@@ -214,7 +215,8 @@ pub(super) async fn signin(State(state): St, caller: Caller, Form(form): F) -> R
     }
     match sign_in(&state, caller, &email, &password, "/directories").await {
         Ok(r) => r,
-        Err(m) => signin_page(StatusCode::UNAUTHORIZED, Some(&m), &email),
+        // 401 for a wrong password, 429 (not 401) while this address waits.
+        Err((status, m)) => signin_page(status, Some(&m), &email),
     }
 }
 

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::{ApiError, ClientIp};
 use crate::app::AppState;
-use crate::secrets::{token_hash, AGENT_TOKEN_PREFIX};
+use crate::secrets::{token_hash, AGENT_TOKEN_PREFIX, API_TOKEN_PREFIX, SESSION_PREFIX};
 use crate::store::{Agent, TokenKind};
 
 /// An authenticated admin.
@@ -52,8 +52,10 @@ impl FromRequestParts<AppState> for AdminAuth {
         let row = tx.find_token(&token_hash(&token.value)).await?;
         drop(tx);
         let Some(row) = row else {
-            token.failed(state);
-            return Err(ApiError::unauthorized("invalid_token", "the bearer token is not valid"));
+            return Err(token.unknown(
+                state,
+                ApiError::unauthorized("invalid_token", "the bearer token is not valid"),
+            ));
         };
         if row.revoked {
             return Err(ApiError::unauthorized(
@@ -96,8 +98,10 @@ impl FromRequestParts<AppState> for AgentAuth {
         let agent = tx.find_agent_by_token(&token_hash(&token.value)).await?;
         drop(tx);
         let Some(agent) = agent else {
-            token.failed(state);
-            return Err(ApiError::unauthorized("invalid_token", "the agent token is not valid"));
+            return Err(token.unknown(
+                state,
+                ApiError::unauthorized("invalid_token", "the agent token is not valid"),
+            ));
         };
         if agent.revoked_at.is_some() {
             return Err(ApiError::unauthorized(
@@ -109,22 +113,27 @@ impl FromRequestParts<AppState> for AgentAuth {
     }
 }
 
-/// A bearer token that passed the unknown-token limiter.
+/// A request's bearer token, and whom to count it against if unknown.
 struct Bearer {
     value: String,
-    ip: String,
+    /// The client's address and the kind of token it sent.
+    limiter_key: String,
     now: i64,
 }
 
 impl Bearer {
-    /// Counts an unknown token against the client's address.
-    fn failed(&self, state: &AppState) {
-        state.token_limiter.fail(&self.ip, self.now);
+    /// The answer to an unknown token: `refused`, or 429 while this client
+    /// waits after too many unknown tokens of this kind. A valid token is
+    /// never refused: it is looked up before this is asked.
+    fn unknown(&self, state: &AppState, refused: ApiError) -> ApiError {
+        match state.token_limiter.refuse(&self.limiter_key, self.now) {
+            Some(l) => ApiError::limited(l, "authentications with unknown tokens"),
+            None => refused,
+        }
     }
 }
 
-/// The request's bearer token (with `prefix`, when given), refused while
-/// the client's address is limited for sending unknown tokens.
+/// The request's bearer token (with `prefix`, when given).
 async fn checked_bearer(
     parts: &mut Parts,
     state: &AppState,
@@ -134,17 +143,16 @@ async fn checked_bearer(
     let ClientIp(ip) = ClientIp::from_request_parts(parts, state)
         .await
         .unwrap_or(ClientIp("unknown".into()));
-    let now = state.now();
     let Some(value) = bearer(parts).filter(|t| prefix.is_none_or(|p| t.starts_with(p))) else {
         return Err(ApiError::unauthorized("unauthorized", missing));
     };
-    state
-        .token_limiter
-        .check(&ip, now)
-        .map_err(|l| ApiError::limited(l, "authentications"))?;
+    let kind = [API_TOKEN_PREFIX, SESSION_PREFIX, AGENT_TOKEN_PREFIX]
+        .into_iter()
+        .find(|p| value.starts_with(p))
+        .unwrap_or("other");
     Ok(Bearer {
         value: value.to_owned(),
-        ip,
-        now,
+        limiter_key: format!("{ip} {kind}"),
+        now: state.now(),
     })
 }

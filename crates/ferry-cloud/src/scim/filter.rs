@@ -3,16 +3,31 @@
 //!
 //! Grammar, loosest binding first: `or`, `and`, `not (…)`, then atoms:
 //! `attrPath pr`, `attrPath op value`, `attrPath[filter]`, `(filter)`.
+//!
+//! Filters come from anyone holding a token, so parsing has a budget: the
+//! input's size, its nesting depth and its number of comparisons are bounded
+//! before anything is built. A chain of `and`/`or` terms is one n-ary node,
+//! so the tree is only as deep as the input's brackets, and every recursive
+//! walk of it (evaluation, drop, clone) is bounded by [`MAX_FILTER_DEPTH`].
 
 use serde_json::Value;
+
+/// The longest filter accepted, in bytes.
+pub const MAX_FILTER_BYTES: usize = 16 * 1024;
+/// The deepest nesting of `(…)`, `not (…)` and `attr[…]` accepted.
+pub const MAX_FILTER_DEPTH: usize = 16;
+/// The most comparisons (`attr op value`, `attr pr`) in one filter.
+pub const MAX_FILTER_TERMS: usize = 200;
+/// The longest string value in a filter, in bytes (no stored value is longer).
+pub const MAX_FILTER_VALUE_BYTES: usize = 4096;
 
 /// A parsed filter.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Filter {
-    /// Both hold.
-    And(Box<Filter>, Box<Filter>),
-    /// Either holds.
-    Or(Box<Filter>, Box<Filter>),
+    /// Every term holds (two or more terms).
+    And(Vec<Filter>),
+    /// Some term holds (two or more terms).
+    Or(Vec<Filter>),
     /// Negation.
     Not(Box<Filter>),
     /// The attribute has a non-empty value.
@@ -90,7 +105,8 @@ impl AttrPath {
 /// Splits a leading schema URN off an attribute path: the URN is everything
 /// up to the last `:` (attribute names contain no colon).
 pub fn split_urn(s: &str) -> (Option<&str>, &str) {
-    if s.len() > 4 && s[..4].eq_ignore_ascii_case("urn:") {
+    // `get`, not slicing: byte 4 need not be a character boundary.
+    if s.len() > 4 && s.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("urn:")) {
         if let Some(i) = s.rfind(':') {
             return (Some(&s[..i]), &s[i + 1..]);
         }
@@ -98,10 +114,21 @@ pub fn split_urn(s: &str) -> (Option<&str>, &str) {
     (None, s)
 }
 
-/// Parses a filter expression.
+/// Parses a filter expression, within the budget above.
 pub fn parse(input: &str) -> Result<Filter, String> {
+    if input.len() > MAX_FILTER_BYTES {
+        return Err(format!(
+            "the filter is {} bytes long; at most {MAX_FILTER_BYTES} are accepted",
+            input.len()
+        ));
+    }
     let tokens = tokenize(input)?;
-    let mut p = Parser { tokens, pos: 0 };
+    let mut p = Parser {
+        tokens,
+        pos: 0,
+        depth: 0,
+        terms: 0,
+    };
     let f = p.or()?;
     if p.pos != p.tokens.len() {
         return Err(format!("unexpected {:?} in filter", p.tokens[p.pos]));
@@ -158,7 +185,16 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
                 }
                 i += 1;
                 let raw: String = chars[start..i].iter().collect();
-                let v: String = serde_json::from_str(&raw).map_err(|e| format!("bad string {raw}: {e}"))?;
+                let v: String = serde_json::from_str(&raw).map_err(|e| format!("bad string in the filter: {e}"))?;
+                if v.len() > MAX_FILTER_VALUE_BYTES {
+                    return Err(format!(
+                        "a value in the filter is {} bytes long; at most {MAX_FILTER_VALUE_BYTES} are accepted",
+                        v.len()
+                    ));
+                }
+                if v.chars().any(|c| crate::http::refused_control(u32::from(c))) {
+                    return Err("a value in the filter holds a control character (such as U+0000)".into());
+                }
                 out.push(Tok::Str(v));
             }
             _ => {
@@ -176,6 +212,10 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
 struct Parser {
     tokens: Vec<Tok>,
     pos: usize,
+    /// Brackets open now.
+    depth: usize,
+    /// Comparisons so far.
+    terms: usize,
 }
 
 impl Parser {
@@ -184,40 +224,58 @@ impl Parser {
     }
 
     fn or(&mut self) -> Result<Filter, String> {
-        let mut left = self.and()?;
+        let mut terms = vec![self.and()?];
         while self.peek_word("or") {
             self.pos += 1;
-            let right = self.and()?;
-            left = Filter::Or(Box::new(left), Box::new(right));
+            terms.push(self.and()?);
         }
-        Ok(left)
+        Ok(if terms.len() == 1 {
+            terms.remove(0)
+        } else {
+            Filter::Or(terms)
+        })
     }
 
     fn and(&mut self) -> Result<Filter, String> {
-        let mut left = self.unary()?;
+        let mut terms = vec![self.unary()?];
         while self.peek_word("and") {
             self.pos += 1;
-            let right = self.unary()?;
-            left = Filter::And(Box::new(left), Box::new(right));
+            terms.push(self.unary()?);
         }
-        Ok(left)
+        Ok(if terms.len() == 1 {
+            terms.remove(0)
+        } else {
+            Filter::And(terms)
+        })
     }
 
     fn unary(&mut self) -> Result<Filter, String> {
         if self.peek_word("not") {
             self.pos += 1;
             self.expect(Tok::LParen)?;
-            let f = self.or()?;
-            self.expect(Tok::RParen)?;
+            let f = self.nested(Tok::RParen)?;
             return Ok(Filter::Not(Box::new(f)));
         }
         if self.tokens.get(self.pos) == Some(&Tok::LParen) {
             self.pos += 1;
-            let f = self.or()?;
-            self.expect(Tok::RParen)?;
-            return Ok(f);
+            return self.nested(Tok::RParen);
         }
         self.atom()
+    }
+
+    /// A filter inside brackets just opened, up to `close`: one level
+    /// deeper, refused past [`MAX_FILTER_DEPTH`].
+    fn nested(&mut self, close: Tok) -> Result<Filter, String> {
+        self.depth += 1;
+        if self.depth > MAX_FILTER_DEPTH {
+            return Err(format!(
+                "the filter nests deeper than {MAX_FILTER_DEPTH} levels of brackets"
+            ));
+        }
+        let f = self.or()?;
+        self.expect(close)?;
+        self.depth -= 1;
+        Ok(f)
     }
 
     fn expect(&mut self, t: Tok) -> Result<(), String> {
@@ -234,10 +292,13 @@ impl Parser {
             return Err("expected an attribute name in filter".into());
         };
         self.pos += 1;
+        self.terms += 1;
+        if self.terms > MAX_FILTER_TERMS {
+            return Err(format!("the filter has more than {MAX_FILTER_TERMS} comparisons"));
+        }
         if self.tokens.get(self.pos) == Some(&Tok::LBracket) {
             self.pos += 1;
-            let inner = self.or()?;
-            self.expect(Tok::RBracket)?;
+            let inner = self.nested(Tok::RBracket)?;
             let mut ap = AttrPath::parse(&path)?;
             // `emails[type eq "work"].value` is a PATCH path, not a filter.
             if ap.sub.is_some() {
@@ -293,8 +354,9 @@ pub trait AttrInfo {
 /// Whether `resource` (a full SCIM representation) matches `f`.
 pub fn matches(f: &Filter, resource: &Value, info: &dyn AttrInfo) -> bool {
     match f {
-        Filter::And(a, b) => matches(a, resource, info) && matches(b, resource, info),
-        Filter::Or(a, b) => matches(a, resource, info) || matches(b, resource, info),
+        // Recursion here is bounded by the parser's depth budget.
+        Filter::And(terms) => terms.iter().all(|t| matches(t, resource, info)),
+        Filter::Or(terms) => terms.iter().any(|t| matches(t, resource, info)),
         Filter::Not(a) => !matches(a, resource, info),
         Filter::Present(p) => values_at(resource, p).iter().any(|v| !is_empty(v)),
         Filter::Compare(p, op, want) => {
@@ -347,7 +409,8 @@ impl AttrInfo for SubInfo<'_> {
     }
 }
 
-fn is_empty(v: &Value) -> bool {
+/// Whether a value holds nothing: null, `""`, `[]`, `{}`.
+pub fn is_empty(v: &Value) -> bool {
     match v {
         Value::Null => true,
         Value::String(s) => s.is_empty(),
@@ -518,7 +581,7 @@ mod tests {
     #[test]
     fn and_binds_tighter_than_or() {
         let f = parse(r#"a eq "1" or b eq "2" and c eq "3""#).expect("parses");
-        assert!(matches!(f, Filter::Or(_, ref r) if matches!(**r, Filter::And(_, _))));
+        assert!(matches!(f, Filter::Or(ref t) if t.len() == 2 && matches!(t[1], Filter::And(ref u) if u.len() == 2)));
     }
 
     #[test]
@@ -546,5 +609,131 @@ mod tests {
                 json!("a \"quoted\" name")
             )
         );
+    }
+
+    #[test]
+    fn budgets_refuse_deep_long_and_wide_filters() {
+        let deep = format!("{}userName eq \"x\"{}", "(".repeat(1000), ")".repeat(1000));
+        assert!(parse(&deep).unwrap_err().contains("deeper"));
+        let nots = format!("{}userName eq \"x\"{}", "not (".repeat(1000), ")".repeat(1000));
+        assert!(parse(&nots).unwrap_err().contains("deeper"));
+        let brackets = format!("emails[{}value eq \"x\"{}]", "(".repeat(40), ")".repeat(40));
+        assert!(parse(&brackets).unwrap_err().contains("deeper"));
+        let chain = vec![r#"userName eq "x""#; 20_000].join(" and ");
+        assert!(parse(&chain).unwrap_err().contains("at most"));
+        let wide = vec![r#"a eq "x""#; MAX_FILTER_TERMS + 1].join(" or ");
+        assert!(parse(&wide).unwrap_err().contains("comparisons"));
+        let long = format!("userName co \"{}\"", "a".repeat(MAX_FILTER_VALUE_BYTES + 1));
+        assert!(parse(&long).unwrap_err().contains("bytes"));
+        assert!(parse("userName eq \"a\\u0000b\"").unwrap_err().contains("control"));
+        // Just inside the budget: parses, and evaluates without trouble.
+        let ok_depth = format!(
+            "{}userName eq \"bjensen\"{}",
+            "(".repeat(MAX_FILTER_DEPTH),
+            ")".repeat(MAX_FILTER_DEPTH)
+        );
+        assert!(check(&ok_depth));
+        let ok_wide = vec![r#"userName eq "x""#; MAX_FILTER_TERMS].join(" or ");
+        assert!(!check(&ok_wide));
+    }
+
+    #[test]
+    fn a_chain_of_terms_is_one_flat_node() {
+        let f = parse(r#"a eq "1" and b eq "2" and c eq "3" and d eq "4""#).expect("parses");
+        assert!(matches!(f, Filter::And(ref t) if t.len() == 4));
+    }
+
+    #[test]
+    fn non_ascii_attribute_names_are_refused_not_a_panic() {
+        for s in ["ab€x pr", "urn€:x pr", "€€€€€ eq \"x\"", "urn:ab€c:€ pr", "ur€ pr"] {
+            assert!(parse(s).is_err(), "{s}");
+        }
+        assert_eq!(split_urn("ab€x"), (None, "ab€x"));
+        assert!(AttrPath::parse("urn:€").is_err());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    //! Arbitrary input never panics the parser, and whatever parses stays
+    //! within the budget (so evaluating it cannot overflow the stack).
+    use super::*;
+    use proptest::prelude::*;
+
+    fn depth(f: &Filter) -> usize {
+        match f {
+            Filter::And(t) | Filter::Or(t) => 1 + t.iter().map(depth).max().unwrap_or(0),
+            Filter::Not(f) | Filter::ValuePath(_, f) => 1 + depth(f),
+            Filter::Present(_) | Filter::Compare(..) => 1,
+        }
+    }
+
+    /// Fragments of filters, so random input often gets deep into the grammar.
+    fn fragments() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                Just("(".to_owned()),
+                Just(")".to_owned()),
+                Just("[".to_owned()),
+                Just("]".to_owned()),
+                Just(" and ".to_owned()),
+                Just(" or ".to_owned()),
+                Just("not ".to_owned()),
+                Just(" eq ".to_owned()),
+                Just(" pr".to_owned()),
+                Just("\"".to_owned()),
+                Just("\\".to_owned()),
+                Just("emails".to_owned()),
+                Just("urn:".to_owned()),
+                Just("€".to_owned()),
+                Just(".".to_owned()),
+                Just(":".to_owned()),
+                Just("\"v\"".to_owned()),
+                "[a-zA-Z0-9$_-]{1,8}",
+                any::<String>(),
+            ],
+            0..60,
+        )
+        .prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_strings_never_panic(s in any::<String>()) {
+            let _ = parse(&s);
+            let _ = AttrPath::parse(&s);
+            let _ = split_urn(&s);
+        }
+
+        #[test]
+        fn filter_shaped_input_never_panics_and_stays_in_budget(s in fragments()) {
+            if let Ok(f) = parse(&s) {
+                prop_assert!(depth(&f) <= 3 * MAX_FILTER_DEPTH + 3);
+                let user = serde_json::json!({"userName": "u", "emails": [{"value": "v"}]});
+                let _ = matches(&f, &user, &tests_info::Any);
+            }
+        }
+
+        #[test]
+        fn deep_nesting_is_refused_at_any_depth(n in 0usize..5000, open in prop::sample::select(vec!["(", "not (", "emails["])) {
+            let close = if open == "emails[" { "]" } else { ")" };
+            let s = format!("{}v eq \"x\"{}", open.repeat(n), close.repeat(n));
+            let r = parse(&s);
+            prop_assert_eq!(r.is_ok(), n <= MAX_FILTER_DEPTH, "{:?}", r.err());
+        }
+    }
+
+    mod tests_info {
+        pub struct Any;
+        impl super::AttrInfo for Any {
+            fn case_exact(&self, _: &super::AttrPath) -> bool {
+                false
+            }
+            fn is_datetime(&self, _: &super::AttrPath) -> bool {
+                false
+            }
+        }
     }
 }

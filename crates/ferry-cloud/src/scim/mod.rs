@@ -6,8 +6,10 @@ pub mod filter;
 pub mod patch;
 pub mod resource;
 pub mod schema;
+mod search;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
@@ -21,15 +23,14 @@ use uuid::Uuid;
 
 pub use error::ScimError;
 
-use self::filter::{Filter, Op};
-use self::resource::{normalize, parse_attr_list, project, split_group, split_user, Info};
-use self::schema::{ResourceType, GROUPS, MAX_RESULTS, RESOURCE_TYPES, USERS};
+use self::resource::{normalize, parse_attr_list, project, split_group, split_user};
+use self::schema::{GROUPS, RESOURCE_TYPES, USERS};
 use crate::app::AppState;
 use crate::directory::{self, WriteCtx, ORIGIN_CLOUD};
 use crate::http::auth::AdminAuth;
 use crate::http::base_url;
 use crate::secrets::hash_password;
-use crate::store::{GroupRow, Member, NewGroup, NewUser, StoreError, Tx, UserQuery, UserRow};
+use crate::store::{GroupRow, Member, NewGroup, NewUser, StoreError, Tx, UserRow};
 
 /// The SCIM media type.
 pub const SCIM_MEDIA_TYPE: &str = "application/scim+json";
@@ -43,14 +44,14 @@ pub fn router() -> Router<AppState> {
         .route("/ResourceTypes/{id}", get(resource_type))
         .route("/Schemas", get(schemas))
         .route("/Schemas/{id}", get(schema_by_id))
-        .route("/Users", get(list_users).post(create_user))
-        .route("/Users/.search", post(search_users))
+        .route("/Users", get(search::users).post(create_user))
+        .route("/Users/.search", post(search::users))
         .route(
             "/Users/{id}",
             get(get_user).put(replace_user).patch(patch_user).delete(delete_user),
         )
-        .route("/Groups", get(list_groups).post(create_group))
-        .route("/Groups/.search", post(search_groups))
+        .route("/Groups", get(search::groups).post(create_group))
+        .route("/Groups/.search", post(search::groups))
         .route(
             "/Groups/{id}",
             get(get_group)
@@ -58,7 +59,7 @@ pub fn router() -> Router<AppState> {
                 .patch(patch_group)
                 .delete(delete_group),
         )
-        .route("/.search", post(search_root))
+        .route("/.search", post(search::search_root))
 }
 
 /// A JSON response with the SCIM media type.
@@ -93,6 +94,9 @@ impl FromRequest<AppState> for ScimBody {
         let bytes = crate::http::read_body(req, state)
             .await
             .map_err(|e| ScimError::status(e.status, e.message))?;
+        if let Some(c) = crate::http::control_character(&bytes, true) {
+            return Err(ScimError::invalid_value(crate::http::control_message(c)));
+        }
         serde_json::from_slice(&bytes)
             .map(ScimBody)
             .map_err(|e| ScimError::bad("invalidSyntax", format!("the body is not valid JSON: {e}")))
@@ -200,317 +204,6 @@ async fn schema_by_id(State(state): State<AppState>, headers: HeaderMap, Path(id
     }
 }
 
-/// `POST /.search`: one query over Users and Groups (users first).
-async fn search_root(
-    State(state): State<AppState>,
-    ScimAuth(auth): ScimAuth,
-    headers: HeaderMap,
-    ScimBody(body): ScimBody,
-) -> Result<Response, ScimError> {
-    let p = ListParams::from_body(&body)?;
-    let b = base(&state, &headers);
-    let f = p.parsed_filter()?;
-    let include = parse_attr_list(p.attributes.as_deref())?;
-    let exclude = parse_attr_list(p.excluded.as_deref())?;
-    let mut tx = state.store.begin().await?;
-    let all = UserQuery {
-        offset: 0,
-        limit: i64::MAX,
-        ..Default::default()
-    };
-    let (users, _) = tx.list_users(auth.org_id, &all).await?;
-    let (groups, _) = tx.list_groups(auth.org_id, 0, i64::MAX).await?;
-    let mut matched = Vec::new();
-    for (rt, resources) in [
-        (&USERS, render_users(&mut tx, &auth, &users, &b).await?),
-        (&GROUPS, render_groups(&mut tx, &auth, &groups, &b).await?),
-    ] {
-        for r in resources {
-            if f.as_ref().is_none_or(|f| filter::matches(f, &r, &Info(rt))) {
-                matched.push(project(rt, r, &include, &exclude));
-            }
-        }
-    }
-    let total = matched.len();
-    let page: Vec<Value> = matched.into_iter().skip(p.start_index - 1).take(p.count).collect();
-    Ok(scim_json(
-        StatusCode::OK,
-        &json!({
-            "schemas": [LIST_RESPONSE],
-            "totalResults": total,
-            "startIndex": p.start_index,
-            "itemsPerPage": page.len(),
-            "Resources": page,
-        }),
-    ))
-}
-
-// ---- list and search -------------------------------------------------------
-
-/// Query parameters of a list (from the URL or a `.search` body).
-#[derive(Debug, Default)]
-struct ListParams {
-    filter: Option<String>,
-    start_index: usize,
-    count: usize,
-    attributes: Option<String>,
-    excluded: Option<String>,
-}
-
-impl ListParams {
-    fn from_query(q: &HashMap<String, String>) -> Result<Self, ScimError> {
-        let num = |k: &str| -> Result<Option<i64>, ScimError> {
-            q.get(k)
-                .map(|v| {
-                    v.trim()
-                        .parse::<i64>()
-                        .map_err(|_| ScimError::invalid_value(format!("{k} must be an integer")))
-                })
-                .transpose()
-        };
-        Self::new(
-            q.get("filter").cloned(),
-            num("startIndex")?,
-            num("count")?,
-            q.get("attributes").cloned(),
-            q.get("excludedAttributes").cloned(),
-        )
-    }
-
-    fn from_body(v: &Value) -> Result<Self, ScimError> {
-        let list = |k: &str| -> Option<String> {
-            match &v[k] {
-                Value::Array(a) => Some(a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")),
-                Value::String(s) => Some(s.clone()),
-                _ => None,
-            }
-        };
-        Self::new(
-            v["filter"].as_str().map(str::to_owned),
-            v["startIndex"].as_i64(),
-            v["count"].as_i64(),
-            list("attributes"),
-            list("excludedAttributes"),
-        )
-    }
-
-    fn new(
-        filter: Option<String>,
-        start: Option<i64>,
-        count: Option<i64>,
-        attributes: Option<String>,
-        excluded: Option<String>,
-    ) -> Result<Self, ScimError> {
-        if attributes.is_some() && excluded.is_some() {
-            return Err(ScimError::invalid_value(
-                "attributes and excludedAttributes cannot be used together",
-            ));
-        }
-        Ok(ListParams {
-            filter: filter.filter(|f| !f.trim().is_empty()),
-            // RFC 7644 §3.4.2.4: startIndex < 1 means 1; count < 0 means 0.
-            start_index: start.unwrap_or(1).max(1) as usize,
-            count: (count.unwrap_or(MAX_RESULTS as i64).clamp(0, MAX_RESULTS as i64)) as usize,
-            attributes,
-            excluded,
-        })
-    }
-
-    fn parsed_filter(&self) -> Result<Option<Filter>, ScimError> {
-        self.filter
-            .as_deref()
-            .map(|f| filter::parse(f).map_err(|e| ScimError::bad("invalidFilter", e)))
-            .transpose()
-    }
-}
-
-/// `attr eq "value"` on a top-level attribute: something an index answers.
-fn eq_on<'a>(f: &'a Filter, attr: &str) -> Option<&'a str> {
-    match f {
-        Filter::Compare(p, Op::Eq, Value::String(v))
-            if p.sub.is_none() && p.attr.eq_ignore_ascii_case(attr) && p.urn.is_none() =>
-        {
-            Some(v)
-        }
-        _ => None,
-    }
-}
-
-/// `attr sw|co|ew "v"` as a LIKE pattern, when that is the whole filter.
-fn like_on(f: &Filter, attr: &str) -> Option<String> {
-    let Filter::Compare(p, op, Value::String(v)) = f else {
-        return None;
-    };
-    if p.sub.is_some() || p.urn.is_some() || !p.attr.eq_ignore_ascii_case(attr) {
-        return None;
-    }
-    let esc: String = v
-        .to_lowercase()
-        .chars()
-        .flat_map(|c| match c {
-            '%' | '_' | '\\' => vec!['\\', c],
-            c => vec![c],
-        })
-        .collect();
-    match op {
-        Op::Sw => Some(format!("{esc}%")),
-        Op::Co => Some(format!("%{esc}%")),
-        Op::Ew => Some(format!("%{esc}")),
-        _ => None,
-    }
-}
-
-fn list_response(rt: &ResourceType, p: &ListParams, total: usize, page: Vec<Value>) -> Result<Response, ScimError> {
-    let include = parse_attr_list(p.attributes.as_deref())?;
-    let exclude = parse_attr_list(p.excluded.as_deref())?;
-    let resources: Vec<Value> = page.into_iter().map(|r| project(rt, r, &include, &exclude)).collect();
-    Ok(scim_json(
-        StatusCode::OK,
-        &json!({
-            "schemas": [LIST_RESPONSE],
-            "totalResults": total,
-            "startIndex": p.start_index,
-            "itemsPerPage": resources.len(),
-            "Resources": resources,
-        }),
-    ))
-}
-
-async fn list_users(
-    State(state): State<AppState>,
-    ScimAuth(auth): ScimAuth,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response, ScimError> {
-    let p = ListParams::from_query(&q)?;
-    query_users(&state, &auth, &headers, p).await
-}
-
-async fn search_users(
-    State(state): State<AppState>,
-    ScimAuth(auth): ScimAuth,
-    headers: HeaderMap,
-    ScimBody(body): ScimBody,
-) -> Result<Response, ScimError> {
-    let p = ListParams::from_body(&body)?;
-    query_users(&state, &auth, &headers, p).await
-}
-
-async fn query_users(
-    state: &AppState,
-    auth: &AdminAuth,
-    headers: &HeaderMap,
-    p: ListParams,
-) -> Result<Response, ScimError> {
-    let b = base(state, headers);
-    let f = p.parsed_filter()?;
-    let mut tx = state.store.begin().await?;
-    let offset = (p.start_index - 1) as i64;
-    // No filter, or one the store answers exactly (`userName sw/co/ew`):
-    // the store pages it (a search box over 100,000 users must not render
-    // them all).
-    let username_like = f.as_ref().and_then(|f| like_on(f, "userName"));
-    let Some(f) = f.filter(|_| username_like.is_none()) else {
-        let (rows, total) = tx
-            .list_users(
-                auth.org_id,
-                &UserQuery {
-                    username_like,
-                    offset,
-                    limit: p.count as i64,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let page = render_users(&mut tx, auth, &rows, &b).await?;
-        return list_response(&USERS, &p, total as usize, page);
-    };
-    // Index-answerable equality narrows the candidates; the filter decides.
-    let q = UserQuery {
-        username_eq: eq_on(&f, "userName").map(str::to_owned),
-        external_id_eq: eq_on(&f, "externalId").map(str::to_owned),
-        username_like: None,
-        offset: 0,
-        limit: i64::MAX,
-    };
-    let (rows, _) = tx.list_users(auth.org_id, &q).await?;
-    let candidates = render_users(&mut tx, auth, &rows, &b).await?;
-    let matched: Vec<Value> = candidates
-        .into_iter()
-        .filter(|r| filter::matches(&f, r, &Info(&USERS)))
-        .collect();
-    let total = matched.len();
-    let page = matched.into_iter().skip(offset as usize).take(p.count).collect();
-    list_response(&USERS, &p, total, page)
-}
-
-async fn render_users(tx: &mut Tx, auth: &AdminAuth, rows: &[UserRow], base: &str) -> Result<Vec<Value>, ScimError> {
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let mut groups = tx.groups_of_many(auth.org_id, &ids).await?;
-    Ok(rows
-        .iter()
-        .map(|row| resource::render_user(row, &groups.remove(&row.id).unwrap_or_default(), base))
-        .collect())
-}
-
-async fn list_groups(
-    State(state): State<AppState>,
-    ScimAuth(auth): ScimAuth,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response, ScimError> {
-    let p = ListParams::from_query(&q)?;
-    query_groups(&state, &auth, &headers, p).await
-}
-
-async fn search_groups(
-    State(state): State<AppState>,
-    ScimAuth(auth): ScimAuth,
-    headers: HeaderMap,
-    ScimBody(body): ScimBody,
-) -> Result<Response, ScimError> {
-    let p = ListParams::from_body(&body)?;
-    query_groups(&state, &auth, &headers, p).await
-}
-
-async fn query_groups(
-    state: &AppState,
-    auth: &AdminAuth,
-    headers: &HeaderMap,
-    p: ListParams,
-) -> Result<Response, ScimError> {
-    let b = base(state, headers);
-    let f = p.parsed_filter()?;
-    let mut tx = state.store.begin().await?;
-    let offset = (p.start_index - 1) as i64;
-    let Some(f) = f else {
-        let (rows, total) = tx.list_groups(auth.org_id, offset, p.count as i64).await?;
-        let page = render_groups(&mut tx, auth, &rows, &b).await?;
-        return list_response(&GROUPS, &p, total as usize, page);
-    };
-    let rows = match eq_on(&f, "displayName") {
-        Some(name) => tx.find_group_by_name(auth.org_id, name).await?.into_iter().collect(),
-        None => tx.list_groups(auth.org_id, 0, i64::MAX).await?.0,
-    };
-    let candidates = render_groups(&mut tx, auth, &rows, &b).await?;
-    let matched: Vec<Value> = candidates
-        .into_iter()
-        .filter(|r| filter::matches(&f, r, &Info(&GROUPS)))
-        .collect();
-    let total = matched.len();
-    let page = matched.into_iter().skip(offset as usize).take(p.count).collect();
-    list_response(&GROUPS, &p, total, page)
-}
-
-async fn render_groups(tx: &mut Tx, auth: &AdminAuth, rows: &[GroupRow], base: &str) -> Result<Vec<Value>, ScimError> {
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let members = tx.group_members(auth.org_id, row.id).await?;
-        out.push(resource::render_group(row, &members, base));
-    }
-    Ok(out)
-}
-
 // ---- users -----------------------------------------------------------------
 
 async fn hash(password: Option<String>) -> Result<Option<String>, ScimError> {
@@ -566,7 +259,7 @@ async fn respond_user(
 ) -> Result<Response, ScimError> {
     let groups = tx.groups_of(auth.org_id, row.id).await?;
     let full = resource::render_user(row, &groups, base);
-    let p = ListParams::from_query(q)?;
+    let p = search::ListParams::from_query(q)?;
     let include = parse_attr_list(p.attributes.as_deref())?;
     let exclude = parse_attr_list(p.excluded.as_deref())?;
     let shown = project(&USERS, full.clone(), &include, &exclude);
@@ -611,17 +304,69 @@ async fn patch_user(
     ScimBody(body): ScimBody,
 ) -> Result<Response, ScimError> {
     let ctx = ctx(&state, &auth);
-    let mut tx = state.store.begin().await?;
-    let current = load_user(&mut tx, &auth, &id).await?;
-    check_if_match(&headers, current.version)?;
-    let mut working = resource::user_working(&current);
-    patch::apply_patch(&USERS, &mut working, &body)?;
-    // The working copy never holds the stored password, so one present now was set by this PATCH.
-    let (next, password) = new_user_from(&Value::Object(working)).await?;
-    let (row, _) = directory::update_user(&mut tx, &ctx, &current, next, password.as_deref()).await?;
-    let resp = respond_user(&mut tx, &auth, &row, &base(&state, &headers), &HashMap::new()).await?;
-    state.commit(tx).await?;
-    Ok(resp)
+    let body = Arc::new(body);
+    let mut hashed: Option<(String, String)> = None;
+    for _ in 0..WRITE_ATTEMPTS {
+        // Read, and let the store go (SQLite has one connection): the PATCH
+        // is applied and checked, and a password hashed, with none held.
+        let current = load_user(&mut state.store.begin().await?, &auth, &id).await?;
+        check_if_match(&headers, current.version)?;
+        let (patch_body, read) = (body.clone(), current.clone());
+        let u = off_workers(move || {
+            let mut working = resource::user_working(&read);
+            patch::apply_patch(&USERS, &mut working, &patch_body)?;
+            // The working copy never holds the stored password, so one present now was set by this PATCH.
+            split_user(normalize(&USERS, &Value::Object(working))?)
+        })
+        .await?;
+        let password_hash = match (&u.password, &hashed) {
+            (None, _) => None,
+            (Some(p), Some((plain, h))) if p == plain => Some(h.clone()),
+            (Some(p), _) => {
+                let h = hash(Some(p.clone())).await?.unwrap_or_default();
+                hashed = Some((p.clone(), h.clone()));
+                Some(h)
+            }
+        };
+        let mut tx = state.store.begin().await?;
+        let current = match load_user(&mut tx, &auth, &id).await? {
+            // Changed meanwhile: apply the PATCH to the new state.
+            now if now.version != current.version => continue,
+            now => now,
+        };
+        let next = NewUser {
+            username: u.username,
+            external_id: u.external_id,
+            active: u.active,
+            doc: u.doc,
+            password_hash,
+        };
+        let (row, _) = directory::update_user(&mut tx, &ctx, &current, next, u.password.as_deref()).await?;
+        let resp = respond_user(&mut tx, &auth, &row, &base(&state, &headers), &HashMap::new()).await?;
+        state.commit(tx).await?;
+        return Ok(resp);
+    }
+    Err(changed_meanwhile())
+}
+
+/// Reads before a write that found the object changed since, at most.
+const WRITE_ATTEMPTS: usize = 3;
+
+fn changed_meanwhile() -> ScimError {
+    ScimError::status(
+        StatusCode::CONFLICT,
+        "the resource kept changing while this request was applied; send it again",
+    )
+}
+
+/// Runs CPU-heavy work (a big document patched and validated) on the
+/// blocking pool, so the async workers keep answering other requests.
+async fn off_workers<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ScimError> + Send + 'static,
+) -> Result<T, ScimError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| ScimError::status(StatusCode::INTERNAL_SERVER_ERROR, "the request could not be processed"))?
 }
 
 async fn delete_user(
@@ -647,9 +392,11 @@ async fn resolve_members(
     auth: &AdminAuth,
     given: &[(Uuid, Option<ObjectKind>)],
 ) -> Result<Vec<Member>, ScimError> {
+    let ids: Vec<Uuid> = given.iter().map(|(id, _)| *id).collect();
+    let kinds = tx.object_kinds(auth.org_id, &ids).await?;
     let mut out = Vec::with_capacity(given.len());
     for (id, declared) in given {
-        let kind = tx.object_kind(auth.org_id, *id).await?.ok_or_else(|| {
+        let kind = kinds.get(id).copied().ok_or_else(|| {
             ScimError::invalid_value(format!("member {id} is not a user or group of this organization"))
         })?;
         if declared.is_some_and(|d| d != kind) {
@@ -710,7 +457,7 @@ async fn respond_group(
 ) -> Result<Response, ScimError> {
     let members = tx.group_members(auth.org_id, row.id).await?;
     let full = resource::render_group(row, &members, base);
-    let p = ListParams::from_query(q)?;
+    let p = search::ListParams::from_query(q)?;
     let include = parse_attr_list(p.attributes.as_deref())?;
     let exclude = parse_attr_list(p.excluded.as_deref())?;
     let shown = project(&GROUPS, full.clone(), &include, &exclude);
@@ -734,35 +481,54 @@ async fn write_group(
     auth: &AdminAuth,
     headers: &HeaderMap,
     id: &str,
-    body: &Value,
+    body: Value,
     is_patch: bool,
 ) -> Result<Response, ScimError> {
     let b = base(state, headers);
     let ctx = ctx(state, auth);
-    let mut tx = state.store.begin().await?;
-    let current = load_group(&mut tx, auth, id).await?;
-    check_if_match(headers, current.version)?;
-    let input = if is_patch {
-        let members = tx.group_members(auth.org_id, current.id).await?;
-        let mut working = resource::group_working(&current, &members, &b);
-        patch::apply_patch(&GROUPS, &mut working, body)?;
-        Value::Object(working)
-    } else {
-        body.clone()
-    };
-    let g = split_group(normalize(&GROUPS, &input)?)?;
-    let members = resolve_members(&mut tx, auth, &g.members).await?;
-    let next = NewGroup {
-        name: g.name,
-        external_id: g.external_id,
-        doc: g.doc,
-    };
-    let (row, _) = directory::update_group(&mut tx, &ctx, &current, next, Some(&members))
-        .await
-        .map_err(self_member)?;
-    let resp = respond_group(&mut tx, auth, &row, &b, &HashMap::new()).await?;
-    state.commit(tx).await?;
-    Ok(resp)
+    let body = Arc::new(body);
+    for _ in 0..WRITE_ATTEMPTS {
+        // Read, let the store go, work out the new state with no connection
+        // held, then write if nothing changed meanwhile.
+        let mut tx = state.store.begin().await?;
+        let current = load_group(&mut tx, auth, id).await?;
+        check_if_match(headers, current.version)?;
+        let members = match is_patch {
+            true => tx.group_members(auth.org_id, current.id).await?,
+            false => Vec::new(),
+        };
+        drop(tx);
+        let (input, read, base_url) = (body.clone(), current.clone(), b.clone());
+        let g = off_workers(move || {
+            let input = if is_patch {
+                let mut working = resource::group_working(&read, &members, &base_url);
+                patch::apply_patch(&GROUPS, &mut working, &input)?;
+                Value::Object(working)
+            } else {
+                Value::clone(&input)
+            };
+            split_group(normalize(&GROUPS, &input)?)
+        })
+        .await?;
+        let mut tx = state.store.begin().await?;
+        let current = match load_group(&mut tx, auth, id).await? {
+            now if now.version != current.version => continue,
+            now => now,
+        };
+        let members = resolve_members(&mut tx, auth, &g.members).await?;
+        let next = NewGroup {
+            name: g.name,
+            external_id: g.external_id,
+            doc: g.doc,
+        };
+        let (row, _) = directory::update_group(&mut tx, &ctx, &current, next, Some(&members))
+            .await
+            .map_err(self_member)?;
+        let resp = respond_group(&mut tx, auth, &row, &b, &HashMap::new()).await?;
+        state.commit(tx).await?;
+        return Ok(resp);
+    }
+    Err(changed_meanwhile())
 }
 
 async fn replace_group(
@@ -772,7 +538,7 @@ async fn replace_group(
     Path(id): Path<String>,
     ScimBody(body): ScimBody,
 ) -> Result<Response, ScimError> {
-    write_group(&state, &auth, &headers, &id, &body, false).await
+    write_group(&state, &auth, &headers, &id, body, false).await
 }
 
 async fn patch_group(
@@ -782,7 +548,7 @@ async fn patch_group(
     Path(id): Path<String>,
     ScimBody(body): ScimBody,
 ) -> Result<Response, ScimError> {
-    write_group(&state, &auth, &headers, &id, &body, true).await
+    write_group(&state, &auth, &headers, &id, body, true).await
 }
 
 async fn delete_group(

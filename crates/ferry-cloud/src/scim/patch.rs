@@ -2,6 +2,8 @@
 //! The result is validated again by [`super::resource::normalize`], exactly
 //! like a PUT body, so PATCH cannot store anything PUT could not.
 
+use std::collections::HashSet;
+
 use serde_json::{Map, Value};
 
 use super::error::ScimError;
@@ -82,6 +84,13 @@ fn invalid_path(path: &str, why: &str) -> ScimError {
 type AttrLookup<'a> = Box<dyn Fn(&str) -> Option<&'static Attr> + 'a>;
 
 fn resolve(rt: &ResourceType, path: &str) -> Result<Target, ScimError> {
+    // A path is an attribute name plus at most one value filter.
+    if path.len() > filter::MAX_FILTER_BYTES + 1024 {
+        return Err(invalid_path(
+            &path.chars().take(64).collect::<String>(),
+            "the path is too long",
+        ));
+    }
     // Split `head[filter]tail`.
     let (head, filter, tail) = match path.find('[') {
         Some(open) => {
@@ -169,7 +178,7 @@ fn apply_op(
                 for (ek, ev) in inner.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("schemas")) {
                     apply_op(rt, working, kind, Some(&format!("{}:{ek}", ext.id)), Some(ev))?;
                 }
-            } else {
+            } else if !ignored_without_path(rt, k) {
                 apply_op(rt, working, kind, Some(k), Some(v))?;
             }
         }
@@ -222,6 +231,15 @@ fn apply_op(
     result
 }
 
+/// In a path-less add/replace, the value is a partial resource, read as a
+/// PUT body is: `schemas` and read-only attributes (`id`, `meta`, a user's
+/// `groups`) are ignored, so a client echoing them back (Okta sends the
+/// group's `id`) is not refused.
+fn ignored_without_path(rt: &ResourceType, key: &str) -> bool {
+    ["schemas", "id", "meta"].iter().any(|k| k.eq_ignore_ascii_case(key))
+        || rt.core_attr(key).is_some_and(|a| a.mutability == Mutability::ReadOnly)
+}
+
 fn needs_value(value: Option<&Value>, path: &str) -> Result<Value, ScimError> {
     value
         .cloned()
@@ -244,9 +262,9 @@ fn apply_to_attr(
                 if let (true, Some(v)) = (multi, value) {
                     // Remove the listed values (how Entra ID removes members).
                     let drop = check_attr(attr, v, name)?.unwrap_or(Value::Array(vec![]));
-                    let drop = drop.as_array().cloned().unwrap_or_default();
+                    let drop: HashSet<String> = drop.as_array().into_iter().flatten().map(value_key).collect();
                     if let Some(Value::Array(items)) = c.get_mut(name) {
-                        items.retain(|i| !drop.iter().any(|d| same_value(i, d)));
+                        items.retain(|i| !drop.contains(&value_key(i)));
                     }
                     drop_if_empty(c, name);
                 } else {
@@ -264,8 +282,9 @@ fn apply_to_attr(
                     (Some(Value::Array(new)), true, _) if kind == OpKind::Add => {
                         let items = c.entry(name.to_owned()).or_insert_with(|| Value::Array(vec![]));
                         if let Value::Array(items) = items {
+                            let mut seen: HashSet<String> = items.iter().map(value_key).collect();
                             for n in new {
-                                if !items.iter().any(|i| same_value(i, &n)) {
+                                if seen.insert(value_key(&n)) {
                                     items.push(n);
                                 }
                             }
@@ -341,11 +360,13 @@ fn apply_to_attr(
             }
             match (kind, sub) {
                 (OpKind::Remove, None) => {
+                    let mut hit = hits.iter().peekable();
                     let mut idx = 0;
                     items.retain(|_| {
-                        let keep = !hits.contains(&idx);
+                        // `hits` is ascending, so one pass removes them all.
+                        let drop = hit.next_if_eq(&&idx).is_some();
                         idx += 1;
-                        keep
+                        !drop
                     });
                 }
                 (OpKind::Remove, Some(sub)) => {
@@ -459,11 +480,12 @@ fn drop_if_empty(c: &mut Map<String, Value>, name: &str) {
 }
 
 /// Two values of a multi-valued attribute are the same value when their
-/// `value` sub-attributes are equal (or, without one, when equal whole).
-fn same_value(a: &Value, b: &Value) -> bool {
-    match (a.get("value"), b.get("value")) {
-        (Some(x), Some(y)) => x == y,
-        _ => a == b,
+/// `value` sub-attributes are equal (or, without one, when equal whole):
+/// equal values have equal keys, so de-duplication is one pass with a set.
+fn value_key(v: &Value) -> String {
+    match v.get("value") {
+        Some(x) => format!("v{x}"),
+        None => format!("w{v}"),
     }
 }
 
@@ -637,5 +659,118 @@ mod tests {
         );
         let mut w = Map::new();
         assert!(apply_patch(&USERS, &mut w, &json!({"Operations": []})).is_err());
+    }
+
+    #[test]
+    fn deep_or_long_paths_are_invalid_paths_not_a_crash() {
+        let u = json!({"userName": "u", "emails": [{"value": "a@x"}]});
+        for path in [
+            format!("emails[{}value eq \"a@x\"{}]", "(".repeat(1000), ")".repeat(1000)),
+            format!("emails[{}value eq \"a@x\"{}]", "not (".repeat(1000), ")".repeat(1000)),
+            format!("emails[{}]", vec![r#"value eq "a@x""#; 20_000].join(" and ")),
+            "ab€c".to_owned(),
+            "urn:€:x".to_owned(),
+            "emails[ty€pe eq \"x\"].value".to_owned(),
+            "x".repeat(100_000),
+        ] {
+            let e = patch(
+                &USERS,
+                u.clone(),
+                json!([{"op": "replace", "path": path, "value": "x"}]),
+            )
+            .unwrap_err();
+            assert_eq!(e.scim_type, Some("invalidPath"), "{}", e.detail);
+        }
+    }
+
+    #[test]
+    fn many_values_are_de_duplicated_in_one_pass() {
+        let emails: Vec<Value> = (0..20_000)
+            .map(|i| json!({"value": format!("{}@x", i % 10_000)}))
+            .collect();
+        let out = patch(
+            &USERS,
+            json!({"userName": "u", "emails": [{"value": "0@x", "type": "work"}]}),
+            json!([{"op": "add", "path": "emails", "value": emails}]),
+        )
+        .expect("applies");
+        let got = out["emails"].as_array().expect("emails");
+        assert_eq!(got.len(), 10_000);
+        // The value already there keeps its other sub-attributes.
+        assert_eq!(got[0], json!({"value": "0@x", "type": "work"}));
+        let drop: Vec<Value> = (0..9_999).map(|i| json!({"value": format!("{i}@x")})).collect();
+        let out = patch(&USERS, out, json!([{"op": "remove", "path": "emails", "value": drop}])).expect("applies");
+        assert_eq!(out["emails"], json!([{"value": "9999@x"}]));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    //! Arbitrary PATCH paths and operations never panic: they apply or are
+    //! refused with a SCIM error.
+    use super::super::schema::{GROUPS, USERS};
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn paths() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                Just("emails".to_owned()),
+                Just("members".to_owned()),
+                Just("name".to_owned()),
+                Just("urn:ietf:params:scim:schemas:extension:enterprise:2.0:User".to_owned()),
+                Just(":".to_owned()),
+                Just(".".to_owned()),
+                Just("[".to_owned()),
+                Just("]".to_owned()),
+                Just("(".to_owned()),
+                Just(")".to_owned()),
+                Just("value".to_owned()),
+                Just("type".to_owned()),
+                Just(" eq ".to_owned()),
+                Just(" and ".to_owned()),
+                Just("not ".to_owned()),
+                Just("\"work\"".to_owned()),
+                Just("€".to_owned()),
+                "[a-zA-Z]{1,10}",
+                any::<String>(),
+            ],
+            0..30,
+        )
+        .prop_map(|v| v.concat())
+    }
+
+    fn values() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            Just(json!("x")),
+            Just(json!(true)),
+            Just(json!([{"value": "a@x", "type": "work"}])),
+            Just(json!({"value": "b"})),
+            Just(json!({"givenName": "g"})),
+            any::<String>().prop_map(Value::String),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_patches_never_panic(
+            path in paths(),
+            value in values(),
+            op in prop::sample::select(vec!["add", "replace", "remove"]),
+            group in any::<bool>(),
+        ) {
+            let rt = if group { &GROUPS } else { &USERS };
+            let mut w = json!({"userName": "u", "displayName": "g", "emails": [{"value": "a@x", "type": "work"}],
+                               "members": [{"value": "2819c223-7f76-453a-919d-413861904646"}]})
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            let body = json!({"schemas": [PATCH_OP], "Operations": [{"op": op, "path": path, "value": value}]});
+            let _ = apply_patch(rt, &mut w, &body);
+        }
     }
 }

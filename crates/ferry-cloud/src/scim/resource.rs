@@ -2,6 +2,8 @@
 //! (canonical names, types, read-only attributes dropped), rendering a
 //! stored object, and `attributes`/`excludedAttributes` projection.
 
+use std::collections::HashSet;
+
 use ferry_proto::record::ObjectKind;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
@@ -66,6 +68,12 @@ pub fn normalize(rt: &ResourceType, input: &Value) -> Result<Map<String, Value>,
             }
             _ => key.as_str(),
         };
+        if rt.core_attr(name).is_none() && super::filter::is_empty(value) {
+            // RFC 7643 attributes Ferry does not keep, sent empty (Entra ID
+            // sends `"roles": []`): they ask to store nothing, so nothing is
+            // refused. A value in one is still refused below.
+            continue;
+        }
         let attr = rt.core_attr(name).ok_or_else(|| {
             ScimError::invalid_value(format!(
                 "{key:?} is not an attribute of {}; see /Schemas/{}",
@@ -103,9 +111,12 @@ pub fn check_attr(attr: &Attr, v: &Value, path: &str) -> Result<Option<Value>, S
             other => vec![other],
         };
         let mut out = Vec::with_capacity(items.len());
+        // Equal values serialize equally (serde_json keeps object keys
+        // sorted), so a set of their texts de-duplicates in one pass.
+        let mut seen = HashSet::with_capacity(items.len());
         for item in items {
             if let Some(x) = check_single(attr, item, path)? {
-                if !out.contains(&x) {
+                if seen.insert(x.to_string()) {
                     out.push(x);
                 }
             }
@@ -145,6 +156,11 @@ pub fn check_single(attr: &Attr, v: &Value, path: &str) -> Result<Option<Value>,
             Ok(Some(v.clone()))
         }
         (Ty::DateTime, _) => Err(wrong("an RFC 3339 date-time")),
+        // A bare value for a complex attribute with a `value` (Entra ID sends
+        // the manager's id as a string) stands for `{"value": …}`.
+        (Ty::Complex, Value::String(_)) if attr.sub_attr("value").is_some() => {
+            check_single(attr, &json!({ "value": v }), path)
+        }
         (Ty::Complex, Value::Object(o)) => {
             let mut out = Map::new();
             for (k, sv) in o {

@@ -214,6 +214,47 @@ impl Tx {
         Ok((users, total))
     }
 
+    /// One batch of an org's users in username order, after the username
+    /// key `after` (keyset paging: no count, no offset to skip), narrowed to
+    /// an `externalId` when given. Filters the store cannot answer walk the
+    /// org with this, a batch per transaction.
+    pub async fn scan_users(
+        &mut self,
+        org_id: Uuid,
+        after: Option<&str>,
+        external_id_eq: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<UserRow>> {
+        let mut cond = String::from("org_id = $1 AND username_key > $2");
+        if external_id_eq.is_some() {
+            cond.push_str(" AND external_id = $3");
+        }
+        let sql = format!(
+            "SELECT {USER_COLS} FROM dir_users WHERE {cond} ORDER BY username_key LIMIT {}",
+            limit.max(0)
+        );
+        let mut q = sqlx::query(&sql).bind(org_id.to_string()).bind(after.unwrap_or(""));
+        if let Some(x) = external_id_eq {
+            q = q.bind(x);
+        }
+        let rows = q.fetch_all(self.conn()).await?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    /// One batch of an org's groups in name order, after the name key `after`.
+    pub async fn scan_groups(&mut self, org_id: Uuid, after: Option<&str>, limit: i64) -> StoreResult<Vec<GroupRow>> {
+        let sql = format!(
+            "SELECT {GROUP_COLS} FROM dir_groups WHERE org_id = $1 AND name_key > $2 ORDER BY name_key LIMIT {}",
+            limit.max(0)
+        );
+        let rows = sqlx::query(&sql)
+            .bind(org_id.to_string())
+            .bind(after.unwrap_or(""))
+            .fetch_all(self.conn())
+            .await?;
+        rows.iter().map(group_from_row).collect()
+    }
+
     /// Writes a user's new state if its version is still `expected_version`;
     /// `Ok(false)` when someone else changed it first. `password_hash`:
     /// `None` keeps the stored hash, `Some(h)` replaces it.
@@ -523,6 +564,32 @@ impl Tx {
             return Ok(Some(ObjectKind::Group));
         }
         Ok(None)
+    }
+
+    /// The kinds of those of `ids` that exist in this org, in a few queries
+    /// (500 ids a query), however many there are.
+    pub async fn object_kinds(
+        &mut self,
+        org_id: Uuid,
+        ids: &[Uuid],
+    ) -> StoreResult<std::collections::HashMap<Uuid, ObjectKind>> {
+        let mut out = std::collections::HashMap::with_capacity(ids.len());
+        for (table, kind) in [("dir_users", ObjectKind::User), ("dir_groups", ObjectKind::Group)] {
+            for chunk in ids.chunks(500) {
+                let sql = format!(
+                    "SELECT id FROM {table} WHERE org_id = $1 AND id IN ({})",
+                    placeholders(2, chunk.len())
+                );
+                let mut q = sqlx::query(&sql).bind(org_id.to_string());
+                for id in chunk {
+                    q = q.bind(id.to_string());
+                }
+                for r in q.fetch_all(self.conn()).await? {
+                    out.insert(get_uuid(&r, "id")?, kind);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The link of an AD object in a domain.

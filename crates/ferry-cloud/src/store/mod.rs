@@ -103,6 +103,9 @@ impl Store {
         };
         let pool = match dialect {
             Dialect::Sqlite => {
+                if let Some(path) = sqlite_path(url) {
+                    make_private(&path)?;
+                }
                 // Create the file if missing; WAL so readers never block the writer.
                 let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)?
                     .create_if_missing(true)
@@ -205,6 +208,44 @@ fn split_sql(sql: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+/// The file of an SQLite URL (`sqlite://PATH`, `sqlite:PATH`), if it names one.
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then(|| std::path::PathBuf::from(path))
+}
+
+/// The database holds password hashes and sealed secrets: it, its WAL and
+/// its shared-memory file are readable by the owner only. SQLite gives the
+/// `-wal` and `-shm` files the mode of the database file, so creating that
+/// one 0600 covers all three; files of an older install are restricted too.
+fn make_private(db: &std::path::Path) -> StoreResult<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let io = |e: std::io::Error| StoreError::Db(sqlx::Error::Io(e));
+        if !db.exists() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(db)
+                .map_err(io)?;
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = db.as_os_str().to_owned();
+            p.push(suffix);
+            let p = std::path::PathBuf::from(p);
+            if p.exists() {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = db;
+    Ok(())
 }
 
 /// The URL without its password, for messages.
