@@ -170,10 +170,23 @@ async fn the_install_guide_console_steps_and_a_user_added_to_a_group() {
     // "Save" on the Details tab.
     b.click("a[role=tab][href$='tab=details']").await;
     b.fill("input[name=delete_threshold]", "250").await;
+    // What syncs: the home-domain rule is told, and the scope is set here.
+    b.wait_text("Each user and group belongs to one domain").await;
+    b.fill("textarea[name=scope_exclude]", "OU=Old Staff,DC=example,DC=test")
+        .await;
     b.click("form.details button[type=submit]").await;
     b.wait_text("Saved.").await;
     let (_, d) = s.call(Method::GET, &format!("/api/v1/domains/{domain}"), None).await;
     assert_eq!(d["policies"]["delete_threshold"], 250);
+    assert_eq!(
+        d["policies"]["scope"]["exclude"],
+        json!(["OU=Old Staff,DC=example,DC=test"]),
+        "{d}"
+    );
+    assert_eq!(
+        d["default_for_cloud_objects"], true,
+        "the org's first domain stays the default: {d}"
+    );
     b.goto(&format!("{}/directories", s.base)).await;
     b.wait_text("syncing (dc1.example.test)").await;
 

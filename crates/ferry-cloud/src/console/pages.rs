@@ -621,7 +621,15 @@ fn domain_page(
                         label { "A user deleted in the cloud"
                             (select("cloud_delete_action", p["cloud_delete_action"].as_str().unwrap_or(""), &[("disable", "is disabled in AD"), ("delete", "is deleted in AD")])) }
                         label { "Hold more deletes than this at once for approval" input name="delete_threshold" type="number" min="0" max="1000000" required value=(p["delete_threshold"]); }
-                        label.check { input type="checkbox" name="match_existing_users" value="on" checked[p["match_existing_users"] == true]; " Link existing cloud users with the same username" }
+                        label.check { input type="checkbox" name="match_existing_users" value="on" checked[p["match_existing_users"] == true]; " Link existing cloud users and groups with the same name" }
+                        h2 { "What syncs" }
+                        p.hint { "Each user and group belongs to one domain: the one it came from, or the one it was placed in. Only that domain's agent writes it; a same-named object in another domain is listed as a conflict, never merged. AD's built-in and privileged accounts, members of protected groups and the agents' service accounts are never synced nor written." }
+                        label.check { input type="checkbox" name="default_for_cloud_objects" value="on" checked[d["default_for_cloud_objects"] == true]; " Users and groups made in the cloud go to this domain" }
+                        label { "Sync only these containers (one DN a line; empty: the whole domain)"
+                            textarea name="scope_include" rows="3" maxlength="20000" { (lines(&p["scope"]["include"])) } }
+                        label { "Never sync these containers (one DN a line)"
+                            textarea name="scope_exclude" rows="3" maxlength="20000" { (lines(&p["scope"]["exclude"])) } }
+                        p.hint { "A new scope reads the domain again. Objects it leaves out are handled as deleted in AD (the policy above and the delete threshold apply); the API's scope-preview says beforehand how many." }
                         button.primary type="submit" { "Save" }
                     }
                     form.inline method="post" action={ "/directories/" (id) "/resync" } {
@@ -665,7 +673,12 @@ pub(super) async fn save_domain(State(state): St, s: Session, Path(id): Path<Str
                     "cloud_delete_action": field(&form, "cloud_delete_action"),
                     "delete_threshold": t,
                     "match_existing_users": field(&form, "match_existing_users") == "on",
-                }
+                    "scope": {
+                        "include": dn_lines(field(&form, "scope_include")),
+                        "exclude": dn_lines(field(&form, "scope_exclude")),
+                    },
+                },
+                "default_for_cloud_objects": field(&form, "default_for_cloud_objects") == "on",
             })
         })
     };
@@ -688,6 +701,22 @@ pub(super) async fn save_domain(State(state): St, s: Session, Path(id): Path<Str
         Ok(v) => domain_page(&s, &v, "details", Some(&msg), None, &HashMap::new()),
         Err(r) => r,
     }
+}
+
+/// A JSON list of strings as text, one a line.
+fn lines(v: &Value) -> String {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("\n"))
+        .unwrap_or_default()
+}
+
+/// One DN a line, blank lines dropped.
+fn dn_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The install dialog's steps: the agent for Windows (the MSI) and for
