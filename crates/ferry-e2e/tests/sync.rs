@@ -1577,14 +1577,16 @@ async fn cloud_user_names(cloud: &Cloud) -> std::collections::HashMap<String, St
         .collect()
 }
 
-/// A group of 30,000 members (`FERRY_BIG_GROUP_N`) is in AD before the
-/// agent starts: the import brings it whole (its member list read by range
-/// where the DC ranges it, and pushed in chunks within the cloud's body
-/// limit), and a marker changed in AD after it still arrives. The two sides'
-/// member lists are compared whole.
+/// A big group (`FERRY_BIG_GROUP_N` members, 30,000 by default: the issue's
+/// figure; filling a Samba DC with that many takes it over 10 minutes, so
+/// `scripts/test` runs 2,000, past AD's 1,500-value range) is in AD before
+/// the agent starts: the import brings it whole (its member list read by
+/// range where the DC ranges it, and pushed in chunks within the cloud's
+/// body limit), and a change made in AD after it still arrives. The two
+/// sides' member lists are compared whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "heavy (minutes of a busy DC): scripts/test runs it on its own, after the suite"]
-async fn a_group_of_30000_members_is_imported_whole() {
+async fn a_big_group_is_imported_whole() {
     let n: usize = std::env::var("FERRY_BIG_GROUP_N")
         .ok()
         .and_then(|v| v.parse().ok())
