@@ -60,8 +60,18 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
         if !shared.primary.load(Ordering::SeqCst) {
             return Ok(());
         }
-        if protection.stale(&shared.domain.read().await.policies.scope) {
+        let scope = shared.domain.read().await.policies.scope.clone();
+        if protection.stale(&scope) {
+            let scope_changed = scope != protection.scope;
             protection = protect::read(shared, &mut conn).await?;
+            if scope_changed {
+                // The cloud asked for a re-read with the new scope, but the
+                // heartbeat may bring the scope after that re-read began:
+                // read again with it, then look for what left.
+                tracing::info!("the sync scope changed: reading the domain again");
+                cookie = Some(full_import(shared, &mut conn, cookie, &protection).await?);
+                reconcile_due = true;
+            }
         }
         let usn = conn.highest_committed_usn().await.map_err(|e| e.to_string())?;
         if usn != last_usn {
