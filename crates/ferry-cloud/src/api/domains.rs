@@ -144,11 +144,12 @@ pub(super) async fn update(
     if scope_changed {
         tx.reset_ad_cookie(auth.org_id, id).await?;
     }
-    let was_default = tx.default_domain(auth.org_id).await? == Some(id);
+    let before = tx.default_domain(auth.org_id).await?;
+    let was_default = before == Some(id);
     let default = match body.default_for_cloud_objects {
         Some(true) => Some(id),
         Some(false) if was_default => None,
-        _ => tx.default_domain(auth.org_id).await?,
+        _ => before,
     };
     if s == current.settings && (default == Some(id)) == was_default {
         return Ok(Json(domain_json(&current, default)));

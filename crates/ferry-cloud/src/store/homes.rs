@@ -64,21 +64,6 @@ impl Tx {
         Ok(())
     }
 
-    /// How many of the org's users and groups have no home.
-    pub async fn count_unhomed(&mut self, org_id: Uuid) -> StoreResult<i64> {
-        let mut n = 0;
-        for t in ["dir_users", "dir_groups"] {
-            let r = sqlx::query(&format!(
-                "SELECT COUNT(*) FROM {t} WHERE org_id = $1 AND home_domain IS NULL"
-            ))
-            .bind(org_id.to_string())
-            .fetch_one(self.conn())
-            .await?;
-            n += r.try_get::<i64, _>(0)?;
-        }
-        Ok(n)
-    }
-
     /// Places every object without a home in `domain`.
     pub async fn adopt_unhomed(&mut self, org_id: Uuid, domain: Uuid) -> StoreResult<()> {
         for t in ["dir_users", "dir_groups"] {
