@@ -213,6 +213,18 @@ impl CloudClient {
         self.call::<(), _>(reqwest::Method::GET, "/sync-errors", None).await
     }
 
+    /// Answers a scope preview the admin asked for.
+    pub async fn answer_scope_preview(
+        &self,
+        id: uuid::Uuid,
+        answer: &ferry_proto::agent::ScopePreviewAnswer,
+    ) -> Result<(), CloudError> {
+        let _: serde_json::Value = self
+            .call(reqwest::Method::POST, &format!("/scope-preview/{id}"), Some(answer))
+            .await?;
+        Ok(())
+    }
+
     /// Records a link.
     pub async fn put_link(&self, link: &LinkInfo) -> Result<(), CloudError> {
         let _: LinkInfo = self.call(reqwest::Method::POST, "/links", Some(link)).await?;

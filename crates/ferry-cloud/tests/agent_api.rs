@@ -1076,3 +1076,52 @@ both_engines!(one_by_one_deletes_add_up_to_the_threshold, |engine| async move {
         .await;
     assert_eq!(q["quarantine"].as_array().unwrap().len(), 2, "{q}");
 });
+
+both_engines!(
+    a_scope_preview_is_asked_of_the_primary_agent_and_its_answer_returned,
+    |engine| async move {
+        let s = TestServer::start(engine).await;
+        let (domain, agent) = setup(&s, json!({})).await;
+        heartbeat(&s, &agent).await;
+        let scope = json!({"groups": ["CN=Pilot,DC=example,DC=test"]});
+        let preview_path = format!("/api/v1/domains/{domain}/scope-preview");
+        let admin = s.call(Method::POST, &preview_path, Some(scope.clone()));
+        let agent_side = async {
+            let mut asked = Value::Null;
+            for _ in 0..200 {
+                let (st, state) = s.call_as(&agent.token, Method::GET, "/agent/v1/state", None).await;
+                assert_eq!(st, StatusCode::OK, "{state}");
+                asked = state["scope_preview"].clone();
+                if !asked.is_null() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(
+                asked["scope"]["groups"], scope["groups"],
+                "the agent is asked with the proposed scope"
+            );
+            let answer = json!({
+                "entering": {"users": 4, "groups": 1, "sample": ["CN=a,DC=example,DC=test"]},
+                "leaving": {"users": 2, "groups": 0, "sample": []},
+                "staying": 9,
+                "missing_groups": ["CN=Gone,DC=example,DC=test"],
+            });
+            let path = format!("/agent/v1/scope-preview/{}", asked["id"].as_str().unwrap());
+            let (st, v) = s.call_as(&agent.token, Method::POST, &path, Some(answer.clone())).await;
+            assert_eq!(st, StatusCode::OK, "{v}");
+            // Answered once: a second answer has nothing pending.
+            let (st, _) = s.call_as(&agent.token, Method::POST, &path, Some(answer)).await;
+            assert_eq!(st, StatusCode::NOT_FOUND);
+        };
+        let ((st, p), ()) = tokio::join!(admin, agent_side);
+        assert_eq!(st, StatusCode::OK, "{p}");
+        assert_eq!(p["source"], "agent", "{p}");
+        assert_eq!(p["entering"]["users"], 4, "{p}");
+        assert_eq!(p["leaving"]["users"], 2, "{p}");
+        assert_eq!(p["staying"], 9, "{p}");
+        assert_eq!(p["missing_groups"][0], "CN=Gone,DC=example,DC=test", "{p}");
+        let (_, state) = s.call_as(&agent.token, Method::GET, "/agent/v1/state", None).await;
+        assert!(state["scope_preview"].is_null(), "nothing left to answer: {state}");
+    }
+);

@@ -187,6 +187,64 @@ async fn the_install_guide_console_steps_and_a_user_added_to_a_group() {
         d["default_for_cloud_objects"], true,
         "the org's first domain stays the default: {d}"
     );
+    // Preview a group scope before saving it: the form's unsaved scope goes
+    // to the domain's agent (played here through the agent API), and the
+    // page shows its answer with the values entered, still unsaved.
+    heartbeat(&s, &token).await;
+    let pilot = "CN=Pilot,OU=Groups,DC=example,DC=test";
+    b.fill("textarea[name=scope_groups]", pilot).await;
+    // The page waits for the agent's answer: click and answer together.
+    let agent_side = async {
+        let mut asked = None;
+        for _ in 0..200 {
+            let (st, state) = s.call_as(&token, Method::GET, "/agent/v1/state", None).await;
+            assert_eq!(st, StatusCode::OK, "{state}");
+            if !state["scope_preview"].is_null() {
+                asked = Some(state["scope_preview"].clone());
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let asked = asked.expect("the agent is asked for a preview");
+        assert_eq!(asked["scope"]["groups"], json!([pilot]), "the form's scope: {asked}");
+        assert_eq!(asked["scope"]["exclude"], json!(["OU=Old Staff,DC=example,DC=test"]));
+        let answer = json!({
+            "entering": {"users": 3, "groups": 1, "sample": ["CN=p1,OU=Staff,DC=example,DC=test"]},
+            "leaving": {"users": 2, "groups": 0, "sample": ["CN=o1,OU=Staff,DC=example,DC=test"]},
+            "staying": 7,
+            "missing_groups": [],
+        });
+        let (st, v) = s
+            .call_as(
+                &token,
+                Method::POST,
+                &format!("/agent/v1/scope-preview/{}", asked["id"].as_str().unwrap()),
+                Some(answer),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+    };
+    tokio::join!(b.click("#preview-scope"), agent_side);
+    b.wait_text("Preview: not saved yet").await;
+    let shown = b.text("#scope-preview").await;
+    b.check(
+        shown.contains("3 users and 1 groups")
+            && shown.contains("2 users and 0 groups")
+            && shown.contains("CN=o1,OU=Staff"),
+        &format!("the agent's numbers: {shown}"),
+    )
+    .await;
+    b.check(
+        b.value("textarea[name=scope_groups]").await == pilot,
+        "the form keeps the values entered",
+    )
+    .await;
+    let (_, d) = s.call(Method::GET, &format!("/api/v1/domains/{domain}"), None).await;
+    assert!(
+        d["policies"]["scope"].get("groups").is_none(),
+        "a preview saves nothing: {d}"
+    );
+
     b.goto(&format!("{}/directories", s.base)).await;
     b.wait_text("syncing (dc1.example.test)").await;
 

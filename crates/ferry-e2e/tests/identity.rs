@@ -441,10 +441,276 @@ async fn the_admin_chooses_the_ous_that_sync_and_previews_a_change() {
     // Taking Contractors in imports them.
     let wider = json!({"include": [users, contractors]});
     let p = preview(&cloud, &domain, &wider).await;
+    assert_eq!(p["source"], "agent", "the agent read AD: {p}");
     assert_eq!(p["leaving"]["users"], 3, "Staff is still left out: {p}");
+    assert_eq!(p["entering"]["users"], 4, "c1–c4 (c1 matched to the cloud's c1): {p}");
     patch_domain(&cloud, &domain, json!({"policies": {"scope": wider}})).await;
     for n in ["c2", "c3", "c4"] {
         eventually(&format!("{n} in the cloud"), || cloud.user(n)).await;
+    }
+    engine.stop().await;
+}
+
+/// The users of the cloud, by userName.
+async fn cloud_usernames(cloud: &Cloud) -> std::collections::BTreeSet<String> {
+    all_cloud_users(cloud)
+        .await
+        .iter()
+        .map(|u| u["userName"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Adds (`add`) or removes a member of an AD group.
+fn ad_member(dc: &Dc, group: &str, member: &str, add: bool) {
+    let op = if add { "add" } else { "delete" };
+    dc.ldapmodify(
+        &format!("dn: {group}\nchangetype: modify\n{op}: member\nmember: {member}\n"),
+        false,
+    );
+}
+
+/// Group scope both ways, each previewed, and each preview's numbers are
+/// what the sync then does.
+/// - AD → cloud, "only members of these groups": a scope of one AD group
+///   (with a nested group) leaves out the linked users who are not in it
+///   (deleted in the cloud, as previewed), keeps the user OU where the
+///   cloud's own land, takes in a user who joins the nested group later,
+///   and lets go of one who leaves. A wider scope takes in exactly the
+///   users the preview counted.
+/// - Cloud → AD, cloud groups bound to the domain: with no default domain,
+///   cloud users sync nowhere; binding a cloud group places it, its
+///   members and its nested group's members in the domain (created in AD,
+///   as previewed), and a member added later follows.
+///
+/// At the end both sides are compared whole: the cloud's users are exactly
+/// the AD users the scope admits, and the cloud's own users are in AD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_admin_scopes_by_group_both_ways_and_the_preview_matches_the_sync() {
+    let (dc, cloud, domain) = prepare().await;
+    let base = dc.base_dn.clone();
+    let staff = dc.new_ou("Staff").await;
+    let groups = dc.new_ou("Groups").await;
+    for n in ["p1", "p2", "p3", "p4", "w1", "w2", "o1"] {
+        dc.ldapmodify(
+            &format!("dn: CN={n},{staff}\nobjectClass: user\nsAMAccountName: {n}\n"),
+            true,
+        );
+    }
+    let member = |n: &str| format!("member: CN={n},{staff}\n");
+    let nested = format!("CN=Pilot Nested,{groups}");
+    let pilot = format!("CN=Pilot,{groups}");
+    let wave2 = format!("CN=Wave Two,{groups}");
+    dc.ldapmodify(
+        &format!(
+            "dn: {nested}\nobjectClass: group\nsAMAccountName: pilotnested\n{}",
+            member("p3")
+        ),
+        true,
+    );
+    dc.ldapmodify(
+        &format!(
+            "dn: {pilot}\nobjectClass: group\nsAMAccountName: pilot\n{}{}member: {nested}\n",
+            member("p1"),
+            member("p2")
+        ),
+        true,
+    );
+    dc.ldapmodify(
+        &format!(
+            "dn: {wave2}\nobjectClass: group\nsAMAccountName: wavetwo\n{}{}",
+            member("w1"),
+            member("w2")
+        ),
+        true,
+    );
+    patch_domain(&cloud, &domain, json!({"policies": {"delete_threshold": 100}})).await;
+    let agent = enrol(&cloud, &domain).await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    for n in ["p1", "p2", "p3", "p4", "w1", "w2", "o1", "early"] {
+        eventually(&format!("{n} in the cloud"), || cloud.user(n)).await;
+    }
+    for g in ["pilot", "pilotnested", "wavetwo"] {
+        eventually(&format!("group {g} in the cloud"), || cloud.group(g)).await;
+    }
+    let before = cloud_usernames(&cloud).await;
+    // Those of CN=Users, where the cloud's own land: in scope whatever their groups.
+    let from_user_ou: std::collections::BTreeSet<String> = dc
+        .ldapsearch(
+            &format!("CN=Users,{base}"),
+            "(objectCategory=person)",
+            &["sAMAccountName"],
+        )
+        .lines()
+        .filter_map(|l| l.strip_prefix("sAMAccountName: "))
+        .map(str::to_owned)
+        .filter(|n| before.contains(n))
+        .collect();
+    assert!(from_user_ou.contains("early"), "{from_user_ou:?}");
+
+    // Only the Pilot group: p4, w1, w2 and o1 leave, and the Wave Two
+    // group with them; Pilot, Pilot Nested, p1–p3 and CN=Users stay.
+    let pilot_only = json!({"groups": [pilot]});
+    let p = preview(&cloud, &domain, &pilot_only).await;
+    assert_eq!(p["source"], "agent", "the agent read AD: {p}");
+    assert_eq!(p["leaving"]["users"], 4, "{p}");
+    assert_eq!(p["leaving"]["groups"], 1, "{p}");
+    assert_eq!(p["entering"]["users"], 0, "{p}");
+    assert_eq!(p["leaving"]["held_in_quarantine"], false, "{p}");
+    patch_domain(&cloud, &domain, json!({"policies": {"scope": pilot_only}})).await;
+    let after = eventually("the users outside Pilot deleted in the cloud", || async {
+        let now = cloud_usernames(&cloud).await;
+        (!now.contains("o1") && !now.contains("p4") && !now.contains("w1") && !now.contains("w2")).then_some(now)
+    })
+    .await;
+    assert_eq!(
+        before.difference(&after).count() as u64,
+        p["leaving"]["users"].as_u64().unwrap(),
+        "the preview's number: {before:?} → {after:?}"
+    );
+    eventually("Wave Two gone with its members", || async {
+        cloud.group("wavetwo").await.is_none().then_some(())
+    })
+    .await;
+    for n in ["p1", "p2", "p3", "early"] {
+        assert!(after.contains(n), "{n} stays: {after:?}");
+    }
+
+    // p4 joins the nested group: in; p2 leaves Pilot: out.
+    ad_member(&dc, &nested, &format!("CN=p4,{staff}"), true);
+    let p4 = eventually("p4, who joined Pilot Nested, in the cloud", || cloud.user("p4")).await;
+    let g = eventually("p4 a member of Pilot Nested in the cloud", || async {
+        let g = cloud.group("pilotnested").await?;
+        let ids: Vec<&str> = g["members"]
+            .as_array()?
+            .iter()
+            .filter_map(|m| m["value"].as_str())
+            .collect();
+        ids.contains(&p4["id"].as_str()?).then_some(g)
+    })
+    .await;
+    assert_eq!(g["members"].as_array().unwrap().len(), 2, "p3 and p4: {g}");
+    ad_member(&dc, &pilot, &format!("CN=p2,{staff}"), false);
+    eventually("p2, who left Pilot, gone from the cloud", || async {
+        cloud.user("p2").await.is_none().then_some(())
+    })
+    .await;
+
+    // A wider scope: Pilot and Wave Two. The preview counts w1, w2 and the
+    // group coming in, and nothing leaving.
+    let wider = json!({"groups": [pilot, wave2]});
+    let p = preview(&cloud, &domain, &wider).await;
+    assert_eq!(p["entering"]["users"], 2, "w1 and w2: {p}");
+    assert_eq!(p["entering"]["groups"], 1, "Wave Two: {p}");
+    assert_eq!(p["leaving"]["users"], 0, "{p}");
+    let before = cloud_usernames(&cloud).await;
+    patch_domain(&cloud, &domain, json!({"policies": {"scope": wider}})).await;
+    for n in ["w1", "w2"] {
+        eventually(&format!("{n} in the cloud"), || cloud.user(n)).await;
+    }
+    eventually("Wave Two in the cloud", || cloud.group("wavetwo")).await;
+    let after = cloud_usernames(&cloud).await;
+    assert_eq!(
+        after.difference(&before).count() as u64,
+        p["entering"]["users"].as_u64().unwrap(),
+        "the preview's number: {before:?} → {after:?}"
+    );
+
+    // Cloud → AD: with no default domain, cloud objects stay in the cloud
+    // until a bound group places them.
+    patch_domain(&cloud, &domain, json!({"default_for_cloud_objects": false})).await;
+    let mut ids = Vec::new();
+    for n in ["cu1", "cu2", "cu3", "cu4"] {
+        ids.push(scim_create_user(&cloud, json!({"userName": n})).await["id"].clone());
+    }
+    let scim_group = |name: &str, members: &[&Value]| {
+        json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+            "displayName": name,
+            "members": members.iter().map(|m| json!({"value": m})).collect::<Vec<_>>(),
+        })
+    };
+    let (st, inner) = cloud
+        .call(
+            reqwest::Method::POST,
+            "/scim/v2/Groups",
+            Some(scim_group("Laptop Pilots", &[&ids[2]])),
+        )
+        .await;
+    assert_eq!(st, 201, "{inner}");
+    let (st, laptops) = cloud
+        .call(
+            reqwest::Method::POST,
+            "/scim/v2/Groups",
+            Some(scim_group("Laptops", &[&ids[0], &ids[1], &inner["id"]])),
+        )
+        .await;
+    assert_eq!(st, 201, "{laptops}");
+    // A marker through another, placed user shows the feed has passed them.
+    let marker = scim_create_user(&cloud, json!({"userName": "placedmarker"})).await;
+    let (st, v) = cloud
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/domains/{domain}/objects"),
+            Some(json!({"ids": [marker["id"]]})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    eventually("the placed marker in AD", || async {
+        in_ad(&dc, "placedmarker").then_some(())
+    })
+    .await;
+    for n in ["cu1", "cu2", "cu3"] {
+        assert!(!in_ad(&dc, n), "{n} belongs to no domain yet");
+    }
+
+    let bound = json!({"groups": [pilot, wave2], "cloud_groups": [laptops["id"]]});
+    let p = preview(&cloud, &domain, &bound).await;
+    assert_eq!(p["cloud_to_ad"]["entering"]["users"], 3, "cu1–cu3: {p}");
+    assert_eq!(p["cloud_to_ad"]["entering"]["groups"], 2, "Laptops, Laptop Pilots: {p}");
+    assert_eq!(p["entering"]["users"], 0, "nothing new from AD: {p}");
+    assert_eq!(p["leaving"]["users"], 0, "{p}");
+    patch_domain(&cloud, &domain, json!({"policies": {"scope": bound}})).await;
+    for n in ["cu1", "cu2", "cu3", "Laptops", "Laptop Pilots"] {
+        eventually(&format!("{n} in AD"), || async { in_ad(&dc, n).then_some(()) }).await;
+    }
+    assert!(!in_ad(&dc, "cu4"), "cu4 is in no bound group");
+    // A member added to the bound group later follows it into AD.
+    let (st, v) = cloud
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/scim/v2/Groups/{}", laptops["id"].as_str().unwrap()),
+            Some(json!({
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "add", "path": "members", "value": [{"value": ids[3]}]}],
+            })),
+        )
+        .await;
+    assert!(st == 200 || st == 204, "{st} {v}");
+    eventually("cu4 in AD", || async { in_ad(&dc, "cu4").then_some(()) }).await;
+    for n in ["cu1", "cu2", "cu4", "laptop pilots"] {
+        eventually(&format!("{n} a member of Laptops in AD"), || async {
+            dc.ldapsearch(&base, "(sAMAccountName=laptops)", &["member"])
+                .to_lowercase()
+                .contains(&format!("cn={n},"))
+                .then_some(())
+        })
+        .await;
+    }
+
+    // Both sides whole: the cloud's users are the AD users the scope
+    // admits (Pilot's and Wave Two's members, nested ones included, and
+    // everyone in CN=Users but the protected and the service account),
+    // and every cloud user is in AD.
+    let in_cloud = cloud_usernames(&cloud).await;
+    let mut expected: std::collections::BTreeSet<String> =
+        ["p1", "p3", "p4", "w1", "w2", "cu1", "cu2", "cu3", "cu4", "placedmarker"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    expected.extend(from_user_ou.iter().cloned());
+    assert_eq!(in_cloud, expected, "the cloud's users are exactly the scope's");
+    for n in &in_cloud {
+        assert!(in_ad(&dc, n), "{n} is in AD");
     }
     engine.stop().await;
 }

@@ -1357,28 +1357,6 @@ async fn a_resync_and_a_refused_cookie_read_the_domain_again_without_duplicates(
     engine.stop().await;
 }
 
-/// Every cloud user: userName → (title, mobile).
-/// Every cloud user, read page by page over SCIM.
-async fn all_cloud_users(cloud: &Cloud) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    loop {
-        let (st, v) = cloud
-            .call(
-                reqwest::Method::GET,
-                &format!("/scim/v2/Users?count=1000&startIndex={}", out.len() + 1),
-                None,
-            )
-            .await;
-        assert_eq!(st, 200, "{v}");
-        let page = v["Resources"].as_array().cloned().unwrap_or_default();
-        let last = page.len() < 1000;
-        out.extend(page);
-        if last {
-            return out;
-        }
-    }
-}
-
 fn text(x: &serde_json::Value) -> String {
     x.as_str().unwrap_or_default().to_owned()
 }

@@ -83,6 +83,17 @@ pub struct SyncScope {
     /// Never objects under these containers.
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// AD → cloud: only members of these AD groups (DNs), nested groups'
+    /// members included, and the groups themselves; empty: no such limit.
+    /// Objects in the domain's user OU (where the cloud's own land) are in
+    /// scope whatever their groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Cloud → AD: cloud groups bound to this domain. Each, and its members
+    /// (nested groups' included) that belong to no domain yet, are placed
+    /// in this domain, now and whenever a member is added.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cloud_groups: Vec<Uuid>,
 }
 
 impl SyncScope {
@@ -91,6 +102,12 @@ impl SyncScope {
         use crate::dn::dn_within;
         (self.include.is_empty() || self.include.iter().any(|i| dn_within(dn, i)))
             && !self.exclude.iter().any(|x| dn_within(dn, x))
+    }
+
+    /// Whether two scopes take the same objects from AD (they may differ
+    /// in the cloud groups bound to the domain).
+    pub fn same_in_ad(&self, other: &SyncScope) -> bool {
+        self.include == other.include && self.exclude == other.exclude && self.groups == other.groups
     }
 }
 
@@ -181,6 +198,46 @@ pub struct SyncState {
     pub ad_cookie: Option<String>,
     /// The last acknowledged position in the cloud change feed.
     pub feed_cursor: i64,
+    /// A scope the admin is previewing: the agent counts, over AD as it is,
+    /// what it would take in and leave out, and answers with
+    /// `POST /agent/v1/scope-preview/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope_preview: Option<ScopePreviewRequest>,
+}
+
+/// A scope to preview (see [`SyncState::scope_preview`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScopePreviewRequest {
+    /// The request's id.
+    pub id: Uuid,
+    /// The proposed scope.
+    pub scope: SyncScope,
+}
+
+/// The agent's answer to a [`ScopePreviewRequest`], read from AD.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScopePreviewAnswer {
+    /// AD objects the scope admits that are not linked yet: they would be
+    /// created in the cloud (or linked to a same-named cloud object).
+    pub entering: ScopeCount,
+    /// Linked AD objects the scope leaves out: the AD delete policy applies.
+    pub leaving: ScopeCount,
+    /// Linked AD objects that stay.
+    pub staying: u64,
+    /// Scope groups that are not in AD: they take no one in.
+    #[serde(default)]
+    pub missing_groups: Vec<String>,
+}
+
+/// Users and groups counted, with a sample of their DNs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScopeCount {
+    /// Users.
+    pub users: u64,
+    /// Groups.
+    pub groups: u64,
+    /// Up to 20 DNs, sorted.
+    pub sample: Vec<String>,
 }
 
 /// One change read in AD, keyed by `objectGUID`.

@@ -39,6 +39,13 @@ pub struct Protection {
     read_at: Option<Instant>,
     /// The domain's sync scope when it was read.
     pub scope: SyncScope,
+    /// With a group scope: the scope groups' members (DN key → DN), nested
+    /// groups and the groups themselves included.
+    pub scope_members: Option<std::collections::HashMap<String, String>>,
+    /// Scope groups that are not in AD (a typo, or deleted).
+    pub missing_groups: Vec<String>,
+    /// Where the cloud's own objects land: in scope whatever their groups.
+    pub user_ou: String,
 }
 
 /// A SID's authority and sub-authorities, from its binary form.
@@ -124,8 +131,29 @@ impl Protection {
             service_accounts,
             members,
             read_at: Some(Instant::now()),
-            scope: SyncScope::default(),
+            ..Protection::default()
         })
+    }
+
+    /// Reads the members of the scope's groups (nested groups walked,
+    /// found by their `memberOf`), when the scope has groups.
+    pub async fn read_scope(
+        &mut self,
+        conn: &mut AdConnection,
+        root: &str,
+        scope: SyncScope,
+        user_ou: String,
+    ) -> Result<(), AdError> {
+        self.scope_members = None;
+        self.missing_groups.clear();
+        if !scope.groups.is_empty() {
+            let (members, missing) = group_closure(conn, root, &scope.groups).await?;
+            self.scope_members = Some(members);
+            self.missing_groups = missing;
+        }
+        self.scope = scope;
+        self.user_ou = user_ou;
+        Ok(())
     }
 
     /// Whether it is time to read again: it is old, or the scope changed.
@@ -133,9 +161,14 @@ impl Protection {
         self.read_at.is_none_or(|t| t.elapsed() >= REFRESH_EVERY) || *scope != self.scope
     }
 
-    /// Whether an object at `dn` is in the domain's sync scope.
+    /// Whether an object at `dn` is in the domain's sync scope: under the
+    /// containers it takes and, with a group scope, a member of its groups
+    /// (or in the user OU, where the cloud's own objects land).
     pub fn admits(&self, dn: &str) -> bool {
         self.scope.admits(dn)
+            && self.scope_members.as_ref().is_none_or(|m| {
+                m.contains_key(&dn_key(dn)) || (!self.user_ou.is_empty() && crate::ad::dn::dn_within(dn, &self.user_ou))
+            })
     }
 
     /// Why an entry is out of Ferry's reach, if it is.
@@ -164,13 +197,62 @@ impl Protection {
     }
 }
 
+/// The groups `roots`, their members, and their nested groups' members
+/// (DN key → DN); and the roots that are not in AD. Nested groups are found
+/// with one search of `memberOf` per group, not one read per member.
+pub async fn group_closure(
+    conn: &mut AdConnection,
+    root: &str,
+    roots: &[String],
+) -> Result<(std::collections::HashMap<String, String>, Vec<String>), AdError> {
+    let mut out = std::collections::HashMap::new();
+    let mut missing = Vec::new();
+    let mut queue: VecDeque<(String, bool)> = roots.iter().map(|g| (g.clone(), true)).collect();
+    let mut walked = HashSet::new();
+    while let Some((group, is_root)) = queue.pop_front() {
+        if !walked.insert(dn_key(&group)) || walked.len() > MAX_GROUPS_WALKED {
+            continue;
+        }
+        let Some(mut g) = conn.read_entry(&group, &["member", "objectClass"]).await? else {
+            if is_root {
+                missing.push(group);
+            }
+            continue;
+        };
+        if !g.has_class("group") {
+            if is_root {
+                missing.push(group);
+            }
+            continue;
+        }
+        conn.complete_ranged(std::slice::from_mut(&mut g)).await?;
+        out.insert(dn_key(&g.dn), g.dn.clone());
+        for m in g.strs("member") {
+            out.insert(dn_key(&m), m);
+        }
+        let filter = format!("(&(objectClass=group)(memberOf={}))", ldap3::ldap_escape(g.dn.as_str()));
+        for nested in conn
+            .search_paged(root, ldap3::Scope::Subtree, &filter, &["objectGUID"])
+            .await?
+        {
+            queue.push_back((nested.dn, false));
+        }
+    }
+    Ok((out, missing))
+}
+
 /// The domain's protection as of now: this agent's own service account
 /// (looked up, and told to the cloud with the heartbeat) and those of the
 /// domain's other agents, as the cloud lists them.
 pub async fn read(shared: &Shared, conn: &mut AdConnection) -> Result<Protection, String> {
-    let (root, mut accounts, scope) = {
+    let (root, mut accounts, scope, user_ou) = {
         let d = shared.domain.read().await;
-        (d.root_dn.clone(), d.service_accounts.clone(), d.policies.scope.clone())
+        (
+            d.root_dn.clone(),
+            d.service_accounts.clone(),
+            d.policies.scope.clone(),
+            d.user_ou.clone(),
+        )
     };
     let own = service_account_dn(shared, conn, &root).await?;
     if let Ok(mut g) = shared.service_account.lock() {
@@ -181,7 +263,12 @@ pub async fn read(shared: &Shared, conn: &mut AdConnection) -> Result<Protection
     let mut p = Protection::read(conn, &root, accounts)
         .await
         .map_err(|e| format!("cannot read the domain's protected groups: {e}"))?;
-    p.scope = scope;
+    p.read_scope(conn, &root, scope, user_ou)
+        .await
+        .map_err(|e| format!("cannot read the members of the scope's groups: {e}"))?;
+    if !p.missing_groups.is_empty() {
+        tracing::warn!(groups = ?p.missing_groups, "scope groups not found in AD: they take no one in");
+    }
     Ok(p)
 }
 
@@ -243,7 +330,7 @@ mod tests {
             service_accounts: vec!["CN=svc-sync,CN=Users,DC=x".into()],
             members: [dn_key("CN=Nested,DC=x")].into_iter().collect(),
             read_at: None,
-            scope: SyncScope::default(),
+            ..Protection::default()
         };
         let guid = |n: u128| {
             let mut b = Uuid::from_u128(n).to_bytes_le().to_vec();

@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use ferry_proto::agent::{
     AckRequest, AgentSelf, ConnectKeyCheckRequest, ConnectKeyCheckResponse, DomainInfo, FeedEntry, FeedResponse,
     HeartbeatRequest, HeartbeatResponse, LinkInfo, LinksResponse, PushChangesRequest, PushChangesResponse,
-    RegisterRequest, RegisterResponse, SyncState,
+    RegisterRequest, RegisterResponse, ScopePreviewAnswer, SyncState,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -46,6 +46,7 @@ pub fn router(push_limit: usize) -> Router<AppState> {
         .route("/secrets/{seq}", get(sealed_secret))
         .route("/sync-errors", get(sync_errors::open).post(sync_errors::report))
         .route("/sync-errors/resolved", post(sync_errors::resolved))
+        .route("/scope-preview/{id}", post(answer_scope_preview))
 }
 
 fn domain_info(d: &Domain) -> DomainInfo {
@@ -273,12 +274,36 @@ async fn release(
 
 /// `GET /agent/v1/state`.
 async fn sync_state(State(state): State<AppState>, AgentAuth(agent): AgentAuth) -> Result<Json<SyncState>, ApiError> {
+    let now = state.now();
     let mut tx = state.store.begin().await?;
     let d = tx.get_domain(agent.org_id, agent.domain_id).await?;
+    let scope_preview = tx.pending_scope_preview(agent.domain_id, now).await?;
     Ok(Json(SyncState {
         ad_cookie: d.ad_cookie,
         feed_cursor: d.feed_cursor,
+        scope_preview,
     }))
+}
+
+/// `POST /agent/v1/scope-preview/{id}`: the agent's count of what a
+/// previewed scope would take in and leave out. Only the lease holder
+/// answers (its reading of AD is the one the sync would follow).
+async fn answer_scope_preview(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    JsonBody(answer): JsonBody<ScopePreviewAnswer>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = crate::api::parse_id(&id, "scope preview")?;
+    let now = state.now();
+    let mut tx = state.store.begin().await?;
+    let d = tx.get_domain(agent.org_id, agent.domain_id).await?;
+    require_primary(&agent, &d, now)?;
+    if !tx.answer_scope_preview(agent.domain_id, id, &answer).await? {
+        return Err(ApiError::not_found("pending scope preview"));
+    }
+    state.commit(tx).await?;
+    Ok(Json(json!({ "answered": id })))
 }
 
 /// Only the lease holder writes: two agents applying the same stream would
@@ -491,6 +516,7 @@ async fn ack(
     Ok(Json(SyncState {
         ad_cookie: d.ad_cookie,
         feed_cursor: cursor,
+        scope_preview: None,
     }))
 }
 

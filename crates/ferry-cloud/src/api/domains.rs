@@ -79,6 +79,17 @@ pub(super) async fn create(
         tx.adopt_unhomed(auth.org_id, domain.id).await?;
     }
     let default = tx.default_domain(auth.org_id).await?;
+    let bound = &settings.policies.scope.cloud_groups;
+    if !bound.is_empty() {
+        validate_bound_groups(&mut tx, auth.org_id, domain.id, &settings.policies.scope).await?;
+        let ctx = crate::directory::WriteCtx {
+            org_id: auth.org_id,
+            origin: crate::directory::ORIGIN_CLOUD.into(),
+            actor: auth.actor.clone(),
+            now,
+        };
+        crate::directory::binding::bind(&mut tx, &ctx, domain.id, bound).await?;
+    }
     tx.append_audit(
         auth.org_id,
         &auth.actor,
@@ -137,13 +148,21 @@ pub(super) async fn update(
         s.policies = apply_policy_patch(s.policies, p)?;
     }
     validate_scope(&s.policies.scope, &s.root_dn, &s.user_ou)?;
+    validate_bound_groups(&mut tx, auth.org_id, id, &s.policies.scope).await?;
     // A new scope is read whole: objects it brings in are imported, those
     // it leaves out are found gone by reconciliation (the AD delete policy
     // and threshold apply).
-    let scope_changed = s.policies.scope != current.settings.policies.scope;
-    if scope_changed {
+    if !s.policies.scope.same_in_ad(&current.settings.policies.scope) {
         tx.reset_ad_cookie(auth.org_id, id).await?;
     }
+    let newly_bound: Vec<uuid::Uuid> = s
+        .policies
+        .scope
+        .cloud_groups
+        .iter()
+        .filter(|g| !current.settings.policies.scope.cloud_groups.contains(g))
+        .copied()
+        .collect();
     let before = tx.default_domain(auth.org_id).await?;
     let was_default = before == Some(id);
     let default = match body.default_for_cloud_objects {
@@ -158,6 +177,15 @@ pub(super) async fn update(
         tx.set_default_domain(auth.org_id, default).await?;
     }
     let d = tx.update_domain(auth.org_id, id, &s, now).await?;
+    if !newly_bound.is_empty() {
+        let ctx = crate::directory::WriteCtx {
+            org_id: auth.org_id,
+            origin: crate::directory::ORIGIN_CLOUD.into(),
+            actor: auth.actor.clone(),
+            now,
+        };
+        crate::directory::binding::bind(&mut tx, &ctx, id, &newly_bound).await?;
+    }
     let details = json!({
         "netbios_name": s.netbios_name,
         "user_ou": s.user_ou,
@@ -442,13 +470,20 @@ fn apply_policy_patch(mut p: DomainPolicies, patch: PolicyPatch) -> Result<Domai
 /// where users made in the cloud land.
 fn validate_scope(scope: &SyncScope, root_dn: &str, user_ou: &str) -> Result<(), ApiError> {
     use ferry_proto::dn::{dn_within, Dn};
-    if scope.include.len() + scope.exclude.len() > 200 {
-        return Err(ApiError::bad_request("a scope names at most 200 containers"));
+    if scope.include.len() + scope.exclude.len() + scope.groups.len() + scope.cloud_groups.len() > 200 {
+        return Err(ApiError::bad_request("a scope names at most 200 containers and groups"));
     }
     for dn in scope.include.iter().chain(&scope.exclude) {
         if Dn::parse(dn).is_err() || !dn_within(dn, root_dn) {
             return Err(ApiError::bad_request(format!(
                 "scope container {dn:?} must be a DN inside {root_dn}, e.g. \"OU=Staff,{root_dn}\""
+            )));
+        }
+    }
+    for g in &scope.groups {
+        if Dn::parse(g).is_err() || !dn_within(g, root_dn) {
+            return Err(ApiError::bad_request(format!(
+                "scope group {g:?} must be the DN of an AD group inside {root_dn}, e.g. \"CN=Staff,OU=Groups,{root_dn}\""
             )));
         }
     }
@@ -460,42 +495,136 @@ fn validate_scope(scope: &SyncScope, root_dn: &str, user_ou: &str) -> Result<(),
     Ok(())
 }
 
+/// Cloud groups bound to a domain exist, and belong to no other domain.
+async fn validate_bound_groups(
+    tx: &mut crate::store::Tx,
+    org_id: uuid::Uuid,
+    domain: uuid::Uuid,
+    scope: &SyncScope,
+) -> Result<(), ApiError> {
+    for g in &scope.cloud_groups {
+        let Some(row) = tx.get_group(org_id, *g).await? else {
+            return Err(ApiError::bad_request(format!("cloud group {g} does not exist")));
+        };
+        if let Some(home) = row.home_domain.filter(|h| *h != domain) {
+            let other = tx.get_domain(org_id, home).await?.settings.name;
+            return Err(ApiError::bad_request(format!(
+                "cloud group {:?} belongs to domain {other}: it can be bound to that domain only",
+                row.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `POST /api/v1/domains/{id}/scope-preview`: what a scope would change,
-/// before it is saved: the linked objects it would leave out (from the DNs
-/// the cloud last saw), what the AD delete policy then does to them, and
-/// whether that is more than the delete threshold (then they are held in
-/// quarantine). Objects it would bring in are read from AD once it is saved.
+/// before it is saved, on each side.
+///
+/// - AD → cloud: the domain's agent reads AD with the proposed scope and
+///   counts the objects it would take in (created in the cloud, or linked
+///   to a same-named cloud object) and the linked objects it would leave
+///   out; the AD delete policy and threshold say what then happens to
+///   those. Without an agent answering within [`PREVIEW_WAIT`], what
+///   leaves is counted from the DNs the cloud last saw (`"source":
+///   "links"`), and what enters is unknown (`null`).
+/// - Cloud → AD: the cloud objects that binding new cloud groups would
+///   place in this domain (created in its AD), and those that stay in
+///   other domains.
 pub(super) async fn scope_preview(
     State(state): State<AppState>,
     auth: AdminAuth,
     Path(id): Path<String>,
     JsonBody(scope): JsonBody<SyncScope>,
 ) -> Result<Json<Value>, ApiError> {
+    use ferry_proto::record::ObjectKind;
     let id = parse_id(&id, "domain")?;
+    let now = state.now();
     let mut tx = state.store.begin().await?;
     let d = tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;
     validate_scope(&scope, &d.settings.root_dn, &d.settings.user_ou)?;
-    let links = tx.links_of_domain(auth.org_id, id).await?;
-    let mut leaving: Vec<&crate::store::Link> = links.iter().filter(|l| !scope.admits(&l.ad_dn)).collect();
-    leaving.sort_by(|a, b| a.ad_dn.cmp(&b.ad_dn));
-    let count = |kind: ferry_proto::record::ObjectKind| leaving.iter().filter(|l| l.kind == kind).count();
+    validate_bound_groups(&mut tx, auth.org_id, id, &scope).await?;
+    let newly_bound: Vec<uuid::Uuid> = scope
+        .cloud_groups
+        .iter()
+        .filter(|g| !d.settings.policies.scope.cloud_groups.contains(g))
+        .copied()
+        .collect();
+    let binding = crate::directory::binding::preview(&mut tx, auth.org_id, id, &newly_bound).await?;
+    let live_agent = d.lease_agent_id.is_some() && d.lease_expires_at > now;
+    let asked = if live_agent {
+        let ask = tx.ask_scope_preview(auth.org_id, id, &scope, now).await?;
+        state.commit(tx).await?;
+        Some(ask)
+    } else {
+        None
+    };
+    // The agent picks the request up with its next look at the sync state
+    // (every few seconds) and answers once it has read AD.
+    let mut answer = None;
+    if let Some(ask) = asked {
+        let until = std::time::Instant::now() + PREVIEW_WAIT;
+        while answer.is_none() && std::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            let mut tx = state.store.begin().await?;
+            answer = tx.scope_preview_answer(auth.org_id, ask).await?;
+        }
+    }
     let threshold = d.settings.policies.delete_threshold as usize;
     let action = match d.settings.policies.ad_delete_action {
         AdDeleteAction::Remove => "deleted in the cloud",
         AdDeleteAction::Unlink => "unlinked (kept in the cloud)",
     };
+    let (leaving, staying, entering, source) = match &answer {
+        Some(a) => (
+            json!({"users": a.leaving.users, "groups": a.leaving.groups, "sample": a.leaving.sample}),
+            a.staying,
+            json!({"users": a.entering.users, "groups": a.entering.groups, "sample": a.entering.sample}),
+            "agent",
+        ),
+        None => {
+            // What the cloud knows: linked objects and the DNs it last saw.
+            let mut tx = state.store.begin().await?;
+            let links = tx.links_of_domain(auth.org_id, id).await?;
+            let mut out: Vec<&crate::store::Link> = links.iter().filter(|l| !scope.admits(&l.ad_dn)).collect();
+            out.sort_by(|a, b| a.ad_dn.cmp(&b.ad_dn));
+            let count = |kind: ObjectKind| out.iter().filter(|l| l.kind == kind).count();
+            let leaving = json!({
+                "users": count(ObjectKind::User),
+                "groups": count(ObjectKind::Group),
+                "sample": out.iter().take(20).map(|l| &l.ad_dn).collect::<Vec<_>>(),
+            });
+            ((leaving), (links.len() - out.len()) as u64, Value::Null, "links")
+        }
+    };
+    let leaving_n = leaving["users"].as_u64().unwrap_or(0) + leaving["groups"].as_u64().unwrap_or(0);
+    let mut leaving = leaving;
+    leaving["action"] = json!(action);
+    leaving["held_in_quarantine"] = json!(leaving_n as usize > threshold);
+    let kind_count = |k: ObjectKind| binding.entering.iter().filter(|(m, _)| m.kind == k).count();
+    let mut names: Vec<&str> = binding.entering.iter().map(|(_, n)| n.as_str()).collect();
+    names.sort_unstable();
+    names.truncate(20);
+    let missing_groups = answer.as_ref().map(|a| a.missing_groups.clone()).unwrap_or_default();
     Ok(Json(json!({
-        "leaving": {
-            "users": count(ferry_proto::record::ObjectKind::User),
-            "groups": count(ferry_proto::record::ObjectKind::Group),
-            "action": action,
-            "held_in_quarantine": leaving.len() > threshold,
-            "sample": leaving.iter().take(20).map(|l| &l.ad_dn).collect::<Vec<_>>(),
-        },
-        "staying": links.len() - leaving.len(),
+        "source": source,
+        "missing_groups": missing_groups,
+        "entering": entering,
+        "leaving": leaving,
+        "staying": staying,
         "threshold": threshold,
+        "cloud_to_ad": {
+            "entering": {
+                "users": kind_count(ObjectKind::User),
+                "groups": kind_count(ObjectKind::Group),
+                "sample": names,
+            },
+            "elsewhere": binding.elsewhere,
+        },
     })))
 }
+
+/// How long a scope preview waits for the domain's agent to read AD.
+const PREVIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// `GET /api/v1/domains/{id}/quarantine`: deletes held for a decision.
 pub(super) async fn list_quarantine(

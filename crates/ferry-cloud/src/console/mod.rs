@@ -16,6 +16,7 @@
 #![allow(clippy::result_large_err)]
 
 mod pages;
+mod scope;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequestParts, State};
@@ -52,6 +53,7 @@ pub fn router() -> Router<AppState> {
             axum::routing::post(pages::decide_quarantine),
         )
         .route("/directories/{id}/resync", axum::routing::post(pages::resync_domain))
+        .route("/directories/{id}/scope-preview", axum::routing::post(scope::preview))
         .route(
             "/directories/{id}/sync-errors/{eid}/{action}",
             axum::routing::post(pages::sync_error_action),

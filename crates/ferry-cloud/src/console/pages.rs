@@ -64,7 +64,8 @@ fn when(ms: i64) -> String {
     ferry_proto::time::utc(ms)
 }
 
-fn enc(s: &str) -> String {
+/// `s` as a URL query value: unreserved characters as they are, every other byte `%XX`.
+pub(super) fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
@@ -350,18 +351,21 @@ pub(super) async fn add_domain(State(state): St, s: Session, Form(form): F) -> R
     }
 }
 
-struct DomainView {
-    domain: Value,
+pub(super) struct DomainView {
+    pub(super) domain: Value,
     agents: Vec<Value>,
     quarantine: Vec<Value>,
     sync_errors: Vec<Value>,
     sync_error_total: i64,
     activity: Vec<Value>,
-    /// Names of the objects the activity names by id.
+    /// Names of the objects the activity names by id (and of the cloud
+    /// groups bound to the domain).
     names: ObjectNames,
+    /// A scope preview the admin asked for (the form shows the unsaved values).
+    pub(super) preview: Option<Value>,
 }
 
-async fn load_domain(state: &AppState, s: &Session, id: &str) -> Result<DomainView, Response> {
+pub(super) async fn load_domain(state: &AppState, s: &Session, id: &str) -> Result<DomainView, Response> {
     id_ok(id)?;
     let domain = s.get(state, &format!("/api/v1/domains/{id}")).await?;
     let agents = s.get(state, &format!("/api/v1/domains/{id}/agents")).await?;
@@ -378,7 +382,18 @@ async fn load_domain(state: &AppState, s: &Session, id: &str) -> Result<DomainVi
         .take(50)
         .cloned()
         .collect::<Vec<_>>();
-    let names = object_names(state, s, activity.iter().filter_map(|e| e["target"].as_str())).await;
+    let bound: Vec<String> = domain["policies"]["scope"]["cloud_groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|g| format!("group:{g}"))
+        .collect();
+    let targets = activity
+        .iter()
+        .filter_map(|e| e["target"].as_str())
+        .chain(bound.iter().map(String::as_str));
+    let names = object_names(state, s, targets).await;
     Ok(DomainView {
         domain,
         agents: agents["agents"].as_array().cloned().unwrap_or_default(),
@@ -387,6 +402,7 @@ async fn load_domain(state: &AppState, s: &Session, id: &str) -> Result<DomainVi
         sync_error_total: errors["total"].as_i64().unwrap_or(0),
         activity,
         names,
+        preview: None,
     })
 }
 
@@ -441,7 +457,7 @@ fn select(name: &str, current: &str, options: &[(&str, &str)]) -> Markup {
     }
 }
 
-fn domain_page(
+pub(super) fn domain_page(
     s: &Session,
     v: &DomainView,
     tab: &str,
@@ -629,8 +645,15 @@ fn domain_page(
                             textarea name="scope_include" rows="3" maxlength="20000" { (lines(&p["scope"]["include"])) } }
                         label { "Never sync these containers (one DN a line)"
                             textarea name="scope_exclude" rows="3" maxlength="20000" { (lines(&p["scope"]["exclude"])) } }
-                        p.hint { "A new scope reads the domain again. Objects it leaves out are handled as deleted in AD (the policy above and the delete threshold apply); the API's scope-preview says beforehand how many." }
+                        label { "Only members of these AD groups, nested groups included (one group DN a line; empty: no group limit). Objects in the OU where cloud users go always sync."
+                            textarea name="scope_groups" rows="2" maxlength="20000" { (lines(&p["scope"]["groups"])) } }
+                        label { "Cloud groups bound to this domain: they and their members go to it (one group name a line)"
+                            textarea name="scope_cloud_groups" rows="2" maxlength="20000" { (bound_names(&p["scope"]["cloud_groups"], &v.names)) } }
+                        p.hint { "A new scope reads the domain again. Objects it leaves out are handled as deleted in AD (the policy above and the delete threshold apply). Preview says beforehand what would come in and go out on each side, without saving." }
+                        @if let Some(pv) = &v.preview { (super::scope::preview_box(pv)) }
                         button.primary type="submit" { "Save" }
+                        " "
+                        button type="submit" id="preview-scope" formaction={ "/directories/" (id) "/scope-preview" } { "Preview the scope" }
                     }
                     form.inline method="post" action={ "/directories/" (id) "/resync" } {
                         (csrf_input(s))
@@ -658,33 +681,15 @@ pub(super) async fn save_domain(State(state): St, s: Session, Path(id): Path<Str
         t @ ("agents" | "activity") => t,
         _ => "details",
     };
-    let threshold = field(&form, "delete_threshold");
     // The Save of the other tabs sends no settings: they stay as they are.
     let body = if !form.contains_key("delete_threshold") {
-        Some(json!({}))
+        Ok(json!({}))
     } else {
-        threshold.parse::<u32>().ok().map(|t| {
-            json!({
-                "netbios_name": field(&form, "netbios_name"),
-                "user_ou": field(&form, "user_ou"),
-                "policies": {
-                    "authority": field(&form, "authority"),
-                    "ad_delete_action": field(&form, "ad_delete_action"),
-                    "cloud_delete_action": field(&form, "cloud_delete_action"),
-                    "delete_threshold": t,
-                    "match_existing_users": field(&form, "match_existing_users") == "on",
-                    "scope": {
-                        "include": dn_lines(field(&form, "scope_include")),
-                        "exclude": dn_lines(field(&form, "scope_exclude")),
-                    },
-                },
-                "default_for_cloud_objects": field(&form, "default_for_cloud_objects") == "on",
-            })
-        })
+        settings_body(&state, &s, &form).await
     };
     let msg = match body {
-        None => format!("The delete threshold must be a whole number from 0 up, not {threshold:?}."),
-        Some(b) => {
+        Err(m) => m,
+        Ok(b) => {
             let a = s
                 .api(&state, Method::PATCH, &format!("/api/v1/domains/{id}"), Some(b))
                 .await;
@@ -703,6 +708,54 @@ pub(super) async fn save_domain(State(state): St, s: Session, Path(id): Path<Str
     }
 }
 
+/// The Details form as the API's domain PATCH body, bound cloud groups
+/// named by name turned into ids; or what is wrong with it.
+pub(super) async fn settings_body(
+    state: &AppState,
+    s: &Session,
+    form: &HashMap<String, String>,
+) -> Result<Value, String> {
+    let threshold = field(form, "delete_threshold");
+    let t = threshold
+        .parse::<u32>()
+        .map_err(|_| format!("The delete threshold must be a whole number from 0 up, not {threshold:?}."))?;
+    let bound = super::scope::group_ids(state, s, &dn_lines(field(form, "scope_cloud_groups"))).await?;
+    Ok(json!({
+        "netbios_name": field(form, "netbios_name"),
+        "user_ou": field(form, "user_ou"),
+        "policies": {
+            "authority": field(form, "authority"),
+            "ad_delete_action": field(form, "ad_delete_action"),
+            "cloud_delete_action": field(form, "cloud_delete_action"),
+            "delete_threshold": t,
+            "match_existing_users": field(form, "match_existing_users") == "on",
+            "scope": {
+                "include": dn_lines(field(form, "scope_include")),
+                "exclude": dn_lines(field(form, "scope_exclude")),
+                "groups": dn_lines(field(form, "scope_groups")),
+                "cloud_groups": bound,
+            },
+        },
+        "default_for_cloud_objects": field(form, "default_for_cloud_objects") == "on",
+    }))
+}
+
+/// The names of bound cloud groups, one a line (an id when the group is gone).
+fn bound_names(ids: &Value, names: &ObjectNames) -> String {
+    ids.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|id| {
+            names
+                .get(&format!("group:{id}"))
+                .cloned()
+                .unwrap_or_else(|| id.to_owned())
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A JSON list of strings as text, one a line.
 fn lines(v: &Value) -> String {
     v.as_array()
@@ -711,7 +764,7 @@ fn lines(v: &Value) -> String {
 }
 
 /// One DN a line, blank lines dropped.
-fn dn_lines(text: &str) -> Vec<String> {
+pub(super) fn dn_lines(text: &str) -> Vec<String> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())

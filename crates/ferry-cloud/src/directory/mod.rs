@@ -7,6 +7,7 @@
 //! read, in the caller's transaction.
 
 pub mod ad_apply;
+pub mod binding;
 pub mod record;
 
 use std::collections::BTreeSet;
@@ -295,6 +296,9 @@ pub async fn add_members(tx: &mut Tx, ctx: &WriteCtx, group_id: Uuid, members: &
         return Err(StoreError::Conflict("a group cannot be a member of itself".into()));
     }
     let added = tx.add_members_many(ctx.org_id, group_id, members).await?;
+    // Members added to a group bound to a domain go there first, so their
+    // memberships reach an AD that has them.
+    binding::follow(tx, ctx, group_id, &added).await?;
     record_members(tx, ctx, group_id, &added, true).await
 }
 

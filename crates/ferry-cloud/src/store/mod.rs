@@ -14,6 +14,7 @@ mod directory;
 mod domains;
 mod homes;
 mod journal;
+mod previews;
 mod sync_errors;
 
 use std::str::FromStr;
@@ -26,6 +27,7 @@ pub use accounts::{Admin, Org, TokenKind, TokenRow};
 pub use directory::{GroupRow, Link, Member, NewGroup, NewUser, UserQuery, UserRow};
 pub use domains::{Agent, ConnectKeyProblem, ConnectKeyRow, Domain, DomainSettings, Lease, Quarantine};
 pub use journal::{AuditEntry, FeedLink, FeedRow};
+pub use previews::PREVIEW_TTL_MS;
 pub use sync_errors::{retry_due, SyncErrorRow};
 
 /// Migrations, in order; each runs once, in its own transaction.
@@ -36,6 +38,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("0004_sync_errors.sql")),
     (5, include_str!("0005_home_domain.sql")),
     (6, include_str!("0006_cloud_deleted.sql")),
+    (7, include_str!("0007_scope_previews.sql")),
 ];
 
 /// Which database engine is behind the pool.

@@ -334,3 +334,24 @@ pub async fn pending_quarantine(cloud: &Cloud, domain: &str) -> Vec<Value> {
         .filter(|e| e["status"] == "pending")
         .collect()
 }
+
+/// Every cloud user, read page by page over SCIM.
+pub async fn all_cloud_users(cloud: &Cloud) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    loop {
+        let (st, v) = cloud
+            .call(
+                reqwest::Method::GET,
+                &format!("/scim/v2/Users?count=1000&startIndex={}", out.len() + 1),
+                None,
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        let page = v["Resources"].as_array().cloned().unwrap_or_default();
+        let last = page.len() < 1000;
+        out.extend(page);
+        if last {
+            return out;
+        }
+    }
+}

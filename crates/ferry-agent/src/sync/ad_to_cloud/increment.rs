@@ -15,18 +15,26 @@ use crate::ad::{AdConnection, AdEntry, AdError};
 use crate::sync::protect::Protection;
 use crate::sync::Shared;
 
-/// One DirSync round; pushes what changed; returns the new cookie.
-/// Pushes what DirSync reports since `cookie`; returns the next cookie, and
-/// whether the round hints at a deletion or a move out of scope that only
-/// reconciliation can confirm: the USN moved but nothing readable changed,
-/// an object left the scope, or a group lost members.
+/// What one DirSync round did.
+pub(super) struct Round {
+    /// The next cookie.
+    pub cookie: String,
+    /// The round hints at a deletion or a move out of scope that only
+    /// reconciliation can confirm: the USN moved but nothing readable
+    /// changed, an object left the scope, or a group lost members.
+    pub suspect: bool,
+    /// Some group's members changed (a group scope may have grown).
+    pub groups_changed: bool,
+}
+
+/// Pushes what DirSync reports since `cookie`.
 /// `None` when the DC refuses the cookie: the domain must be read whole again.
 pub(super) async fn increment(
     shared: &Shared,
     conn: &mut AdConnection,
     cookie: Option<String>,
     protection: &Protection,
-) -> Result<Option<(String, bool)>, String> {
+) -> Result<Option<Round>, String> {
     let root = root(shared).await;
     let current = cookie.clone().unwrap_or_default();
     let raw = B64
@@ -42,9 +50,17 @@ pub(super) async fn increment(
     };
     let next = B64.encode(&batch.cookie);
     if batch.entries.is_empty() && next == current {
-        return Ok(Some((current, true)));
+        return Ok(Some(Round {
+            cookie: current,
+            suspect: true,
+            groups_changed: false,
+        }));
     }
     let mut suspect = batch.entries.is_empty();
+    let groups_changed = batch.entries.iter().any(|e| {
+        let (added, removed) = member_delta(e);
+        !added.is_empty() || !removed.is_empty()
+    });
     // Objects first, then memberships: a member must be linked before it is added.
     let mut changes = Vec::new();
     let mut memberships = Vec::new();
@@ -82,7 +98,11 @@ pub(super) async fn increment(
     changes.extend(memberships);
     let mut c = cookie;
     push(shared, &mut c, next.clone(), changes).await?;
-    Ok(Some((next, suspect)))
+    Ok(Some(Round {
+        cookie: next,
+        suspect,
+        groups_changed,
+    }))
 }
 
 /// Whether a DirSync failure means the DC will not take this cookie (one

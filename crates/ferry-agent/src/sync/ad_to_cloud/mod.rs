@@ -13,6 +13,7 @@ mod increment;
 mod push;
 mod reconcile;
 mod retry;
+mod scope;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -56,6 +57,9 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
     let mut last_reconcile = Instant::now() - RECONCILE_EVERY;
     let mut reconcile_due = true;
     let mut last_retry = Instant::now();
+    // The protection a reconciliation in flight judges scope by.
+    let mut reconciled_with: Option<protect::Protection> = None;
+    let mut previewing: Option<Background<Result<(), String>>> = None;
     loop {
         if !shared.primary.load(Ordering::SeqCst) {
             return Ok(());
@@ -63,7 +67,13 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
         let scope = shared.domain.read().await.policies.scope.clone();
         if protection.stale(&scope) {
             let scope_changed = scope != protection.scope;
-            protection = protect::read(shared, &mut conn).await?;
+            let now = protect::read(shared, &mut conn).await?;
+            let entered = scope::entered(&protection, &now);
+            reconcile_due |= scope::left(&protection, &now);
+            protection = now;
+            if !scope_changed && !entered.is_empty() {
+                scope::enter(shared, &mut conn, &cookie, &protection, &entered).await?;
+            }
             if scope_changed {
                 // The cloud asked for a re-read with the new scope, but the
                 // heartbeat may bring the scope after that re-read began:
@@ -76,9 +86,20 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
         let usn = conn.highest_committed_usn().await.map_err(|e| e.to_string())?;
         if usn != last_usn {
             match increment(shared, &mut conn, cookie.clone(), &protection).await? {
-                Some((next, suspect)) => {
-                    cookie = Some(next);
-                    reconcile_due |= suspect;
+                Some(round) => {
+                    cookie = Some(round.cookie);
+                    reconcile_due |= round.suspect;
+                    if round.groups_changed && protection.scope_members.is_some() {
+                        // A group scope grows when someone joins a scope
+                        // group, which DirSync shows as the group's change.
+                        let now = protect::read(shared, &mut conn).await?;
+                        let entered = scope::entered(&protection, &now);
+                        reconcile_due |= scope::left(&protection, &now);
+                        protection = now;
+                        if !entered.is_empty() {
+                            scope::enter(shared, &mut conn, &cookie, &protection, &entered).await?;
+                        }
+                    }
                 }
                 None => {
                     // Read everything again; links by objectGUID keep it free of duplicates.
@@ -104,14 +125,21 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
             || last_reconcile.elapsed() >= RECONCILE_EVERY;
         if due && reconciling.is_none() {
             let s = arc.clone();
-            reconciling = Some(Background(tokio::spawn(async move { gone_from_ad(&s).await })));
+            let p = protection.clone();
+            reconciled_with = Some(protection.clone());
+            reconciling = Some(Background(tokio::spawn(async move { gone_from_ad(&s, &p).await })));
             last_reconcile = Instant::now();
             reconcile_due = false;
         }
         if reconciling.as_ref().is_some_and(|r| r.0.is_finished()) {
             if let Some(mut r) = reconciling.take() {
                 let gone = (&mut r.0).await.map_err(|e| format!("reconciliation stopped: {e}"))??;
-                if !gone.is_empty() {
+                let judged = reconciled_with.take();
+                if judged.is_some_and(|j| j.scope != protection.scope || j.scope_members != protection.scope_members) {
+                    // The scope moved while it ran: what it found gone may
+                    // have just come in. Judge again with the scope as it is.
+                    reconcile_due = true;
+                } else if !gone.is_empty() {
                     tracing::info!(
                         count = gone.len(),
                         "objects gone from AD (deleted or moved out of scope)"
@@ -126,8 +154,22 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
         if last_retry.elapsed() >= RETRY_CHECK_EVERY {
             retry::retry_refused(shared, &mut conn, &cookie, &protection).await?;
             last_retry = Instant::now();
+            let state = shared.cloud.state().await.map_err(|e| e.to_string())?;
+            if previewing.as_ref().is_none_or(|p| p.0.is_finished()) {
+                if let Some(req) = state.scope_preview {
+                    // Read on a connection of its own: changes do not wait.
+                    let (s, p) = (arc.clone(), protection.clone());
+                    previewing = Some(Background(tokio::spawn(async move {
+                        let r = scope::preview(&s, p, req).await;
+                        if let Err(e) = &r {
+                            tracing::warn!(error = %e, "scope preview failed");
+                        }
+                        r
+                    })));
+                }
+            }
             // An admin's "Resync this domain" clears the stored cookie: start over.
-            let stored = shared.cloud.state().await.map_err(|e| e.to_string())?.ad_cookie;
+            let stored = state.ad_cookie;
             if stored != cookie {
                 tracing::info!("the cloud's DirSync cookie changed (a resync was asked for): reading the domain again");
                 return Ok(());
@@ -138,7 +180,7 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
 }
 
 /// How often the agent asks whether refused objects are due another try.
-const RETRY_CHECK_EVERY: Duration = Duration::from_secs(5);
+const RETRY_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// The safety-net interval of reconciliation.
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);

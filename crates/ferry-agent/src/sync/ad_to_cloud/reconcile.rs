@@ -8,19 +8,20 @@ use ferry_proto::agent::AdChange;
 use ferry_proto::record::ObjectKind;
 
 use super::root;
+use crate::sync::protect::Protection;
 use crate::sync::Shared;
 
 /// Linked objects no longer in scope in AD were deleted (or moved out):
 /// their deletes, read on a connection of its own.
-pub(super) async fn gone_from_ad(shared: &Shared) -> Result<Vec<AdChange>, String> {
+/// `protection` says what is in scope (containers, and a group scope's members).
+pub(super) async fn gone_from_ad(shared: &Shared, protection: &Protection) -> Result<Vec<AdChange>, String> {
     let root = root(shared).await;
-    let scope = shared.domain.read().await.policies.scope.clone();
     let mut conn = shared.connect().await.map_err(|e| e.to_string())?;
     // Links first: a link is recorded only after its AD object exists, so
     // every link read here has its object in the set read next.
     let links = shared.cloud.links().await.map_err(|e| e.to_string())?;
     let present = conn
-        .in_scope_guids(&root, |dn| scope.admits(dn))
+        .in_scope_guids(&root, |dn| protection.admits(dn))
         .await
         .map_err(|e| e.to_string())?;
     conn.close().await;
