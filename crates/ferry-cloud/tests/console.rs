@@ -150,6 +150,36 @@ async fn the_install_guide_console_steps_and_a_user_added_to_a_group() {
     b.find("tr.agent[data-status=active]").await;
     b.wait_text("dc1.example.test").await;
     b.wait_text("primary").await;
+    // Each direction's health: AD → cloud has failed for two minutes (red,
+    // with its error), cloud → AD works.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let (st, _) = s
+        .call_as(
+            &token,
+            Method::POST,
+            "/agent/v1/heartbeat",
+            Some(json!({"state": "syncing", "directions": [
+                {"direction": "ad_to_cloud", "last_success_at": now - 125_000,
+                 "error": "cannot reach the DC at ldaps://dc1.example.test: connection refused",
+                 "failing_since": now - 120_000},
+                {"direction": "cloud_to_ad", "last_success_at": now - 1_000},
+            ]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    b.find("td.health[data-direction=ad_to_cloud][data-status=failing]")
+        .await;
+    let cell = b.text("td.health[data-direction=ad_to_cloud]").await;
+    b.check(
+        cell.contains("failing since") && cell.contains("connection refused"),
+        &format!("the failing direction, its error and since when: {cell}"),
+    )
+    .await;
+    b.find("td.health[data-direction=cloud_to_ad][data-status=ok]").await;
+    heartbeat(&s, &token).await;
     // The tab refreshes itself: a second agent appears without a reload.
     let (_, k2) = s
         .call(Method::POST, &format!("/api/v1/domains/{domain}/connect-keys"), None)

@@ -1789,3 +1789,119 @@ async fn ad_edits_made_while_the_agent_was_down_survive_a_pending_cloud_change()
     assert!(sync_errors(&cloud, &domain).await.is_empty());
     engine.stop().await;
 }
+
+/// The health of one direction as the Domain Agents API shows it.
+async fn direction_status(cloud: &Cloud, domain: &str, direction: &str) -> Option<serde_json::Value> {
+    let (st, v) = cloud
+        .call(reqwest::Method::GET, &format!("/api/v1/domains/{domain}/agents"), None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    v["agents"][0]["health"]
+        .as_array()?
+        .iter()
+        .find(|h| h["direction"] == direction)
+        .cloned()
+}
+
+/// The DC goes away for over a minute while changes wait on both sides.
+/// The AD → cloud direction is shown failing (red after a minute) with its
+/// error, the cloud → AD one as well once it needs the DC; when the DC is
+/// back the agent reconnects within its capped backoff (4 s), the waiting
+/// changes cross both ways, a change made just after the return crosses
+/// too, both directions are shown healthy again, and both sides end equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_dc_outage_the_agent_is_back_within_seconds_and_says_so_meanwhile() {
+    if Dc::through_double() {
+        return; // the outage is the DC's own: run once, against Samba
+    }
+    let (dc, cloud, domain) = prepare().await;
+    let ou = dc.new_ou("Outage").await;
+    let agent = enrol(&cloud, &domain).await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    eventually("the import", || cloud.user("early")).await;
+    eventually("both directions healthy", || async {
+        let up = direction_status(&cloud, &domain, "ad_to_cloud").await?;
+        let down = direction_status(&cloud, &domain, "cloud_to_ad").await?;
+        (up["status"] == "ok" && down["status"] == "ok").then_some(())
+    })
+    .await;
+
+    dc.stop();
+    let stopped = Instant::now();
+    // A cloud change waits for the DC.
+    scim_create_user(
+        &cloud,
+        json!({"userName": "duringoutage", "title": "made while the DC was down"}),
+    )
+    .await;
+    let retrying = poll_until("AD → cloud shown retrying", Duration::from_millis(500), || async {
+        let h = direction_status(&cloud, &domain, "ad_to_cloud").await?;
+        (h["status"] == "retrying").then_some(h)
+    })
+    .await;
+    assert!(retrying["failing_since"].as_i64().is_some(), "{retrying}");
+    while stopped.elapsed() < Duration::from_secs(55) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let failing = poll_until("AD → cloud shown failing", Duration::from_secs(1), || async {
+        let h = direction_status(&cloud, &domain, "ad_to_cloud").await?;
+        (h["status"] == "failing").then_some(h)
+    })
+    .await;
+    assert!(failing["error"].as_str().is_some_and(|e| !e.is_empty()), "{failing}");
+    while stopped.elapsed() < Duration::from_secs(62) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    dc.resume();
+    let back = Instant::now();
+    dc.ldapmodify(
+        &format!("dn: CN=afteroutage,{ou}\nobjectClass: user\nsAMAccountName: afteroutage\n"),
+        true,
+    );
+    poll_until(
+        "the AD change made after the return, in the cloud",
+        Duration::from_millis(100),
+        || cloud.user("afteroutage"),
+    )
+    .await;
+    let up_after = back.elapsed();
+    poll_until(
+        "the cloud change made during the outage, in AD",
+        Duration::from_millis(100),
+        || async {
+            dc.ldapsearch(&dc.base_dn, "(sAMAccountName=duringoutage)", &["title"])
+                .contains("title: made while the DC was down")
+                .then_some(())
+        },
+    )
+    .await;
+    let down_after = back.elapsed();
+    println!(
+        "DC outage of {:.0} s: AD → cloud syncing {:.1} s after the DC's return, cloud → AD {:.1} s",
+        (back - stopped).as_secs_f64(),
+        up_after.as_secs_f64(),
+        down_after.as_secs_f64()
+    );
+    // Within the capped backoff and a pass, not the 30 s of an uncapped one.
+    assert!(up_after < Duration::from_secs(15), "AD → cloud took {up_after:?}");
+    assert!(down_after < Duration::from_secs(15), "cloud → AD took {down_after:?}");
+    eventually("both directions healthy again", || async {
+        let up = direction_status(&cloud, &domain, "ad_to_cloud").await?;
+        let down = direction_status(&cloud, &domain, "cloud_to_ad").await?;
+        (up["status"] == "ok" && down["status"] == "ok" && up["error"].is_null()).then_some(())
+    })
+    .await;
+    // Both sides whole: every AD user of the OU is in the cloud with its
+    // attributes, and every cloud user of it in AD.
+    let ad = ad_users(&dc, &ou);
+    let in_cloud = cloud_users(&cloud).await;
+    for (name, attrs) in &ad {
+        assert_eq!(in_cloud.get(name), Some(attrs), "{name} the same on both sides");
+    }
+    let ad_all = ad_users(&dc, &dc.base_dn);
+    for (name, attrs) in &in_cloud {
+        assert_eq!(ad_all.get(name), Some(attrs), "the cloud's {name} in AD, the same");
+    }
+    engine.stop().await;
+}

@@ -175,6 +175,40 @@ pub struct HeartbeatRequest {
     /// The DN of the service account the agent binds as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account: Option<String>,
+    /// How each direction stands.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub directions: Vec<DirectionHealth>,
+}
+
+/// How one direction of the sync stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectionHealth {
+    /// Which direction.
+    pub direction: SyncDirection,
+    /// When it last worked (a pass, or a look at the other side that found
+    /// nothing to do; unix ms).
+    #[serde(default)]
+    pub last_success_at: Option<i64>,
+    /// What stops it now, in words an admin can act on; `None`: healthy.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Since when it has failed without a success between (unix ms).
+    #[serde(default)]
+    pub failing_since: Option<i64>,
+}
+
+/// A direction failing this long is shown red until it succeeds (ms).
+pub const FAILING_AFTER_MS: i64 = 60_000;
+
+impl DirectionHealth {
+    /// `ok`, `retrying` (failing for less than [`FAILING_AFTER_MS`]) or `failing`.
+    pub fn status(&self, now: i64) -> &'static str {
+        match (&self.error, self.failing_since) {
+            (None, _) => "ok",
+            (Some(_), Some(t)) if now - t >= FAILING_AFTER_MS => "failing",
+            (Some(_), _) => "retrying",
+        }
+    }
 }
 
 /// Answer to [`HeartbeatRequest`].
@@ -555,4 +589,26 @@ pub struct OpenSyncErrors {
     /// retried by an admin): the agent reads them from AD and pushes them again.
     #[serde(default)]
     pub ad_to_cloud_due: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_direction_is_red_after_a_minute_of_failing_and_until_it_works() {
+        let mut h = DirectionHealth {
+            direction: SyncDirection::AdToCloud,
+            last_success_at: Some(1_000),
+            error: None,
+            failing_since: None,
+        };
+        assert_eq!(h.status(500_000), "ok");
+        h.error = Some("cannot reach the DC".into());
+        h.failing_since = Some(10_000);
+        assert_eq!(h.status(10_000 + FAILING_AFTER_MS - 1), "retrying");
+        assert_eq!(h.status(10_000 + FAILING_AFTER_MS), "failing");
+        h.error = None;
+        assert_eq!(h.status(10_000 + 10 * FAILING_AFTER_MS), "ok");
+    }
 }

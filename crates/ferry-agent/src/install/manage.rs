@@ -110,6 +110,22 @@ fn describe(url: &str, me: &AgentSelf, now: i64) -> String {
         r.pushed,
         r.applied
     ));
+    for d in &r.directions {
+        let label = match d.direction {
+            ferry_proto::agent::SyncDirection::AdToCloud => "AD → cloud",
+            ferry_proto::agent::SyncDirection::CloudToAd => "cloud → AD",
+        };
+        let since = |t: Option<i64>| t.map_or_else(|| "never".to_owned(), |t| ago(now, t));
+        s.push_str(&match (d.status(me.last_seen), &d.error) {
+            (_, None) => format!("{label}: ok, last worked {}\n", since(d.last_success_at)),
+            (status, Some(e)) => format!(
+                "{label}: {} since {} (last worked {}): {e}\n",
+                if status == "failing" { "FAILING" } else { "retrying" },
+                since(d.failing_since),
+                since(d.last_success_at)
+            ),
+        });
+    }
     s.push_str(&format!("Errors:     {}\n", r.last_error.as_deref().unwrap_or("none")));
     s.push_str(&format!(
         "Sync errors: {} (changes the other side refused; see the domain's Sync activity in the console)\n",

@@ -28,7 +28,7 @@ use crate::ad::{AdConnection, AdEntry, AdError};
 
 /// Runs forever.
 pub async fn run(shared: Arc<Shared>) {
-    super::supervise(shared, "cloud → AD", |s| async move { follow(&s).await }).await
+    super::supervise(shared, SyncDirection::CloudToAd, |s| async move { follow(&s).await }).await
 }
 
 async fn follow(shared: &Shared) -> Result<(), String> {
@@ -99,7 +99,7 @@ async fn follow(shared: &Shared) -> Result<(), String> {
             shared.cloud.ack(page.next_cursor).await.map_err(|e| e.to_string())?;
             cursor = page.next_cursor;
         }
-        shared.synced();
+        shared.synced(SyncDirection::CloudToAd);
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_proto::agent::{DomainInfo, HeartbeatRequest};
+use ferry_proto::agent::{DirectionHealth, DomainInfo, HeartbeatRequest, SyncDirection};
 use tokio::sync::RwLock;
 
 use crate::ad::{AdConnection, AdError, AdSettings};
@@ -51,6 +51,8 @@ pub struct Shared {
     pub sync_errors: AtomicU64,
     /// The DN of the service account, once looked up (told to the cloud).
     pub service_account: std::sync::Mutex<Option<String>>,
+    /// How each direction stands (told to the cloud with the heartbeat).
+    pub health: std::sync::Mutex<Vec<DirectionHealth>>,
 }
 
 impl Shared {
@@ -78,6 +80,17 @@ impl Shared {
             last_sync_at: AtomicI64::new(0),
             sync_errors: AtomicU64::new(0),
             service_account: std::sync::Mutex::new(None),
+            health: std::sync::Mutex::new(
+                [SyncDirection::AdToCloud, SyncDirection::CloudToAd]
+                    .into_iter()
+                    .map(|direction| DirectionHealth {
+                        direction,
+                        last_success_at: None,
+                        error: None,
+                        failing_since: None,
+                    })
+                    .collect(),
+            ),
         })
     }
 
@@ -89,21 +102,59 @@ impl Shared {
     }
 
     /// A direction completed a pass: AD and the cloud agree up to now.
-    fn synced(&self) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    fn synced(&self, direction: SyncDirection) {
+        let now = now_ms();
         self.last_sync_at.store(now, Ordering::SeqCst);
-        if let Ok(mut g) = self.last_error.lock() {
-            *g = None;
+        self.worked(direction);
+    }
+
+    /// A direction reached both sides and found them as it expects: it is
+    /// healthy (its error, if any, is over).
+    pub(crate) fn worked(&self, direction: SyncDirection) {
+        let now = now_ms();
+        if let Ok(mut h) = self.health.lock() {
+            for d in h.iter_mut().filter(|d| d.direction == direction) {
+                d.last_success_at = Some(now);
+                d.error = None;
+                d.failing_since = None;
+            }
         }
     }
 
-    fn note_error(&self, e: &str) {
-        if let Ok(mut g) = self.last_error.lock() {
-            *g = Some(e.to_owned());
+    /// A direction failed; it is retried with backoff.
+    fn failed(&self, direction: SyncDirection, e: &str) {
+        let now = now_ms();
+        if let Ok(mut h) = self.health.lock() {
+            for d in h.iter_mut().filter(|d| d.direction == direction) {
+                d.error = Some(e.to_owned());
+                d.failing_since.get_or_insert(now);
+            }
         }
     }
+
+    /// The heartbeat itself failed (the cloud is unreachable).
+    fn note_error(&self, e: Option<&str>) {
+        if let Ok(mut g) = self.last_error.lock() {
+            *g = e.map(str::to_owned);
+        }
+    }
+
+    /// The error to show first: the heartbeat's, else a direction's.
+    fn current_error(&self) -> Option<String> {
+        let own = self.last_error.lock().ok().and_then(|g| g.clone());
+        own.or_else(|| {
+            self.health
+                .lock()
+                .ok()
+                .and_then(|h| h.iter().find_map(|d| d.error.clone()))
+        })
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Retry delays: 0.5 s doubling to 4 s, with jitter (±12 %). The cap is
@@ -157,16 +208,18 @@ pub async fn heartbeat_loop(shared: Arc<Shared>) {
             } else {
                 "standby".into()
             },
-            last_error: shared.last_error.lock().ok().and_then(|g| g.clone()),
+            last_error: shared.current_error(),
             ad_objects: shared.ad_objects.load(Ordering::SeqCst),
             pushed: shared.pushed.load(Ordering::SeqCst),
             applied: shared.applied.load(Ordering::SeqCst),
             last_sync_at: Some(shared.last_sync_at.load(Ordering::SeqCst)).filter(|t| *t > 0),
             service_account: shared.service_account.lock().ok().and_then(|g| g.clone()),
+            directions: shared.health.lock().map(|h| h.clone()).unwrap_or_default(),
         };
         match shared.cloud.heartbeat(&req).await {
             Ok(r) => {
                 attempt = 0;
+                shared.note_error(None);
                 let was = shared.primary.swap(r.primary, Ordering::SeqCst);
                 if was != r.primary {
                     tracing::info!(
@@ -199,7 +252,7 @@ pub async fn heartbeat_loop(shared: Arc<Shared>) {
             Err(e) => {
                 shared.primary.store(false, Ordering::SeqCst);
                 tracing::warn!(error = %e, "heartbeat failed");
-                shared.note_error(&e.to_string());
+                shared.note_error(Some(&e.to_string()));
                 tokio::time::sleep(backoff(attempt)).await;
                 attempt += 1;
             }
@@ -209,7 +262,7 @@ pub async fn heartbeat_loop(shared: Arc<Shared>) {
 
 /// Runs one direction of the sync forever: while primary, `follow` runs
 /// until it fails (then it is retried with backoff) or the lease is lost.
-pub async fn supervise<F, Fut>(shared: Arc<Shared>, direction: &'static str, follow: F)
+pub async fn supervise<F, Fut>(shared: Arc<Shared>, direction: SyncDirection, follow: F)
 where
     F: Fn(Arc<Shared>) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
@@ -220,8 +273,12 @@ where
         match follow(shared.clone()).await {
             Ok(()) => attempt = 0,
             Err(e) => {
-                tracing::warn!(error = %e, "{direction} sync failed; retrying");
-                shared.note_error(&e);
+                let label = match direction {
+                    SyncDirection::AdToCloud => "AD → cloud",
+                    SyncDirection::CloudToAd => "cloud → AD",
+                };
+                tracing::warn!(error = %e, "{label} sync failed; retrying");
+                shared.failed(direction, &e);
                 tokio::time::sleep(backoff(attempt)).await;
                 attempt += 1;
             }

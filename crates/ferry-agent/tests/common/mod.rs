@@ -297,6 +297,32 @@ impl Dc {
         );
     }
 
+    /// Stops the DC: an outage (`resume` ends it). Only for a DC of the test's own.
+    pub fn stop(&self) {
+        assert!(self.owned, "only a test's own DC may be stopped");
+        self.script("stop");
+    }
+
+    /// Starts the DC again as it was left (same address, data, certificates);
+    /// returns once it answers LDAP.
+    pub fn resume(&self) {
+        self.script("resume");
+    }
+
+    fn script(&self, cmd: &str) {
+        let out = Command::new("bash")
+            .arg(repo().join("scripts/samba-dc"))
+            .arg(cmd)
+            .arg(&self.dir)
+            .output()
+            .expect("run scripts/samba-dc");
+        assert!(
+            out.status.success(),
+            "scripts/samba-dc {cmd} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// `samba-tool` against this DC.
     pub fn samba_tool(&self, args: &[&str]) -> String {
         let out = Command::new("/usr/bin/python3")

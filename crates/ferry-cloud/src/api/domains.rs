@@ -332,7 +332,25 @@ pub fn agent_state(a: &Agent, now: i64) -> &'static str {
 }
 
 fn agent_json(a: &Agent, d: &Domain, now: i64) -> Value {
+    // Each direction's health as of its last heartbeat: red ("failing")
+    // once it has failed for a minute, until it succeeds.
+    let health: Vec<Value> = serde_json::from_value::<Vec<ferry_proto::agent::DirectionHealth>>(
+        a.report.get("directions").cloned().unwrap_or(Value::Null),
+    )
+    .unwrap_or_default()
+    .iter()
+    .map(|h| {
+        json!({
+            "direction": h.direction,
+            "status": h.status(now),
+            "last_success_at": h.last_success_at,
+            "error": h.error,
+            "failing_since": h.failing_since,
+        })
+    })
+    .collect();
     json!({
+        "health": health,
         "id": a.id,
         "hostname": a.hostname,
         "version": a.version,

@@ -531,7 +531,7 @@ pub(super) fn domain_page(
                             p { "No agent yet. Use “Install a new Sync Agent”." }
                         } @else {
                             table {
-                                thead { tr { th { "Status" } th { "Host" } th { "Version" } th { "Role" } th { "Last seen" } th { "Last error" } th {} } }
+                                thead { tr { th { "Status" } th { "Host" } th { "Version" } th { "Role" } th { "Last seen" } th { "AD → cloud" } th { "cloud → AD" } th {} } }
                                 tbody {
                                     @for a in &v.agents {
                                         @let status = a["status"].as_str().unwrap_or("offline");
@@ -547,7 +547,7 @@ pub(super) fn domain_page(
                                             td { (a["version"].as_str().unwrap_or("")) }
                                             td { @if a["primary"] == true { "primary" } @else { "standby" } }
                                             td { @if status == "waiting" { "never" } @else { (when(a["last_seen"].as_i64().unwrap_or(0))) } }
-                                            td { (a["report"]["last_error"].as_str().unwrap_or("—")) }
+                                            @for dir in ["ad_to_cloud", "cloud_to_ad"] { (direction_cell(a, dir)) }
                                             td {
                                                 form method="post" action={ "/directories/" (id) "/agents/" (a["id"].as_str().unwrap_or("")) "/revoke" } {
                                                     (csrf_input(s))
@@ -705,6 +705,37 @@ pub(super) async fn save_domain(State(state): St, s: Session, Path(id): Path<Str
     match load_domain(&state, &s, &id).await {
         Ok(v) => domain_page(&s, &v, "details", Some(&msg), None, &HashMap::new()),
         Err(r) => r,
+    }
+}
+
+/// One direction's health in the Domain Agents table: green when it works,
+/// yellow while it retries, red once it has failed for a minute (until it
+/// succeeds), with the error and since when.
+fn direction_cell(agent: &Value, direction: &str) -> Markup {
+    let h = agent["health"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|h| h["direction"] == direction);
+    let Some(h) = h else {
+        return html! { td.health data-direction=(direction) { "—" } };
+    };
+    let status = h["status"].as_str().unwrap_or("ok");
+    let color = match status {
+        "ok" => "green",
+        "retrying" => "yellow",
+        _ => "red",
+    };
+    html! {
+        td.health data-direction=(direction) data-status=(status) {
+            span class={ "dot " (color) } aria-hidden="true" {} " "
+            @if status == "ok" {
+                "ok" @if let Some(t) = h["last_success_at"].as_i64() { span.small { " (" (when(t)) ")" } }
+            } @else {
+                (if status == "failing" { "failing since " } else { "retrying since " })
+                (when(h["failing_since"].as_i64().unwrap_or(0))) ": " (h["error"].as_str().unwrap_or(""))
+            }
+        }
     }
 }
 

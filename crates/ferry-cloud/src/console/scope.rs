@@ -26,10 +26,7 @@ pub(super) async fn group_ids(state: &AppState, s: &Session, names: &[String]) -
         }
         let quoted = name.replace('\\', "\\\\").replace('"', "\\\"");
         let filter = format!("displayName eq \"{quoted}\"");
-        let uri = format!(
-            "/scim/v2/Groups?attributes=displayName&filter={}",
-            enc(&filter)
-        );
+        let uri = format!("/scim/v2/Groups?attributes=displayName&filter={}", enc(&filter));
         let a = s.api(state, Method::GET, &uri, None).await;
         match a.body["Resources"][0]["id"].as_str().filter(|_| a.ok()) {
             Some(id) => ids.push(id.to_owned()),

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_proto::agent::AdChange;
+use ferry_proto::agent::{AdChange, SyncDirection};
 
 use super::{protect, Shared};
 use import::{full_import, IMPORT};
@@ -29,7 +29,7 @@ use reconcile::gone_from_ad;
 
 /// Runs forever: import if needed, then follow changes.
 pub async fn run(shared: Arc<Shared>) {
-    super::supervise(shared, "AD → cloud", |s| async move { follow(s).await }).await
+    super::supervise(shared, SyncDirection::AdToCloud, |s| async move { follow(s).await }).await
 }
 
 /// A task aborted when dropped (a reconciliation in flight when its loop ends).
@@ -84,6 +84,7 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
             }
         }
         let usn = conn.highest_committed_usn().await.map_err(|e| e.to_string())?;
+        shared.worked(SyncDirection::AdToCloud);
         if usn != last_usn {
             match increment(shared, &mut conn, cookie.clone(), &protection).await? {
                 Some(round) => {
@@ -109,7 +110,7 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
             }
             last_usn = usn;
             last_change = Instant::now();
-            shared.synced();
+            shared.synced(SyncDirection::AdToCloud);
         }
         // Reconciliation (a read of every GUID in scope) finds what DirSync
         // cannot show this account: deletions and moves out of scope. It
@@ -148,7 +149,7 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
                     let mut c = cookie.clone();
                     push(shared, &mut c, to, gone).await?;
                 }
-                shared.synced();
+                shared.synced(SyncDirection::AdToCloud);
             }
         }
         if last_retry.elapsed() >= RETRY_CHECK_EVERY {
