@@ -1125,3 +1125,78 @@ both_engines!(
         assert!(state["scope_preview"].is_null(), "nothing left to answer: {state}");
     }
 );
+
+both_engines!(
+    a_link_for_an_object_deleted_meanwhile_is_refused_and_the_ad_object_never_comes_up,
+    |engine| async move {
+        let s = TestServer::start(engine).await;
+        let (_domain, agent) = setup(&s, json!({})).await;
+        heartbeat(&s, &agent).await;
+        let (st, u) = s
+            .call(Method::POST, "/scim/v2/Users", Some(json!({"userName": "brief"})))
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{u}");
+        let id = u["id"].as_str().unwrap().to_owned();
+        // The agent is creating its AD account when the cloud deletes it.
+        let (st, _) = s.call(Method::DELETE, &format!("/scim/v2/Users/{id}"), None).await;
+        assert_eq!(st, StatusCode::NO_CONTENT);
+        let guid = Uuid::new_v4();
+        let link = json!({"object_id": id, "kind": "user", "guid": guid,
+                          "dn": "CN=brief,CN=Users,DC=example,DC=test"});
+        let (st, v) = s
+            .call_as(&agent.token, Method::POST, "/agent/v1/links", Some(link))
+            .await;
+        assert_eq!(st, StatusCode::GONE, "{v}");
+        assert_eq!(v["code"], "object_deleted", "{v}");
+        // The AD account the agent made, read back up, is not a new cloud user.
+        let (st, r) = push(&s, &agent, None, "c1", vec![ad_user(guid, "brief")]).await;
+        assert_eq!(st, StatusCode::OK, "{r}");
+        assert!(scim_user(&s, "brief").await.is_none(), "the deleted user stays deleted");
+    }
+);
+
+both_engines!(a_base_sent_with_a_link_is_the_next_merge_base, |engine| async move {
+    let s = TestServer::start(engine).await;
+    let (_domain, agent) = setup(&s, json!({"authority": "ad"})).await;
+    heartbeat(&s, &agent).await;
+    let guid = Uuid::new_v4();
+    let (st, r) = push(
+        &s,
+        &agent,
+        None,
+        "c1",
+        vec![ad_user_with(guid, "echo", "t0", "R&D", Some(1_000))],
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    let u = scim_user(&s, "echo").await.unwrap();
+    let id = u["id"].as_str().unwrap().to_owned();
+    // The cloud sets t1, the agent writes it into AD and sends AD's record
+    // as it now is; then the cloud moves on to t2.
+    set_title(&s, &id, "t1").await;
+    let base = match ad_user_with(guid, "echo", "t1", "R&D", None) {
+        AdChange::UpsertUser { record, .. } => record,
+        _ => unreachable!(),
+    };
+    let link = json!({"object_id": id, "kind": "user", "guid": guid,
+                      "dn": "CN=echo,CN=Users,DC=example,DC=test", "base": base});
+    let (st, v) = s
+        .call_as(&agent.token, Method::POST, "/agent/v1/links", Some(link))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    set_title(&s, &id, "t2").await;
+    // The echo of the t1 write comes up from AD, stamped later than the
+    // cloud's t2: it is no AD edit (AD holds the base), so even with AD as
+    // the authority the cloud's newer t2 stays.
+    let (st, r) = push(
+        &s,
+        &agent,
+        Some("c1"),
+        "c2",
+        vec![ad_user_with(guid, "echo", "t1", "R&D", Some(i64::MAX / 2))],
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    let u = scim_user(&s, "echo").await.unwrap();
+    assert_eq!(u["title"], "t2", "{u}");
+});

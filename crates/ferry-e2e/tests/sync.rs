@@ -311,63 +311,6 @@ async fn changes_flow_both_ways_and_settle() {
     );
 }
 
-/// An agent config directory as the installer writes it.
-fn write_config(dir: &std::path::Path, dc: &Dc, cloud: &Cloud, agent: &Enrolled) {
-    use ferry_agent::config::{write_dir, AgentConfig};
-    let (agent_token, bind_password) =
-        AgentConfig::seal_secrets(&agent.secret_key, agent.agent_id, &agent.token, SVC_PW).unwrap();
-    let config = AgentConfig {
-        version: 1,
-        cloud_url: cloud.base.clone(),
-        agent_id: agent.agent_id,
-        domain: dc.realm.to_lowercase(),
-        root_dn: dc.base_dn.clone(),
-        ldap_url: dc.ldaps_url.clone(),
-        ca_file: None,
-        tls_fingerprint: None,
-        insecure_skip_tls_verify: false,
-        bind_user: format!("{}\\svc-sync", dc.domain),
-        agent_token,
-        bind_password,
-        service: None,
-        installed_at: 0,
-    };
-    write_dir(dir, &config, &agent.secret_key, Some(&dc.ca_file)).unwrap();
-}
-
-struct AgentProcess(std::process::Child);
-
-impl AgentProcess {
-    fn spawn(dir: &std::path::Path, log: &str) -> AgentProcess {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(log))
-            .unwrap();
-        AgentProcess(
-            std::process::Command::new(agent_binary())
-                .args(["run", "--config-dir"])
-                .arg(dir)
-                .env("RUST_LOG", "info")
-                .stdout(std::process::Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        )
-    }
-
-    fn kill9(&mut self) {
-        self.0.kill().ok(); // SIGKILL
-        self.0.wait().ok();
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
 async fn cloud_user_count(cloud: &Cloud) -> i64 {
     let (_, v) = cloud.call(reqwest::Method::GET, "/scim/v2/Users?count=0", None).await;
     v["totalResults"].as_i64().unwrap_or(-1)
@@ -653,34 +596,6 @@ async fn a_real_conflict_follows_the_authority_policy() {
             t.abort();
         }
         shared.cloud.release().await.ok();
-    }
-}
-
-struct CloudProcess(std::process::Child);
-
-impl CloudProcess {
-    fn spawn(data: &std::path::Path, port: u16) -> CloudProcess {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data.join("cloud.log"))
-            .unwrap();
-        CloudProcess(
-            std::process::Command::new(cloud_binary())
-                .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-                .arg(data.join("db"))
-                .stdout(std::process::Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        )
-    }
-}
-
-impl Drop for CloudProcess {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
     }
 }
 

@@ -465,6 +465,11 @@ pub struct LinkInfo {
     pub guid: Uuid,
     /// AD DN.
     pub dn: String,
+    /// A user's record as AD now holds it, after the agent wrote it: the
+    /// link's new base, so the echo of the agent's own write is not taken
+    /// for an AD edit (and set against a newer cloud change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<Box<UserRecord>>,
 }
 
 /// `GET /agent/v1/links`: everything linked in the agent's domain.

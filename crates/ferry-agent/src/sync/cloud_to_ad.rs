@@ -344,6 +344,7 @@ async fn target(
             kind,
             guid,
             dn: e.dn.clone(),
+            base: None,
         })
         .await?;
     links.map.insert(id, guid);
@@ -535,6 +536,9 @@ async fn update_user(
     }
     tracing::info!(dn = %e.dn, changed = ?changes.iter().map(|c| c.0).collect::<Vec<_>>(), active = r.active, "cloud → AD: user updated");
     shared.applied.fetch_add(1, Ordering::SeqCst);
+    if let CloudChange::UpsertUser { id, .. } = &entry.change {
+        rebase(ctx, conn, *id, &e.dn, entry).await?;
+    }
     Ok(())
 }
 
@@ -672,22 +676,64 @@ async fn link_new(
     kind: ObjectKind,
     dn: String,
 ) -> Result<(), SyncError> {
-    let guid = conn
-        .read_entry(&dn, &["objectGUID"])
+    let created = conn
+        .read_entry(&dn, READ_ATTRS)
         .await?
-        .and_then(|e| e.guid())
+        .ok_or_else(|| format!("the new object {dn} is not there"))?;
+    let guid = created
+        .guid()
         .ok_or_else(|| format!("the new object {dn} has no objectGUID"))?;
-    shared
+    let base = (kind == ObjectKind::User).then(|| Box::new(crate::ad::mapping::user_record(&created).0));
+    let link = LinkInfo {
+        object_id: id,
+        kind,
+        guid,
+        dn: dn.clone(),
+        base,
+    };
+    match shared.cloud.put_link(&link).await {
+        Ok(()) => {}
+        Err(e) if e.code() == Some("object_deleted") => {
+            // Deleted in the cloud while it was being created here: it
+            // goes (the cloud remembers it, so it never comes back up).
+            tracing::info!(%dn, "cloud → AD: the cloud object was deleted meanwhile; removing the AD object made for it");
+            conn.delete(&dn).await?;
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    links.map.insert(id, guid);
+    shared.applied.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
+
+/// After a write of a user's fields: AD's record as it now is becomes the
+/// link's base, so the write's echo coming back up is not taken for an AD
+/// edit (which, set against a newer cloud change, could win under `latest`).
+async fn rebase(
+    ctx: &Ctx<'_>,
+    conn: &mut AdConnection,
+    id: Uuid,
+    dn: &str,
+    entry: &FeedEntry,
+) -> Result<(), SyncError> {
+    let Some(now) = conn.read_entry(dn, READ_ATTRS).await? else {
+        return Ok(());
+    };
+    let Some(guid) = now.guid() else { return Ok(()) };
+    let mut rec = crate::ad::mapping::user_record(&now).0;
+    // The manager travels as the cloud id; AD's reading has only its DN.
+    rec.manager = entry.base.as_ref().and_then(|b| b.manager.clone());
+    ctx.shared
         .cloud
         .put_link(&LinkInfo {
             object_id: id,
-            kind,
+            kind: ObjectKind::User,
             guid,
-            dn,
+            dn: now.dn.clone(),
+            base: Some(Box::new(rec)),
         })
         .await?;
-    links.map.insert(id, guid);
-    shared.applied.fetch_add(1, Ordering::SeqCst);
     Ok(())
 }
 

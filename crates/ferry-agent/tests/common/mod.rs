@@ -270,6 +270,14 @@ impl Dc {
 
     /// `ldapadd`/`ldapmodify` of an LDIF as the administrator.
     pub fn ldapmodify(&self, ldif: &str, add: bool) {
+        if let Err(e) = self.try_ldapmodify(ldif, add) {
+            panic!("ldapmodify failed: {e}");
+        }
+    }
+
+    /// `ldapadd`/`ldapmodify` of an LDIF as the administrator; its error
+    /// output when it fails.
+    pub fn try_ldapmodify(&self, ldif: &str, add: bool) -> Result<(), String> {
         use std::io::Write;
         let mut child = Command::new("ldapmodify")
             .env("LDAPTLS_CACERT", &self.ca_file)
@@ -288,13 +296,13 @@ impl Dc {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("run ldapmodify");
-        child.stdin.take().unwrap().write_all(ldif.as_bytes()).unwrap();
+        child.stdin.take().unwrap().write_all(ldif.as_bytes()).ok();
         let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "ldapmodify failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     }
 
     /// Stops the DC: an outage (`resume` ends it). Only for a DC of the test's own.

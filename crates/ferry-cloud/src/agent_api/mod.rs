@@ -535,6 +535,7 @@ async fn list_links(
                 kind: l.kind,
                 guid: l.ad_guid,
                 dn: l.ad_dn,
+                base: None,
             })
             .collect(),
     }))
@@ -553,7 +554,19 @@ async fn put_link(
     require_primary(&agent, &domain, now)?;
     match tx.object_kind(agent.org_id, req.object_id).await? {
         Some(k) if k == req.kind => {}
-        _ => return Err(ApiError::not_found("user or group with that object_id and kind")),
+        Some(_) => return Err(ApiError::not_found("user or group with that object_id and kind")),
+        None => {
+            // Deleted in the cloud while the agent created its AD object:
+            // that object must never come back as a new cloud object.
+            tx.mark_cloud_deleted(agent.org_id, domain.id, req.guid, req.kind, now)
+                .await?;
+            tx.commit().await?;
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "object_deleted",
+                "the cloud object was deleted meanwhile: remove the AD object made for it",
+            ));
+        }
     }
     // Only an object of this domain (or of none yet) may be linked here, and
     // an AD object linked to one cloud object is not taken over by another.
@@ -585,7 +598,7 @@ async fn put_link(
         ad_guid: req.guid,
         ad_dn: req.dn.clone(),
         synced_at: now,
-        base: None,
+        base: req.base.as_ref().and_then(|b| serde_json::to_value(b).ok()),
     };
     tx.put_link(agent.org_id, &link).await?;
     tx.commit().await?;

@@ -65,6 +65,16 @@ impl Cloud {
     }
 
     pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.try_call(method, path, body).await.unwrap()
+    }
+
+    /// A call that may find the cloud down.
+    pub async fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), reqwest::Error> {
         let mut r = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -72,9 +82,9 @@ impl Cloud {
         if let Some(b) = body {
             r = r.json(&b);
         }
-        let resp = r.send().await.unwrap();
+        let resp = r.send().await?;
         let st = resp.status().as_u16();
-        (st, resp.json().await.unwrap_or(Value::Null))
+        Ok((st, resp.json().await.unwrap_or(Value::Null)))
     }
 
     /// The SCIM user with this userName.
@@ -353,5 +363,92 @@ pub async fn all_cloud_users(cloud: &Cloud) -> Vec<serde_json::Value> {
         if last {
             return out;
         }
+    }
+}
+
+/// An agent config directory as the installer writes it.
+pub fn write_config(dir: &std::path::Path, dc: &Dc, cloud: &Cloud, agent: &Enrolled) {
+    use ferry_agent::config::{write_dir, AgentConfig};
+    let (agent_token, bind_password) =
+        AgentConfig::seal_secrets(&agent.secret_key, agent.agent_id, &agent.token, SVC_PW).unwrap();
+    let config = AgentConfig {
+        version: 1,
+        cloud_url: cloud.base.clone(),
+        agent_id: agent.agent_id,
+        domain: dc.realm.to_lowercase(),
+        root_dn: dc.base_dn.clone(),
+        ldap_url: dc.ldaps_url.clone(),
+        ca_file: None,
+        tls_fingerprint: None,
+        insecure_skip_tls_verify: false,
+        bind_user: format!("{}\\svc-sync", dc.domain),
+        agent_token,
+        bind_password,
+        service: None,
+        installed_at: 0,
+    };
+    write_dir(dir, &config, &agent.secret_key, Some(&dc.ca_file)).unwrap();
+}
+
+/// `ferry-agent run` as a process of its own (SIGKILL when dropped).
+pub struct AgentProcess(pub std::process::Child);
+
+impl AgentProcess {
+    pub fn spawn(dir: &std::path::Path, log: &str) -> AgentProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(log))
+            .unwrap();
+        AgentProcess(
+            std::process::Command::new(agent_binary())
+                .args(["run", "--config-dir"])
+                .arg(dir)
+                .env("RUST_LOG", "info")
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    pub fn kill9(&mut self) {
+        self.0.kill().ok(); // SIGKILL
+        self.0.wait().ok();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// `ferry-cloud serve` as a process of its own (SIGKILL when dropped).
+pub struct CloudProcess(pub std::process::Child);
+
+impl CloudProcess {
+    pub fn spawn(data: &std::path::Path, port: u16) -> CloudProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.join("cloud.log"))
+            .unwrap();
+        CloudProcess(
+            std::process::Command::new(cloud_binary())
+                .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+                .arg(data.join("db"))
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for CloudProcess {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
     }
 }
