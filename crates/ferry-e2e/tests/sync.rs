@@ -13,7 +13,6 @@ use common::*;
 use ferry_agent::ad::write::NewAdUser;
 use ferry_agent::cloud::CloudClient;
 use ferry_agent::sync;
-use ferry_cloud::store::Store;
 use serde_json::json;
 
 async fn setup() -> (Dc, Cloud, Engine) {
@@ -612,71 +611,27 @@ async fn kill_9_of_the_cloud_mid_import_then_restart_converges() {
     dc.ldapmodify(&ldif, true);
     let expected = 1501; // with the user delegated_dc() made
 
-    let work = tempfile::tempdir().unwrap();
-    let token_file = work.path().join("admin.token");
-    let out = std::process::Command::new(cloud_binary())
-        .args([
-            "init",
-            "--org",
-            "Acme",
-            "--admin-email",
-            "admin@acme.test",
-            "--data-dir",
-        ])
-        .arg(work.path().join("db"))
-        .arg("--token-out")
-        .arg(&token_file)
-        .env("FERRY_ADMIN_PASSWORD", "Admin-Pa55-word")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
-    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_owned();
-    let http = reqwest::Client::new();
-    let up = || async {
-        let start = Instant::now();
-        while http.get(format!("{base}/healthz")).send().await.is_err() {
-            assert!(start.elapsed() < Duration::from_secs(20), "the cloud did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    let mut server = CloudProcess::spawn(work.path(), port);
-    up().await;
+    let mut server = CloudServer::start().await;
+    let cloud = &server.cloud;
+    let base = cloud.base.clone();
     let dir = tempfile::tempdir().unwrap();
-    let store_dir = tempfile::tempdir().unwrap();
-    let cloud = Cloud {
-        base: base.clone(),
-        token,
-        // Not used for this cloud (it runs in its own process); keeps the helper type.
-        store: Store::open(&format!("sqlite://{}", store_dir.path().join("unused.db").display()))
-            .await
-            .unwrap(),
-        http: http.clone(),
-        _dir: store_dir,
-    };
-    let domain = add_domain(&cloud, &dc).await;
-    let agent = enrol(&cloud, &domain).await;
-    write_config(dir.path(), &dc, &cloud, &agent);
+    let domain = add_domain(cloud, &dc).await;
+    let agent = enrol(cloud, &domain).await;
+    write_config(dir.path(), &dc, cloud, &agent);
     let _agent = AgentProcess::spawn(dir.path(), "agent.log");
 
     let seen = eventually("the import to start", || async {
-        let n = cloud_user_count(&cloud).await;
+        let n = cloud_user_count(&server.cloud).await;
         (n > 0).then_some(n)
     })
     .await;
-    server.0.kill().ok(); // SIGKILL, mid-import
-    server.0.wait().ok();
+    server.kill9(); // mid-import
     eprintln!("killed the cloud with {seen} of {expected} users imported");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let _server = CloudProcess::spawn(work.path(), port);
-    up().await;
+    server.up().await;
+    let cloud = &server.cloud;
     eventually("the import to finish after the cloud restarts", || async {
-        (cloud_user_count(&cloud).await == expected).then_some(())
+        (cloud_user_count(cloud).await == expected).then_some(())
     })
     .await;
     let client = CloudClient::new(&base, &agent.token).unwrap();

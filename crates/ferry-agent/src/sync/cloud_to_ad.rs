@@ -424,7 +424,10 @@ async fn apply(ctx: &Ctx<'_>, conn: &mut AdConnection, links: &mut Links, entry:
                 tracing::warn!(%user, "a password for a user with no AD account: skipped");
                 return Ok(());
             };
-            set_password(shared, conn, &e, entry.seq, *user).await?;
+            if set_password(shared, conn, &e, entry.seq, *user).await? {
+                // The account was enabled: that too is AD's record now.
+                rebase(ctx, conn, *user, &e.dn).await?;
+            }
         }
     }
     Ok(())
@@ -519,8 +522,15 @@ async fn update_user(
     {
         changes.push(("sAMAccountName", Some(sam)));
     }
-    let enabled = e.int("userAccountControl").unwrap_or(0) & 2 == 0;
-    let set_state = merge.write(&enabled, &r.active, merge.base.map(|b| &b.active));
+    let uac = e.int("userAccountControl").unwrap_or(0);
+    let enabled = uac & UF_ACCOUNTDISABLE == 0;
+    let mut set_state = merge.write(&enabled, &r.active, merge.base.map(|b| &b.active));
+    if set_state && r.active && uac & UF_PASSWD_NOTREQD != 0 {
+        // Made by Ferry and still waiting for its password: enabled now it
+        // could sign in with none. The password enables it.
+        tracing::debug!(dn = %e.dn, "not enabled yet: the account waits for its password");
+        set_state = false;
+    }
     if changes.is_empty() && !set_state {
         return Ok(());
     }
@@ -537,7 +547,7 @@ async fn update_user(
     tracing::info!(dn = %e.dn, changed = ?changes.iter().map(|c| c.0).collect::<Vec<_>>(), active = r.active, "cloud → AD: user updated");
     shared.applied.fetch_add(1, Ordering::SeqCst);
     if let CloudChange::UpsertUser { id, .. } = &entry.change {
-        rebase(ctx, conn, *id, &e.dn, entry).await?;
+        rebase(ctx, conn, *id, &e.dn).await?;
     }
     Ok(())
 }
@@ -710,20 +720,21 @@ async fn link_new(
 /// After a write of a user's fields: AD's record as it now is becomes the
 /// link's base, so the write's echo coming back up is not taken for an AD
 /// edit (which, set against a newer cloud change, could win under `latest`).
-async fn rebase(
-    ctx: &Ctx<'_>,
-    conn: &mut AdConnection,
-    id: Uuid,
-    dn: &str,
-    entry: &FeedEntry,
-) -> Result<(), SyncError> {
+async fn rebase(ctx: &Ctx<'_>, conn: &mut AdConnection, id: Uuid, dn: &str) -> Result<(), SyncError> {
     let Some(now) = conn.read_entry(dn, READ_ATTRS).await? else {
         return Ok(());
     };
     let Some(guid) = now.guid() else { return Ok(()) };
-    let mut rec = crate::ad::mapping::user_record(&now).0;
-    // The manager travels as the cloud id; AD's reading has only its DN.
-    rec.manager = entry.base.as_ref().and_then(|b| b.manager.clone());
+    // As AD → cloud would push it: the manager as its objectGUID.
+    let (mut rec, manager) = crate::ad::mapping::user_record(&now);
+    rec.manager = match manager {
+        Some(m) => conn
+            .read_entry(&m, &["objectGUID"])
+            .await?
+            .and_then(|e| e.guid())
+            .map(|g| g.to_string()),
+        None => None,
+    };
     ctx.shared
         .cloud
         .put_link(&LinkInfo {
@@ -747,12 +758,12 @@ async fn set_password(
     e: &AdEntry,
     seq: i64,
     user: Uuid,
-) -> Result<(), SyncError> {
+) -> Result<bool, SyncError> {
     let sealed = match shared.cloud.sealed(seq).await {
         Ok(s) => s,
         Err(err) if err.code() == Some("not_found") => {
             tracing::warn!(dn = %e.dn, "no password sealed to this agent (it registered after the change): skipped");
-            return Ok(());
+            return Ok(false);
         }
         Err(err) => return Err(err.into()),
     };
@@ -765,7 +776,8 @@ async fn set_password(
     // retrying cannot make it pass, a new password can.
     conn.set_password(&e.dn, password, false).await?;
     let uac = e.int("userAccountControl").unwrap_or(0);
-    if uac & UF_PASSWD_NOTREQD != 0 {
+    let enabled = uac & UF_PASSWD_NOTREQD != 0;
+    if enabled {
         // Created without a password: now it has one, it may be enabled.
         let next = (uac & !UF_PASSWD_NOTREQD & !UF_ACCOUNTDISABLE) | UF_NORMAL_ACCOUNT;
         conn.set_attributes(&e.dn, &[("userAccountControl", Some(&next.to_string()))])
@@ -773,7 +785,7 @@ async fn set_password(
     }
     tracing::info!(dn = %e.dn, "cloud → AD: password set");
     shared.applied.fetch_add(1, Ordering::SeqCst);
-    Ok(())
+    Ok(enabled)
 }
 
 #[cfg(test)]

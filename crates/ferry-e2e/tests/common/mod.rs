@@ -452,3 +452,87 @@ impl Drop for CloudProcess {
         self.0.wait().ok();
     }
 }
+
+/// The cloud in a process of its own, so it can be killed and stopped.
+pub struct CloudServer {
+    pub work: tempfile::TempDir,
+    port: u16,
+    proc: Option<CloudProcess>,
+    pub cloud: Cloud,
+}
+
+impl CloudServer {
+    /// `ferry-cloud init`, then `serve` on a free loopback port.
+    pub async fn start() -> CloudServer {
+        let work = tempfile::tempdir().unwrap();
+        let token_file = work.path().join("admin.token");
+        let out = std::process::Command::new(cloud_binary())
+            .args([
+                "init",
+                "--org",
+                "Acme",
+                "--admin-email",
+                "admin@acme.test",
+                "--data-dir",
+            ])
+            .arg(work.path().join("db"))
+            .arg("--token-out")
+            .arg(&token_file)
+            .env("FERRY_ADMIN_PASSWORD", "Admin-Pa55-word")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let store_dir = tempfile::tempdir().unwrap();
+        let cloud = Cloud {
+            base: format!("http://127.0.0.1:{port}"),
+            token: std::fs::read_to_string(&token_file).unwrap().trim().to_owned(),
+            // Not used: this cloud runs in its own process.
+            store: ferry_cloud::store::Store::open(&format!(
+                "sqlite://{}",
+                store_dir.path().join("unused.db").display()
+            ))
+            .await
+            .unwrap(),
+            http: reqwest::Client::new(),
+            _dir: store_dir,
+        };
+        let mut s = CloudServer {
+            work,
+            port,
+            proc: None,
+            cloud,
+        };
+        s.up().await;
+        s
+    }
+
+    /// Starts (again) the process, and waits for it to answer.
+    pub async fn up(&mut self) {
+        self.proc = Some(CloudProcess::spawn(self.work.path(), self.port));
+        let start = Instant::now();
+        while self
+            .cloud
+            .http
+            .get(format!("{}/healthz", self.cloud.base))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(start.elapsed() < Duration::from_secs(30), "the cloud did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.0.kill().ok();
+            p.0.wait().ok();
+        }
+    }
+}
