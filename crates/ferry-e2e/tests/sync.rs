@@ -1775,3 +1775,41 @@ async fn after_a_dc_outage_the_agent_is_back_within_seconds_and_says_so_meanwhil
     }
     engine.stop().await;
 }
+
+/// 550 users deleted in AD one by one over some 45 s, as a script does it,
+/// are one mass delete: held in quarantine whole (the default threshold is
+/// 500), not applied in small batches that each pass under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_hundred_fifty_deletes_one_by_one_are_held_in_quarantine() {
+    let (dc, cloud, domain) = prepare().await;
+    let ou = dc.new_ou("OneByOne").await;
+    let mut ldif = String::new();
+    for i in 0..560 {
+        ldif.push_str(&format!(
+            "dn: CN=obo{i},{ou}\nobjectClass: user\nsAMAccountName: obo{i}\n\n"
+        ));
+    }
+    dc.ldapmodify(&ldif, true);
+    let agent = enrol(&cloud, &domain).await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    eventually("the 560 users in the cloud", || async {
+        (cloud_user_count(&cloud).await >= 561).then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    for i in 0..550 {
+        dc.ldapmodify(&format!("dn: CN=obo{i},{ou}\nchangetype: delete\n"), false);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    println!("550 deletes one by one in {:.0} s", started.elapsed().as_secs_f64());
+    let held = eventually("the deletes held in quarantine", || async {
+        pending_quarantine(&cloud, &domain).await.into_iter().next()
+    })
+    .await;
+    assert_eq!(held["deletes"], 550, "all of them, as one mass delete: {held}");
+    assert_eq!(pending_quarantine(&cloud, &domain).await.len(), 1, "one entry");
+    assert!(cloud.user("obo0").await.is_some(), "held, not deleted");
+    assert!(cloud.user("obo549").await.is_some(), "held, not deleted");
+    assert_eq!(cloud_user_count(&cloud).await, 561, "nothing deleted");
+    engine.stop().await;
+}

@@ -379,8 +379,8 @@ pub struct FeedEntry {
     /// was made. An object missing here has no AD counterpart yet.
     #[serde(default)]
     pub ad_guids: BTreeMap<Uuid, Uuid>,
-    /// For a user's upsert: AD's record as the cloud last merged it (the
-    /// link's base, in the reading agent's domain). The agent writes only
+    /// For a user's upsert or password: AD's record as the cloud last
+    /// merged it (the link's base, in the reading agent's domain). The agent writes only
     /// the fields where the cloud differs from it; a field only AD changed
     /// since stays AD's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -465,7 +465,7 @@ pub struct LinkInfo {
     pub guid: Uuid,
     /// AD DN.
     pub dn: String,
-    /// A user's record as AD now holds it, after the agent wrote it: the
+    /// A user's base moved by what the agent just wrote into AD: the
     /// link's new base, so the echo of the agent's own write is not taken
     /// for an AD edit (and set against a newer cloud change).
     #[serde(default, skip_serializing_if = "Option::is_none")]

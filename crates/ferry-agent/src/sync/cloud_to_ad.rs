@@ -63,6 +63,7 @@ async fn follow(shared: &Shared) -> Result<(), String> {
         let mut resolved = Vec::new();
         links.fresh = false;
         links.members.clear();
+        links.bases.clear();
         for entry in &page.entries {
             for (id, guid) in &entry.ad_guids {
                 links.map.insert(*id, *guid);
@@ -158,6 +159,9 @@ struct Links {
     /// protection needs, never the member list): a page of 500 additions
     /// to one group reads the group once.
     members: HashMap<Uuid, AdEntry>,
+    /// Users' bases this agent set during this feed page (on create, or
+    /// after a write): fresher than the page's, which was read before.
+    bases: HashMap<Uuid, UserRecord>,
     /// Read whole from the cloud during this feed page.
     fresh: bool,
 }
@@ -358,7 +362,7 @@ async fn apply(ctx: &Ctx<'_>, conn: &mut AdConnection, links: &mut Links, entry:
         CloudChange::UpsertUser { id, record } => {
             let sam = names::user_sam(&record.username);
             match target(ctx, conn, links, *id, ObjectKind::User, &sam).await? {
-                Target::Existing(e) => update_user(ctx, conn, &e, record, entry).await?,
+                Target::Existing(e) => update_user(ctx, conn, links, &e, record, entry).await?,
                 Target::Gone => tracing::debug!(%id, "the user's AD account was deleted in AD: not created again"),
                 Target::New { name_taken } => create_user(shared, conn, domain, *id, record, links, name_taken).await?,
             }
@@ -425,8 +429,11 @@ async fn apply(ctx: &Ctx<'_>, conn: &mut AdConnection, links: &mut Links, entry:
                 return Ok(());
             };
             if set_password(shared, conn, &e, entry.seq, *user).await? {
-                // The account was enabled: that too is AD's record now.
-                rebase(ctx, conn, *user, &e.dn).await?;
+                // The account was enabled: the base moves by that.
+                if let Some(mut next) = links.bases.get(user).or(entry.base.as_deref()).cloned() {
+                    next.active = true;
+                    rebase(ctx, links, *user, &e, next).await?;
+                }
             }
         }
     }
@@ -497,12 +504,15 @@ impl Merge<'_> {
 async fn update_user(
     ctx: &Ctx<'_>,
     conn: &mut AdConnection,
+    links: &mut Links,
     e: &AdEntry,
     r: &UserRecord,
     entry: &FeedEntry,
 ) -> Result<(), SyncError> {
     let shared = ctx.shared;
-    let merge = Merge::new(entry.base.as_deref(), e, &ctx.domain.policies, entry.at);
+    let id = subject(&entry.change);
+    let base = links.bases.get(&id).or(entry.base.as_deref());
+    let merge = Merge::new(base, e, &ctx.domain.policies, entry.at);
     let was = merge.base.map(user_attrs);
     let mut changes: Vec<(&str, Option<String>)> = Vec::new();
     for (i, (attr, want)) in user_attrs(r).into_iter().enumerate() {
@@ -546,10 +556,43 @@ async fn update_user(
     }
     tracing::info!(dn = %e.dn, changed = ?changes.iter().map(|c| c.0).collect::<Vec<_>>(), active = r.active, "cloud → AD: user updated");
     shared.applied.fetch_add(1, Ordering::SeqCst);
-    if let CloudChange::UpsertUser { id, .. } = &entry.change {
-        rebase(ctx, conn, *id, &e.dn).await?;
+    // The base moves by what was written, and only that: an AD edit the
+    // cloud has not merged yet must still read as AD's.
+    let mut next = match merge.base {
+        Some(b) => b.clone(),
+        // Without one, every difference was written: AD holds the record.
+        None => {
+            let mut n = r.clone();
+            n.username = e.str("sAMAccountName").unwrap_or_default();
+            n
+        }
+    };
+    for (attr, value) in &changes {
+        set_field(&mut next, attr, value.clone());
     }
-    Ok(())
+    if set_state {
+        next.active = r.active;
+    }
+    rebase(ctx, links, id, e, next).await
+}
+
+/// Sets the field of a user's record an AD attribute maps to.
+fn set_field(r: &mut UserRecord, attr: &str, value: Option<String>) {
+    match attr {
+        "givenName" => r.given_name = value,
+        "sn" => r.family_name = value,
+        "displayName" => r.display_name = value,
+        "mail" => r.email = value,
+        "telephoneNumber" => r.phone = value,
+        "mobile" => r.mobile = value,
+        "title" => r.title = value,
+        "department" => r.department = value,
+        "company" => r.company = value,
+        "description" => r.description = value,
+        "employeeID" => r.employee_number = value,
+        "sAMAccountName" => r.username = value.unwrap_or_default(),
+        _ => {}
+    }
 }
 
 async fn create_user(
@@ -693,13 +736,13 @@ async fn link_new(
     let guid = created
         .guid()
         .ok_or_else(|| format!("the new object {dn} has no objectGUID"))?;
-    let base = (kind == ObjectKind::User).then(|| Box::new(crate::ad::mapping::user_record(&created).0));
+    let base = (kind == ObjectKind::User).then(|| crate::ad::mapping::user_record(&created).0);
     let link = LinkInfo {
         object_id: id,
         kind,
         guid,
         dn: dn.clone(),
-        base,
+        base: base.clone().map(Box::new),
     };
     match shared.cloud.put_link(&link).await {
         Ok(()) => {}
@@ -713,38 +756,30 @@ async fn link_new(
         Err(e) => return Err(e.into()),
     }
     links.map.insert(id, guid);
+    if let Some(b) = base {
+        links.bases.insert(id, b);
+    }
     shared.applied.fetch_add(1, Ordering::SeqCst);
     Ok(())
 }
 
-/// After a write of a user's fields: AD's record as it now is becomes the
-/// link's base, so the write's echo coming back up is not taken for an AD
-/// edit (which, set against a newer cloud change, could win under `latest`).
-async fn rebase(ctx: &Ctx<'_>, conn: &mut AdConnection, id: Uuid, dn: &str) -> Result<(), SyncError> {
-    let Some(now) = conn.read_entry(dn, READ_ATTRS).await? else {
-        return Ok(());
-    };
-    let Some(guid) = now.guid() else { return Ok(()) };
-    // As AD → cloud would push it: the manager as its objectGUID.
-    let (mut rec, manager) = crate::ad::mapping::user_record(&now);
-    rec.manager = match manager {
-        Some(m) => conn
-            .read_entry(&m, &["objectGUID"])
-            .await?
-            .and_then(|e| e.guid())
-            .map(|g| g.to_string()),
-        None => None,
-    };
+/// After a write of a user's fields: the link's base moves by what was
+/// written (sent to the cloud, and kept for the rest of this feed page), so
+/// the write's echo coming back up is not taken for an AD edit — which, set
+/// against a newer cloud change, could win under `latest`.
+async fn rebase(ctx: &Ctx<'_>, links: &mut Links, id: Uuid, e: &AdEntry, next: UserRecord) -> Result<(), SyncError> {
+    let Some(guid) = e.guid() else { return Ok(()) };
     ctx.shared
         .cloud
         .put_link(&LinkInfo {
             object_id: id,
             kind: ObjectKind::User,
             guid,
-            dn: now.dn.clone(),
-            base: Some(Box::new(rec)),
+            dn: e.dn.clone(),
+            base: Some(Box::new(next.clone())),
         })
         .await?;
+    links.bases.insert(id, next);
     Ok(())
 }
 

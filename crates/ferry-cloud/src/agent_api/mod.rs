@@ -397,7 +397,8 @@ async fn feed(
         for r in rows.into_iter().filter(|r| r.origin != own_origin) {
             if let Some(r) = for_domain(&mut tx, &agent, &mut homes, r).await? {
                 let base = match &r.change {
-                    ferry_proto::agent::CloudChange::UpsertUser { id, .. } => tx
+                    ferry_proto::agent::CloudChange::UpsertUser { id, .. }
+                    | ferry_proto::agent::CloudChange::PasswordSet { user: id } => tx
                         .link_by_object(agent.org_id, agent.domain_id, *id)
                         .await?
                         .and_then(|l| l.base)

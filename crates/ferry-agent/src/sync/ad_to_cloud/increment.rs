@@ -25,6 +25,9 @@ pub(super) struct Round {
     pub suspect: bool,
     /// Some group's members changed (a group scope may have grown).
     pub groups_changed: bool,
+    /// Objects DirSync showed deleted (where the DC shows tombstones):
+    /// not pushed here, but with the other deletes of their burst.
+    pub deleted: Vec<Uuid>,
 }
 
 /// Pushes what DirSync reports since `cookie`.
@@ -54,6 +57,7 @@ pub(super) async fn increment(
             cookie: current,
             suspect: true,
             groups_changed: false,
+            deleted: Vec::new(),
         }));
     }
     let mut suspect = batch.entries.is_empty();
@@ -64,10 +68,11 @@ pub(super) async fn increment(
     // Objects first, then memberships: a member must be linked before it is added.
     let mut changes = Vec::new();
     let mut memberships = Vec::new();
+    let mut deleted = Vec::new();
     for e in &batch.entries {
         let Some(guid) = e.guid() else { continue };
         if is_tombstone(e) {
-            changes.push(AdChange::Delete { guid });
+            deleted.push(guid);
             continue;
         }
         // DirSync sends only what changed: read the whole object.
@@ -102,6 +107,7 @@ pub(super) async fn increment(
         cookie: next,
         suspect,
         groups_changed,
+        deleted,
     }))
 }
 

@@ -59,6 +59,10 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
     let mut last_retry = Instant::now();
     // The protection a reconciliation in flight judges scope by.
     let mut reconciled_with: Option<protect::Protection> = None;
+    // Deletes found, waiting for the burst they belong to to end, and the
+    // tombstones DirSync showed since the last reconciliation began.
+    let mut deletes: Option<PendingDeletes> = None;
+    let mut tombstones: std::collections::BTreeSet<uuid::Uuid> = std::collections::BTreeSet::new();
     let mut previewing: Option<Background<Result<(), String>>> = None;
     loop {
         if !shared.primary.load(Ordering::SeqCst) {
@@ -90,6 +94,8 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
                 Some(round) => {
                     cookie = Some(round.cookie);
                     reconcile_due |= round.suspect;
+                    tombstones.extend(round.deleted.iter().copied());
+                    PendingDeletes::found(&mut deletes, round.deleted, false);
                     if round.groups_changed && protection.scope_members.is_some() {
                         // A group scope grows when someone joins a scope
                         // group, which DirSync shows as the group's change.
@@ -123,11 +129,13 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
         // against the delete threshold, together.
         let settled = last_change.elapsed() >= RECONCILE_QUIET || last_reconcile.elapsed() >= RECONCILE_EVERY / 4;
         let due = (reconcile_due && settled && last_reconcile.elapsed() >= RECONCILE_SPACING)
+            || (deletes.is_some() && last_reconcile.elapsed() >= DELETE_RECHECK)
             || last_reconcile.elapsed() >= RECONCILE_EVERY;
         if due && reconciling.is_none() {
             let s = arc.clone();
             let p = protection.clone();
             reconciled_with = Some(protection.clone());
+            tombstones.clear();
             reconciling = Some(Background(tokio::spawn(async move { gone_from_ad(&s, &p).await })));
             last_reconcile = Instant::now();
             reconcile_due = false;
@@ -140,16 +148,39 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
                     // The scope moved while it ran: what it found gone may
                     // have just come in. Judge again with the scope as it is.
                     reconcile_due = true;
-                } else if !gone.is_empty() {
-                    tracing::info!(
-                        count = gone.len(),
-                        "objects gone from AD (deleted or moved out of scope)"
-                    );
-                    let to = cookie.clone().unwrap_or_default();
-                    let mut c = cookie.clone();
-                    push(shared, &mut c, to, gone).await?;
+                } else {
+                    // What reconciliation found is the set, with the
+                    // tombstones DirSync showed since it began.
+                    let mut found: Vec<uuid::Uuid> = gone
+                        .iter()
+                        .filter_map(|c| match c {
+                            AdChange::Delete { guid } => Some(*guid),
+                            _ => None,
+                        })
+                        .collect();
+                    found.extend(std::mem::take(&mut tombstones));
+                    PendingDeletes::found(&mut deletes, found, true);
                 }
                 shared.synced(SyncDirection::AdToCloud);
+            }
+        }
+        // Deletes go up once their burst is over (nothing new for a while),
+        // as one batch against the delete threshold: a script deleting
+        // users one by one is a mass delete too.
+        if let Some(d) =
+            deletes.take_if(|d| d.last_growth.elapsed() >= DELETE_SETTLE || d.first.elapsed() >= DELETE_MAX_WAIT)
+        {
+            if reconciling.is_none() {
+                tracing::info!(
+                    count = d.guids.len(),
+                    "objects gone from AD (deleted or moved out of scope)"
+                );
+                let to = cookie.clone().unwrap_or_default();
+                let mut c = cookie.clone();
+                let changes = d.guids.iter().map(|guid| AdChange::Delete { guid: *guid }).collect();
+                push(shared, &mut c, to, changes).await?;
+            } else {
+                deletes = Some(d);
             }
         }
         if last_retry.elapsed() >= RETRY_CHECK_EVERY {
@@ -179,6 +210,58 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// Deletes found (by reconciliation, or as DirSync tombstones) and not
+/// pushed yet.
+struct PendingDeletes {
+    guids: std::collections::BTreeSet<uuid::Uuid>,
+    /// When the first of them was found.
+    first: Instant,
+    /// When the set last grew.
+    last_growth: Instant,
+}
+
+impl PendingDeletes {
+    /// Takes in deletes found: with `whole`, `found` is the whole set (a
+    /// reconciliation: what is no longer in it came back); else more of it.
+    fn found(pending: &mut Option<PendingDeletes>, found: Vec<uuid::Uuid>, whole: bool) {
+        if found.is_empty() && !whole {
+            return;
+        }
+        let now = Instant::now();
+        let found: std::collections::BTreeSet<uuid::Uuid> = found.into_iter().collect();
+        match pending {
+            Some(d) => {
+                if found.iter().any(|g| !d.guids.contains(g)) {
+                    d.last_growth = now;
+                }
+                if whole {
+                    d.guids = found;
+                } else {
+                    d.guids.extend(found);
+                }
+                if d.guids.is_empty() {
+                    *pending = None;
+                }
+            }
+            None if !found.is_empty() => {
+                *pending = Some(PendingDeletes {
+                    guids: found,
+                    first: now,
+                    last_growth: now,
+                })
+            }
+            None => {}
+        }
+    }
+}
+
+/// Deletes wait until no new one has been found for this long…
+const DELETE_SETTLE: Duration = Duration::from_secs(10);
+/// …but no longer than this after the first.
+const DELETE_MAX_WAIT: Duration = Duration::from_secs(120);
+/// How often reconciliation looks again while deletes wait.
+const DELETE_RECHECK: Duration = Duration::from_secs(3);
 
 /// How often the agent asks whether refused objects are due another try.
 const RETRY_CHECK_EVERY: Duration = Duration::from_secs(2);

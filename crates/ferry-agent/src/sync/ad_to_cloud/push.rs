@@ -20,6 +20,11 @@ pub const MAX_BYTES: usize = 2 * 1024 * 1024;
 /// Members named in one change (a 30,000-member group is several changes).
 pub const MEMBERS_PER_CHANGE: usize = 5_000;
 
+/// Deletes in one push: a burst of deletes goes up whole (within the byte
+/// bound, some 30,000), so the cloud holds it against the delete threshold
+/// as one mass delete, not batch by batch.
+pub const MAX_DELETES: usize = 50_000;
+
 /// Pushes `changes` read from `cookie`, moving it to `to` once all are in.
 pub(super) async fn push(
     shared: &Shared,
@@ -27,8 +32,13 @@ pub(super) async fn push(
     to: String,
     changes: Vec<AdChange>,
 ) -> Result<(), String> {
+    let max = if changes.iter().all(|c| matches!(c, AdChange::Delete { .. })) {
+        MAX_DELETES
+    } else {
+        MAX_CHANGES
+    };
     // Last batch on top; an empty round still moves the cookie.
-    let mut pending: Vec<Vec<AdChange>> = batches(chunk_members(changes), MAX_CHANGES, MAX_BYTES);
+    let mut pending: Vec<Vec<AdChange>> = batches(chunk_members(changes), max, MAX_BYTES);
     if pending.is_empty() {
         pending.push(Vec::new());
     }
