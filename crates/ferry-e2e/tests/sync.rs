@@ -1710,6 +1710,9 @@ async fn after_a_dc_outage_the_agent_is_back_within_seconds_and_says_so_meanwhil
     })
     .await;
     assert!(retrying["failing_since"].as_i64().is_some(), "{retrying}");
+    // The cloud change waiting for the DC shows as the cloud → AD backlog.
+    let down = direction_status(&cloud, &domain, "cloud_to_ad").await.unwrap();
+    assert!(down["backlog"].as_i64().unwrap_or(0) >= 1, "{down}");
     while stopped.elapsed() < Duration::from_secs(55) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

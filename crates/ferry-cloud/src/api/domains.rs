@@ -280,7 +280,10 @@ pub(super) async fn list_agents(
     let mut tx = state.store.begin().await?;
     let d = tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;
     let agents = tx.list_agents(auth.org_id, id).await?;
-    let list: Vec<Value> = agents.iter().map(|a| agent_json(a, &d, now)).collect();
+    // Feed entries after the domain's cursor: an upper bound of what waits
+    // to go into AD (some are other domains' or the domain's own echoes).
+    let backlog = (tx.feed_head(auth.org_id).await? - d.feed_cursor).max(0);
+    let list: Vec<Value> = agents.iter().map(|a| agent_json(a, &d, now, backlog)).collect();
     Ok(Json(json!({ "agents": list })))
 }
 
@@ -331,7 +334,8 @@ pub fn agent_state(a: &Agent, now: i64) -> &'static str {
     }
 }
 
-fn agent_json(a: &Agent, d: &Domain, now: i64) -> Value {
+fn agent_json(a: &Agent, d: &Domain, now: i64, backlog: i64) -> Value {
+    let primary = d.lease_agent_id == Some(a.id) && d.lease_expires_at > now;
     // Each direction's health as of its last heartbeat: red ("failing")
     // once it has failed for a minute, until it succeeds.
     let health: Vec<Value> = serde_json::from_value::<Vec<ferry_proto::agent::DirectionHealth>>(
@@ -340,12 +344,14 @@ fn agent_json(a: &Agent, d: &Domain, now: i64) -> Value {
     .unwrap_or_default()
     .iter()
     .map(|h| {
+        let waiting = primary && h.direction == ferry_proto::agent::SyncDirection::CloudToAd;
         json!({
             "direction": h.direction,
             "status": h.status(now),
             "last_success_at": h.last_success_at,
             "error": h.error,
             "failing_since": h.failing_since,
+            "backlog": waiting.then_some(backlog),
         })
     })
     .collect();
@@ -355,7 +361,7 @@ fn agent_json(a: &Agent, d: &Domain, now: i64) -> Value {
         "hostname": a.hostname,
         "version": a.version,
         "status": agent_state(a, now),
-        "primary": d.lease_agent_id == Some(a.id) && d.lease_expires_at > now,
+        "primary": primary,
         "last_seen": a.last_seen_at,
         "registered_at": a.created_at,
         "report": a.report,

@@ -731,6 +731,7 @@ fn direction_cell(agent: &Value, direction: &str) -> Markup {
             span class={ "dot " (color) } aria-hidden="true" {} " "
             @if status == "ok" {
                 "ok" @if let Some(t) = h["last_success_at"].as_i64() { span.small { " (" (when(t)) ")" } }
+                @if let Some(n) = h["backlog"].as_i64().filter(|n| *n > 0) { span.small { " · up to " (n) " changes waiting" } }
             } @else {
                 (if status == "failing" { "failing since " } else { "retrying since " })
                 (when(h["failing_since"].as_i64().unwrap_or(0))) ": " (h["error"].as_str().unwrap_or(""))
