@@ -263,8 +263,10 @@ const DELETE_MAX_WAIT: Duration = Duration::from_secs(120);
 /// How often reconciliation looks again while deletes wait.
 const DELETE_RECHECK: Duration = Duration::from_secs(3);
 
-/// How often the agent asks whether refused objects are due another try.
-const RETRY_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// How often the agent asks whether refused objects are due another try
+/// (and whether the admin asked for a scope preview): two small reads, so
+/// not more often, with many agents on one cloud.
+const RETRY_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// The safety-net interval of reconciliation.
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
