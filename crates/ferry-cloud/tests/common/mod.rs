@@ -177,10 +177,43 @@ impl TestServer {
         (status, value)
     }
 
+    /// Another `ferry-cloud` instance on the same database (as a second
+    /// instance behind a load balancer), with its own settings; it stops
+    /// when the returned value is dropped.
+    pub async fn another_instance(&self, config: Config) -> Instance {
+        let store = Store::open(&self._db.url).await.expect("open store");
+        let state = AppState::new(store.clone(), self.clock.clone(), config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            serve(listener, state, async {
+                rx.await.ok();
+            })
+            .await
+            .expect("serve");
+        });
+        Instance {
+            base,
+            store,
+            url: self._db.url.clone(),
+            _shutdown: tx,
+        }
+    }
+
     /// A second org with its own token (for isolation tests).
     pub async fn other_org(&self, name: &str) -> TestOrg {
         create_org(&self.store, name).await
     }
+}
+
+/// A further instance of the service (see [`TestServer::another_instance`]).
+pub struct Instance {
+    pub base: String,
+    pub store: Store,
+    /// The database both instances use.
+    pub url: String,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Drop for TestServer {

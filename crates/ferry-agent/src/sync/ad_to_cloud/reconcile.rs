@@ -13,6 +13,7 @@ use crate::sync::Shared;
 /// Linked objects no longer in scope in AD were deleted (or moved out):
 /// their deletes, read on a connection of its own.
 pub(super) async fn gone_from_ad(shared: &Shared) -> Result<Vec<AdChange>, String> {
+    let _timer = crate::metrics::ReconciliationTimer::start();
     let root = root(shared).await;
     let scope = shared.domain.read().await.policies.scope.clone();
     let mut conn = shared.connect().await.map_err(|e| e.to_string())?;
