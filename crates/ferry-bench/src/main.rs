@@ -60,6 +60,9 @@ struct Opts {
     /// Where ferry-cloud and ferry-agent are (default: next to this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// The loopback address of the benchmark's DC (default: a free 127.79.x.y).
+    #[arg(long)]
+    dc_ip: Option<String>,
     /// Run the cloud on a throwaway PostgreSQL instead of SQLite.
     #[arg(long)]
     postgres: bool,
@@ -182,9 +185,12 @@ impl Dc {
         })
     }
 
-    fn start(dir: &Path) -> Result<Dc> {
+    fn start(dir: &Path, chosen: Option<&str>) -> Result<Dc> {
         for n in 0..20u32 {
-            let ip = format!("127.79.{}.{}", (std::process::id() + n) % 250 + 1, n + 1);
+            let ip = match chosen {
+                Some(ip) => ip.to_owned(),
+                None => format!("127.79.{}.{}", (std::process::id() + n) % 250 + 1, n + 1),
+            };
             let out = Command::new("bash")
                 .args(["scripts/samba-dc", "start"])
                 .arg(dir)
@@ -193,7 +199,7 @@ impl Dc {
                 .context("run scripts/samba-dc (run the benchmark from the repository root)")?;
             let err = String::from_utf8_lossy(&out.stderr);
             if !out.status.success() {
-                if err.contains("is taken") {
+                if err.contains("is taken") && chosen.is_none() {
                     continue;
                 }
                 bail!("scripts/samba-dc failed: {err}");
@@ -710,7 +716,7 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
             "starting a Samba AD DC and filling it: {} users, {} groups",
             o.users, o.groups
         ));
-        let dc = Dc::start(&dc_dir)?;
+        let dc = Dc::start(&dc_dir, o.dc_ip.as_deref())?;
         let started = Instant::now();
         let st = Command::new("/usr/bin/python3")
             .arg("scripts/lib/bench-populate.py")

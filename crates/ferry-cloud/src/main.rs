@@ -175,9 +175,10 @@ async fn serve(a: ServeArgs) -> Result<()> {
     if metrics_token.as_deref().is_some_and(|t| t.len() < 16) {
         bail!("--metrics-token must be at least 16 characters (try: openssl rand -hex 32)");
     }
-    let mut retention = ferry_cloud::store::RetentionPolicy::default();
-    retention.audit_max_age_ms =
-        (a.audit_retention_days > 0).then(|| i64::from(a.audit_retention_days) * 24 * 3600 * 1000);
+    let retention = ferry_cloud::store::RetentionPolicy {
+        audit_max_age_ms: (a.audit_retention_days > 0).then(|| i64::from(a.audit_retention_days) * 24 * 3600 * 1000),
+        ..Default::default()
+    };
     let config = Config {
         public_url: a.public_url,
         trusted_proxies: a.trusted_proxies,
