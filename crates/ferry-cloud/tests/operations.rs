@@ -19,9 +19,7 @@ use serde_json::json;
 const HOUR: i64 = 3600 * 1000;
 const DAY: i64 = 24 * HOUR;
 
-struct Agent {
-    token: String,
-}
+type Agent = common::TestAgent;
 
 fn quiet() -> Config {
     // Retention runs only when a test says so.
@@ -40,17 +38,7 @@ async fn new_domain(s: &TestServer, name: &str) -> String {
 }
 
 async fn enrol(s: &TestServer, domain: &str) -> Agent {
-    use base64::Engine as _;
-    let (_, k) = s
-        .call(Method::POST, &format!("/api/v1/domains/{domain}/connect-keys"), None)
-        .await;
-    let body = json!({"connect_key": k["connect_key"], "hostname": "dc", "version": "0.1.0",
-                      "public_key": base64::engine::general_purpose::STANDARD.encode([1u8; 32])});
-    let (st, r) = s.call_as("", Method::POST, "/agent/v1/register", Some(body)).await;
-    assert_eq!(st, StatusCode::CREATED, "{r}");
-    let a = Agent {
-        token: r["agent_token"].as_str().unwrap().to_owned(),
-    };
+    let a = s.enrol(domain).await;
     let (st, v) = s
         .call_as(
             &a.token,
@@ -89,15 +77,7 @@ async fn ack(s: &TestServer, a: &Agent, cursor: i64) {
 }
 
 async fn create_user(s: &TestServer, name: &str) -> String {
-    let (st, v) = s
-        .call(
-            Method::POST,
-            "/scim/v2/Users",
-            Some(json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name})),
-        )
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
-    v["id"].as_str().unwrap().to_owned()
+    s.create_user(name).await
 }
 
 fn upserted_users(page: &FeedResponse) -> Vec<String> {

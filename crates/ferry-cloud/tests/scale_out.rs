@@ -87,20 +87,11 @@ async fn sign_in_failures_count_across_instances() {
 
 /// A domain with an enrolled agent; returns the agent's token and the feed's head.
 async fn domain_with_agent(s: &TestServer) -> (String, i64) {
-    use base64::Engine as _;
     let (st, d) = s
         .call(Method::POST, "/api/v1/domains", Some(json!({"name": "example.test"})))
         .await;
     assert_eq!(st, StatusCode::CREATED, "{d}");
-    let domain = d["id"].as_str().unwrap();
-    let (_, k) = s
-        .call(Method::POST, &format!("/api/v1/domains/{domain}/connect-keys"), None)
-        .await;
-    let body = json!({"connect_key": k["connect_key"], "hostname": "dc", "version": "0.1.0",
-                      "public_key": base64::engine::general_purpose::STANDARD.encode([1u8; 32])});
-    let (st, r) = s.call_as("", Method::POST, "/agent/v1/register", Some(body)).await;
-    assert_eq!(st, StatusCode::CREATED, "{r}");
-    let token = r["agent_token"].as_str().unwrap().to_owned();
+    let token = s.enrol(d["id"].as_str().unwrap()).await.token;
     let (st, v) = s
         .call_as(&token, Method::GET, "/agent/v1/feed?after=0&wait=0", None)
         .await;
@@ -135,14 +126,7 @@ async fn write_on_a_wakes_poll_on_b(a: &TestServer, b: &Instance, agent: &str, a
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let written = Instant::now();
-    let (st, v) = a
-        .call(
-            Method::POST,
-            "/scim/v2/Users",
-            Some(json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name})),
-        )
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
+    a.create_user(name).await;
     let page = tokio::time::timeout(Duration::from_secs(20), poll)
         .await
         .expect("the long-poll on instance B was not woken by instance A's write")
@@ -185,19 +169,7 @@ async fn a_feed_write_on_one_instance_wakes_a_long_poll_on_another() {
     let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&b.url)
         .await
         .unwrap();
-    let listeners = || {
-        sqlx::query(
-            "SELECT CAST(pid AS BIGINT) AS pid FROM pg_stat_activity \
-             WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
-        )
-    };
-    let old: Vec<i64> = listeners()
-        .fetch_all(&mut conn)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| sqlx::Row::try_get(r, "pid").unwrap())
-        .collect();
+    let old = listener_pids(&mut conn).await;
     assert!(old.len() >= 2, "both instances listen: {old:?}");
     for pid in &old {
         sqlx::query("SELECT pg_terminate_backend(CAST($1 AS INTEGER))")
@@ -207,13 +179,7 @@ async fn a_feed_write_on_one_instance_wakes_a_long_poll_on_another() {
             .unwrap();
     }
     loop {
-        let now: Vec<i64> = listeners()
-            .fetch_all(&mut conn)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| sqlx::Row::try_get(r, "pid").unwrap())
-            .collect();
+        let now = listener_pids(&mut conn).await;
         if now.iter().filter(|p| !old.contains(p)).count() >= 2 {
             break;
         }
@@ -221,4 +187,18 @@ async fn a_feed_write_on_one_instance_wakes_a_long_poll_on_another() {
     }
     let page = write_on_a_wakes_poll_on_b(&a, &b, &agent, page.next_cursor, "after.reconnect").await;
     assert!(names_user(&page, "after.reconnect"), "{page:?}");
+}
+
+/// The backends of this database that listen (the instances' feed listeners).
+async fn listener_pids(conn: &mut sqlx::AnyConnection) -> Vec<i64> {
+    sqlx::query(
+        "SELECT CAST(pid AS BIGINT) AS pid FROM pg_stat_activity \
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+    )
+    .fetch_all(conn)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| sqlx::Row::try_get(r, "pid").unwrap())
+    .collect()
 }
