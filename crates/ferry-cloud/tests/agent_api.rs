@@ -34,16 +34,7 @@ async fn enrol(s: &TestServer, domain: &str) -> Agent {
 }
 
 async fn heartbeat(s: &TestServer, a: &Agent) -> Value {
-    let (st, v) = s
-        .call_as(
-            &a.token,
-            Method::POST,
-            "/agent/v1/heartbeat",
-            Some(json!({"state": "idle"})),
-        )
-        .await;
-    assert_eq!(st, StatusCode::OK, "{v}");
-    v
+    s.heartbeat(a).await
 }
 
 async fn push(s: &TestServer, a: &Agent, from: Option<&str>, to: &str, changes: Vec<AdChange>) -> (StatusCode, Value) {

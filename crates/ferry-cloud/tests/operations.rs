@@ -39,15 +39,7 @@ async fn new_domain(s: &TestServer, name: &str) -> String {
 
 async fn enrol(s: &TestServer, domain: &str) -> Agent {
     let a = s.enrol(domain).await;
-    let (st, v) = s
-        .call_as(
-            &a.token,
-            Method::POST,
-            "/agent/v1/heartbeat",
-            Some(json!({"state": "idle"})),
-        )
-        .await;
-    assert_eq!(st, StatusCode::OK, "{v}");
+    s.heartbeat(&a).await;
     a
 }
 

@@ -199,6 +199,16 @@ impl TestServer {
         }
     }
 
+    /// An agent's heartbeat (which takes the primary lease when it is free).
+    pub async fn heartbeat(&self, a: &TestAgent) -> Value {
+        let body = serde_json::json!({"state": "idle"});
+        let (st, v) = self
+            .call_as(&a.token, Method::POST, "/agent/v1/heartbeat", Some(body))
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        v
+    }
+
     /// Creates a user over SCIM; returns its id.
     pub async fn create_user(&self, name: &str) -> String {
         let body = serde_json::json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name});
