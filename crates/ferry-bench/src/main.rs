@@ -94,7 +94,10 @@ impl Postgres {
         let admin = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         let pg = Postgres {
             dir: dir.to_owned(),
-            url: admin.replace("/postgres", "/ferry_bench"),
+            url: match admin.rsplit_once('/') {
+                Some((server, _)) => format!("{server}/ferry_bench"),
+                None => bail!("scripts/test-postgres printed no URL"),
+            },
         };
         let st = Command::new("psql")
             .arg(&admin)
