@@ -6,6 +6,7 @@ pub mod ad;
 pub mod cloud;
 pub mod config;
 pub mod install;
+pub mod metrics;
 pub mod platform;
 pub mod preflight;
 pub mod run;

@@ -132,6 +132,12 @@ struct RunArgs {
     /// The agent's configuration directory (agent.json and its secret files).
     #[arg(long, default_value_os_t = platform::default_config_dir())]
     config_dir: PathBuf,
+    /// Serve Prometheus metrics (GET /metrics) on this address, e.g. 127.0.0.1:9465 (loopback only by default).
+    #[arg(long, env = "FERRY_AGENT_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Allow --metrics-listen on an address that is not loopback (keep it behind a firewall).
+    #[arg(long)]
+    metrics_allow_remote: bool,
 }
 
 #[derive(Args)]
@@ -402,9 +408,29 @@ async fn uninstall(a: UninstallArgs) -> Result<ExitCode> {
 
 async fn run_sync(a: RunArgs) -> Result<ExitCode> {
     use ferry_agent::run::{installed_agent, Exit};
+    let _metrics = match a.metrics_listen {
+        Some(addr) => {
+            ferry_agent::metrics::check_address(addr, a.metrics_allow_remote).map_err(anyhow::Error::msg)?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics (in use?)"))?;
+            tracing::info!(%addr, "metrics at /metrics");
+            Some(AbortOnDrop(tokio::spawn(ferry_agent::metrics::serve(listener))))
+        }
+        None => None,
+    };
     // The reason is logged (stderr; the journal under systemd).
     match installed_agent(&a.config_dir, platform::shutdown_signal()).await? {
         Exit::Stopped => Ok(ExitCode::SUCCESS),
         Exit::NotAccepted => Ok(ExitCode::from(platform::EXIT_NOT_ACCEPTED)),
+    }
+}
+
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -65,6 +65,7 @@ pub async fn installed_agent(config_dir: &Path, shutdown: impl Future<Output = (
         secrets.secret_key.to_string(),
         first,
     );
+    crate::metrics::attach(&shared);
     match sync::run(shared, shutdown).await {
         sync::Ended::Stopped => {
             tracing::info!("ferry-agent stopped");

@@ -7,6 +7,12 @@
 //! figure is measured from outside: import time, change latency each way,
 //! peak RSS (`VmHWM`), idle CPU (`/proc/PID/stat`), SCIM throughput.
 //! Run it with `scripts/bench` (release build).
+//!
+//! `--postgres` runs the cloud on a throwaway PostgreSQL
+//! (`scripts/test-postgres`) instead of SQLite; `--instances 2` adds a
+//! second `ferry-cloud` on the same database: the agent talks to the first,
+//! every SCIM write and read of the figures goes to the second, so a cloud
+//! → AD change crosses instances (LISTEN/NOTIFY) as behind a load balancer.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -54,6 +60,86 @@ struct Opts {
     /// Where ferry-cloud and ferry-agent are (default: next to this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// The loopback address of the benchmark's DC (default: a free 127.79.x.y).
+    #[arg(long)]
+    dc_ip: Option<String>,
+    /// Run the cloud on a throwaway PostgreSQL instead of SQLite.
+    #[arg(long)]
+    postgres: bool,
+    /// Cloud instances on the one database (2 needs --postgres): the agent
+    /// uses the first, SCIM the last.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    instances: u8,
+}
+
+/// A throwaway PostgreSQL (`scripts/test-postgres`), stopped when dropped.
+struct Postgres {
+    dir: PathBuf,
+    url: String,
+}
+
+impl Postgres {
+    fn start(dir: &Path) -> Result<Postgres> {
+        let port = free_port()?;
+        let out = Command::new("bash")
+            .arg("scripts/test-postgres")
+            .arg("start")
+            .arg(dir)
+            .arg(port.to_string())
+            .stderr(Stdio::inherit())
+            .output()?;
+        if !out.status.success() {
+            bail!("scripts/test-postgres start failed");
+        }
+        let admin = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let pg = Postgres {
+            dir: dir.to_owned(),
+            url: match admin.rsplit_once('/') {
+                Some((server, _)) => format!("{server}/ferry_bench"),
+                None => bail!("scripts/test-postgres printed no URL"),
+            },
+        };
+        let st = Command::new("psql")
+            .arg(&admin)
+            .args(["-q", "-c", "CREATE DATABASE ferry_bench"])
+            .status();
+        if !st.is_ok_and(|s| s.success()) {
+            bail!("cannot create the benchmark database (psql)");
+        }
+        Ok(pg)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg("scripts/test-postgres")
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+/// Starts `ferry-cloud serve` on a free port and waits for `/healthz`.
+async fn start_cloud(bin: &Path, store: &[std::ffi::OsString], log: &Path) -> Result<(Proc, String)> {
+    let port = free_port()?;
+    let base_url = format!("http://127.0.0.1:{port}");
+    let proc = Proc(
+        Command::new(bin.join("ferry-cloud"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(store)
+            .stderr(std::fs::File::create(log)?)
+            .spawn()?,
+    );
+    let http = reqwest::Client::new();
+    let ready = Instant::now();
+    while http.get(format!("{base_url}/healthz")).send().await.is_err() {
+        if ready.elapsed() > Duration::from_secs(30) {
+            bail!("ferry-cloud did not start (see {})", log.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((proc, base_url))
 }
 
 fn say(s: &str) {
@@ -102,9 +188,12 @@ impl Dc {
         })
     }
 
-    fn start(dir: &Path) -> Result<Dc> {
+    fn start(dir: &Path, chosen: Option<&str>) -> Result<Dc> {
         for n in 0..20u32 {
-            let ip = format!("127.79.{}.{}", (std::process::id() + n) % 250 + 1, n + 1);
+            let ip = match chosen {
+                Some(ip) => ip.to_owned(),
+                None => format!("127.79.{}.{}", (std::process::id() + n) % 250 + 1, n + 1),
+            };
             let out = Command::new("bash")
                 .args(["scripts/samba-dc", "start"])
                 .arg(dir)
@@ -113,7 +202,7 @@ impl Dc {
                 .context("run scripts/samba-dc (run the benchmark from the repository root)")?;
             let err = String::from_utf8_lossy(&out.stderr);
             if !out.status.success() {
-                if err.contains("is taken") {
+                if err.contains("is taken") && chosen.is_none() {
                     continue;
                 }
                 bail!("scripts/samba-dc failed: {err}");
@@ -205,6 +294,7 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+#[derive(Clone)]
 struct Cloud {
     base: String,
     token: String,
@@ -629,7 +719,7 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
             "starting a Samba AD DC and filling it: {} users, {} groups",
             o.users, o.groups
         ));
-        let dc = Dc::start(&dc_dir)?;
+        let dc = Dc::start(&dc_dir, o.dc_ip.as_deref())?;
         let started = Instant::now();
         let st = Command::new("/usr/bin/python3")
             .arg("scripts/lib/bench-populate.py")
@@ -654,19 +744,29 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
     let (baseline_secs, dumped) = baseline(&dc, &base)?;
     eprintln!("    {dumped} entries in {baseline_secs:.2} s");
 
-    say("starting ferry-cloud (SQLite) and installing the agent with a Connect Key");
+    if o.instances > 1 && !o.postgres {
+        bail!("--instances 2 needs --postgres (SQLite serves one instance)");
+    }
+    let engine = if o.postgres { "PostgreSQL" } else { "SQLite" };
+    say(&format!(
+        "starting ferry-cloud ({engine}, {} instance{}) and installing the agent with a Connect Key",
+        o.instances,
+        if o.instances > 1 { "s" } else { "" }
+    ));
+    let pg = if o.postgres {
+        Some(Postgres::start(&work.join("pg"))?)
+    } else {
+        None
+    };
     let data = work.join("cloud");
+    let mut store: Vec<std::ffi::OsString> = vec!["--data-dir".into(), data.clone().into()];
+    if let Some(pg) = &pg {
+        store.extend(["--database-url".into(), pg.url.clone().into()]);
+    }
     let token_file = work.join("admin.token");
     let st = Command::new(bin.join("ferry-cloud"))
-        .args([
-            "init",
-            "--org",
-            "Bench",
-            "--admin-email",
-            "admin@bench.test",
-            "--data-dir",
-        ])
-        .arg(&data)
+        .args(["init", "--org", "Bench", "--admin-email", "admin@bench.test"])
+        .args(&store)
         .arg("--token-out")
         .arg(&token_file)
         .env("FERRY_ADMIN_PASSWORD", "Bench-Admin-Pa55")
@@ -676,27 +776,27 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
     if !st.success() {
         bail!("ferry-cloud init failed");
     }
-    let port = free_port()?;
-    let base_url = format!("http://127.0.0.1:{port}");
-    let cloud_proc = Proc(
-        Command::new(bin.join("ferry-cloud"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(&data)
-            .stderr(std::fs::File::create(work.join("cloud.log"))?)
-            .spawn()?,
-    );
+    let (cloud_proc, base_url) = start_cloud(bin, &store, &work.join("cloud.log")).await?;
+    let token = std::fs::read_to_string(&token_file)?.trim().to_owned();
     let cloud = Cloud {
         base: base_url.clone(),
-        token: std::fs::read_to_string(&token_file)?.trim().to_owned(),
+        token: token.clone(),
         http: reqwest::Client::new(),
     };
-    let ready = Instant::now();
-    while cloud.http.get(format!("{base_url}/healthz")).send().await.is_err() {
-        if ready.elapsed() > Duration::from_secs(30) {
-            bail!("ferry-cloud did not start");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The instance SCIM clients use: the second, when there are two.
+    let (scim_proc, scim) = if o.instances > 1 {
+        let (p, url) = start_cloud(bin, &store, &work.join("cloud-2.log")).await?;
+        (
+            Some(p),
+            Cloud {
+                base: url,
+                token,
+                http: reqwest::Client::new(),
+            },
+        )
+    } else {
+        (None, cloud.clone())
+    };
     let d = cloud
         .ok(
             reqwest::Method::POST,
@@ -789,7 +889,7 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
             }
         },
         |i, value| {
-            let cloud = &cloud;
+            let cloud = &scim;
             let sam = format!("u{:06}", (i * step) % o.users);
             async move { Ok(cloud.user(&sam).await?["title"] == value.as_str()) }
         },
@@ -798,7 +898,7 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
     let ids: Vec<String> = {
         let mut v = Vec::new();
         for i in 0..o.changes {
-            let u = cloud.user(&format!("u{:06}", (i * step + step / 2) % o.users)).await?;
+            let u = scim.user(&format!("u{:06}", (i * step + step / 2) % o.users)).await?;
             v.push(u["id"].as_str().unwrap_or_default().to_owned());
         }
         v
@@ -806,7 +906,7 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
     let mut cloud_to_ad = latencies(
         o.changes,
         |i| {
-            let cloud = &cloud;
+            let cloud = &scim;
             let id = ids[i].clone();
             let value = format!("cloud-{i}-{}", import_start.elapsed().as_nanos());
             async move {
@@ -868,7 +968,7 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
         "SCIM throughput on the loaded store ({} s each, 4 clients; agent stopped)",
         o.scim_secs
     ));
-    let shared = std::sync::Arc::new(cloud);
+    let shared = std::sync::Arc::new(scim.clone());
     let users = o.users as u64;
     let c = shared.clone();
     let list = throughput(o.scim_secs, move |n| {
@@ -914,7 +1014,10 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
     .await?;
     let console = console_figures(&shared, o.console_users).await?;
     let cloud_rss = peak_rss_mib(cloud_proc.pid());
+    let scim_rss = scim_proc.as_ref().map(|p| peak_rss_mib(p.pid()));
+    drop(scim_proc);
     drop(cloud_proc);
+    drop(pg);
 
     let ratio = import_secs / baseline_secs;
     let ok = |b: bool| if b { "✓" } else { "✗ missed" };
@@ -923,9 +1026,11 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
     let memberships = ((o.users as f64) * 5.0).round();
     println!();
     println!(
-        "Ferry benchmark: {} users, {} groups (~{memberships} memberships, nested); {}",
+        "Ferry benchmark: {} users, {} groups (~{memberships} memberships, nested); cloud on {engine}, {} instance(s){}; {}",
         o.users,
         o.groups,
+        o.instances,
+        if o.instances > 1 { " (agent on the first, SCIM on the second)" } else { "" },
         machine()
     );
     println!("{:<44} {:>22}  {:<12} ", "figure", "value", "target");
@@ -981,6 +1086,9 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
         format!("{cloud_rss_sync:.1} / {cloud_rss:.1} MiB"),
         "",
     );
+    if let Some(r) = scim_rss {
+        row("second cloud instance peak RSS (SCIM)", format!("{r:.1} MiB"), "");
+    }
     row(
         &format!("agent CPU while idle ({} s)", o.idle_secs),
         format!("{agent_idle_cpu:.2} %"),
@@ -1008,6 +1116,8 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
     if let Some(path) = &o.json {
         let j = json!({
             "machine": machine(),
+            "engine": engine,
+            "instances": o.instances,
             "users": o.users,
             "groups": o.groups,
             "populate_secs": if populate_secs.is_nan() { None } else { Some(populate_secs) },

@@ -53,6 +53,18 @@ pub struct Config {
     pub handler_timeout: Duration,
     /// Connections served at once; more wait to be accepted.
     pub max_connections: usize,
+    /// How often a waiting feed long-poll re-reads the feed anyway: the
+    /// fallback should a wake-up be missed (another instance's write while
+    /// the PostgreSQL listener was reconnecting).
+    pub feed_reread: Duration,
+    /// SHA-256 (hex) of the bearer token that may read `/metrics` on the
+    /// service's address; without it `/metrics` is served only on
+    /// `--metrics-listen`. A hash, so printing the config shows no secret.
+    pub metrics_token_hash: Option<String>,
+    /// What retention keeps.
+    pub retention: crate::store::RetentionPolicy,
+    /// How often retention runs; `None`: never (tests that count rows).
+    pub retention_interval: Option<Duration>,
 }
 
 impl Default for Config {
@@ -72,6 +84,10 @@ impl Default for Config {
             body_timeout: Duration::from_secs(30),
             handler_timeout: Duration::from_secs(60),
             max_connections: 1024,
+            feed_reread: Duration::from_secs(1),
+            metrics_token_hash: None,
+            retention: crate::store::RetentionPolicy::default(),
+            retention_interval: Some(Duration::from_secs(3600)),
         }
     }
 }
@@ -156,6 +172,7 @@ pub fn router(state: AppState) -> Router {
             answer_within,
         ))
         .layer(axum::middleware::from_fn(crate::surface_errors::json_errors))
+        .layer(axum::middleware::from_fn(crate::metrics_endpoint::track_requests))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(
             // Method and path only: query strings and headers may carry secrets.
             |req: &axum::http::Request<_>| tracing::info_span!("http", method = %req.method(), path = %req.uri().path()),
@@ -180,6 +197,43 @@ fn api_routes(config: &Config) -> Router<AppState> {
         .nest("/agent/v1", crate::agent_api::router(config.agent_push_limit))
         .nest("/scim/v2", crate::scim::router())
         .nest("/downloads", crate::downloads::router())
+        .route("/metrics", get(crate::metrics_endpoint::scrape_with_token))
+}
+
+/// `GET /metrics` alone, for `--metrics-listen` (no token: who can reach the
+/// address may read).
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(crate::metrics_endpoint::scrape))
+        .with_state(state)
+}
+
+/// `GET /metrics` alone, with the metrics token (a `--metrics-listen`
+/// address that is not loopback).
+pub fn metrics_router_with_token(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(crate::metrics_endpoint::scrape_with_token))
+        .with_state(state)
+}
+
+/// The service's background work: waking long-polls on other instances'
+/// writes (PostgreSQL) and retention. Stopped when the value is dropped.
+pub struct BackgroundTasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for BackgroundTasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Starts the [`BackgroundTasks`].
+pub fn spawn_background(state: &AppState) -> BackgroundTasks {
+    BackgroundTasks(vec![
+        tokio::spawn(crate::feed_wakeup::listen(state.clone())),
+        tokio::spawn(crate::retention::run(state.clone())),
+    ])
 }
 
 async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> axum::response::Response {
@@ -214,6 +268,7 @@ pub async fn serve(
     use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::ServiceExt;
 
+    let _background = spawn_background(&state);
     let header_timeout = state.config.header_read_timeout;
     let slots = Arc::new(tokio::sync::Semaphore::new(state.config.max_connections.max(1)));
     let app = router(state);

@@ -63,6 +63,18 @@ struct ServeArgs {
     /// name the client; repeat it or separate with commas. Without it the TCP peer is the client.
     #[arg(long = "trusted-proxy", env = "FERRY_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_proxy)]
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// Serve Prometheus metrics (GET /metrics) on this address too, without
+    /// a token: a loopback address (127.0.0.1:9464), unless --metrics-token is set.
+    #[arg(long, env = "FERRY_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// A bearer token that may read GET /metrics on the service's own
+    /// address (and is required on a non-loopback --metrics-listen). Prefer
+    /// the environment variable: a command line is visible to every user.
+    #[arg(long, env = "FERRY_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
+    /// Audit entries older than this many days are deleted; 0 keeps them forever.
+    #[arg(long, env = "FERRY_AUDIT_RETENTION_DAYS", default_value_t = 365)]
+    audit_retention_days: u32,
 }
 
 /// `10.0.0.0/8`, or one address (`10.0.0.7`, `::1`).
@@ -159,19 +171,59 @@ async fn serve(a: ServeArgs) -> Result<()> {
         let list: Vec<String> = a.trusted_proxies.iter().map(ToString::to_string).collect();
         tracing::info!(proxies = %list.join(","), "client addresses from Forwarded / X-Forwarded-For of these proxies");
     }
+    let metrics_token = a.metrics_token.map(|t| t.trim().to_owned());
+    if metrics_token.as_deref().is_some_and(|t| t.len() < 16) {
+        bail!("--metrics-token must be at least 16 characters (try: openssl rand -hex 32)");
+    }
+    let retention = ferry_cloud::store::RetentionPolicy {
+        audit_max_age_ms: (a.audit_retention_days > 0).then(|| i64::from(a.audit_retention_days) * 24 * 3600 * 1000),
+        ..Default::default()
+    };
     let config = Config {
         public_url: a.public_url,
         trusted_proxies: a.trusted_proxies,
         agent_binary,
         agent_msi,
+        metrics_token_hash: metrics_token.as_deref().map(token_hash),
+        retention,
         ..Config::default()
     };
     let state = AppState::new(store.clone(), Arc::new(SystemClock), config);
+    let metrics = match &a.metrics_listen {
+        Some(at) => Some(serve_metrics(at, metrics_token.is_some(), state.clone()).await?),
+        None => None,
+    };
     tracing::info!(%addr, "ferry-cloud listening (admin API /api/v1, SCIM /scim/v2, agents /agent/v1)");
     app::serve(listener, state, shutdown_signal()).await?;
+    if let Some(m) = metrics {
+        m.abort();
+    }
     store.close().await;
     tracing::info!("ferry-cloud stopped");
     Ok(())
+}
+
+/// `--metrics-listen`: GET /metrics on an address of its own. Without a
+/// token, only on loopback: the figures name the org's domains.
+async fn serve_metrics(at: &str, has_token: bool, state: AppState) -> Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(at)
+        .await
+        .with_context(|| format!("cannot listen on {at} for metrics (in use, or not an address of this host?)"))?;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() && !has_token {
+        bail!("--metrics-listen {addr} is not a loopback address: use 127.0.0.1:PORT, or set --metrics-token (FERRY_METRICS_TOKEN) so scrapers must present it");
+    }
+    let router = if has_token {
+        app::metrics_router_with_token(state)
+    } else {
+        app::metrics_router(state)
+    };
+    tracing::info!(%addr, "metrics at /metrics");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "the metrics listener stopped");
+        }
+    }))
 }
 
 async fn shutdown_signal() {

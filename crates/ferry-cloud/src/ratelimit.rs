@@ -13,13 +13,23 @@
 //! checked, so a valid one always passes and only failures answer 429; a
 //! password is not checked while its (address, account) waits.
 //!
-//! Counters live in the process. With several cloud instances behind a
-//! balancer the effective limit is per instance; the secrets guarded here
-//! are either slow-hashed (passwords) or 256-bit random (keys, tokens), so
-//! the limit is a brake on noise and a signal, not the only defence.
+//! Where the counters live:
+//! - admin sign-ins: in the store ([`RateLimiter::check_shared`] and
+//!   friends), so several instances behind a balancer share one count
+//!   (a guesser gains nothing by spreading attempts over instances). A
+//!   sign-in costs an argon2 hash anyway, so one more row read is nothing;
+//! - Connect Keys and bearer tokens: in the process. They are 256-bit
+//!   random, so the limit is a brake on noise, not a defence against
+//!   guessing, and counting every unknown token in the database would turn
+//!   a flood of junk requests into a flood of database writes. With N
+//!   instances the effective limit is N times the one configured.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+
+use crate::store::{FailureCount, Store, StoreResult};
 
 /// One limiter, for one kind of attempt.
 #[derive(Debug)]
@@ -30,13 +40,7 @@ pub struct RateLimiter {
     entries: Mutex<HashMap<String, Entry>>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    failures: u32,
-    last_failure: i64,
-    /// No attempt before this time (unix ms).
-    until: i64,
-}
+type Entry = FailureCount;
 
 /// Refused: retry after this many seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,12 +66,7 @@ impl RateLimiter {
     /// Whether `key` may try now.
     pub fn check(&self, key: &str, now: i64) -> Result<(), Limited> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        match entries.get(key) {
-            Some(e) if now < e.until => Err(Limited {
-                retry_after_secs: u64::try_from((e.until - now + 999) / 1000).unwrap_or(1).max(1),
-            }),
-            _ => Ok(()),
-        }
+        wait_of(entries.get(key), now)
     }
 
     /// Records a failed attempt by `key`.
@@ -86,17 +85,20 @@ impl RateLimiter {
                 entries.clear();
             }
         }
-        let e = entries.entry(key.to_owned()).or_insert(Entry {
+        let next = self.after_failure(entries.get(key).copied(), now);
+        entries.insert(key.to_owned(), next);
+    }
+
+    /// The counters after one more failure.
+    fn after_failure(&self, previous: Option<Entry>, now: i64) -> Entry {
+        let fresh = Entry {
             failures: 0,
             last_failure: now,
             until: now,
-        });
+        };
+        let mut e = previous.unwrap_or(fresh);
         if now >= e.until && now - e.last_failure.max(e.until) >= self.max_delay_ms {
-            *e = Entry {
-                failures: 0,
-                last_failure: now,
-                until: now,
-            };
+            e = fresh;
         }
         e.failures = e.failures.saturating_add(1);
         e.last_failure = now;
@@ -105,6 +107,33 @@ impl RateLimiter {
             let delay = self.base_delay_ms.saturating_mul(1 << doublings).min(self.max_delay_ms);
             e.until = now + delay;
         }
+        e
+    }
+
+    /// [`RateLimiter::check`] with the counters in the store, shared by every instance.
+    pub async fn check_shared(&self, store: &Store, key: &str, now: i64) -> StoreResult<Result<(), Limited>> {
+        let mut tx = store.begin().await?;
+        let entry = tx.sign_in_failures(&shared_key(key)).await?;
+        Ok(wait_of(entry.as_ref(), now))
+    }
+
+    /// [`RateLimiter::fail`] with the counters in the store. Two instances
+    /// failing the same key at the same moment may count once: a brake
+    /// that slips by one attempt is still a brake.
+    pub async fn fail_shared(&self, store: &Store, key: &str, now: i64) -> StoreResult<()> {
+        let hash = shared_key(key);
+        let mut tx = store.begin().await?;
+        let previous = tx.sign_in_failures(&hash).await?;
+        tx.put_sign_in_failures(&hash, self.after_failure(previous, now))
+            .await?;
+        tx.commit().await
+    }
+
+    /// [`RateLimiter::reset`] with the counters in the store.
+    pub async fn reset_shared(&self, store: &Store, key: &str) -> StoreResult<()> {
+        let mut tx = store.begin().await?;
+        tx.clear_sign_in_failures(&shared_key(key)).await?;
+        tx.commit().await
     }
 
     /// A failed attempt by `key`: `Some` (answer 429) while the key waits,
@@ -121,6 +150,21 @@ impl RateLimiter {
     pub fn reset(&self, key: &str) {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
+}
+
+/// Refused while the key waits.
+fn wait_of(entry: Option<&Entry>, now: i64) -> Result<(), Limited> {
+    match entry {
+        Some(e) if now < e.until => Err(Limited {
+            retry_after_secs: u64::try_from((e.until - now + 999) / 1000).unwrap_or(1).max(1),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Keys name an address and an account: the store keeps their hash only.
+fn shared_key(key: &str) -> String {
+    hex::encode(Sha256::digest(format!("ferry-limiter:{key}").as_bytes()))
 }
 
 #[cfg(test)]

@@ -46,6 +46,11 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
     }
 }
 
+/// Equal, in time that does not depend on where the inputs differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,10 +14,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-struct Agent {
-    token: String,
-    id: String,
-}
+type Agent = common::TestAgent;
 
 async fn setup(s: &TestServer, policies: Value) -> (String, Agent) {
     let (_, d) = s
@@ -33,31 +30,11 @@ async fn setup(s: &TestServer, policies: Value) -> (String, Agent) {
 }
 
 async fn enrol(s: &TestServer, domain: &str) -> Agent {
-    use base64::Engine as _;
-    let (_, k) = s
-        .call(Method::POST, &format!("/api/v1/domains/{domain}/connect-keys"), None)
-        .await;
-    let body = json!({"connect_key": k["connect_key"], "hostname": "dc", "version": "0.1.0",
-                      "public_key": base64::engine::general_purpose::STANDARD.encode([1u8; 32])});
-    let (st, r) = s.call_as("", Method::POST, "/agent/v1/register", Some(body)).await;
-    assert_eq!(st, StatusCode::CREATED, "{r}");
-    Agent {
-        token: r["agent_token"].as_str().unwrap().to_owned(),
-        id: r["agent_id"].as_str().unwrap().to_owned(),
-    }
+    s.enrol(domain).await
 }
 
 async fn heartbeat(s: &TestServer, a: &Agent) -> Value {
-    let (st, v) = s
-        .call_as(
-            &a.token,
-            Method::POST,
-            "/agent/v1/heartbeat",
-            Some(json!({"state": "idle"})),
-        )
-        .await;
-    assert_eq!(st, StatusCode::OK, "{v}");
-    v
+    s.heartbeat(a).await
 }
 
 async fn push(s: &TestServer, a: &Agent, from: Option<&str>, to: &str, changes: Vec<AdChange>) -> (StatusCode, Value) {

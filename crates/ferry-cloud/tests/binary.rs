@@ -236,3 +236,92 @@ async fn serve_then_sigterm_and_no_secret_in_the_log() {
     }
     assert!(!log.contains("token=leak"), "query strings are not logged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_on_a_loopback_address_or_with_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = |extra: &[&str], token: Option<&str>| {
+        let mut c = Command::new(BIN);
+        c.arg("serve").arg("--data-dir").arg(&data).args(extra);
+        c.env_remove("FERRY_METRICS_TOKEN");
+        if let Some(t) = token {
+            c.env("FERRY_METRICS_TOKEN", t);
+        }
+        c.stdout(Stdio::null()).stderr(Stdio::piped());
+        c
+    };
+    // Not loopback, no token: refused, and told why.
+    let (port, metrics_port) = (free_port(), free_port());
+    let out = serve(
+        &[
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            &format!("0.0.0.0:{metrics_port}"),
+        ],
+        None,
+    )
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not a loopback address"), "{err}");
+
+    // With a token: on the service's address only with it, and on the loopback listener.
+    let metrics_token = "metrics-token-for-the-binary-test";
+    let mut child = serve(
+        &[
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+        ],
+        Some(metrics_token),
+    )
+    .spawn()
+    .unwrap();
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    while http
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(start.elapsed() < Duration::from_secs(20), "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let on_service = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on_service.status(), 401, "the service's address wants the token");
+    let with_token = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .bearer_auth(metrics_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_token.status(), 200);
+    // With a token set, --metrics-listen asks for it too.
+    let listener = http
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .bearer_auth(metrics_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listener.status(), 200);
+    let text = listener.text().await.unwrap();
+    assert!(
+        text.contains("# TYPE ferry_http_request_duration_seconds histogram"),
+        "{text}"
+    );
+    assert!(!text.contains(metrics_token));
+    child.kill().unwrap();
+    let mut log = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    child.wait().unwrap();
+    assert!(!log.contains(metrics_token), "the metrics token is not logged");
+}

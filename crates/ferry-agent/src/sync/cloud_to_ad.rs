@@ -71,6 +71,7 @@ async fn follow(shared: &Shared) -> Result<(), String> {
             let object = subject(&entry.change);
             match apply(&ctx, &mut conn, &mut links, entry).await {
                 Ok(()) => {
+                    crate::metrics::cloud_change_applied(entry.at);
                     if failed.remove(&object) {
                         resolved.push(object.to_string());
                     }

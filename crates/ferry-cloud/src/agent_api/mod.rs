@@ -429,12 +429,34 @@ async fn feed(
         if next_cursor > q.after || tokio::time::Instant::now() >= deadline {
             return Ok(Json(FeedResponse { entries, next_cursor }));
         }
-        // Another instance may have written (PostgreSQL): look again each second.
+        // Woken by a commit here or, on PostgreSQL, another instance's
+        // (feed_wakeup.rs); the periodic re-read covers a missed wake-up.
+        let _waiting = PollGauge::enter();
         tokio::select! {
             _ = grew => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(state.config.feed_reread) => {}
             _ = tokio::time::sleep_until(deadline) => {}
         }
+    }
+}
+
+/// Counts a waiting long-poll in `ferry_feed_polls_waiting` while it lives.
+struct PollGauge;
+
+impl PollGauge {
+    fn enter() -> PollGauge {
+        crate::metrics::global()
+            .feed_polls_waiting
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        PollGauge
+    }
+}
+
+impl Drop for PollGauge {
+    fn drop(&mut self) {
+        crate::metrics::global()
+            .feed_polls_waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -75,8 +75,25 @@ pub(super) async fn create(
     // The org's first domain is where objects made in the cloud go, those
     // made before it included (the single-domain case needs no choice).
     if tx.default_domain(auth.org_id).await?.is_none() {
+        // The new domain's agent reads the feed from its start; if retention
+        // has pruned the entries that made these objects, they are written
+        // to the feed again so the agent still sees every one.
+        let redeliver = if tx.feed_was_pruned(auth.org_id).await? {
+            tx.unhomed_objects(auth.org_id).await?
+        } else {
+            Vec::new()
+        };
         tx.set_default_domain(auth.org_id, Some(domain.id)).await?;
         tx.adopt_unhomed(auth.org_id, domain.id).await?;
+        let ctx = crate::directory::WriteCtx {
+            org_id: auth.org_id,
+            origin: crate::directory::ORIGIN_CLOUD.into(),
+            actor: auth.actor.clone(),
+            now,
+        };
+        for id in redeliver {
+            crate::directory::redeliver(&mut tx, &ctx, id).await?;
+        }
     }
     let default = tx.default_domain(auth.org_id).await?;
     let bound = &settings.policies.scope.cloud_groups;
@@ -99,7 +116,7 @@ pub(super) async fn create(
         now,
     )
     .await?;
-    tx.commit().await?;
+    state.commit(tx).await?;
     Ok((StatusCode::CREATED, Json(domain_json(&domain, default))))
 }
 

@@ -30,9 +30,11 @@ pub(super) async fn sign_in(
     // Failures count per (address, account): a guesser waits, but neither
     // the account's owner at another address nor another account does.
     let limiter_key = format!("{ip} {email}");
+    // In the store: every instance counts the same failures.
     state
         .login_limiter
-        .check(&limiter_key, now)
+        .check_shared(&state.store, &limiter_key, now)
+        .await?
         .map_err(|l| ApiError::limited(l, "sign-ins"))?;
     // Read the account and let the store go before hashing: argon2 takes
     // tens of milliseconds, and SQLite has a single connection.
@@ -47,9 +49,15 @@ pub(super) async fn sign_in(
     let ok = tokio::task::spawn_blocking(move || verify_password(&password, &phc))
         .await
         .unwrap_or(false);
+    // The counters take a transaction of their own, before this one (SQLite
+    // has one connection).
+    let admin = admin.filter(|_| ok);
+    match admin {
+        Some(_) => state.login_limiter.reset_shared(&state.store, &limiter_key).await?,
+        None => state.login_limiter.fail_shared(&state.store, &limiter_key, now).await?,
+    }
     let mut tx = state.store.begin().await?;
-    let Some(admin) = admin.filter(|_| ok) else {
-        state.login_limiter.fail(&limiter_key, now);
+    let Some(admin) = admin else {
         if let Some(a) = tx.find_admin_by_email(&email).await? {
             tx.append_audit(
                 a.org_id,
@@ -67,7 +75,6 @@ pub(super) async fn sign_in(
             "the e-mail or password is wrong",
         ));
     };
-    state.login_limiter.reset(&limiter_key);
     let token = new_token(SESSION_PREFIX);
     let expires_at = now + state.config.session_ttl_ms;
     tx.insert_token(

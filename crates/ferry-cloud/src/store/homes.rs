@@ -64,6 +64,23 @@ impl Tx {
         Ok(())
     }
 
+    /// Users and groups without a home.
+    pub async fn unhomed_objects(&mut self, org_id: Uuid) -> StoreResult<Vec<Uuid>> {
+        let mut ids = Vec::new();
+        for t in ["dir_users", "dir_groups"] {
+            let rows = sqlx::query(&format!(
+                "SELECT id FROM {t} WHERE org_id = $1 AND home_domain IS NULL ORDER BY id"
+            ))
+            .bind(org_id.to_string())
+            .fetch_all(self.conn())
+            .await?;
+            for r in &rows {
+                ids.push(super::get_uuid(r, "id")?);
+            }
+        }
+        Ok(ids)
+    }
+
     /// Places every object without a home in `domain`.
     pub async fn adopt_unhomed(&mut self, org_id: Uuid, domain: Uuid) -> StoreResult<()> {
         for t in ["dir_users", "dir_groups"] {

@@ -143,6 +143,13 @@ impl Tx {
             }
             q.execute(self.conn()).await?;
         }
+        if self.dialect() == super::Dialect::Postgres {
+            // Delivered at commit, to every instance (and only if it commits);
+            // notifications of one transaction with one payload fold into one.
+            sqlx::query(&format!("NOTIFY {}", super::FEED_CHANNEL))
+                .execute(self.conn())
+                .await?;
+        }
         Ok(seqs)
     }
 

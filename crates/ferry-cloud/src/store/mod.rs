@@ -14,8 +14,10 @@ mod directory;
 mod domains;
 mod homes;
 mod journal;
+mod limits;
 mod previews;
 mod sync_errors;
+mod upkeep;
 
 use std::str::FromStr;
 
@@ -27,8 +29,10 @@ pub use accounts::{Admin, Org, TokenKind, TokenRow};
 pub use directory::{GroupRow, Link, Member, NewGroup, NewUser, UserQuery, UserRow};
 pub use domains::{Agent, ConnectKeyProblem, ConnectKeyRow, Domain, DomainSettings, Lease, Quarantine};
 pub use journal::{AuditEntry, FeedLink, FeedRow};
+pub use limits::FailureCount;
 pub use previews::PREVIEW_TTL_MS;
 pub use sync_errors::{retry_due, SyncErrorRow};
+pub use upkeep::{DomainLag, Pruned, RetentionPolicy};
 
 /// Migrations, in order; each runs once, in its own transaction.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -39,7 +43,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("0005_home_domain.sql")),
     (6, include_str!("0006_cloud_deleted.sql")),
     (7, include_str!("0007_scope_previews.sql")),
+    (8, include_str!("0008_scale_out.sql")),
 ];
+
+/// The PostgreSQL channel a commit that grew a feed notifies: every
+/// instance listens on it and wakes its long-polls (`feed_wakeup.rs`).
+pub const FEED_CHANNEL: &str = "ferry_feed";
 
 /// Which database engine is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +100,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    /// Kept for the PostgreSQL listener's own connection; never logged.
+    url: std::sync::Arc<str>,
 }
 
 impl Store {
@@ -133,7 +144,11 @@ impl Store {
             }
             Dialect::Postgres => AnyPoolOptions::new().max_connections(16).connect(url).await?,
         };
-        let store = Store { pool, dialect };
+        let store = Store {
+            pool,
+            dialect,
+            url: url.into(),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -143,11 +158,28 @@ impl Store {
         self.dialect
     }
 
-    /// Starts a transaction.
+    /// Starts a transaction (the wait for a connection is measured: with
+    /// SQLite's one connection it is the queue every request stands in).
     pub async fn begin(&self) -> StoreResult<Tx> {
+        let asked = std::time::Instant::now();
+        let inner = self.pool.begin().await?;
+        crate::metrics::global().store_acquire.observe(asked.elapsed());
         Ok(Tx {
-            inner: self.pool.begin().await?,
+            inner,
+            dialect: self.dialect,
+            began: std::time::Instant::now(),
         })
+    }
+
+    /// A listener on [`FEED_CHANNEL`] over a connection of its own
+    /// (PostgreSQL only; `None` on SQLite, where one process is the only writer).
+    pub async fn listen_feed(&self) -> StoreResult<Option<sqlx::postgres::PgListener>> {
+        if self.dialect != Dialect::Postgres {
+            return Ok(None);
+        }
+        let mut listener = sqlx::postgres::PgListener::connect(&self.url).await?;
+        listener.listen(FEED_CHANNEL).await?;
+        Ok(Some(listener))
     }
 
     /// Closes every connection.
@@ -266,13 +298,24 @@ pub fn redact_url(url: &str) -> String {
 /// A transaction; dropped without [`Tx::commit`] it rolls back.
 pub struct Tx {
     inner: Transaction<'static, Any>,
+    dialect: Dialect,
+    began: std::time::Instant,
 }
 
 impl Tx {
     /// Commits every write made through this transaction.
     pub async fn commit(self) -> StoreResult<()> {
+        let committing = std::time::Instant::now();
         self.inner.commit().await?;
+        let m = crate::metrics::global();
+        m.store_commit.observe(committing.elapsed());
+        m.store_transaction.observe(self.began.elapsed());
         Ok(())
+    }
+
+    /// The engine this transaction runs on.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
     }
 
     fn conn(&mut self) -> &mut sqlx::AnyConnection {

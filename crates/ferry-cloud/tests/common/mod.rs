@@ -130,16 +130,7 @@ impl TestServer {
         };
         let clock = Arc::new(OffsetClock::default());
         let state = AppState::new(store.clone(), clock.clone(), config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            serve(listener, state, async {
-                rx.await.ok();
-            })
-            .await
-            .expect("serve");
-        });
+        let (base, tx) = spawn_server(state).await;
         TestServer {
             base,
             store,
@@ -177,10 +168,89 @@ impl TestServer {
         (status, value)
     }
 
+    /// Another `ferry-cloud` instance on the same database (as a second
+    /// instance behind a load balancer), with its own settings; it stops
+    /// when the returned value is dropped.
+    pub async fn another_instance(&self, config: Config) -> Instance {
+        let store = Store::open(&self._db.url).await.expect("open store");
+        let state = AppState::new(store.clone(), self.clock.clone(), config);
+        let (base, tx) = spawn_server(state).await;
+        Instance {
+            base,
+            store,
+            url: self._db.url.clone(),
+            _shutdown: tx,
+        }
+    }
+
+    /// Enrols an agent in `domain` with a new Connect Key.
+    pub async fn enrol(&self, domain: &str) -> TestAgent {
+        use base64::Engine as _;
+        let (_, k) = self
+            .call(Method::POST, &format!("/api/v1/domains/{domain}/connect-keys"), None)
+            .await;
+        let body = serde_json::json!({"connect_key": k["connect_key"], "hostname": "dc", "version": "0.1.0",
+                          "public_key": base64::engine::general_purpose::STANDARD.encode([1u8; 32])});
+        let (st, r) = self.call_as("", Method::POST, "/agent/v1/register", Some(body)).await;
+        assert_eq!(st, StatusCode::CREATED, "{r}");
+        TestAgent {
+            token: r["agent_token"].as_str().unwrap().to_owned(),
+            id: r["agent_id"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// An agent's heartbeat (which takes the primary lease when it is free).
+    pub async fn heartbeat(&self, a: &TestAgent) -> Value {
+        let body = serde_json::json!({"state": "idle"});
+        let (st, v) = self
+            .call_as(&a.token, Method::POST, "/agent/v1/heartbeat", Some(body))
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        v
+    }
+
+    /// Creates a user over SCIM; returns its id.
+    pub async fn create_user(&self, name: &str) -> String {
+        let body = serde_json::json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name});
+        let (st, v) = self.call(Method::POST, "/scim/v2/Users", Some(body)).await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+        v["id"].as_str().unwrap().to_owned()
+    }
+
     /// A second org with its own token (for isolation tests).
     pub async fn other_org(&self, name: &str) -> TestOrg {
         create_org(&self.store, name).await
     }
+}
+
+/// Serves `state` on 127.0.0.1:0 until the sender is dropped or fires.
+async fn spawn_server(state: AppState) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        serve(listener, state, async {
+            rx.await.ok();
+        })
+        .await
+        .expect("serve");
+    });
+    (base, tx)
+}
+
+/// An agent enrolled with a Connect Key.
+pub struct TestAgent {
+    pub token: String,
+    pub id: String,
+}
+
+/// A further instance of the service (see [`TestServer::another_instance`]).
+pub struct Instance {
+    pub base: String,
+    pub store: Store,
+    /// The database both instances use.
+    pub url: String,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Drop for TestServer {

@@ -89,8 +89,12 @@ async fn send(
     let r = match shared.cloud.push(&req).await {
         Ok(r) => r,
         Err(crate::cloud::CloudError::Refused { status: 413, .. }) => return Err(Push::TooLarge),
-        Err(e) => return Err(Push::Failed(e.to_string())),
+        Err(e) => {
+            crate::metrics::global().push_failures.fetch_add(1, Ordering::Relaxed);
+            return Err(Push::Failed(e.to_string()));
+        }
     };
+    crate::metrics::global().pushes.fetch_add(1, Ordering::Relaxed);
     shared.pushed.fetch_add(r.applied, Ordering::SeqCst);
     if r.applied > 0 || r.quarantined > 0 || r.refused > 0 {
         tracing::info!(

@@ -15,6 +15,7 @@ use crate::sync::Shared;
 /// their deletes, read on a connection of its own.
 /// `protection` says what is in scope (containers, and a group scope's members).
 pub(super) async fn gone_from_ad(shared: &Shared, protection: &Protection) -> Result<Vec<AdChange>, String> {
+    let _timer = crate::metrics::ReconciliationTimer::start();
     let root = root(shared).await;
     let mut conn = shared.connect().await.map_err(|e| e.to_string())?;
     // Links first: a link is recorded only after its AD object exists, so
