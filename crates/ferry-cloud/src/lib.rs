@@ -15,3 +15,4 @@ pub mod scim;
 pub mod secrets;
 pub mod store;
 pub mod surface_errors;
+pub mod tls;

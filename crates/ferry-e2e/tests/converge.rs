@@ -62,42 +62,9 @@ struct CloudServer {
 impl CloudServer {
     async fn start() -> CloudServer {
         let work = tempfile::tempdir().unwrap();
-        let token_file = work.path().join("admin.token");
-        let out = std::process::Command::new(cloud_binary())
-            .args([
-                "init",
-                "--org",
-                "Acme",
-                "--admin-email",
-                "admin@acme.test",
-                "--data-dir",
-            ])
-            .arg(work.path().join("db"))
-            .arg("--token-out")
-            .arg(&token_file)
-            .env("FERRY_ADMIN_PASSWORD", "Admin-Pa55-word")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let store_dir = tempfile::tempdir().unwrap();
-        let cloud = Cloud {
-            base: format!("http://127.0.0.1:{port}"),
-            token: std::fs::read_to_string(&token_file).unwrap().trim().to_owned(),
-            // Not used: this cloud runs in its own process.
-            store: ferry_cloud::store::Store::open(&format!(
-                "sqlite://{}",
-                store_dir.path().join("unused.db").display()
-            ))
-            .await
-            .unwrap(),
-            http: reqwest::Client::new(),
-            _dir: store_dir,
-        };
+        let token = init_cloud_binary(work.path());
+        let port = free_port();
+        let cloud = Cloud::for_process(work.path(), port, token).await;
         let mut s = CloudServer {
             work,
             port,

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ferry_agent::ad::write::NewAdUser;
-use ferry_agent::cloud::CloudClient;
 use ferry_agent::sync;
 use ferry_cloud::store::Store;
 use serde_json::json;
@@ -356,7 +355,7 @@ async fn kill_9_mid_import_and_mid_stream_then_restart_converges() {
         (cloud_user_count(&cloud).await == expected).then_some(())
     })
     .await;
-    let client = CloudClient::new(&cloud.base, &agent.token).unwrap();
+    let client = cloud.agent_client(&agent.token);
     let links = client.links().await.unwrap();
     assert_eq!(links.len(), expected as usize, "one link per user, nothing duplicated");
     let bulk5 = cloud.user("bulk5").await.unwrap();
@@ -613,31 +612,9 @@ async fn kill_9_of_the_cloud_mid_import_then_restart_converges() {
     let expected = 1501; // with the user delegated_dc() made
 
     let work = tempfile::tempdir().unwrap();
-    let token_file = work.path().join("admin.token");
-    let out = std::process::Command::new(cloud_binary())
-        .args([
-            "init",
-            "--org",
-            "Acme",
-            "--admin-email",
-            "admin@acme.test",
-            "--data-dir",
-        ])
-        .arg(work.path().join("db"))
-        .arg("--token-out")
-        .arg(&token_file)
-        .env("FERRY_ADMIN_PASSWORD", "Admin-Pa55-word")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
-    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_owned();
-    let http = reqwest::Client::new();
+    let port = free_port();
+    let cloud = Cloud::for_process(work.path(), port, init_cloud_binary(work.path())).await;
+    let (base, http) = (cloud.base.clone(), cloud.http.clone());
     let up = || async {
         let start = Instant::now();
         while http.get(format!("{base}/healthz")).send().await.is_err() {
@@ -648,17 +625,6 @@ async fn kill_9_of_the_cloud_mid_import_then_restart_converges() {
     let mut server = CloudProcess::spawn(work.path(), port);
     up().await;
     let dir = tempfile::tempdir().unwrap();
-    let store_dir = tempfile::tempdir().unwrap();
-    let cloud = Cloud {
-        base: base.clone(),
-        token,
-        // Not used for this cloud (it runs in its own process); keeps the helper type.
-        store: Store::open(&format!("sqlite://{}", store_dir.path().join("unused.db").display()))
-            .await
-            .unwrap(),
-        http: http.clone(),
-        _dir: store_dir,
-    };
     let domain = add_domain(&cloud, &dc).await;
     let agent = enrol(&cloud, &domain).await;
     write_config(dir.path(), &dc, &cloud, &agent);
@@ -679,7 +645,7 @@ async fn kill_9_of_the_cloud_mid_import_then_restart_converges() {
         (cloud_user_count(&cloud).await == expected).then_some(())
     })
     .await;
-    let client = CloudClient::new(&base, &agent.token).unwrap();
+    let client = cloud.agent_client(&agent.token);
     assert_eq!(
         client.links().await.unwrap().len(),
         expected as usize,
