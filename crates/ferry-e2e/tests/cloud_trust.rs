@@ -86,31 +86,11 @@ async fn an_agent_pins_the_clouds_key_follows_a_vouched_rotation_and_refuses_an_
     let dc = delegated_dc().await;
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let token_file = w.join("admin.token");
-    let out = Command::new(cloud_binary())
-        .args([
-            "init",
-            "--org",
-            "Acme",
-            "--admin-email",
-            "admin@acme.test",
-            "--data-dir",
-        ])
-        .arg(w.join("db"))
-        .arg("--token-out")
-        .arg(&token_file)
-        .env("FERRY_ADMIN_PASSWORD", "x-password")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = init_cloud_binary(w);
     // A self-signed certificate for a name the agent never connects by: only the pin can make it trusted.
     let first = certs::self_signed(w, "first");
     install_certificate(w, &first);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut server = serve(w, port);
     let base = format!("https://127.0.0.1:{port}");
     // The admin's client trusts the same pin (test harness; the agent is under test).
@@ -121,7 +101,7 @@ async fn an_agent_pins_the_clouds_key_follows_a_vouched_rotation_and_refuses_an_
     let store_dir = tempfile::tempdir().unwrap();
     let mut cloud = Cloud {
         base: base.clone(),
-        token: std::fs::read_to_string(&token_file).unwrap().trim().to_owned(),
+        token,
         // Not used for this cloud (it runs in its own process); keeps the helper type.
         store: Store::open(&format!("sqlite://{}", store_dir.path().join("unused.db").display()))
             .await

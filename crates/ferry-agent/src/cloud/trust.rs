@@ -16,10 +16,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use ferry_proto::cloud_pin::{vouch_message, KeyVouches, Pin};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, SubjectPublicKeyInfoDer};
+use rustls::SignatureScheme;
+
+use crate::tls_rule::{config_with_rule, CertificateRule};
 
 /// Why a cloud URL may not be used, if it may not: clear text (`http://`)
 /// is allowed to loopback only (`localhost`, `127.x.y.z`, `[::1]`). Decided
@@ -129,75 +130,47 @@ impl Pins {
 /// A TLS configuration that trusts exactly the pinned keys (for a reqwest
 /// client: `use_preconfigured_tls`).
 pub fn pinned_config(pins: Arc<Pins>) -> Result<rustls::ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = PinVerifier {
-        check: Check::Pinned(pins),
-        provider: provider.clone(),
-    };
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth())
+    config_with_rule(Check::Pinned(pins))
+        .map(|(config, _)| config)
+        .map_err(|e| e.to_string())
 }
 
 /// A TLS configuration that accepts any certificate and records the one
 /// presented: for reading self-authenticating statements (the vouches) and
 /// for showing the admin the cloud's certificate (`trust`). Nothing secret
 /// is sent over it.
-pub(super) fn recording_config() -> Result<(rustls::ClientConfig, Arc<Mutex<Option<Vec<u8>>>>), String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let seen = Arc::new(Mutex::new(None));
-    let verifier = PinVerifier {
-        check: Check::Record(seen.clone()),
-        provider: provider.clone(),
-    };
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+pub(super) fn recording_config() -> Result<(rustls::ClientConfig, Presented), String> {
+    let seen = Presented::default();
+    let (config, _) = config_with_rule(Check::Record(seen.clone())).map_err(|e| e.to_string())?;
     Ok((config, seen))
 }
 
+/// Where a recording configuration puts the certificate presented (DER).
+pub(super) type Presented = Arc<Mutex<Option<Vec<u8>>>>;
+
+/// What the cloud's certificate must be.
 #[derive(Debug)]
 enum Check {
+    /// Its key is one of these.
     Pinned(Arc<Pins>),
-    Record(Arc<Mutex<Option<Vec<u8>>>>),
+    /// Anything; it is recorded.
+    Record(Presented),
 }
 
-/// The handshake's signature is always verified, so only the holder of the
-/// certificate's key can present it; the name and the chain are not (the
-/// pin is the identity).
-#[derive(Debug)]
-struct PinVerifier {
-    check: Check,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match &self.check {
+impl CertificateRule for Check {
+    fn accept(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        match self {
             Check::Record(seen) => {
                 if let Ok(mut s) = seen.lock() {
                     *s = Some(end_entity.as_ref().to_vec());
                 }
-                Ok(ServerCertVerified::assertion())
+                Ok(())
             }
             Check::Pinned(pins) => {
                 let pin = Pin::of_certificate(end_entity.as_ref())
                     .map_err(|e| rustls::Error::General(format!("the cloud's certificate: {e}")))?;
                 if pins.trusts(&pin) {
-                    return Ok(ServerCertVerified::assertion());
+                    return Ok(());
                 }
                 pins.record_refused(pin);
                 Err(rustls::Error::General(format!(
@@ -205,28 +178,6 @@ impl ServerCertVerifier for PinVerifier {
                 )))
             }
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 

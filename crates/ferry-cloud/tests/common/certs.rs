@@ -37,29 +37,40 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// `openssl req -x509` on a new P-256 key: a self-signed certificate.
+fn self_signed_as(dir: &Path, subject: &str, key: &str, cert: &str, extensions: &[&str]) {
+    let mut args = vec![
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "30",
+        "-subj",
+        subject,
+        "-keyout",
+        key,
+        "-out",
+        cert,
+    ];
+    for e in extensions {
+        args.extend(["-addext", e]);
+    }
+    openssl(dir, &args);
+}
+
 /// A test CA in `dir` (`ca.pem`, `ca-key.pem`).
 pub fn ca(dir: &Path) -> PathBuf {
-    openssl(
+    self_signed_as(
         dir,
+        "/CN=Ferry test CA",
+        "ca-key.pem",
+        "ca.pem",
         &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=Ferry test CA",
-            "-keyout",
-            "ca-key.pem",
-            "-out",
-            "ca.pem",
-            "-addext",
             "basicConstraints=critical,CA:TRUE",
-            "-addext",
             "keyUsage=critical,keyCertSign,cRLSign",
         ],
     );
@@ -125,27 +136,12 @@ pub fn signed(dir: &Path, name: &str) -> CertFiles {
 pub fn self_signed(dir: &Path, name: &str) -> CertFiles {
     let key = format!("{name}-key.pem");
     let cert = format!("{name}.pem");
-    openssl(
+    self_signed_as(
         dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=ferry.internal",
-            "-keyout",
-            &key,
-            "-out",
-            &cert,
-            "-addext",
-            "subjectAltName=DNS:ferry.internal",
-        ],
+        "/CN=ferry.internal",
+        &key,
+        &cert,
+        &["subjectAltName=DNS:ferry.internal"],
     );
     CertFiles {
         cert: dir.join(cert),

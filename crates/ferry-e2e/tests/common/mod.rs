@@ -301,6 +301,38 @@ pub fn agent_binary() -> std::path::PathBuf {
     bin
 }
 
+/// A free port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `ferry-cloud init` into `work/db` (org "Acme", admin@acme.test); returns
+/// the admin API token.
+pub fn init_cloud_binary(work: &std::path::Path) -> String {
+    let token_file = work.join("admin.token");
+    let out = std::process::Command::new(cloud_binary())
+        .args([
+            "init",
+            "--org",
+            "Acme",
+            "--admin-email",
+            "admin@acme.test",
+            "--data-dir",
+        ])
+        .arg(work.join("db"))
+        .arg("--token-out")
+        .arg(&token_file)
+        .env("FERRY_ADMIN_PASSWORD", "Admin-Pa55-word")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::read_to_string(&token_file).unwrap().trim().to_owned()
+}
+
 /// The `ferry-cloud` binary cargo built next to this test.
 pub fn cloud_binary() -> std::path::PathBuf {
     agent_binary().with_file_name("ferry-cloud")
