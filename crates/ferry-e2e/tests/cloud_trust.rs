@@ -155,6 +155,13 @@ async fn an_agent_pins_the_clouds_key_follows_a_vouched_rotation_and_refuses_an_
         dir.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "TLS key is pinned from the Connect Key (SHA-256 of its public key {}",
+            first.pin()
+        )),
+        "{out}"
+    );
     assert_eq!(pins_in(&dir), vec![first.pin()]);
     let config: Value = serde_json::from_slice(&std::fs::read(dir.join("agent.json")).unwrap()).unwrap();
     assert_eq!(config["cloud_pins"], json!([first.pin().to_hex()]), "{config}");

@@ -86,6 +86,7 @@ pub async fn status(dir: &Path) -> anyhow::Result<Status> {
         .collect();
     text.push_str(&match pins.first() {
         Some(p) => format!("Cloud key:  pinned, SHA-256 of its public key {p}\n"),
+        None if c.cloud_url.starts_with("http://") => "Cloud key:  none: plain HTTP, on this host only\n".to_owned(),
         None => "Cloud key:  its certificate checked by this host's trust store\n".to_owned(),
     });
     let json = json!({

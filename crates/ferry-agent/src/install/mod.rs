@@ -315,6 +315,8 @@ pub struct Installed {
     pub domain: String,
     /// The config directory.
     pub config_dir: PathBuf,
+    /// The cloud's TLS key, pinned from the Connect Key.
+    pub cloud_pin: Option<ferry_proto::cloud_pin::Pin>,
     /// How the agent runs.
     pub service: Outcome,
     /// Problems that did not stop the install (e.g. an old agent that
@@ -420,6 +422,7 @@ pub async fn install(a: &Answers) -> Result<Installed, Problem> {
         agent_id: reg.agent_id,
         domain: reg.domain.name,
         config_dir: a.config_dir.clone(),
+        cloud_pin: pins_of(&a.connect_key).and_then(|p| p.current().first().copied()),
         service: outcome,
         warnings,
     })
@@ -433,6 +436,11 @@ pub fn summary(i: &Installed) -> String {
         i.domain,
         i.config_dir.display()
     );
+    if let Some(pin) = &i.cloud_pin {
+        s.push_str(&format!(
+            "✓ The cloud's TLS key is pinned from the Connect Key (SHA-256 of its public key {pin})\n"
+        ));
+    }
     match &i.service {
         Outcome::Service { name } => s.push_str(&format!(
             "✓ Service {name} is enabled and running ({})\n",
