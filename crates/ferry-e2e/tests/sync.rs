@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use ferry_agent::ad::write::NewAdUser;
 use ferry_agent::sync;
-use ferry_cloud::store::Store;
 use serde_json::json;
 
 async fn setup() -> (Dc, Cloud, Engine) {
