@@ -24,11 +24,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+use ferry_proto::cloud_pin::Pin;
 use ferry_proto::seal::{self, Sealed};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
+use crate::cloud::{CloudClient, CloudError, Pins};
 use crate::platform::{create_private_dir, read_secret, write_private, write_secret};
 
 /// The config file in the config directory.
@@ -46,6 +48,11 @@ pub struct AgentConfig {
     pub version: u32,
     /// The cloud's base URL.
     pub cloud_url: String,
+    /// The cloud's TLS key, trusted by its pin (`AB:CD:…`, the SHA-256 of
+    /// its public key) instead of the OS trust store: from the Connect Key,
+    /// a vouched rotation, or `ferry-agent trust`. Empty: the OS trust store.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cloud_pins: Vec<String>,
     /// This agent's id.
     pub agent_id: Uuid,
     /// The domain's DNS name, for people reading the file.
@@ -108,6 +115,21 @@ impl AgentConfig {
         Ok((t, p))
     }
 
+    /// The pinned cloud keys (unreadable entries are skipped; `install` and
+    /// `trust` write only valid ones).
+    pub fn cloud_pins(&self) -> Vec<Pin> {
+        self.cloud_pins.iter().filter_map(|p| Pin::parse(p).ok()).collect()
+    }
+
+    /// A client for this agent's cloud: pinned when the config pins a key
+    /// (a rotation the cloud vouches for is recorded in `dir`), else
+    /// trusting the OS trust store.
+    pub fn cloud_client(&self, dir: &Path, token: &str) -> Result<CloudClient, CloudError> {
+        let pins = self.cloud_pins();
+        let pins = (!pins.is_empty()).then(|| Pins::new(pins, Some(dir.to_owned())));
+        CloudClient::with_pins(&self.cloud_url, token, pins)
+    }
+
     /// Whether `dir` holds an installed agent.
     pub fn exists(dir: &Path) -> bool {
         dir.join(CONFIG_FILE).exists()
@@ -161,6 +183,25 @@ impl AgentConfig {
             secret_key,
         })
     }
+}
+
+/// Records the cloud's trusted keys in `DIR/agent.json` (replacing the
+/// ones before), leaving everything else in the file as it is.
+pub fn save_cloud_pins(dir: &Path, pins: &[Pin]) -> Result<()> {
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a valid agent config", path.display()))?;
+    let obj = json
+        .as_object_mut()
+        .ok_or_else(|| anyhow!("{} is not a valid agent config", path.display()))?;
+    obj.insert(
+        "cloud_pins".into(),
+        serde_json::Value::from(pins.iter().map(Pin::to_hex).collect::<Vec<_>>()),
+    );
+    let staged = dir.join(format!(".{CONFIG_FILE}.new"));
+    write_private(&staged, &serde_json::to_vec_pretty(&json)?)?;
+    std::fs::rename(&staged, &path).with_context(|| format!("cannot replace {}", path.display()))
 }
 
 /// Writes a whole config directory at `dir`: staged beside it, then renamed
@@ -244,6 +285,7 @@ mod tests {
         AgentConfig {
             version: 1,
             cloud_url: "http://127.0.0.1:1".into(),
+            cloud_pins: Vec::new(),
             agent_id: id,
             domain: "example.test".into(),
             root_dn: "DC=example,DC=test".into(),
@@ -349,6 +391,27 @@ mod tests {
         assert!(e.to_string().contains("no-such-ca.pem"), "{e}");
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
         assert!(AgentConfig::load(&dir).unwrap().secrets(&dir).is_ok());
+    }
+
+    #[test]
+    fn a_new_cloud_pin_is_recorded_in_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("agent");
+        let (sk, _) = seal::generate_keypair();
+        write_dir(&dir, &sample(&sk, Uuid::new_v4()), &sk, None).unwrap();
+        assert!(AgentConfig::load(&dir).unwrap().cloud_pins().is_empty());
+        let pin = Pin::of_spki(b"next key");
+        save_cloud_pins(&dir, &[pin]).unwrap();
+        let c = AgentConfig::load(&dir).unwrap();
+        assert_eq!(c.cloud_pins(), vec![pin]);
+        assert!(c.secrets(&dir).is_ok());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join(CONFIG_FILE)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2, "no staged file is left");
     }
 
     #[test]

@@ -11,3 +11,4 @@ pub mod platform;
 pub mod preflight;
 pub mod run;
 pub mod sync;
+pub mod tls_rule;

@@ -35,6 +35,8 @@ enum Command {
     Status(StatusArgs),
     /// Stop the agent's service, revoke the agent in the cloud and remove its files.
     Uninstall(UninstallArgs),
+    /// Pin the TLS key the cloud presents now (after a key change the old key did not vouch for).
+    Trust(TrustArgs),
     /// Run as the Windows service (the Service Control Manager starts this; in a console use `run`).
     #[cfg(windows)]
     #[command(hide = true)]
@@ -128,6 +130,17 @@ struct UninstallArgs {
 }
 
 #[derive(Args)]
+struct TrustArgs {
+    /// The agent's configuration directory.
+    #[arg(long, default_value_os_t = platform::default_config_dir())]
+    config_dir: PathBuf,
+    /// The key's SHA-256 as the cloud shows it (its log's "serving HTTPS … pin"): pinned only
+    /// if the cloud presents exactly this key. Without it, you are shown the key and asked.
+    #[arg(long, value_name = "SHA256")]
+    pin: Option<String>,
+}
+
+#[derive(Args)]
 struct RunArgs {
     /// The agent's configuration directory (agent.json and its secret files).
     #[arg(long, default_value_os_t = platform::default_config_dir())]
@@ -217,6 +230,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run(a) => run_sync(a).await,
         Command::Status(a) => status(a).await,
         Command::Uninstall(a) => uninstall(a).await,
+        Command::Trust(a) => trust(a).await,
         #[cfg(windows)]
         Command::Service(_) => Ok(ExitCode::FAILURE), // handled in main, before the runtime
     }
@@ -403,6 +417,55 @@ async fn uninstall(a: UninstallArgs) -> Result<ExitCode> {
     for line in ferry_agent::install::manage::uninstall(&a.config_dir, a.force).await? {
         println!("{line}");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn trust(a: TrustArgs) -> Result<ExitCode> {
+    use ferry_agent::install::manage::{pin_cloud_key, presented_key};
+    use ferry_proto::cloud_pin::Pin;
+    let expected = a.pin.as_deref().map(Pin::parse).transpose()?;
+    let p = presented_key(&a.config_dir).await?;
+    println!(
+        "The cloud at {} presents this certificate:\n{}",
+        p.cloud_url, p.certificate
+    );
+    println!("    Key SHA-256 (the pin): {}", p.pin);
+    if p.trusted {
+        println!("This key is already trusted: nothing to do.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    match expected {
+        Some(e) if e != p.pin => {
+            eprintln!(
+                "error: the cloud presents the key {}, not the {e} given: nothing was pinned. If you are sure of the cloud's key, something between this host and the cloud is presenting another one.",
+                p.pin
+            );
+            return Ok(ExitCode::from(1));
+        }
+        Some(_) => {}
+        None => {
+            if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprintln!(
+                    "error: compare the key above with the cloud's (its log says \"serving HTTPS\" with the pin), then run again with --pin {}",
+                    p.pin
+                );
+                return Ok(ExitCode::from(2));
+            }
+            print!("Compare it with the cloud's (its log says \"serving HTTPS\" with the pin). Trust this key? [y/N] ");
+            std::io::Write::flush(&mut std::io::stdout())?;
+            let mut answer = String::new();
+            std::io::stdin().read_line(&mut answer)?;
+            if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                println!("Nothing was pinned.");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    pin_cloud_key(&a.config_dir, p.pin)?;
+    println!(
+        "✓ Pinned. The agent trusts this key from its next call to the cloud (check with: ferry-agent status --config-dir {}).",
+        a.config_dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -8,7 +8,6 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::ad::AdSettings;
-use crate::cloud::CloudClient;
 use crate::config::AgentConfig;
 use crate::sync::{self, Shared};
 
@@ -31,7 +30,7 @@ pub const NOT_ACCEPTED: &str = "the cloud no longer accepts this agent (revoked 
 pub async fn installed_agent(config_dir: &Path, shutdown: impl Future<Output = ()>) -> Result<Exit> {
     let c = AgentConfig::load(config_dir)?;
     let secrets = c.secrets(config_dir)?;
-    let cloud = CloudClient::new(&c.cloud_url, &secrets.agent_token)?;
+    let cloud = c.cloud_client(config_dir, &secrets.agent_token)?;
     let mut ad = AdSettings::new(&c.ldap_url);
     ad.ca_file = c.ca_file.clone();
     ad.tls_fingerprint = c.tls_fingerprint.clone();

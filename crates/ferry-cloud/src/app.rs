@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use crate::clock::Clock;
 use crate::ratelimit::RateLimiter;
 use crate::store::{Store, StoreResult, Tx};
+use crate::tls::ServerTls;
 
 /// Settings of a running service.
 #[derive(Debug, Clone)]
@@ -65,6 +66,25 @@ pub struct Config {
     pub retention: crate::store::RetentionPolicy,
     /// How often retention runs; `None`: never (tests that count rows).
     pub retention_interval: Option<Duration>,
+    /// HTTPS served by this process (`--tls-cert`/`--tls-key`); plain HTTP when unset.
+    pub tls: Option<Arc<ServerTls>>,
+    /// Time a connection has to complete its TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// Plain HTTP on an address other than loopback (`--insecure-http`,
+    /// behind a TLS proxy): the console shows a warning.
+    pub insecure_http: bool,
+}
+
+impl Config {
+    /// Whether clients reach this service over HTTPS: it serves TLS itself,
+    /// or its public URL says https (a TLS proxy in front).
+    pub fn https(&self) -> bool {
+        self.tls.is_some()
+            || self
+                .public_url
+                .as_deref()
+                .is_some_and(|u| u.to_ascii_lowercase().starts_with("https://"))
+    }
 }
 
 impl Default for Config {
@@ -88,6 +108,9 @@ impl Default for Config {
             metrics_token_hash: None,
             retention: crate::store::RetentionPolicy::default(),
             retention_interval: Some(Duration::from_secs(3600)),
+            tls: None,
+            tls_handshake_timeout: Duration::from_secs(10),
+            insecure_http: false,
         }
     }
 }
@@ -162,8 +185,13 @@ pub fn router(state: AppState) -> Router {
     let c = &state.config;
     // A long-poll may wait `max_poll_ms`; the handler bound comes on top.
     let answer_within = c.handler_timeout + Duration::from_millis(c.max_poll_ms);
+    let hsts = state.config.https();
     api_routes(&state.config)
-        .merge(crate::console::router())
+        .route(ferry_proto::cloud_pin::VOUCHES_PATH, get(key_vouches))
+        .merge(crate::console::router().layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::console::notices,
+        )))
         .fallback(crate::console::not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(c.body_timeout))
@@ -173,6 +201,16 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn(crate::surface_errors::json_errors))
         .layer(axum::middleware::from_fn(crate::metrics_endpoint::track_requests))
+        .layer(axum::middleware::map_response(move |mut r: axum::response::Response| async move {
+            // Browsers that reached us over HTTPS never try clear text again.
+            if hsts {
+                r.headers_mut().insert(
+                    axum::http::header::STRICT_TRANSPORT_SECURITY,
+                    axum::http::HeaderValue::from_static("max-age=31536000"),
+                );
+            }
+            r
+        }))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(
             // Method and path only: query strings and headers may carry secrets.
             |req: &axum::http::Request<_>| tracing::info_span!("http", method = %req.method(), path = %req.uri().path()),
@@ -236,6 +274,15 @@ pub fn spawn_background(state: &AppState) -> BackgroundTasks {
     ])
 }
 
+/// `GET /.well-known/ferry/key-vouches`: the old keys' signatures over the
+/// keys this service moved to (empty without TLS), so a pinned agent can
+/// follow a rotation. Public: each statement proves itself.
+async fn key_vouches(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::Json<ferry_proto::cloud_pin::KeyVouches> {
+    axum::Json(state.config.tls.as_ref().map(|t| t.vouches()).unwrap_or_default())
+}
+
 async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> axum::response::Response {
     use axum::response::IntoResponse;
     match state.store.begin().await {
@@ -257,19 +304,24 @@ async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) ->
 
 /// Serves until `shutdown` resolves, then finishes in-flight requests.
 ///
-/// Each connection has `header_read_timeout` to send a request's headers
-/// (so half-open connections are released), and at most `max_connections`
-/// are served at once.
+/// Each connection has `tls_handshake_timeout` to complete its TLS
+/// handshake (when the service serves TLS) and `header_read_timeout` to
+/// send a request's headers (so half-open connections are released), and at
+/// most `max_connections` are served at once.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::ServiceExt;
 
     let _background = spawn_background(&state);
     let header_timeout = state.config.header_read_timeout;
+    let handshake_timeout = state.config.tls_handshake_timeout;
+    let tls = match &state.config.tls {
+        Some(t) => Some(t.acceptor().map_err(std::io::Error::other)?),
+        None => None,
+    };
     let slots = Arc::new(tokio::sync::Semaphore::new(state.config.max_connections.max(1)));
     let app = router(state);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -301,12 +353,26 @@ pub async fn serve(
                 .insert(axum::extract::ConnectInfo::<SocketAddr>(peer));
             app.clone().oneshot(req)
         });
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
-        let conn = http.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let served = match tls {
+                None => serve_connection(stream, service, header_timeout, watcher).await,
+                // The handshake is bounded too: a client that opens a
+                // connection and sends nothing holds a slot only this long.
+                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => serve_connection(tls_stream, service, header_timeout, watcher).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        Ok(())
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        Ok(())
+                    }
+                },
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(slot);
@@ -315,4 +381,28 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// One HTTP/1.1 connection over a plain or TLS stream, until it closes or
+/// the service shuts down.
+async fn serve_connection<S, I>(
+    io: I,
+    service: S,
+    header_timeout: Duration,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> Result<(), hyper::Error>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    watcher.watch(http.serve_connection(TokioIo::new(io), service)).await
 }

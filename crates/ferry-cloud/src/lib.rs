@@ -19,3 +19,4 @@ pub mod scim;
 pub mod secrets;
 pub mod store;
 pub mod surface_errors;
+pub mod tls;

@@ -13,6 +13,7 @@ use ferry_cloud::app::{self, AppState, Config};
 use ferry_cloud::clock::{Clock, SystemClock};
 use ferry_cloud::secrets::{hash_password, new_token, token_hash, API_TOKEN_PREFIX};
 use ferry_cloud::store::{redact_url, Store, TokenKind};
+use ferry_cloud::tls::ServerTls;
 
 #[derive(Parser)]
 #[command(
@@ -75,7 +76,21 @@ struct ServeArgs {
     /// Audit entries older than this many days are deleted; 0 keeps them forever.
     #[arg(long, env = "FERRY_AUDIT_RETENTION_DAYS", default_value_t = 365)]
     audit_retention_days: u32,
+    /// Serve HTTPS with this certificate chain (PEM, the server's certificate first);
+    /// re-read on SIGHUP and when the file changes.
+    #[arg(long, env = "FERRY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "FERRY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on an address other than loopback: only behind a TLS proxy
+    /// (the console then shows a warning). Without TLS the service listens on loopback only.
+    #[arg(long, env = "FERRY_INSECURE_HTTP", conflicts_with = "tls_cert")]
+    insecure_http: bool,
 }
+
+/// How often the certificate files are checked for a change.
+const TLS_WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `10.0.0.0/8`, or one address (`10.0.0.7`, `::1`).
 fn parse_proxy(s: &str) -> Result<ipnet::IpNet, String> {
@@ -149,6 +164,23 @@ async fn serve(a: ServeArgs) -> Result<()> {
         )
     })?;
     let addr = listener.local_addr()?;
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => {
+            create_private_dir(&a.store.data_dir)?;
+            let vouches = a.store.data_dir.join("tls-key-vouches.json");
+            let tls = ServerTls::load(cert, key, Some(vouches)).context("cannot serve TLS")?;
+            tracing::info!(cert = %cert.display(), pin = %tls.pin(), "serving HTTPS; Connect Keys pin this key");
+            tls.clone().watch(Arc::new(SystemClock), TLS_WATCH_EVERY);
+            Some(tls)
+        }
+        _ => None,
+    };
+    if let Some(refusal) = clear_text_refusal(addr, tls.is_some(), a.insecure_http) {
+        bail!(refusal);
+    }
+    if a.insecure_http && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "serving plain HTTP on a network address (--insecure-http): only safe behind a TLS proxy");
+    }
     // By default, offer the ferry-agent installed next to this binary.
     let agent_binary = a.agent_binary.or_else(|| {
         let sibling = std::env::current_exe().ok()?.with_file_name("ferry-agent");
@@ -186,6 +218,8 @@ async fn serve(a: ServeArgs) -> Result<()> {
         agent_msi,
         metrics_token_hash: metrics_token.as_deref().map(token_hash),
         retention,
+        tls,
+        insecure_http: a.insecure_http && !addr.ip().is_loopback(),
         ..Config::default()
     };
     let state = AppState::new(store.clone(), Arc::new(SystemClock), config);
@@ -224,6 +258,20 @@ async fn serve_metrics(at: &str, has_token: bool, state: AppState) -> Result<tok
             tracing::error!(error = %e, "the metrics listener stopped");
         }
     }))
+}
+
+/// Why the service may not listen where it was asked to, if it may not:
+/// plain HTTP goes to loopback only, unless `--insecure-http` says a TLS
+/// proxy is in front.
+fn clear_text_refusal(addr: std::net::SocketAddr, tls: bool, insecure_http: bool) -> Option<String> {
+    if tls || insecure_http || addr.ip().is_loopback() {
+        return None;
+    }
+    Some(format!(
+        "refusing to serve plain HTTP on {addr}, a network address: everything (sign-ins, tokens, directory data) would cross the network in clear. \
+         Serve HTTPS with --tls-cert FILE --tls-key FILE, listen on loopback (127.0.0.1) behind a TLS proxy, \
+         or, only when a TLS proxy is the sole way in, add --insecure-http"
+    ))
 }
 
 async fn shutdown_signal() {
@@ -349,4 +397,25 @@ fn write_secret_file(path: &Path, secret: &str) -> Result<()> {
     f.write_all(secret.as_bytes())?;
     f.write_all(b"\n")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clear_text_stays_on_loopback_unless_told() {
+        let at = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert_eq!(clear_text_refusal(at("127.0.0.1:8080"), false, false), None);
+        assert_eq!(clear_text_refusal(at("127.3.4.5:8080"), false, false), None);
+        assert_eq!(clear_text_refusal(at("[::1]:8080"), false, false), None);
+        let refused = clear_text_refusal(at("0.0.0.0:8080"), false, false).unwrap();
+        assert!(
+            refused.contains("--tls-cert") && refused.contains("--insecure-http"),
+            "{refused}"
+        );
+        assert!(clear_text_refusal(at("10.0.0.5:8080"), false, false).is_some());
+        assert_eq!(clear_text_refusal(at("0.0.0.0:8443"), true, false), None);
+        assert_eq!(clear_text_refusal(at("0.0.0.0:8080"), false, true), None);
+    }
 }

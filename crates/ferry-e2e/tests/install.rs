@@ -116,7 +116,8 @@ fn agent(args: &[&str]) -> (i32, String, String) {
 /// binary answers `--version`. Returns it and the dialog's Connect Key.
 async fn download_through_the_console(cloud: &Cloud, domain: &str, into: &Path) -> (PathBuf, String) {
     std::fs::create_dir_all(into).unwrap();
-    let b = browser::Browser::start_downloading_to("install-download", into).await;
+    // The cloud's test certificate comes from a CA the browser does not know.
+    let b = browser::Browser::start_for_test_certificate("install-download", into).await;
     b.goto(&format!("{}/signin", cloud.base)).await;
     b.fill("input[name=email]", "admin@acme.test").await;
     b.fill("input[name=password]", "x-password").await;
@@ -490,8 +491,9 @@ async fn the_non_interactive_install_checks_everything_and_says_what_failed() {
     let other_key = connect_key(&cloud, other["id"].as_str().unwrap()).await;
     let used = used_key(&cloud, &domain).await;
     let expired = {
-        use ferry_cloud::secrets::{new_connect_key, token_hash};
-        let key = new_connect_key(&cloud.base);
+        use ferry_cloud::secrets::token_hash;
+        use ferry_proto::connect_key::new_pinned_connect_key;
+        let key = new_pinned_connect_key(&cloud.base, &cloud.pin);
         let mut tx = cloud.store.begin().await.unwrap();
         let org = tx.list_orgs().await.unwrap()[0].id;
         tx.insert_connect_key(org, domain.parse().unwrap(), &token_hash(&key), 1, 2)
@@ -622,7 +624,7 @@ async fn the_non_interactive_install_checks_everything_and_says_what_failed() {
         (
             "mistyped Connect Key",
             Flags {
-                key: ferry_cloud::secrets::new_connect_key(&cloud.base),
+                key: ferry_proto::connect_key::new_pinned_connect_key(&cloud.base, &cloud.pin),
                 ..good()
             },
             4,

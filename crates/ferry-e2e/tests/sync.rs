@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ferry_agent::ad::write::NewAdUser;
-use ferry_agent::cloud::CloudClient;
 use ferry_agent::sync;
 use serde_json::json;
 
@@ -355,7 +354,7 @@ async fn kill_9_mid_import_and_mid_stream_then_restart_converges() {
         (cloud_user_count(&cloud).await == expected).then_some(())
     })
     .await;
-    let client = CloudClient::new(&cloud.base, &agent.token).unwrap();
+    let client = cloud.agent_client(&agent.token);
     let links = client.links().await.unwrap();
     assert_eq!(links.len(), expected as usize, "one link per user, nothing duplicated");
     let bulk5 = cloud.user("bulk5").await.unwrap();
@@ -613,7 +612,6 @@ async fn kill_9_of_the_cloud_mid_import_then_restart_converges() {
 
     let mut server = CloudServer::start().await;
     let cloud = &server.cloud;
-    let base = cloud.base.clone();
     let dir = tempfile::tempdir().unwrap();
     let domain = add_domain(cloud, &dc).await;
     let agent = enrol(cloud, &domain).await;
@@ -634,7 +632,7 @@ async fn kill_9_of_the_cloud_mid_import_then_restart_converges() {
         (cloud_user_count(cloud).await == expected).then_some(())
     })
     .await;
-    let client = CloudClient::new(&base, &agent.token).unwrap();
+    let client = cloud.agent_client(&agent.token);
     assert_eq!(
         client.links().await.unwrap().len(),
         expected as usize,

@@ -11,13 +11,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 
 use super::{AdError, AdSettings};
+use crate::tls_rule::{config_with_rule, CertificateRule};
 
 /// The rustls configuration for these settings.
 pub(super) fn client_config(s: &AdSettings) -> Result<Arc<rustls::ClientConfig>, AdError> {
@@ -25,23 +23,15 @@ pub(super) fn client_config(s: &AdSettings) -> Result<Arc<rustls::ClientConfig>,
         url: s.url.clone(),
         detail,
     };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err(e.to_string()))?;
     if let Some(pin) = &s.tls_fingerprint {
         let sha256 = parse_fingerprint(pin).map_err(tls_err)?;
-        let verifier = DcVerifier {
-            trust: Trust::Pinned(sha256),
-            provider,
-        };
-        return Ok(Arc::new(
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(verifier))
-                .with_no_client_auth(),
-        ));
+        let (config, _) = config_with_rule(Trust::Pinned(sha256)).map_err(|e| tls_err(e.to_string()))?;
+        return Ok(Arc::new(config));
     }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err(e.to_string()))?;
     let roots = match &s.ca_file {
         Some(path) => roots_from_pem(path).map_err(tls_err)?,
         None => system_roots().map_err(tls_err)?,
@@ -73,7 +63,7 @@ pub fn format_fingerprint(sha256: &[u8]) -> String {
     sha256.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }
 
-/// A verifier for the two cases where no CA decides.
+/// The two cases where no CA decides.
 #[derive(Debug)]
 enum Trust {
     /// Exactly one certificate, by the SHA-256 of its DER: the name and the
@@ -84,26 +74,11 @@ enum Trust {
     RecordOnly(Mutex<Option<Vec<u8>>>),
 }
 
-/// [`Trust`] as rustls asks for it. The handshake's signature is always
-/// verified, so only the holder of the certificate's key can present it.
-#[derive(Debug)]
-struct DcVerifier {
-    trust: Trust,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for DcVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+impl CertificateRule for Trust {
+    fn accept(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
         let sha256 = Sha256::digest(end_entity.as_ref());
-        match &self.trust {
-            Trust::Pinned(pin) if sha256.as_slice() == pin => Ok(ServerCertVerified::assertion()),
+        match self {
+            Trust::Pinned(pin) if sha256.as_slice() == pin => Ok(()),
             Trust::Pinned(pin) => Err(rustls::Error::General(format!(
                 "the DC's certificate changed: its SHA-256 is {}, the pinned one {}",
                 format_fingerprint(&sha256),
@@ -116,28 +91,6 @@ impl ServerCertVerifier for DcVerifier {
                 Err(rustls::Error::General("certificate recorded, not trusted".into()))
             }
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -226,26 +179,16 @@ fn ip_text(b: &[u8]) -> String {
 /// Connects to the DC only to read the certificate it presents (the
 /// handshake is then refused, so nothing else is sent).
 pub async fn dc_certificate(s: &AdSettings) -> Result<DcCertificate, AdError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let recorder = Arc::new(DcVerifier {
-        trust: Trust::RecordOnly(Mutex::new(None)),
-        provider: provider.clone(),
-    });
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| AdError::Tls {
-            url: s.url.clone(),
-            detail: e.to_string(),
-        })?
-        .dangerous()
-        .with_custom_certificate_verifier(recorder.clone())
-        .with_no_client_auth();
+    let (config, recorder) = config_with_rule(Trust::RecordOnly(Mutex::new(None))).map_err(|e| AdError::Tls {
+        url: s.url.clone(),
+        detail: e.to_string(),
+    })?;
     let settings = ldap3::LdapConnSettings::new()
         .set_conn_timeout(s.timeout)
         .set_starttls(s.url.starts_with("ldap://"))
         .set_config(Arc::new(config));
     let connected = ldap3::LdapConnAsync::with_settings(settings, &s.url).await;
-    let seen = match &recorder.trust {
+    let seen = match recorder.rule() {
         Trust::RecordOnly(seen) => seen.lock().ok().and_then(|mut g| g.take()),
         Trust::Pinned(_) => None,
     };

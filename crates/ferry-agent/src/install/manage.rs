@@ -5,7 +5,7 @@ use std::path::Path;
 use ferry_proto::agent::AgentSelf;
 use serde_json::json;
 
-use crate::cloud::{CloudClient, CloudError};
+use crate::cloud::CloudError;
 use crate::config::{self, AgentConfig};
 use crate::platform::service;
 
@@ -58,7 +58,7 @@ pub async fn status(dir: &Path) -> anyhow::Result<Status> {
         Some((u, st)) => text.push_str(&format!("Service:    {u} is {st}\n")),
         None => text.push_str("Service:    none (started by hand: ferry-agent run --config-dir …)\n"),
     }
-    let cloud = CloudClient::new(&c.cloud_url, &secrets.agent_token)?;
+    let cloud = c.cloud_client(dir, &secrets.agent_token)?;
     let now = now_ms();
     let (healthy, cloud_json) = match cloud.me().await {
         Ok(me) => {
@@ -77,8 +77,21 @@ pub async fn status(dir: &Path) -> anyhow::Result<Status> {
             (false, json!({ "error": why }))
         }
     };
+    // After the call: a rotation the cloud vouched for may have moved the pin.
+    let pins: Vec<String> = cloud
+        .pins()
+        .unwrap_or_default()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    text.push_str(&match pins.first() {
+        Some(p) => format!("Cloud key:  pinned, SHA-256 of its public key {p}\n"),
+        None if c.cloud_url.starts_with("http://") => "Cloud key:  none: plain HTTP, on this host only\n".to_owned(),
+        None => "Cloud key:  its certificate checked by this host's trust store\n".to_owned(),
+    });
     let json = json!({
         "config_dir": dir,
+        "cloud_pins": pins,
         "agent_id": c.agent_id,
         "domain": c.domain,
         "ldap_url": c.ldap_url,
@@ -153,7 +166,7 @@ pub async fn uninstall(dir: &Path, force: bool) -> anyhow::Result<Vec<String>> {
         }
     }
     let revoked = match &secrets {
-        Ok(s) => match CloudClient::new(&c.cloud_url, &s.agent_token) {
+        Ok(s) => match c.cloud_client(dir, &s.agent_token) {
             Ok(cloud) => match cloud.deregister().await {
                 Ok(()) => Ok(()),
                 Err(e) if matches!(e.code(), Some("agent_revoked") | Some("invalid_token")) => Ok(()),
@@ -193,4 +206,41 @@ pub async fn uninstall(dir: &Path, force: bool) -> anyhow::Result<Vec<String>> {
     }
     done.push(format!("Removed the agent's files from {}.", dir.display()));
     Ok(done)
+}
+
+/// What `trust` found: the key the cloud presents now.
+pub struct Presented {
+    /// The cloud's URL.
+    pub cloud_url: String,
+    /// Its certificate, described for the admin to compare.
+    pub certificate: String,
+    /// The pin of its key.
+    pub pin: ferry_proto::cloud_pin::Pin,
+    /// Whether the config already trusts it.
+    pub trusted: bool,
+}
+
+/// `ferry-agent trust`, first half: the key the cloud at the installed
+/// agent's URL presents (read without trusting it and without sending
+/// anything secret), for the admin to compare before [`pin_cloud_key`].
+pub async fn presented_key(dir: &Path) -> anyhow::Result<Presented> {
+    let c = AgentConfig::load(dir)?;
+    let der = crate::cloud::CloudClient::presented_certificate(&c.cloud_url).await?;
+    let pin = ferry_proto::cloud_pin::Pin::of_certificate(&der)?;
+    let certificate = crate::ad::tls::DcCertificate::from_der(&der)
+        .map(|d| d.describe())
+        .unwrap_or_else(|e| format!("    ({e})"));
+    Ok(Presented {
+        trusted: c.cloud_pins().contains(&pin),
+        cloud_url: c.cloud_url,
+        certificate,
+        pin,
+    })
+}
+
+/// `ferry-agent trust`, second half: pins `pin` in the config (instead of
+/// the keys before it, or of the OS trust store). A running agent takes it
+/// at its next call to the cloud.
+pub fn pin_cloud_key(dir: &Path, pin: ferry_proto::cloud_pin::Pin) -> anyhow::Result<()> {
+    config::save_cloud_pins(dir, &[pin])
 }

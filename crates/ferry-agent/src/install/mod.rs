@@ -15,12 +15,14 @@ pub mod wizard;
 use std::path::{Path, PathBuf};
 
 use ferry_proto::agent::{ConnectKeyCheckResponse, RegisterRequest};
-use ferry_proto::connect_key::connect_key_url;
+use std::sync::Arc;
+
+use ferry_proto::connect_key::{connect_key_url, parse_connect_key};
 use zeroize::Zeroizing;
 
 use crate::ad::dn::{dns_name_of, same_dn, Dn};
 use crate::ad::{tls, AdConnection, AdError, AdSettings};
-use crate::cloud::{CloudClient, CloudError};
+use crate::cloud::{clear_text_refusal, CloudClient, CloudError, Pins};
 use crate::config::{self, AgentConfig};
 use crate::platform::{self, service, Outcome};
 use crate::preflight::{self, PreflightInput, Report};
@@ -97,16 +99,27 @@ pub struct Answers {
     pub service: bool,
 }
 
-/// A cloud URL's problem, if it has one.
+/// A cloud URL's problem, if it has one: not a URL, or plain `http://` to
+/// a host other than this one (decided from the text, before any connection).
 pub fn cloud_url_problem(url: &str) -> Option<String> {
     let u = url.trim();
     let rest = u.strip_prefix("https://").or_else(|| u.strip_prefix("http://"));
     match rest {
-        Some(host) if !host.is_empty() && !host.starts_with('/') && !u.contains(char::is_whitespace) => None,
+        Some(host) if !host.is_empty() && !host.starts_with('/') && !u.contains(char::is_whitespace) => {
+            clear_text_refusal(u)
+        }
         _ => Some(format!(
             "{u:?} is not a cloud URL: give it as https://ferry.example.com (the address you open the console at)"
         )),
     }
+}
+
+/// The cloud keys a Connect Key pins (`fck2`), to trust instead of the OS
+/// trust store; none for an `fck1` key.
+fn pins_of(connect_key: &str) -> Option<Arc<Pins>> {
+    parse_connect_key(connect_key)
+        .and_then(|k| k.pin)
+        .map(|pin| Pins::new(vec![pin], None))
 }
 
 /// A Root DN's syntax problem, if it has one.
@@ -249,9 +262,13 @@ pub fn cloud_url_for(given: Option<&str>, connect_key: &str) -> Result<String, P
             "this is not a Connect Key: copy it whole from the console (Directories → your domain → Install a new Sync Agent); it starts with fck1.",
         ));
     }
-    match given.map(str::trim).filter(|g| !g.is_empty()) {
-        Some(g) => Ok(g.trim_end_matches('/').to_owned()),
-        None => carried.ok_or_else(|| Problem::new(Step::ConnectKey, "the Connect Key carries no cloud URL")),
+    let url = match given.map(str::trim).filter(|g| !g.is_empty()) {
+        Some(g) => g.trim_end_matches('/').to_owned(),
+        None => carried.ok_or_else(|| Problem::new(Step::ConnectKey, "the Connect Key carries no cloud URL"))?,
+    };
+    match cloud_url_problem(&url) {
+        Some(m) => Err(Problem::new(Step::Input, m)),
+        None => Ok(url),
     }
 }
 
@@ -261,6 +278,8 @@ fn cloud_problem(e: CloudError) -> Problem {
             Problem::new(Step::ConnectKey, message)
         }
         CloudError::Refused { message, .. } => Problem::new(Step::Cloud, message),
+        CloudError::ClearText(m) => Problem::new(Step::Input, m),
+        e @ CloudError::KeyChanged { .. } => Problem::new(Step::Cloud, e.to_string()),
         CloudError::Unreachable { url, detail } => Problem::new(
             Step::Cloud,
             format!("cannot reach the cloud at {url}: {detail}\n  fix: check the URL, and that this host can reach it (proxy, firewall, DNS)"),
@@ -271,7 +290,7 @@ fn cloud_problem(e: CloudError) -> Problem {
 /// Checks the Connect Key with the cloud (without using it) and that it
 /// belongs to the domain whose Root DN was entered.
 pub async fn check_key(cloud_url: &str, connect_key: &str, root_dn: &str) -> Result<ConnectKeyCheckResponse, Problem> {
-    let client = CloudClient::anonymous(cloud_url).map_err(cloud_problem)?;
+    let client = CloudClient::with_pins(cloud_url, "", pins_of(connect_key)).map_err(cloud_problem)?;
     let info = client.check_connect_key(connect_key).await.map_err(cloud_problem)?;
     if !same_dn(&info.domain.root_dn, root_dn) {
         return Err(Problem::new(
@@ -296,6 +315,8 @@ pub struct Installed {
     pub domain: String,
     /// The config directory.
     pub config_dir: PathBuf,
+    /// The cloud's TLS key, pinned from the Connect Key.
+    pub cloud_pin: Option<ferry_proto::cloud_pin::Pin>,
     /// How the agent runs.
     pub service: Outcome,
     /// Problems that did not stop the install (e.g. an old agent that
@@ -318,7 +339,8 @@ pub async fn install(a: &Answers) -> Result<Installed, Problem> {
         .and_then(|c| c.secrets(&a.config_dir).ok().map(|s| (c, s)));
     let (secret_key, public_key) = ferry_proto::seal::generate_keypair();
     let secret_key = Zeroizing::new(secret_key);
-    let anon = CloudClient::anonymous(&a.cloud_url).map_err(cloud_problem)?;
+    let pins = pins_of(&a.connect_key);
+    let anon = CloudClient::with_pins(&a.cloud_url, "", pins.clone()).map_err(cloud_problem)?;
     let reg = anon
         .register(&RegisterRequest {
             connect_key: a.connect_key.trim().to_owned(),
@@ -329,7 +351,7 @@ pub async fn install(a: &Answers) -> Result<Installed, Problem> {
         .await
         .map_err(cloud_problem)?;
     let token = Zeroizing::new(reg.agent_token);
-    let me = CloudClient::new(&a.cloud_url, &token).map_err(cloud_problem)?;
+    let me = CloudClient::with_pins(&a.cloud_url, &token, pins.clone()).map_err(cloud_problem)?;
     let undo_registration = |why: String| async {
         if let Err(e) = me.deregister().await {
             tracing::warn!(error = %e, "could not revoke the half-installed agent");
@@ -345,6 +367,9 @@ pub async fn install(a: &Answers) -> Result<Installed, Problem> {
     let cfg = AgentConfig {
         version: 1,
         cloud_url: a.cloud_url.clone(),
+        cloud_pins: pins
+            .map(|p| p.current().iter().map(ToString::to_string).collect())
+            .unwrap_or_default(),
         agent_id: reg.agent_id,
         domain: reg.domain.name.clone(),
         root_dn: reg.domain.root_dn.clone(),
@@ -382,7 +407,7 @@ pub async fn install(a: &Answers) -> Result<Installed, Problem> {
     };
     let mut warnings = Vec::new();
     if let Some((old, secrets)) = previous {
-        let revoke = match CloudClient::new(&old.cloud_url, &secrets.agent_token) {
+        let revoke = match old.cloud_client(&a.config_dir, &secrets.agent_token) {
             Ok(c) => c.deregister().await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
@@ -397,6 +422,7 @@ pub async fn install(a: &Answers) -> Result<Installed, Problem> {
         agent_id: reg.agent_id,
         domain: reg.domain.name,
         config_dir: a.config_dir.clone(),
+        cloud_pin: pins_of(&a.connect_key).and_then(|p| p.current().first().copied()),
         service: outcome,
         warnings,
     })
@@ -410,6 +436,11 @@ pub fn summary(i: &Installed) -> String {
         i.domain,
         i.config_dir.display()
     );
+    if let Some(pin) = &i.cloud_pin {
+        s.push_str(&format!(
+            "✓ The cloud's TLS key is pinned from the Connect Key (SHA-256 of its public key {pin})\n"
+        ));
+    }
     match &i.service {
         Outcome::Service { name } => s.push_str(&format!(
             "✓ Service {name} is enabled and running ({})\n",
@@ -515,6 +546,8 @@ mod tests {
     fn inputs_are_checked_with_a_way_forward() {
         assert!(cloud_url_problem("https://ferry.example.com").is_none());
         assert!(cloud_url_problem("http://127.0.0.1:8080/").is_none());
+        assert!(cloud_url_problem("http://localhost:8080").is_none());
+        assert!(cloud_url_problem("http://10.0.0.5:8080").is_some_and(|m| m.contains("clear text")));
         assert!(cloud_url_problem("ferry.example.com").is_some_and(|m| m.contains("https://")));
         assert!(root_dn_problem("DC=example,DC=com").is_none());
         assert!(root_dn_problem("example.com").is_some_and(|m| m.contains("DC=example,DC=com")));
@@ -533,8 +566,17 @@ mod tests {
         let key = ferry_proto::connect_key::new_connect_key("https://cloud.example");
         assert_eq!(cloud_url_for(None, &key).ok().as_deref(), Some("https://cloud.example"));
         assert_eq!(
-            cloud_url_for(Some("http://10.0.0.5:8080/"), &key).ok().as_deref(),
-            Some("http://10.0.0.5:8080")
+            cloud_url_for(Some("https://10.0.0.5:8443/"), &key).ok().as_deref(),
+            Some("https://10.0.0.5:8443")
+        );
+        // Clear text to another host is refused from the text alone, flag or key.
+        let refused = cloud_url_for(Some("http://10.0.0.5:8080/"), &key).err();
+        assert!(refused.is_some_and(|p| p.step == Step::Input && p.message.contains("https://10.0.0.5:8080")));
+        let clear_key = ferry_proto::connect_key::new_connect_key("http://ferry.example.com");
+        assert!(cloud_url_for(None, &clear_key).is_err_and(|p| p.step == Step::Input));
+        assert_eq!(
+            cloud_url_for(Some("http://127.0.0.1:8080"), &clear_key).ok().as_deref(),
+            Some("http://127.0.0.1:8080")
         );
         let e = cloud_url_for(None, "fca_not-a-key").err();
         assert!(e.is_some_and(|p| p.step == Step::ConnectKey && p.message.contains("fck1.")));

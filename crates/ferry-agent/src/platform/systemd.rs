@@ -43,7 +43,9 @@ pub fn run_command(config_dir: &Path) -> String {
 }
 
 /// The unit file: the agent runs as root (it reads its root-only config),
-/// with the file system read-only to it and no way to gain privileges.
+/// with the file system read-only to it but its config directory (where it
+/// records the cloud's new TLS key when the old one vouched for it) and no
+/// way to gain privileges.
 pub fn unit_file(binary: &Path, config_dir: &Path) -> String {
     let dir = absolute(config_dir);
     format!(
@@ -69,7 +71,7 @@ ProtectKernelModules=yes\n\
 ProtectControlGroups=yes\n\
 RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX\n\
 CapabilityBoundingSet=\n\
-ReadOnlyPaths={}\n\
+ReadWritePaths={}\n\
 \n\
 [Install]\n\
 WantedBy=multi-user.target\n",
@@ -153,7 +155,7 @@ mod tests {
         assert!(u.contains("ExecStart=/usr/local/bin/ferry-agent run --config-dir '/etc/ferry agent'\n"));
         assert!(u.contains("RestartPreventExitStatus=78\n"));
         assert!(u.contains("NoNewPrivileges=yes\n") && u.contains("ProtectSystem=strict\n"));
-        assert!(u.contains("ReadOnlyPaths='/etc/ferry agent'\n"));
+        assert!(u.contains("ReadWritePaths='/etc/ferry agent'\n"));
         assert!(u.contains("WantedBy=multi-user.target\n"));
     }
 

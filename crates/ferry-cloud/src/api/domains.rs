@@ -256,7 +256,12 @@ pub(super) async fn create_connect_key(
     let id = parse_id(&id, "domain")?;
     let now = state.now();
     let base = base_url(&state.config, &headers);
-    let key = new_connect_key(&base);
+    // A cloud serving TLS itself pins its key in the Connect Key, so the
+    // agent trusts exactly that key, whoever signed the certificate.
+    let key = match &state.config.tls {
+        Some(tls) => ferry_proto::connect_key::new_pinned_connect_key(&base, &tls.pin()),
+        None => new_connect_key(&base),
+    };
     let expires_at = now + state.config.connect_key_ttl_ms;
     let mut tx = state.store.begin().await?;
     tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;

@@ -322,6 +322,18 @@ fn with_cookie(mut r: Response, cookie: &str) -> Response {
     r
 }
 
+tokio::task_local! {
+    /// Whether this request's pages warn that the console travels in clear
+    /// text (set for each console request by [`notices`]).
+    static CLEAR_TEXT: bool;
+}
+
+/// Middleware around the console: pages rendered for the request show the
+/// service's notices (the clear-text warning of `--insecure-http`).
+pub async fn notices(State(state): State<AppState>, req: Request<Body>, next: axum::middleware::Next) -> Response {
+    CLEAR_TEXT.scope(state.config.insecure_http, next.run(req)).await
+}
+
 /// A page in the console's frame. `nav`: which section is current.
 pub fn layout(title: &str, nav: &str, csrf: Option<&str>, body: Markup) -> Markup {
     html! {
@@ -347,6 +359,12 @@ pub fn layout(title: &str, nav: &str, csrf: Option<&str>, body: Markup) -> Marku
                             input type="hidden" name="csrf" value=(c);
                             button type="submit" { "Sign out" }
                         }
+                    }
+                }
+                @if CLEAR_TEXT.try_with(|w| *w).unwrap_or(false) {
+                    div.banner role="alert" {
+                        strong { "Not encrypted. " }
+                        "This service speaks plain HTTP on a network address (--insecure-http). Unless a TLS proxy in front of it is the only way in, passwords, tokens and directory data cross the network readable by anyone on the path. Serve TLS with --tls-cert and --tls-key, or put an HTTPS proxy in front and remove --insecure-http."
                     }
                 }
                 main { (body) }
@@ -434,15 +452,10 @@ async fn sign_in(
     }
     let token = a.body["token"].as_str().unwrap_or_default().to_owned();
     let max_age = state.config.session_ttl_ms / 1000;
-    let secure = caller.secure
-        || state
-            .config
-            .public_url
-            .as_deref()
-            .is_some_and(|u| u.starts_with("https://"));
+    let secure = caller.secure || state.config.https();
     Ok(with_cookie(
         redirect(to),
-        // Secure behind https: a TLS proxy in front, or an https public URL.
+        // Secure over https: served by us, a TLS proxy in front, or an https public URL.
         &session_cookie(&token, secure, max_age),
     ))
 }

@@ -294,7 +294,8 @@ pub fn base_url(config: &crate::app::Config, headers: &axum::http::HeaderMap) ->
         .and_then(|h| h.to_str().ok())
         .filter(|h| h.chars().all(|c| c.is_ascii_alphanumeric() || ".:-[]".contains(c)))
         .unwrap_or("localhost");
-    format!("http://{host}")
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    format!("{scheme}://{host}")
 }
 
 /// Query parameters whose parse failures are [`ApiError`]s.

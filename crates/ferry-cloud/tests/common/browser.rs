@@ -41,7 +41,17 @@ impl Browser {
         Browser::launch(name, Some(dir)).await
     }
 
+    /// A browser for a service whose test certificate no CA it knows signed
+    /// (WebDriver's `acceptInsecureCerts`), downloading to `dir`.
+    pub async fn start_for_test_certificate(name: &str, dir: &std::path::Path) -> Browser {
+        Browser::launch_with(name, Some(dir), true).await
+    }
+
     async fn launch(name: &str, downloads: Option<&std::path::Path>) -> Browser {
+        Browser::launch_with(name, downloads, false).await
+    }
+
+    async fn launch_with(name: &str, downloads: Option<&std::path::Path>, accept_test_certs: bool) -> Browser {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -70,7 +80,7 @@ impl Browser {
         if let Some(dir) = downloads {
             opts["prefs"] = json!({"download.default_directory": dir, "download.prompt_for_download": false});
         }
-        let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": opts}}});
+        let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "acceptInsecureCerts": accept_test_certs, "goog:chromeOptions": opts}}});
         let r: Value = http
             .post(format!("{base}/session"))
             .json(&caps)

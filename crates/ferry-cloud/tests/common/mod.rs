@@ -3,6 +3,8 @@
 //! `scripts/test` starts and names in `FERRY_TEST_POSTGRES_URL`).
 #![allow(dead_code, clippy::unwrap_used, clippy::panic)]
 
+pub mod certs;
+
 use std::sync::Arc;
 
 use ferry_cloud::app::{serve, AppState, Config};

@@ -2,6 +2,8 @@
 //! delegated Samba DC, enrolment, polling, and the built binaries.
 #![allow(dead_code)] // each suite uses its own part
 
+#[path = "../../../ferry-cloud/tests/common/certs.rs"]
+pub mod certs;
 #[path = "../../../ferry-agent/tests/common/mod.rs"]
 pub mod dc;
 
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 pub use dc::Dc;
 use ferry_agent::ad::write::NewAdUser;
 use ferry_agent::ad::AdSettings;
-use ferry_agent::cloud::CloudClient;
+use ferry_agent::cloud::{CloudClient, Pins};
 use ferry_agent::preflight::Task;
 use ferry_agent::sync::{self, Shared};
 use ferry_cloud::app::{serve, AppState, Config};
@@ -22,11 +24,18 @@ use serde_json::{json, Value};
 
 pub const SVC_PW: &str = "Svc-Sync-Pa55";
 
+/// A ferry-cloud serving HTTPS itself, with a certificate from a test CA
+/// that only the admin's client (`http`) is given: agents trust it by the
+/// pin their Connect Key carries, as a private cloud's would.
 pub struct Cloud {
     pub base: String,
     pub token: String,
     pub store: Store,
     pub http: reqwest::Client,
+    /// The pin of the cloud's TLS key.
+    pub pin: ferry_proto::cloud_pin::Pin,
+    /// The test CA that signed its certificate.
+    pub ca_file: std::path::PathBuf,
     pub _dir: tempfile::TempDir,
 }
 
@@ -35,8 +44,13 @@ impl Cloud {
         Cloud::start_with(Config::default()).await
     }
 
-    pub async fn start_with(config: Config) -> Cloud {
+    pub async fn start_with(mut config: Config) -> Cloud {
         let dir = tempfile::tempdir().unwrap();
+        let ca_file = certs::ca(dir.path());
+        let cert = certs::signed(dir.path(), "cloud");
+        let tls = ferry_cloud::tls::ServerTls::load(&cert.cert, &cert.key, None).unwrap();
+        let pin = tls.pin();
+        config.tls = Some(tls);
         let store = Store::open(&format!("sqlite://{}", dir.path().join("f.db").display()))
             .await
             .unwrap();
@@ -52,16 +66,47 @@ impl Cloud {
             .unwrap();
         tx.commit().await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
+        let base = format!("https://{}", listener.local_addr().unwrap());
         let state = AppState::new(store.clone(), Arc::new(SystemClock), config);
         tokio::spawn(async move { serve(listener, state, std::future::pending()).await.unwrap() });
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca_file).unwrap()).unwrap();
         Cloud {
             base,
             token,
             store,
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder().add_root_certificate(ca).build().unwrap(),
+            pin,
+            ca_file,
             _dir: dir,
         }
+    }
+
+    /// A `Cloud` for a `ferry-cloud` process over `work` on `port` (see
+    /// [`CloudProcess`]): a certificate from a test CA is put where the
+    /// process reads it, and the admin's client trusts that CA.
+    pub async fn for_process(work: &std::path::Path, port: u16, token: String) -> Cloud {
+        let ca_file = certs::ca(work);
+        // cloud.pem and cloud-key.pem, where CloudProcess has the service read them.
+        let cert = certs::signed(work, "cloud");
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca_file).unwrap()).unwrap();
+        let store_dir = tempfile::tempdir().unwrap();
+        Cloud {
+            base: format!("https://127.0.0.1:{port}"),
+            token,
+            // Not used: this cloud runs in its own process.
+            store: Store::open(&format!("sqlite://{}", store_dir.path().join("unused.db").display()))
+                .await
+                .unwrap(),
+            http: reqwest::Client::builder().add_root_certificate(ca).build().unwrap(),
+            pin: cert.pin(),
+            ca_file,
+            _dir: store_dir,
+        }
+    }
+
+    /// An agent's client for this cloud, trusting its key by the pin.
+    pub fn agent_client(&self, token: &str) -> CloudClient {
+        CloudClient::with_pins(&self.base, token, Some(Pins::new(vec![self.pin], None))).unwrap()
     }
 
     pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -256,6 +301,38 @@ pub fn agent_binary() -> std::path::PathBuf {
     bin
 }
 
+/// A free port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `ferry-cloud init` into `work/db` (org "Acme", admin@acme.test); returns
+/// the admin API token.
+pub fn init_cloud_binary(work: &std::path::Path) -> String {
+    let token_file = work.join("admin.token");
+    let out = std::process::Command::new(cloud_binary())
+        .args([
+            "init",
+            "--org",
+            "Acme",
+            "--admin-email",
+            "admin@acme.test",
+            "--data-dir",
+        ])
+        .arg(work.join("db"))
+        .arg("--token-out")
+        .arg(&token_file)
+        .env("FERRY_ADMIN_PASSWORD", "Admin-Pa55-word")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::read_to_string(&token_file).unwrap().trim().to_owned()
+}
+
 /// The `ferry-cloud` binary cargo built next to this test.
 pub fn cloud_binary() -> std::path::PathBuf {
     agent_binary().with_file_name("ferry-cloud")
@@ -292,7 +369,7 @@ impl Engine {
 
 /// The engine's shared state for an enrolled agent of `dc`, bound as svc-sync.
 pub async fn engine_shared(dc: &Dc, cloud: &Cloud, agent: &Enrolled) -> Arc<Shared> {
-    let client = CloudClient::new(&cloud.base, &agent.token).unwrap();
+    let client = cloud.agent_client(&agent.token);
     let first = client.heartbeat(&Default::default()).await.unwrap();
     let mut ad = AdSettings::new(&dc.ldaps_url);
     ad.ca_file = Some(dc.ca_file.clone());
@@ -374,6 +451,7 @@ pub fn write_config(dir: &std::path::Path, dc: &Dc, cloud: &Cloud, agent: &Enrol
     let config = AgentConfig {
         version: 1,
         cloud_url: cloud.base.clone(),
+        cloud_pins: vec![cloud.pin.to_string()],
         agent_id: agent.agent_id,
         domain: dc.realm.to_lowercase(),
         root_dn: dc.base_dn.clone(),
@@ -424,7 +502,8 @@ impl Drop for AgentProcess {
     }
 }
 
-/// `ferry-cloud serve` as a process of its own (SIGKILL when dropped).
+/// `ferry-cloud serve` as a process of its own (SIGKILL when dropped),
+/// serving HTTPS with `data/cloud.pem` and `data/cloud-key.pem`.
 pub struct CloudProcess(pub std::process::Child);
 
 impl CloudProcess {
@@ -438,6 +517,10 @@ impl CloudProcess {
             std::process::Command::new(cloud_binary())
                 .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
                 .arg(data.join("db"))
+                .arg("--tls-cert")
+                .arg(data.join("cloud.pem"))
+                .arg("--tls-key")
+                .arg(data.join("cloud-key.pem"))
                 .stdout(std::process::Stdio::null())
                 .stderr(log)
                 .spawn()
@@ -465,42 +548,9 @@ impl CloudServer {
     /// `ferry-cloud init`, then `serve` on a free loopback port.
     pub async fn start() -> CloudServer {
         let work = tempfile::tempdir().unwrap();
-        let token_file = work.path().join("admin.token");
-        let out = std::process::Command::new(cloud_binary())
-            .args([
-                "init",
-                "--org",
-                "Acme",
-                "--admin-email",
-                "admin@acme.test",
-                "--data-dir",
-            ])
-            .arg(work.path().join("db"))
-            .arg("--token-out")
-            .arg(&token_file)
-            .env("FERRY_ADMIN_PASSWORD", "Admin-Pa55-word")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let store_dir = tempfile::tempdir().unwrap();
-        let cloud = Cloud {
-            base: format!("http://127.0.0.1:{port}"),
-            token: std::fs::read_to_string(&token_file).unwrap().trim().to_owned(),
-            // Not used: this cloud runs in its own process.
-            store: ferry_cloud::store::Store::open(&format!(
-                "sqlite://{}",
-                store_dir.path().join("unused.db").display()
-            ))
-            .await
-            .unwrap(),
-            http: reqwest::Client::new(),
-            _dir: store_dir,
-        };
+        let token = init_cloud_binary(work.path());
+        let port = free_port();
+        let cloud = Cloud::for_process(work.path(), port, token).await;
         let mut s = CloudServer {
             work,
             port,
