@@ -78,12 +78,15 @@ pub async fn preview(tx: &mut Tx, org_id: Uuid, domain: Uuid, groups: &[Uuid]) -
 }
 
 /// Binds groups to `domain`: places them and their members that belong to
-/// no domain there. Returns how many were placed.
-pub async fn bind(tx: &mut Tx, ctx: &WriteCtx, domain: Uuid, groups: &[Uuid]) -> StoreResult<usize> {
-    let p = preview(tx, ctx.org_id, domain, groups).await?;
-    let ids: Vec<Uuid> = p.entering.iter().map(|(m, _)| m.id).collect();
+/// no domain there (`place` leaves objects of other domains where they are).
+pub async fn bind(tx: &mut Tx, ctx: &WriteCtx, domain: Uuid, groups: &[Uuid]) -> StoreResult<()> {
+    let ids: Vec<Uuid> = closure(tx, ctx.org_id, groups, false)
+        .await?
+        .iter()
+        .map(|m| m.id)
+        .collect();
     place(tx, ctx, domain, &ids).await?;
-    Ok(ids.len())
+    Ok(())
 }
 
 /// Members were just added to `group` in the cloud: if the group is bound
@@ -110,16 +113,13 @@ pub async fn follow(tx: &mut Tx, ctx: &WriteCtx, group: Uuid, added: &[Member]) 
                 .filter(|m| m.kind == ObjectKind::User)
                 .map(|m| m.id)
                 .collect();
-            let inner = preview(tx, ctx.org_id, d.id, &added_groups).await?;
-            ids.extend(inner.entering.iter().map(|(m, _)| m.id));
-            let mut unhomed = Vec::new();
-            for id in ids {
-                let kind = tx.object_kind(ctx.org_id, id).await?.unwrap_or(ObjectKind::User);
-                if tx.home_of(ctx.org_id, kind, id).await?.is_none() {
-                    unhomed.push(id);
-                }
-            }
-            place(tx, ctx, d.id, &unhomed).await?;
+            ids.extend(
+                closure(tx, ctx.org_id, &added_groups, false)
+                    .await?
+                    .iter()
+                    .map(|m| m.id),
+            );
+            place(tx, ctx, d.id, &ids).await?;
             return Ok(());
         }
     }

@@ -5,7 +5,7 @@
 //! leavers are found by reconciliation. And the scope preview: what a
 //! proposed scope would take in and leave out, counted over AD as it is.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use ferry_proto::agent::{AdChange, ScopeCount, ScopePreviewAnswer, ScopePreviewRequest};
 use ferry_proto::record::ObjectKind;
@@ -156,10 +156,8 @@ pub(super) async fn preview(shared: &Shared, current: Protection, req: ScopePrev
     let mut entering = Vec::new();
     let mut leaving = Vec::new();
     let mut staying = 0u64;
-    let mut seen: HashMap<Uuid, ()> = HashMap::new();
     for e in &all {
         let Some(guid) = e.guid() else { continue };
-        seen.insert(guid, ());
         let kind = if e.has_class("group") {
             ObjectKind::Group
         } else {
