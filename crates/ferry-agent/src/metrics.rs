@@ -33,6 +33,15 @@ pub struct Metrics {
     pub last_reconciliation_micros: AtomicU64,
     /// Age (ms) of the last cloud change when it was applied to AD.
     pub last_cloud_to_ad_lag_ms: AtomicU64,
+    /// Comparisons of both sides whole, objects found different, repairs
+    /// that changed something, and cloud changes sent down again.
+    pub audits: AtomicU64,
+    /// See `audits`.
+    pub drift_found: AtomicU64,
+    /// See `audits`.
+    pub drift_repaired: AtomicU64,
+    /// See `audits`.
+    pub drift_resent: AtomicU64,
     engine: Mutex<Option<Weak<Shared>>>,
 }
 
@@ -67,6 +76,15 @@ impl Drop for ReconciliationTimer {
         m.reconciliation_micros.fetch_add(us, Ordering::Relaxed);
         m.last_reconciliation_micros.store(us, Ordering::Relaxed);
     }
+}
+
+/// A comparison of both sides whole ended.
+pub fn audited(r: &ferry_proto::audit::AuditReport) {
+    let m = global();
+    m.audits.fetch_add(1, Ordering::Relaxed);
+    m.drift_found.fetch_add(r.differed, Ordering::Relaxed);
+    m.drift_repaired.fetch_add(r.repaired, Ordering::Relaxed);
+    m.drift_resent.fetch_add(r.resent, Ordering::Relaxed);
 }
 
 /// A cloud change written at `at` (unix ms) is now in AD.
@@ -121,6 +139,30 @@ pub fn render() -> String {
         "How long the last reconciliation took.",
         secs(load(&m.last_reconciliation_micros)),
     );
+    for (name, help, v) in [
+        (
+            "ferry_agent_audits_total",
+            "Comparisons of both sides whole (anti-entropy).",
+            &m.audits,
+        ),
+        (
+            "ferry_agent_drift_found_total",
+            "Objects a comparison found different in AD and the cloud.",
+            &m.drift_found,
+        ),
+        (
+            "ferry_agent_drift_repaired_total",
+            "Of those, the ones whose repair changed the cloud.",
+            &m.drift_repaired,
+        ),
+        (
+            "ferry_agent_drift_resent_total",
+            "Cloud changes that had not reached AD, sent down again.",
+            &m.drift_resent,
+        ),
+    ] {
+        line(name, "counter", help, load(v).to_string());
+    }
     line(
         "ferry_agent_cloud_to_ad_lag_seconds",
         "gauge",

@@ -42,6 +42,7 @@ async fn push(s: &TestServer, a: &Agent, from: Option<&str>, to: &str, changes: 
         from_cookie: from.map(str::to_owned),
         to_cookie: Some(to.to_owned()),
         changes,
+        repair: false,
     };
     s.call_as(
         &a.token,
@@ -1177,3 +1178,139 @@ both_engines!(a_base_sent_with_a_link_is_the_next_merge_base, |engine| async mov
     let u = scim_user(&s, "echo").await.unwrap();
     assert_eq!(u["title"], "t2", "{u}");
 });
+
+both_engines!(
+    the_cloud_digests_what_ad_last_held_and_resends_what_never_reached_it,
+    |engine| async move {
+        use ferry_proto::audit::{
+            bucket_digests, bucket_of, entry_digest, group_digest, members_digest, user_digest, AuditObjects,
+        };
+        use ferry_proto::record::ObjectKind;
+        let s = TestServer::start(engine).await;
+        let (_domain, agent) = setup(&s, json!({})).await;
+        heartbeat(&s, &agent).await;
+        let (ann, bob, team) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let group = GroupRecord {
+            name: "team".into(),
+            description: Some("Ours".into()),
+        };
+        let team_dn = "CN=team,CN=Users,DC=example,DC=test";
+        let changes = vec![
+            ad_user(ann, "ann"),
+            ad_user(bob, "bob"),
+            AdChange::UpsertGroup {
+                guid: team,
+                dn: team_dn.into(),
+                record: group.clone(),
+            },
+            AdChange::SetMembers {
+                group: team,
+                members: vec![ann, bob],
+            },
+        ];
+        let (st, r) = push(&s, &agent, None, "c1", changes.clone()).await;
+        assert_eq!(st, StatusCode::OK, "{r}");
+        // What the agent computes from AD, the way the cloud does.
+        let own = |c: &AdChange| match c {
+            AdChange::UpsertUser { dn, record, .. } => user_digest(dn, record),
+            _ => unreachable!(),
+        };
+        let mut expected = vec![
+            (ann, entry_digest(ObjectKind::User, Some(&own(&changes[0])), None)),
+            (bob, entry_digest(ObjectKind::User, Some(&own(&changes[1])), None)),
+            (
+                team,
+                entry_digest(
+                    ObjectKind::Group,
+                    Some(&group_digest(team_dn, &group)),
+                    Some(&members_digest(&mut [bob, ann])),
+                ),
+            ),
+        ];
+        let d = audit_digests(&s, &agent).await;
+        assert_eq!(d.objects, 3);
+        assert_eq!(d.resent, 0, "nothing differs from what AD last held");
+        assert_eq!(
+            d.buckets,
+            bucket_digests(&expected),
+            "the cloud digests AD as the agent does"
+        );
+        // Per object, for the ranges asked.
+        let b = bucket_of(team) as u16;
+        let (st, v) = s
+            .call_as(
+                &agent.token,
+                Method::POST,
+                "/agent/v1/audit/objects",
+                Some(json!({"buckets": [b]})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let objects = serde_json::from_value::<AuditObjects>(v).unwrap().objects;
+        let t = objects.iter().find(|o| o.guid == team).unwrap();
+        assert_eq!(t.digest.as_deref(), Some(group_digest(team_dn, &group).as_str()));
+        let (st, v) = s
+            .call_as(
+                &agent.token,
+                Method::POST,
+                "/agent/v1/audit/objects",
+                Some(json!({"buckets": [256]})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        // A member removed in the cloud changes the group's digest; a title set
+        // in the cloud is on its way to AD, so nothing is resent…
+        let u = scim_user(&s, "bob").await.unwrap();
+        let bob_id = u["id"].as_str().unwrap().to_owned();
+        let g = &s
+            .call(
+                Method::GET,
+                "/scim/v2/Groups?filter=displayName%20eq%20%22team%22",
+                None,
+            )
+            .await
+            .1["Resources"][0];
+        let gid = g["id"].as_str().unwrap().to_owned();
+        let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                       "Operations": [{"op": "remove", "path": format!("members[value eq \"{bob_id}\"]")}]});
+        let (st, v) = s
+            .call(Method::PATCH, &format!("/scim/v2/Groups/{gid}"), Some(patch))
+            .await;
+        assert!(st.is_success(), "{v}");
+        set_title(&s, &bob_id, "Lead").await;
+        expected[2].1 = entry_digest(
+            ObjectKind::Group,
+            Some(&group_digest(team_dn, &group)),
+            Some(&members_digest(&mut [ann])),
+        );
+        let d = audit_digests(&s, &agent).await;
+        assert_eq!(d.buckets, bucket_digests(&expected));
+        assert_eq!(d.resent, 0, "a change on its way is not resent");
+        // …until the agent acknowledges the feed without AD taking the title
+        // (a lost write): then the cloud sends it down again, once.
+        let head = feed(&s, &agent, 0, 0).await.next_cursor;
+        let (st, v) = s
+            .call_as(
+                &agent.token,
+                Method::POST,
+                "/agent/v1/ack",
+                Some(json!({"cursor": head})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let d = audit_digests(&s, &agent).await;
+        assert_eq!(d.resent, 1, "the lost title goes down again");
+        let entries = feed(&s, &agent, head, 0).await.entries;
+        assert!(
+            entries.iter().any(|e| format!("{:?}", e.change).contains("Lead")),
+            "{entries:?}"
+        );
+        assert_eq!(audit_digests(&s, &agent).await.resent, 0, "sent once: now on its way");
+    }
+);
+
+async fn audit_digests(s: &TestServer, agent: &Agent) -> ferry_proto::audit::AuditDigests {
+    let (st, v) = s.call_as(&agent.token, Method::POST, "/agent/v1/audit", None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    serde_json::from_value(v).unwrap()
+}

@@ -166,10 +166,19 @@ async fn the_install_guide_console_steps_and_a_user_added_to_a_group() {
                  "error": "cannot reach the DC at ldaps://dc1.example.test: connection refused",
                  "failing_since": now - 120_000},
                 {"direction": "cloud_to_ad", "last_success_at": now - 1_000},
-            ]})),
+            ], "audit": {"at": now - 30_000, "compared": 1200, "differed": 2, "repaired": 2, "resent": 1, "repaired_total": 3}})),
         )
         .await;
     assert_eq!(st, StatusCode::OK);
+    // The last comparison of both sides whole, and what it repaired.
+    let cell = b.text("td.audit[data-differed='2']").await;
+    b.check(
+        cell.contains("2 different in AD, 2 repaired")
+            && cell.contains("1 cloud changes sent again")
+            && cell.contains("1200 objects"),
+        &format!("the last comparison and its repairs: {cell}"),
+    )
+    .await;
     b.find("td.health[data-direction=ad_to_cloud][data-status=failing]")
         .await;
     let cell = b.text("td.health[data-direction=ad_to_cloud]").await;
@@ -217,6 +226,13 @@ async fn the_install_guide_console_steps_and_a_user_added_to_a_group() {
         d["default_for_cloud_objects"], true,
         "the org's first domain stays the default: {d}"
     );
+    // "Compare both sides now": the domain's agent is asked (its sync state says so).
+    let (_, before) = s.call_as(&token, Method::GET, "/agent/v1/state", None).await;
+    assert!(before["audit_requested_at"].is_null(), "{before}");
+    b.click("#audit-now").await;
+    b.wait_text("the agent compares both sides whole within seconds").await;
+    let (_, after) = s.call_as(&token, Method::GET, "/agent/v1/state", None).await;
+    assert!(after["audit_requested_at"].as_i64().is_some(), "{after}");
     // Preview a group scope before saving it: the form's unsaved scope goes
     // to the domain's agent (played here through the agent API), and the
     // page shows its answer with the values entered, still unsaved.
@@ -588,6 +604,7 @@ async fn sync_errors_are_shown_retried_and_dismissed() {
     let push = ferry_proto::agent::PushChangesRequest {
         from_cookie: None,
         to_cookie: Some("c1".into()),
+        repair: false,
         changes: vec![ferry_proto::agent::AdChange::UpsertUser {
             guid: uuid::Uuid::new_v4(),
             dn: "CN=Dee Dee,CN=Users,DC=example,DC=test".into(),

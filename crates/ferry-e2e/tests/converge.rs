@@ -539,6 +539,25 @@ async fn random_changes_on_both_sides_through_faults_converge_with_no_lost_write
         converged.map_or_else(|| "NOT".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())),
         last_diff.len()
     );
+    if last_diff.is_empty() {
+        // Compared whole by the agent itself too: nothing differs there,
+        // and nothing was left behind on the cloud's side.
+        let report = audit_now(&server.cloud, &domain).await;
+        println!("harness: the agent's comparison of both sides whole: {report}");
+        let said: Vec<String> = std::fs::read_to_string(agent_dir.path().join("agent.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("compared whole"))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(
+            report["differed"],
+            0,
+            "seed {seed}: drift after convergence: {report}\n{}",
+            said.join("\n")
+        );
+        assert_eq!(report["resent"], 0, "seed {seed}: cloud changes left behind: {report}");
+    }
     drop(agent_proc);
     if !last_diff.is_empty() {
         // The logs, for the post-mortem.

@@ -178,6 +178,9 @@ pub struct HeartbeatRequest {
     /// How each direction stands.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub directions: Vec<DirectionHealth>,
+    /// The last comparison of both sides whole (anti-entropy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::audit::AuditReport>,
 }
 
 /// How one direction of the sync stands.
@@ -237,6 +240,10 @@ pub struct SyncState {
     /// `POST /agent/v1/scope-preview/{id}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope_preview: Option<ScopePreviewRequest>,
+    /// When an admin last asked for a comparison of both sides whole now
+    /// (unix ms): the agent runs one when this changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_requested_at: Option<i64>,
 }
 
 /// A scope to preview (see [`SyncState::scope_preview`]).
@@ -337,6 +344,12 @@ pub struct PushChangesRequest {
     pub to_cookie: Option<String>,
     /// The changes, applied in order, in one transaction.
     pub changes: Vec<AdChange>,
+    /// Objects found different by a comparison of both sides (anti-entropy),
+    /// read fresh from AD: each change that alters the cloud is audited as
+    /// a repair, and a group's member list is left alone while a cloud
+    /// change to it is on its way to AD.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub repair: bool,
 }
 
 /// Answer to [`PushChangesRequest`].

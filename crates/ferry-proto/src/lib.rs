@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod audit;
 pub mod cloud_pin;
 pub mod connect_key;
 pub mod delegation;

@@ -387,6 +387,18 @@ impl CloudClient {
         Ok(())
     }
 
+    /// Starts a comparison of both sides whole: the cloud sends down what
+    /// never reached AD, and answers its digest of each objectGUID range.
+    pub async fn audit(&self) -> Result<ferry_proto::audit::AuditDigests, CloudError> {
+        self.call::<(), _>(reqwest::Method::POST, "/audit", None).await
+    }
+
+    /// The per-object digests of some ranges.
+    pub async fn audit_objects(&self, buckets: Vec<u16>) -> Result<ferry_proto::audit::AuditObjects, CloudError> {
+        let req = ferry_proto::audit::AuditObjectsRequest { buckets };
+        self.call(reqwest::Method::POST, "/audit/objects", Some(&req)).await
+    }
+
     /// Records a link.
     pub async fn put_link(&self, link: &LinkInfo) -> Result<(), CloudError> {
         let _: LinkInfo = self.call(reqwest::Method::POST, "/links", Some(link)).await?;

@@ -139,6 +139,17 @@ fn describe(url: &str, me: &AgentSelf, now: i64) -> String {
             ),
         });
     }
+    s.push_str(&match &r.audit {
+        None => "Compared:   not yet (both sides are compared whole every 15 minutes)\n".to_owned(),
+        Some(a) => format!(
+            "Compared:   {} — {} objects; {} different in AD, {} repaired; {} cloud changes sent again\n",
+            ago(now, a.at),
+            a.compared,
+            a.differed,
+            a.repaired,
+            a.resent
+        ),
+    });
     s.push_str(&format!("Errors:     {}\n", r.last_error.as_deref().unwrap_or("none")));
     s.push_str(&format!(
         "Sync errors: {} (changes the other side refused; see the domain's Sync activity in the console)\n",

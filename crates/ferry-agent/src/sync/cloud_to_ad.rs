@@ -516,10 +516,17 @@ async fn update_user(
     let merge = Merge::new(base, e, &ctx.domain.policies, entry.at);
     let was = merge.base.map(user_attrs);
     let mut changes: Vec<(&str, Option<String>)> = Vec::new();
+    // Fields AD already holds as the cloud does, unlike the base: both
+    // sides agree, so the base takes them too (else the cloud would find
+    // its record ahead of AD's and send it down again).
+    let mut agreed: Vec<(&str, Option<String>)> = Vec::new();
     for (i, (attr, want)) in user_attrs(r).into_iter().enumerate() {
         let have = e.str(attr).filter(|s| !s.is_empty());
-        if merge.write(&have, &want, was.as_ref().map(|w| &w[i].1)) {
+        let was = was.as_ref().map(|w| &w[i].1);
+        if merge.write(&have, &want, was) {
             changes.push((attr, want));
+        } else if have == want && was.is_some_and(|w| *w != want) {
+            agreed.push((attr, want));
         }
     }
     // The AD name follows the cloud's userName within AD's rules; one Ferry
@@ -531,7 +538,7 @@ async fn update_user(
             .str("sAMAccountName")
             .is_some_and(|cur| names::is_sam_for(&cur, &sam, names::MAX_USER_SAM))
     {
-        changes.push(("sAMAccountName", Some(sam)));
+        changes.push(("sAMAccountName", Some(sam.clone())));
     }
     let uac = e.int("userAccountControl").unwrap_or(0);
     let enabled = uac & UF_ACCOUNTDISABLE == 0;
@@ -542,7 +549,24 @@ async fn update_user(
         tracing::debug!(dn = %e.dn, "not enabled yet: the account waits for its password");
         set_state = false;
     }
+    let same_name = merge.base.is_some_and(|b| b.username != r.username)
+        && e.str("sAMAccountName")
+            .is_some_and(|cur| names::is_sam_for(&cur, &sam, names::MAX_USER_SAM));
+    let state_agreed = merge.base.is_some_and(|b| b.active != r.active) && enabled == r.active;
     if changes.is_empty() && !set_state {
+        if let (Some(b), true) = (merge.base, !agreed.is_empty() || same_name || state_agreed) {
+            let mut next = b.clone();
+            for (attr, value) in &agreed {
+                set_field(&mut next, attr, value.clone());
+            }
+            if same_name {
+                next.username = r.username.clone();
+            }
+            if state_agreed {
+                next.active = r.active;
+            }
+            return rebase(ctx, links, id, e, next).await;
+        }
         return Ok(());
     }
     let refs: Vec<(&str, Option<&str>)> = changes.iter().map(|(k, v)| (*k, v.as_deref())).collect();
@@ -568,10 +592,14 @@ async fn update_user(
             n
         }
     };
-    for (attr, value) in &changes {
+    for (attr, value) in changes.iter().chain(&agreed) {
         set_field(&mut next, attr, value.clone());
     }
-    if set_state {
+    if same_name || changes.iter().any(|(a, _)| *a == "sAMAccountName") {
+        // The base keeps the cloud's userName for an AD name derived from it.
+        next.username = r.username.clone();
+    }
+    if set_state || state_agreed {
         next.active = r.active;
     }
     rebase(ctx, links, id, e, next).await

@@ -53,6 +53,8 @@ pub struct Shared {
     pub service_account: std::sync::Mutex<Option<String>>,
     /// How each direction stands (told to the cloud with the heartbeat).
     pub health: std::sync::Mutex<Vec<DirectionHealth>>,
+    /// The last comparison of both sides whole (told with the heartbeat).
+    pub audit: std::sync::Mutex<Option<ferry_proto::audit::AuditReport>>,
 }
 
 impl Shared {
@@ -91,6 +93,7 @@ impl Shared {
                     })
                     .collect(),
             ),
+            audit: std::sync::Mutex::new(None),
         })
     }
 
@@ -151,7 +154,7 @@ impl Shared {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -215,6 +218,7 @@ pub async fn heartbeat_loop(shared: Arc<Shared>) {
             last_sync_at: Some(shared.last_sync_at.load(Ordering::SeqCst)).filter(|t| *t > 0),
             service_account: shared.service_account.lock().ok().and_then(|g| g.clone()),
             directions: shared.health.lock().map(|h| h.clone()).unwrap_or_default(),
+            audit: shared.audit.lock().ok().and_then(|a| a.clone()),
         };
         match shared.cloud.heartbeat(&req).await {
             Ok(r) => {

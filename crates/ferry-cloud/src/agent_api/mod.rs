@@ -2,6 +2,7 @@
 //! whole conversation: register with a Connect Key, heartbeat for the
 //! primary lease, push AD changes, long-poll and acknowledge the cloud feed.
 
+mod audit;
 mod sync_errors;
 
 use std::collections::{BTreeMap, HashMap};
@@ -47,6 +48,8 @@ pub fn router(push_limit: usize) -> Router<AppState> {
         .route("/sync-errors", get(sync_errors::open).post(sync_errors::report))
         .route("/sync-errors/resolved", post(sync_errors::resolved))
         .route("/scope-preview/{id}", post(answer_scope_preview))
+        .route("/audit", post(audit::digests))
+        .route("/audit/objects", post(audit::objects))
 }
 
 fn domain_info(d: &Domain) -> DomainInfo {
@@ -278,10 +281,12 @@ async fn sync_state(State(state): State<AppState>, AgentAuth(agent): AgentAuth) 
     let mut tx = state.store.begin().await?;
     let d = tx.get_domain(agent.org_id, agent.domain_id).await?;
     let scope_preview = tx.pending_scope_preview(agent.domain_id, now).await?;
+    let audit_requested_at = tx.audit_requested_at(agent.org_id, agent.domain_id).await?;
     Ok(Json(SyncState {
         ad_cookie: d.ad_cookie,
         feed_cursor: d.feed_cursor,
         scope_preview,
+        audit_requested_at,
     }))
 }
 
@@ -308,7 +313,7 @@ async fn answer_scope_preview(
 
 /// Only the lease holder writes: two agents applying the same stream would
 /// race each other.
-fn require_primary(agent: &Agent, d: &Domain, now: i64) -> Result<(), ApiError> {
+pub(super) fn require_primary(agent: &Agent, d: &Domain, now: i64) -> Result<(), ApiError> {
     if d.lease_agent_id == Some(agent.id) && d.lease_expires_at > now {
         Ok(())
     } else {
@@ -540,6 +545,7 @@ async fn ack(
         ad_cookie: d.ad_cookie,
         feed_cursor: cursor,
         scope_preview: None,
+        audit_requested_at: None,
     }))
 }
 
@@ -621,6 +627,7 @@ async fn put_link(
         ad_guid: req.guid,
         ad_dn: req.dn.clone(),
         synced_at: now,
+        ad_digest: None,
         base: req.base.as_ref().and_then(|b| serde_json::to_value(b).ok()),
     };
     tx.put_link(agent.org_id, &link).await?;

@@ -379,6 +379,9 @@ fn agent_json(a: &Agent, d: &Domain, now: i64, backlog: i64) -> Value {
     .collect();
     json!({
         "health": health,
+        // The last comparison of both sides whole: objects compared, found
+        // different, repaired, cloud changes sent down again.
+        "audit": a.report.get("audit").cloned().unwrap_or(Value::Null),
         "id": a.id,
         "hostname": a.hostname,
         "version": a.version,

@@ -46,6 +46,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/domains/{id}/sync-errors/retry", post(sync_errors::retry_all))
         .route("/domains/{id}/resync", post(sync_errors::resync))
+        .route("/domains/{id}/audit", post(sync_errors::audit_now))
         .route("/domains/{id}/objects", post(homes::place))
         .route("/domains/{id}/scope-preview", post(domains::scope_preview))
         .route("/domains/{id}/sync-errors/{error_id}", delete(sync_errors::dismiss_one))

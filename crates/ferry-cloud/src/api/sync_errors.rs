@@ -225,22 +225,55 @@ async fn dismiss(state: AppState, auth: AdminAuth, id: Uuid, eid: Option<Uuid>) 
 }
 
 /// `POST /api/v1/domains/{id}/resync`: the agent reads the whole domain
-/// again (links by objectGUID keep it free of duplicates) and the cloud's
-/// objects are compared with AD's afresh.
+/// again (links by objectGUID keep it free of duplicates), then compares
+/// both sides whole: what a re-read cannot see (a cloud change that never
+/// reached AD) is repaired too.
 pub(super) async fn resync(
     State(state): State<AppState>,
     auth: AdminAuth,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id, "domain")?;
+    ask_agent(&state, &auth, &id, true).await
+}
+
+/// `POST /api/v1/domains/{id}/audit`: the agent compares both sides whole
+/// now (it does every 15 minutes anyway) and repairs what differs; the
+/// result shows on the domain's agents (`audit`) and in the audit log
+/// (`sync.drift_repaired`).
+pub(super) async fn audit_now(
+    State(state): State<AppState>,
+    auth: AdminAuth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    ask_agent(&state, &auth, &id, false).await
+}
+
+/// Asks the domain's agent to compare both sides whole, after reading the
+/// domain again (`reread`) or not.
+async fn ask_agent(state: &AppState, auth: &AdminAuth, id: &str, reread: bool) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(id, "domain")?;
     let mut tx = state.store.begin().await?;
-    tx.reset_ad_cookie(auth.org_id, id)
+    if reread {
+        tx.reset_ad_cookie(auth.org_id, id)
+            .await
+            .map_err(not_found_as("domain"))?;
+    }
+    tx.request_audit(auth.org_id, id, state.now())
         .await
         .map_err(not_found_as("domain"))?;
-    let ctx = admin_ctx(&auth, state.now());
-    directory::audit(&mut tx, &ctx, "sync.resync", &format!("domain:{id}"), json!({})).await?;
+    let (action, answer) = if reread {
+        (
+            "sync.resync",
+            json!({ "resync": "requested: the agent reads the domain again within seconds" }),
+        )
+    } else {
+        (
+            "sync.audit_requested",
+            json!({ "audit": "requested: the agent compares both sides whole within seconds" }),
+        )
+    };
+    let ctx = admin_ctx(auth, state.now());
+    directory::audit(&mut tx, &ctx, action, &format!("domain:{id}"), json!({})).await?;
     tx.commit().await?;
-    Ok(Json(
-        json!({ "resync": "requested: the agent reads the domain again within seconds" }),
-    ))
+    Ok(Json(answer))
 }

@@ -53,6 +53,7 @@ pub fn router() -> Router<AppState> {
             axum::routing::post(pages::decide_quarantine),
         )
         .route("/directories/{id}/resync", axum::routing::post(pages::resync_domain))
+        .route("/directories/{id}/audit", axum::routing::post(pages::audit_domain))
         .route("/directories/{id}/scope-preview", axum::routing::post(scope::preview))
         .route(
             "/directories/{id}/sync-errors/{eid}/{action}",

@@ -52,6 +52,9 @@ fn notice(q: &HashMap<String, String>) -> Markup {
         Some("retried") => "Sent again: the error clears by itself once the other side takes the change.",
         Some("dismissed") => "Dismissed.",
         Some("resync") => "Resync asked for: the agent reads the whole domain again within seconds.",
+        Some("audit") => {
+            "Asked for: the agent compares both sides whole within seconds; the result shows on Domain Agents."
+        }
         _ => return html! {},
     };
     html! { p.notice role="status" { (text) } }
@@ -531,7 +534,7 @@ pub(super) fn domain_page(
                             p { "No agent yet. Use “Install a new Sync Agent”." }
                         } @else {
                             table {
-                                thead { tr { th { "Status" } th { "Host" } th { "Version" } th { "Role" } th { "Last seen" } th { "AD → cloud" } th { "cloud → AD" } th {} } }
+                                thead { tr { th { "Status" } th { "Host" } th { "Version" } th { "Role" } th { "Last seen" } th { "AD → cloud" } th { "cloud → AD" } th { "Both sides compared" } th {} } }
                                 tbody {
                                     @for a in &v.agents {
                                         @let status = a["status"].as_str().unwrap_or("offline");
@@ -548,6 +551,7 @@ pub(super) fn domain_page(
                                             td { @if a["primary"] == true { "primary" } @else { "standby" } }
                                             td { @if status == "waiting" { "never" } @else { (when(a["last_seen"].as_i64().unwrap_or(0))) } }
                                             @for dir in ["ad_to_cloud", "cloud_to_ad"] { (direction_cell(a, dir)) }
+                                            (audit_cell(a))
                                             td {
                                                 form method="post" action={ "/directories/" (id) "/agents/" (a["id"].as_str().unwrap_or("")) "/revoke" } {
                                                     (csrf_input(s))
@@ -658,7 +662,10 @@ pub(super) fn domain_page(
                     form.inline method="post" action={ "/directories/" (id) "/resync" } {
                         (csrf_input(s))
                         button type="submit" id="resync" data-confirm="Read the whole domain again? Nothing is duplicated; a big domain takes a while." { "Resync this domain" }
+                        " "
+                        button type="submit" id="audit-now" formaction={ "/directories/" (id) "/audit" } { "Compare both sides now" }
                     }
+                    p.hint { "The agent compares both sides whole every 15 minutes (every object, attribute and membership) and repairs what differs; each repair is in the audit log. Its last result is on the Domain Agents tab." }
                 }
             },
         ),
@@ -705,6 +712,29 @@ pub(super) async fn save_domain(State(state): St, s: Session, Path(id): Path<Str
     match load_domain(&state, &s, &id).await {
         Ok(v) => domain_page(&s, &v, "details", Some(&msg), None, &HashMap::new()),
         Err(r) => r,
+    }
+}
+
+/// The agent's last comparison of both sides whole: when, how many
+/// objects, and what it found different and repaired.
+fn audit_cell(agent: &Value) -> Markup {
+    let r = &agent["audit"];
+    let Some(at) = r["at"].as_i64() else {
+        return html! { td.audit { "not yet" } };
+    };
+    let n = |k: &str| r[k].as_u64().unwrap_or(0);
+    let drift = n("differed") + n("resent");
+    html! {
+        td.audit data-differed=(n("differed")) data-repaired=(n("repaired")) data-resent=(n("resent")) {
+            @if drift == 0 {
+                span class="dot green" aria-hidden="true" {} " equal"
+            } @else {
+                span class="dot yellow" aria-hidden="true" {} " "
+                (n("differed")) " different in AD, " (n("repaired")) " repaired; "
+                (n("resent")) " cloud changes sent again"
+            }
+            span.small { " · " (n("compared")) " objects (" (when(at)) ")" }
+        }
     }
 }
 
@@ -967,16 +997,25 @@ pub(super) async fn decide_quarantine(
 
 /// "Resync this domain".
 pub(super) async fn resync_domain(State(state): St, s: Session, Path(id): Path<String>, Form(form): F) -> Response {
-    if let Err(r) = guard(&s, &form, &[&id]) {
+    ask_agent(&state, &s, &id, &form, "resync").await
+}
+
+/// "Compare both sides now".
+pub(super) async fn audit_domain(State(state): St, s: Session, Path(id): Path<String>, Form(form): F) -> Response {
+    ask_agent(&state, &s, &id, &form, "audit").await
+}
+
+async fn ask_agent(state: &AppState, s: &Session, id: &str, form: &HashMap<String, String>, what: &str) -> Response {
+    if let Err(r) = guard(s, form, &[id]) {
         return r;
     }
     let a = s
-        .api(&state, Method::POST, &format!("/api/v1/domains/{id}/resync"), None)
+        .api(state, Method::POST, &format!("/api/v1/domains/{id}/{what}"), None)
         .await;
     if !a.ok() {
         return page_error(a.status, &a.message());
     }
-    redirect(&format!("/directories/{id}?done=resync"))
+    redirect(&format!("/directories/{id}?done={what}"))
 }
 
 /// Retry or dismiss one sync error, or (`eid` = `all`) retry them all.

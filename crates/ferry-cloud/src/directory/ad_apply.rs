@@ -102,14 +102,14 @@ pub async fn apply_ad_changes(
             continue;
         }
         match isolation {
-            Isolation::Batch => match apply_one(tx, ctx, domain, change).await {
+            Isolation::Batch => match apply(tx, ctx, domain, change, batch.repair).await {
                 Ok(changed) => applied += u64::from(changed),
                 Err(StoreError::Conflict(why)) => return Err(ApplyError::Refused(why)),
                 Err(e) => return Err(e.into()),
             },
             Isolation::PerChange => {
                 tx.savepoint().await?;
-                match apply_one(tx, ctx, domain, change).await {
+                match apply(tx, ctx, domain, change, batch.repair).await {
                     Ok(changed) => {
                         tx.release_savepoint().await?;
                         applied += u64::from(changed);
@@ -242,6 +242,16 @@ async fn resolve_applied(
     Ok(())
 }
 
+/// Applies one change, as a repair found by the comparison of both sides
+/// (`super::repair`) or not; `true` when the cloud changed.
+async fn apply(tx: &mut Tx, ctx: &WriteCtx, domain: &Domain, change: &AdChange, repair: bool) -> StoreResult<bool> {
+    if repair {
+        super::repair::apply(tx, ctx, domain, change).await
+    } else {
+        apply_one(tx, ctx, domain, change).await
+    }
+}
+
 /// Applies one change; `true` when the cloud changed.
 pub async fn apply_one(tx: &mut Tx, ctx: &WriteCtx, domain: &Domain, change: &AdChange) -> StoreResult<bool> {
     match change {
@@ -287,18 +297,25 @@ async fn upsert_user(
     changed_at: Option<i64>,
 ) -> StoreResult<bool> {
     let mut record = record.clone();
-    record.manager = match &record.manager {
-        Some(m) => match Uuid::parse_str(m) {
-            Ok(mg) => linked(tx, ctx, domain, mg, ObjectKind::User)
-                .await?
-                .map(|id| id.to_string()),
-            Err(_) => None,
-        },
+    let manager_guid = record.manager.as_deref().and_then(|m| Uuid::parse_str(m).ok());
+    let manager_id = match manager_guid {
+        Some(g) => linked(tx, ctx, domain, g, ObjectKind::User).await?,
         None => None,
     };
+    // What AD holds, as the comparison of both sides reads it: the manager
+    // by objectGUID when it is synced.
+    let ad_digest = {
+        let mut seen = record.clone();
+        seen.manager = manager_id.and(manager_guid).map(|g| g.to_string());
+        ferry_proto::audit::user_digest(dn, &seen)
+    };
+    record.manager = manager_id.map(|id| id.to_string());
     let link = tx.link_by_guid(ctx.org_id, domain.id, guid).await?;
     if link.is_none() && tx.is_cloud_deleted(ctx.org_id, domain.id, guid).await? {
-        // Deleted in the cloud, kept (disabled) in AD by policy: it stays deleted.
+        // Deleted in the cloud, kept (disabled) in AD by policy: it stays
+        // deleted. What AD holds of it is noted for the comparison of both sides.
+        tx.note_cloud_deleted_digest(ctx.org_id, domain.id, guid, &ad_digest)
+            .await?;
         return Ok(false);
     }
     let base: Option<UserRecord> = link
@@ -405,7 +422,7 @@ async fn upsert_user(
         }
     }
     let agreed = serde_json::to_value(&seen_in_ad).ok();
-    put_link(tx, ctx, domain, ObjectKind::User, id, guid, dn, agreed).await?;
+    put_link(tx, ctx, domain, ObjectKind::User, id, guid, dn, agreed, Some(ad_digest)).await?;
     Ok(changed)
 }
 
@@ -528,7 +545,10 @@ async fn upsert_group(
             (super::create_group(tx, ctx, new, &[]).await?.id, true)
         }
     };
-    put_link(tx, ctx, domain, ObjectKind::Group, id, guid, dn, None).await?;
+    // A group's base is AD's record, as the comparison of both sides reads it.
+    let seen = serde_json::to_value(record).ok();
+    let digest = ferry_proto::audit::group_digest(dn, record);
+    put_link(tx, ctx, domain, ObjectKind::Group, id, guid, dn, seen, Some(digest)).await?;
     Ok(changed)
 }
 
@@ -564,7 +584,7 @@ async fn delete(tx: &mut Tx, ctx: &WriteCtx, domain: &Domain, guid: Uuid) -> Sto
     Ok(true)
 }
 
-async fn linked(
+pub(super) async fn linked(
     tx: &mut Tx,
     ctx: &WriteCtx,
     domain: &Domain,
@@ -639,7 +659,12 @@ async fn may_match(
 /// Member GUIDs to cloud members; members not (yet) linked are left out —
 /// they are outside the sync's scope, or arrive in a later batch with their
 /// own membership change.
-async fn resolve_members(tx: &mut Tx, ctx: &WriteCtx, domain: &Domain, guids: &[Uuid]) -> StoreResult<Vec<Member>> {
+pub(super) async fn resolve_members(
+    tx: &mut Tx,
+    ctx: &WriteCtx,
+    domain: &Domain,
+    guids: &[Uuid],
+) -> StoreResult<Vec<Member>> {
     let found = tx.objects_by_guids(ctx.org_id, domain.id, guids).await?;
     Ok(guids
         .iter()
@@ -658,6 +683,7 @@ async fn put_link(
     guid: Uuid,
     dn: &str,
     base: Option<serde_json::Value>,
+    ad_digest: Option<String>,
 ) -> StoreResult<()> {
     let link = Link {
         domain_id: domain.id,
@@ -667,6 +693,7 @@ async fn put_link(
         ad_dn: dn.to_owned(),
         synced_at: ctx.now,
         base,
+        ad_digest,
     };
     tx.put_link(ctx.org_id, &link).await
 }

@@ -9,6 +9,7 @@
 pub mod ad_apply;
 pub mod binding;
 pub mod record;
+pub mod repair;
 
 use std::collections::BTreeSet;
 

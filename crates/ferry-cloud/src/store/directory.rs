@@ -108,8 +108,12 @@ pub struct Link {
     pub ad_dn: String,
     /// Last sync through this link.
     pub synced_at: i64,
-    /// The record both sides last agreed on (users), as JSON.
+    /// The record both sides last agreed on, as JSON: a user's, and a
+    /// group's as AD last had it.
     pub base: Option<serde_json::Value>,
+    /// A digest of the AD object as the agent last pushed it
+    /// (`ferry_proto::audit`), for the comparison of both sides whole.
+    pub ad_digest: Option<String>,
 }
 
 /// Which users to list. Equality tests here are pushed into SQL; the rest of
@@ -129,7 +133,7 @@ pub struct UserQuery {
     pub limit: i64,
 }
 
-const USER_COLS: &str =
+pub(super) const USER_COLS: &str =
     "id, username, external_id, active, doc, password_hash, version, created_at, updated_at, home_domain";
 const GROUP_COLS: &str = "id, name, external_id, doc, version, created_at, updated_at, home_domain";
 
@@ -595,7 +599,7 @@ impl Tx {
     /// The link of an AD object in a domain.
     pub async fn link_by_guid(&mut self, org_id: Uuid, domain_id: Uuid, guid: Uuid) -> StoreResult<Option<Link>> {
         let row = sqlx::query(
-            "SELECT domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at, base FROM links
+            "SELECT domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at, base, ad_digest FROM links
              WHERE org_id = $1 AND domain_id = $2 AND ad_guid = $3",
         )
         .bind(org_id.to_string())
@@ -614,7 +618,7 @@ impl Tx {
         object_id: Uuid,
     ) -> StoreResult<Option<Link>> {
         let row = sqlx::query(
-            "SELECT domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at, base FROM links
+            "SELECT domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at, base, ad_digest FROM links
              WHERE org_id = $1 AND domain_id = $2 AND object_id = $3",
         )
         .bind(org_id.to_string())
@@ -628,7 +632,7 @@ impl Tx {
     /// Every link of a cloud object (one per domain).
     pub async fn links_of(&mut self, org_id: Uuid, object_id: Uuid) -> StoreResult<Vec<Link>> {
         let rows = sqlx::query(
-            "SELECT domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at, base FROM links
+            "SELECT domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at, base, ad_digest FROM links
              WHERE org_id = $1 AND object_id = $2 ORDER BY domain_id",
         )
         .bind(org_id.to_string())
@@ -695,10 +699,10 @@ impl Tx {
     /// Creates or moves a link.
     pub async fn put_link(&mut self, org_id: Uuid, link: &Link) -> StoreResult<()> {
         sqlx::query(
-            "INSERT INTO links (org_id, domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at, base)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            "INSERT INTO links (org_id, domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at, base, ad_digest)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (domain_id, ad_guid) DO UPDATE SET object_kind = $3, object_id = $4, ad_dn = $6, synced_at = $7,
-                 base = COALESCE(excluded.base, links.base)",
+                 base = COALESCE(excluded.base, links.base), ad_digest = COALESCE(excluded.ad_digest, links.ad_digest)",
         )
         .bind(org_id.to_string())
         .bind(link.domain_id.to_string())
@@ -708,6 +712,7 @@ impl Tx {
         .bind(&link.ad_dn)
         .bind(link.synced_at)
         .bind(link.base.as_ref().map(serde_json::Value::to_string))
+        .bind(link.ad_digest.clone())
         .execute(self.conn())
         .await
         .map_err(|e| conflict_as(e, "the cloud object is linked to another AD object".into()))?;
@@ -717,7 +722,7 @@ impl Tx {
     /// Every link of a domain.
     pub async fn links_of_domain(&mut self, org_id: Uuid, domain_id: Uuid) -> StoreResult<Vec<Link>> {
         let rows = sqlx::query(
-            "SELECT domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at, base FROM links
+            "SELECT domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at, base, ad_digest FROM links
              WHERE org_id = $1 AND domain_id = $2 ORDER BY ad_guid",
         )
         .bind(org_id.to_string())
@@ -739,7 +744,7 @@ impl Tx {
     }
 }
 
-fn user_from_row(r: &AnyRow) -> StoreResult<UserRow> {
+pub(super) fn user_from_row(r: &AnyRow) -> StoreResult<UserRow> {
     let active: i64 = r.try_get("active")?;
     let password_hash: Option<String> = r.try_get("password_hash")?;
     Ok(UserRow {
@@ -785,7 +790,7 @@ fn placeholders(first: usize, n: usize) -> String {
         .join(", ")
 }
 
-fn link_from_row(r: &AnyRow) -> StoreResult<Link> {
+pub(super) fn link_from_row(r: &AnyRow) -> StoreResult<Link> {
     let kind: String = r.try_get("object_kind")?;
     Ok(Link {
         domain_id: get_uuid(r, "domain_id")?,
@@ -798,5 +803,6 @@ fn link_from_row(r: &AnyRow) -> StoreResult<Link> {
             .try_get::<Option<String>, _>("base")?
             .map(|b| serde_json::from_str(&b).map_err(|e| StoreError::Corrupt(format!("base: {e}"))))
             .transpose()?,
+        ad_digest: r.try_get("ad_digest")?,
     })
 }

@@ -10,6 +10,7 @@
 //! rows it causes commit together or not at all.
 
 mod accounts;
+mod audit;
 mod directory;
 mod domains;
 mod homes;
@@ -44,6 +45,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("0006_cloud_deleted.sql")),
     (7, include_str!("0007_scope_previews.sql")),
     (8, include_str!("0008_scale_out.sql")),
+    (9, include_str!("0009_link_digest.sql")),
 ];
 
 /// The PostgreSQL channel a commit that grew a feed notifies: every

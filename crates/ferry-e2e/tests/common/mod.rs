@@ -160,6 +160,38 @@ impl Cloud {
     }
 }
 
+/// Asks for a comparison now and returns the agent's report of it.
+pub async fn audit_now(cloud: &Cloud, domain: &str) -> Value {
+    let since = unix_ms();
+    let (st, v) = cloud
+        .call(reqwest::Method::POST, &format!("/api/v1/domains/{domain}/audit"), None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    eventually("the agent's report of the comparison", || async {
+        let (_, v) = cloud
+            .call(reqwest::Method::GET, &format!("/api/v1/domains/{domain}/agents"), None)
+            .await;
+        let report = v["agents"][0]["audit"].clone();
+        (report["at"].as_i64().unwrap_or(0) > since).then_some(report)
+    })
+    .await
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Now, in unix milliseconds.
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 pub async fn eventually<F, Fut, T>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,

@@ -2,12 +2,14 @@
 //! increments woken by the rootDSE's `highestCommittedUSN` (`increment.rs`),
 //! reconciliation of the in-scope objectGUID set with the cloud's links to
 //! find deletes (`reconcile.rs`), and another try of objects the cloud
-//! refused (`retry.rs`); `push.rs` owns batching and the cookie.
+//! refused (`retry.rs`), and a periodic comparison of both sides whole that
+//! repairs any drift (`audit.rs`); `push.rs` owns batching and the cookie.
 //!
 //! Every batch carries `from_cookie`/`to_cookie`; the cloud applies it in one
 //! transaction with a compare-and-swap, so a crash anywhere resumes from the
 //! stored cookie and re-sends at most what was not applied.
 
+mod audit;
 mod import;
 mod increment;
 mod push;
@@ -64,6 +66,14 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
     let mut deletes: Option<PendingDeletes> = None;
     let mut tombstones: std::collections::BTreeSet<uuid::Uuid> = std::collections::BTreeSet::new();
     let mut previewing: Option<Background<Result<(), String>>> = None;
+    // The comparison of both sides whole: on its own connection, like
+    // reconciliation; its repairs go up from here, in order with increments.
+    let audit_every = audit_interval();
+    let mut auditing: Option<Background<Result<audit::Drift, String>>> = None;
+    let mut last_audit = Instant::now();
+    // An admin's "compare now", as last acted on.
+    let mut audit_asked: Option<i64> = None;
+    let mut audit_wanted = false;
     loop {
         if !shared.primary.load(Ordering::SeqCst) {
             return Ok(());
@@ -183,6 +193,23 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
                 deletes = Some(d);
             }
         }
+        if auditing.is_none() && (audit_wanted || last_audit.elapsed() >= audit_every) {
+            audit_wanted = false;
+            let (s, p) = (arc.clone(), protection.clone());
+            auditing = Some(Background(tokio::spawn(async move { audit::compare(&s, &p).await })));
+        }
+        if auditing.as_ref().is_some_and(|a| a.0.is_finished()) {
+            if let Some(mut a) = auditing.take() {
+                last_audit = Instant::now();
+                match (&mut a.0).await.map_err(|e| format!("the comparison stopped: {e}"))? {
+                    Ok(drift) => {
+                        audit::repair(shared, &mut conn, &cookie, &protection, &drift).await?;
+                    }
+                    // A comparison that could not finish is tried again next time.
+                    Err(e) => tracing::warn!(error = %e, "comparing both sides whole failed"),
+                }
+            }
+        }
         if last_retry.elapsed() >= RETRY_CHECK_EVERY {
             retry::retry_refused(shared, &mut conn, &cookie, &protection).await?;
             last_retry = Instant::now();
@@ -199,6 +226,10 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
                         r
                     })));
                 }
+            }
+            if state.audit_requested_at.is_some() && state.audit_requested_at != audit_asked {
+                audit_asked = state.audit_requested_at;
+                audit_wanted = true;
             }
             // An admin's "Resync this domain" clears the stored cookie: start over.
             let stored = state.ad_cookie;
@@ -274,6 +305,18 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 const RECONCILE_SPACING: Duration = Duration::from_secs(1);
 /// How long the DC must have been quiet before a hinted reconciliation.
 const RECONCILE_QUIET: Duration = Duration::from_secs(2);
+
+/// How often both sides are compared whole (anti-entropy): every 15
+/// minutes, or `FERRY_AUDIT_EVERY_SECS`.
+const AUDIT_EVERY: Duration = Duration::from_secs(15 * 60);
+
+fn audit_interval() -> Duration {
+    std::env::var("FERRY_AUDIT_EVERY_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .map_or(AUDIT_EVERY, Duration::from_secs)
+}
 
 async fn root(shared: &Shared) -> String {
     shared.domain.read().await.root_dn.clone()

@@ -32,6 +32,19 @@ pub(super) async fn push(
     to: String,
     changes: Vec<AdChange>,
 ) -> Result<(), String> {
+    push_as(shared, cookie, to, changes, false).await.map(|_| ())
+}
+
+/// [`push`], as repairs found by the comparison of both sides (`repair`)
+/// or not; returns how many changes altered the cloud.
+pub(super) async fn push_as(
+    shared: &Shared,
+    cookie: &mut Option<String>,
+    to: String,
+    changes: Vec<AdChange>,
+    repair: bool,
+) -> Result<u64, String> {
+    let mut applied = 0;
     let max = if changes.iter().all(|c| matches!(c, AdChange::Delete { .. })) {
         MAX_DELETES
     } else {
@@ -50,8 +63,11 @@ pub(super) async fn push(
         } else {
             cookie.clone()
         };
-        match send(shared, cookie, next.clone(), batch.clone()).await {
-            Ok(()) => *cookie = next,
+        match send(shared, cookie, next.clone(), batch.clone(), repair).await {
+            Ok(n) => {
+                *cookie = next;
+                applied += n;
+            }
             Err(Push::TooLarge) if batch.len() > 1 => {
                 let (a, b) = batch.split_at(batch.len() / 2);
                 tracing::info!(changes = batch.len(), "the cloud found a push too large: splitting it");
@@ -66,7 +82,7 @@ pub(super) async fn push(
             Err(Push::Failed(e)) => return Err(e),
         }
     }
-    Ok(())
+    Ok(applied)
 }
 
 enum Push {
@@ -79,12 +95,14 @@ async fn send(
     cookie: &Option<String>,
     to: Option<String>,
     changes: Vec<AdChange>,
-) -> Result<(), Push> {
+    repair: bool,
+) -> Result<u64, Push> {
     let n = changes.len();
     let req = PushChangesRequest {
         from_cookie: cookie.clone(),
         to_cookie: to,
         changes,
+        repair,
     };
     let r = match shared.cloud.push(&req).await {
         Ok(r) => r,
@@ -111,7 +129,7 @@ async fn send(
             "AD → cloud: the cloud refused changes; recorded as sync errors"
         );
     }
-    Ok(())
+    Ok(r.applied)
 }
 
 /// A member list over [`MEMBERS_PER_CHANGE`] becomes several changes: a
