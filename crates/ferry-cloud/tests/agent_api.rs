@@ -1314,3 +1314,106 @@ async fn audit_digests(s: &TestServer, agent: &Agent) -> ferry_proto::audit::Aud
     assert_eq!(st, StatusCode::OK, "{v}");
     serde_json::from_value(v).unwrap()
 }
+
+both_engines!(
+    cloud_deletes_over_the_threshold_are_held_back_from_ad_until_decided,
+    |engine| async move {
+        let s = TestServer::start(engine).await;
+        let (domain, agent) = setup(&s, json!({"delete_threshold": 3, "cloud_delete_action": "disable"})).await;
+        heartbeat(&s, &agent).await;
+        let guids: Vec<Uuid> = (0..8).map(|_| Uuid::new_v4()).collect();
+        let changes = guids
+            .iter()
+            .enumerate()
+            .map(|(i, g)| ad_user(*g, &format!("gone{i}")))
+            .collect();
+        let (st, r) = push(&s, &agent, None, "c1", changes).await;
+        assert_eq!(st, StatusCode::OK, "{r}");
+        let head = feed(&s, &agent, 0, 0).await.next_cursor;
+        // Five deleted one by one in the cloud (as a SCIM client does).
+        for i in 0..5 {
+            let id = scim_user(&s, &format!("gone{i}")).await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let (st, _) = s.call(Method::DELETE, &format!("/scim/v2/Users/{id}"), None).await;
+            assert_eq!(st, StatusCode::NO_CONTENT);
+        }
+        let deleted_guids = |entries: &[ferry_proto::agent::FeedEntry]| -> Vec<Uuid> {
+            entries
+                .iter()
+                .filter(|e| matches!(e.change, ferry_proto::agent::CloudChange::Delete { .. }))
+                .flat_map(|e| e.ad_guids.values().copied())
+                .collect()
+        };
+        let page = feed(&s, &agent, head, 0).await;
+        assert_eq!(
+            deleted_guids(&page.entries),
+            guids[..3].to_vec(),
+            "three go down, the rest wait"
+        );
+        let (st, held) = s
+            .call(Method::GET, &format!("/api/v1/domains/{domain}/held-deletes"), None)
+            .await;
+        assert_eq!(st, StatusCode::OK, "{held}");
+        let names: Vec<&str> = held["held"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["gone3", "gone4"], "{held}");
+        // Held, the AD accounts do not come back as cloud users when AD shows them.
+        let (st, r) = push(&s, &agent, Some("c1"), "c2", vec![ad_user(guids[3], "gone3")]).await;
+        assert_eq!(st, StatusCode::OK, "{r}");
+        assert!(
+            scim_user(&s, "gone3").await.is_none(),
+            "a held delete stays deleted in the cloud"
+        );
+        // Approved: they go down to AD, named by their objectGUIDs.
+        let (st, v) = s
+            .call(
+                Method::POST,
+                &format!("/api/v1/domains/{domain}/held-deletes/approve"),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["decided"], 2);
+        let page2 = feed(&s, &agent, page.next_cursor, 0).await;
+        assert_eq!(deleted_guids(&page2.entries), guids[3..5].to_vec());
+        // The next burst is held from its first delete past the window's count…
+        for i in 5..8 {
+            let id = scim_user(&s, &format!("gone{i}")).await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            s.call(Method::DELETE, &format!("/scim/v2/Users/{id}"), None).await;
+        }
+        let page3 = feed(&s, &agent, page2.next_cursor, 0).await;
+        assert!(deleted_guids(&page3.entries).is_empty(), "{:?}", page3.entries);
+        // …and rejected: nothing goes down, and AD's accounts may come back to
+        // the cloud (as new users) the next time the agent shows them.
+        let (st, v) = s
+            .call(
+                Method::POST,
+                &format!("/api/v1/domains/{domain}/held-deletes/reject"),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["decided"], 3);
+        assert!(deleted_guids(&feed(&s, &agent, page3.next_cursor, 0).await.entries).is_empty());
+        let (st, r) = push(&s, &agent, Some("c2"), "c3", vec![ad_user(guids[6], "gone6")]).await;
+        assert_eq!(st, StatusCode::OK, "{r}");
+        assert!(scim_user(&s, "gone6").await.is_some(), "kept in AD, back in the cloud");
+        let (_, log) = s.call(Method::GET, "/api/v1/audit?limit=100", None).await;
+        for action in [
+            "sync.cloud_deletes_held",
+            "sync.cloud_deletes_approve",
+            "sync.cloud_deletes_reject",
+        ] {
+            assert!(log.to_string().contains(action), "{action} audited");
+        }
+    }
+);

@@ -707,4 +707,59 @@ async fn sync_errors_are_shown_retried_and_dismissed() {
         .call(Method::GET, &format!("/api/v1/domains/{domain}/sync-errors"), None)
         .await;
     assert_eq!(left["total"], 1, "a form without its CSRF token is refused: {left}");
+    // A delete made in the cloud over the domain's threshold (1 here) is
+    // held back from AD, shown, and carried out once approved.
+    let (st, v) = s
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/domains/{domain}"),
+            Some(json!({"policies": {"delete_threshold": 1}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let push = json!({"from_cookie": "c1", "to_cookie": "c2", "changes": [{"op": "upsert_user",
+        "guid": uuid::Uuid::new_v4(), "dn": "CN=First,CN=Users,DC=example,DC=test",
+        "record": {"username": "first", "active": true}}]});
+    let (st, v) = s.call_as(&token, Method::POST, "/agent/v1/changes", Some(push)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (_, first) = s
+        .call(Method::GET, "/scim/v2/Users?filter=userName%20eq%20%22first%22", None)
+        .await;
+    let first_id = first["Resources"][0]["id"].as_str().unwrap().to_owned();
+    for id in [&first_id, &dee_id] {
+        let (st, _) = s.call(Method::DELETE, &format!("/scim/v2/Users/{id}"), None).await;
+        assert_eq!(st, StatusCode::NO_CONTENT);
+    }
+    let (_, f) = s
+        .call_as(&token, Method::GET, "/agent/v1/feed?after=0&limit=5000", None)
+        .await;
+    let head = f["next_cursor"].as_i64().unwrap();
+    let deletes = f["entries"].to_string().matches(r#""op":"delete""#).count();
+    b.check(
+        deletes == 1,
+        &format!("the first went down, the second is held: {deletes} deletes in the feed"),
+    )
+    .await;
+    b.goto(&format!("{}/directories/{domain}?tab=activity", s.base)).await;
+    let card = b.text("#held-cloud-deletes").await;
+    b.check(
+        card.contains("1 deletes made in the cloud") && card.contains("deedee"),
+        &format!("the held delete is shown: {card}"),
+    )
+    .await;
+    b.click(&format!(
+        "form[action='/directories/{domain}/held-deletes/approve'] button"
+    ))
+    .await;
+    b.wait_text("Done.").await;
+    let (_, f) = s
+        .call_as(&token, Method::GET, &format!("/agent/v1/feed?after={head}"), None)
+        .await;
+    b.check(
+        f["entries"].to_string().contains(r#""op":"delete""#),
+        &format!("approved: the delete goes to AD: {f}"),
+    )
+    .await;
+    b.check(b.count("#held-cloud-deletes").await == 0, "nothing held any more")
+        .await;
 }

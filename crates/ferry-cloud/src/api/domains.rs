@@ -774,6 +774,61 @@ pub(super) async fn reject_quarantine(
     decide(state, auth, id, qid, false).await
 }
 
+/// `GET /api/v1/domains/{id}/held-deletes`: deletes made in the cloud that
+/// the domain's delete threshold holds back from its AD.
+pub(super) async fn list_held_deletes(
+    State(state): State<AppState>,
+    auth: AdminAuth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id, "domain")?;
+    let mut tx = state.store.begin().await?;
+    let d = tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;
+    let held = tx.held_cloud_deletes(auth.org_id, id).await?;
+    Ok(Json(json!({
+        "held": held,
+        "threshold": d.settings.policies.delete_threshold,
+        "window_secs": crate::directory::ad_apply::DELETE_WINDOW_MS / 1000,
+    })))
+}
+
+/// `POST /api/v1/domains/{id}/held-deletes/approve`: the held cloud deletes
+/// go down to AD (disabled or deleted, per the domain's policy).
+pub(super) async fn approve_held_deletes(
+    State(state): State<AppState>,
+    auth: AdminAuth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    decide_held(state, auth, id, true).await
+}
+
+/// `POST /api/v1/domains/{id}/held-deletes/reject`: AD keeps the objects;
+/// the next comparison of both sides brings them back to the cloud.
+pub(super) async fn reject_held_deletes(
+    State(state): State<AppState>,
+    auth: AdminAuth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    decide_held(state, auth, id, false).await
+}
+
+async fn decide_held(state: AppState, auth: AdminAuth, id: String, approve: bool) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id, "domain")?;
+    let mut tx = state.store.begin().await?;
+    let domain = tx.get_domain(auth.org_id, id).await.map_err(not_found_as("domain"))?;
+    let ctx = crate::directory::WriteCtx {
+        org_id: auth.org_id,
+        origin: crate::directory::ORIGIN_CLOUD.to_owned(),
+        actor: auth.actor.clone(),
+        now: state.now(),
+    };
+    let n = crate::directory::held::decide(&mut tx, &ctx, &domain, approve).await?;
+    state.commit(tx).await?;
+    Ok(Json(
+        json!({ "decided": n, "status": if approve { "approved" } else { "rejected" } }),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,6 +32,12 @@ pub fn router() -> Router<AppState> {
         .route("/domains/{id}/agents", get(domains::list_agents))
         .route("/domains/{id}/agents/{agent_id}", delete(domains::revoke_agent))
         .route("/domains/{id}/quarantine", get(domains::list_quarantine))
+        .route("/domains/{id}/held-deletes", get(domains::list_held_deletes))
+        .route(
+            "/domains/{id}/held-deletes/approve",
+            post(domains::approve_held_deletes),
+        )
+        .route("/domains/{id}/held-deletes/reject", post(domains::reject_held_deletes))
         .route(
             "/domains/{id}/quarantine/{qid}/approve",
             post(domains::approve_quarantine),

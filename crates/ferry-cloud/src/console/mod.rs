@@ -54,6 +54,10 @@ pub fn router() -> Router<AppState> {
         )
         .route("/directories/{id}/resync", axum::routing::post(pages::resync_domain))
         .route("/directories/{id}/audit", axum::routing::post(pages::audit_domain))
+        .route(
+            "/directories/{id}/held-deletes/{decision}",
+            axum::routing::post(pages::decide_held_deletes),
+        )
         .route("/directories/{id}/scope-preview", axum::routing::post(scope::preview))
         .route(
             "/directories/{id}/sync-errors/{eid}/{action}",

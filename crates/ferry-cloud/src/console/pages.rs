@@ -358,6 +358,8 @@ pub(super) struct DomainView {
     pub(super) domain: Value,
     agents: Vec<Value>,
     quarantine: Vec<Value>,
+    /// Deletes made in the cloud held back from AD.
+    held: Vec<Value>,
     sync_errors: Vec<Value>,
     sync_error_total: i64,
     activity: Vec<Value>,
@@ -373,6 +375,7 @@ pub(super) async fn load_domain(state: &AppState, s: &Session, id: &str) -> Resu
     let domain = s.get(state, &format!("/api/v1/domains/{id}")).await?;
     let agents = s.get(state, &format!("/api/v1/domains/{id}/agents")).await?;
     let quarantine = s.get(state, &format!("/api/v1/domains/{id}/quarantine")).await?;
+    let held = s.get(state, &format!("/api/v1/domains/{id}/held-deletes")).await?;
     let errors = s
         .get(state, &format!("/api/v1/domains/{id}/sync-errors?limit=100"))
         .await?;
@@ -401,6 +404,7 @@ pub(super) async fn load_domain(state: &AppState, s: &Session, id: &str) -> Resu
         domain,
         agents: agents["agents"].as_array().cloned().unwrap_or_default(),
         quarantine: quarantine["quarantine"].as_array().cloned().unwrap_or_default(),
+        held: held["held"].as_array().cloned().unwrap_or_default(),
         sync_errors: errors["sync_errors"].as_array().cloned().unwrap_or_default(),
         sync_error_total: errors["total"].as_i64().unwrap_or(0),
         activity,
@@ -602,8 +606,22 @@ pub(super) fn domain_page(
                         }
                     }
                     h2 { "Deletes waiting for approval" }
-                    @if v.quarantine.iter().all(|q| q["status"] != "pending") {
+                    @if v.quarantine.iter().all(|q| q["status"] != "pending") && v.held.is_empty() {
                         p { "None." }
+                    }
+                    @if !v.held.is_empty() {
+                        div.card id="held-cloud-deletes" {
+                            p { (v.held.len()) " deletes made in the cloud, held back from AD (more than the domain's delete threshold in 10 minutes): "
+                                @for (i, h) in v.held.iter().take(20).enumerate() { @if i > 0 { ", " } (h["name"].as_str().unwrap_or("")) }
+                                @if v.held.len() > 20 { ", …" } "." }
+                            p.hint { "Approve: AD's accounts are disabled or deleted, per the domain's policy. Reject: AD keeps them, and they come back to the cloud as new objects at the next comparison of both sides." }
+                            @for decision in ["approve", "reject"] {
+                                form.inline method="post" action={ "/directories/" (id) "/held-deletes/" (decision) } {
+                                    (csrf_input(s))
+                                    button type="submit" class=(if decision == "approve" { "danger" } else { "" }) { (if decision == "approve" { "Carry them out in AD" } else { "Keep them in AD" }) }
+                                }
+                            }
+                        }
                     }
                     @for item in v.quarantine.iter().filter(|q| q["status"] == "pending") {
                         div.card {
@@ -995,17 +1013,37 @@ pub(super) async fn decide_quarantine(
     redirect(&format!("/directories/{id}?tab=activity&done=decided"))
 }
 
+/// Approve or reject the cloud deletes held back from AD.
+pub(super) async fn decide_held_deletes(
+    State(state): St,
+    s: Session,
+    Path((id, decision)): Path<(String, String)>,
+    Form(form): F,
+) -> Response {
+    if decision != "approve" && decision != "reject" {
+        return page_error(StatusCode::NOT_FOUND, "unknown decision");
+    }
+    let what = format!("held-deletes/{decision}");
+    domain_action(&state, &s, &id, &form, &what).await
+}
+
 /// "Resync this domain".
 pub(super) async fn resync_domain(State(state): St, s: Session, Path(id): Path<String>, Form(form): F) -> Response {
-    ask_agent(&state, &s, &id, &form, "resync").await
+    domain_action(&state, &s, &id, &form, "resync").await
 }
 
 /// "Compare both sides now".
 pub(super) async fn audit_domain(State(state): St, s: Session, Path(id): Path<String>, Form(form): F) -> Response {
-    ask_agent(&state, &s, &id, &form, "audit").await
+    domain_action(&state, &s, &id, &form, "audit").await
 }
 
-async fn ask_agent(state: &AppState, s: &Session, id: &str, form: &HashMap<String, String>, what: &str) -> Response {
+async fn domain_action(
+    state: &AppState,
+    s: &Session,
+    id: &str,
+    form: &HashMap<String, String>,
+    what: &str,
+) -> Response {
     if let Err(r) = guard(s, form, &[id]) {
         return r;
     }
@@ -1015,7 +1053,10 @@ async fn ask_agent(state: &AppState, s: &Session, id: &str, form: &HashMap<Strin
     if !a.ok() {
         return page_error(a.status, &a.message());
     }
-    redirect(&format!("/directories/{id}?done={what}"))
+    match what.split_once('/') {
+        Some((_, _decided)) => redirect(&format!("/directories/{id}?tab=activity&done=decided")),
+        None => redirect(&format!("/directories/{id}?done={what}")),
+    }
 }
 
 /// Retry or dismiss one sync error, or (`eid` = `all`) retry them all.

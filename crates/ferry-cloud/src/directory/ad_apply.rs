@@ -500,7 +500,12 @@ async fn upsert_group(
     dn: &str,
     record: &GroupRecord,
 ) -> StoreResult<bool> {
-    let existing = match tx.link_by_guid(ctx.org_id, domain.id, guid).await? {
+    let link = tx.link_by_guid(ctx.org_id, domain.id, guid).await?;
+    if link.is_none() && tx.is_cloud_deleted(ctx.org_id, domain.id, guid).await? {
+        // Deleted in the cloud, its delete held for an admin: it stays deleted.
+        return Ok(false);
+    }
+    let existing = match link {
         Some(link) => match tx.get_group(ctx.org_id, link.object_id).await? {
             Some(g) => {
                 at_home(tx, ctx, domain, "group", &g.name, g.home_domain).await?;

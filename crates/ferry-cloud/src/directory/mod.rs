@@ -8,6 +8,7 @@
 
 pub mod ad_apply;
 pub mod binding;
+pub mod held;
 pub mod record;
 pub mod repair;
 
@@ -203,6 +204,8 @@ pub async fn delete_user(tx: &mut Tx, ctx: &WriteCtx, id: Uuid) -> StoreResult<(
             }
         }
     }
+    // Over a domain's delete threshold, held back from its AD.
+    held::count_or_hold(tx, ctx, id, ObjectKind::User, &user.username).await?;
     // The feed entry first: it snapshots the links the delete removes.
     let change = CloudChange::Delete {
         id,
@@ -365,6 +368,7 @@ pub async fn remove_members(tx: &mut Tx, ctx: &WriteCtx, group_id: Uuid, members
 /// Deletes a group.
 pub async fn delete_group(tx: &mut Tx, ctx: &WriteCtx, id: Uuid) -> StoreResult<()> {
     let group = tx.get_group(ctx.org_id, id).await?.ok_or(StoreError::NotFound)?;
+    held::count_or_hold(tx, ctx, id, ObjectKind::Group, &group.name).await?;
     let change = CloudChange::Delete {
         id,
         kind: ObjectKind::Group,

@@ -185,14 +185,24 @@ impl Tx {
 
     /// Deletes applied in a domain since `since` (unix ms).
     pub async fn recent_deletes(&mut self, org_id: Uuid, domain_id: Uuid, since: i64) -> StoreResult<i64> {
-        let r = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM recent_deletes WHERE org_id = $1 AND domain_id = $2 AND at > $3",
-        )
-        .bind(org_id.to_string())
-        .bind(domain_id.to_string())
-        .bind(since)
-        .fetch_one(self.conn())
-        .await?;
+        self.recent_in(RECENT_AD, org_id, domain_id, since).await
+    }
+
+    /// The cloud deletes sent to a domain's AD since `since`.
+    pub async fn recent_cloud_deletes(&mut self, org_id: Uuid, domain_id: Uuid, since: i64) -> StoreResult<i64> {
+        self.recent_in(RECENT_CLOUD, org_id, domain_id, since).await
+    }
+
+    async fn recent_in(&mut self, table: &str, org_id: Uuid, domain_id: Uuid, since: i64) -> StoreResult<i64> {
+        let sql = format!(
+            "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM {table} WHERE org_id = $1 AND domain_id = $2 AND at > $3"
+        );
+        let r = sqlx::query(&sql)
+            .bind(org_id.to_string())
+            .bind(domain_id.to_string())
+            .bind(since)
+            .fetch_one(self.conn())
+            .await?;
         Ok(r.try_get::<i64, _>(0)?)
     }
 
@@ -205,19 +215,51 @@ impl Tx {
         now: i64,
         keep_since: i64,
     ) -> StoreResult<()> {
-        sqlx::query("DELETE FROM recent_deletes WHERE org_id = $1 AND domain_id = $2 AND at <= $3")
-            .bind(org_id.to_string())
-            .bind(domain_id.to_string())
-            .bind(keep_since)
-            .execute(self.conn())
-            .await?;
-        sqlx::query("INSERT INTO recent_deletes (org_id, domain_id, at, n) VALUES ($1, $2, $3, $4)")
-            .bind(org_id.to_string())
-            .bind(domain_id.to_string())
-            .bind(now)
-            .bind(n)
-            .execute(self.conn())
-            .await?;
+        self.note_in(RECENT_AD, org_id, domain_id, n, now, keep_since).await
+    }
+
+    /// Records `n` cloud deletes sent to a domain's AD now.
+    pub async fn note_cloud_deletes(
+        &mut self,
+        org_id: Uuid,
+        domain_id: Uuid,
+        n: i64,
+        now: i64,
+        keep_since: i64,
+    ) -> StoreResult<()> {
+        self.note_in(RECENT_CLOUD, org_id, domain_id, n, now, keep_since).await
+    }
+
+    async fn note_in(
+        &mut self,
+        table: &str,
+        org_id: Uuid,
+        domain_id: Uuid,
+        n: i64,
+        now: i64,
+        keep_since: i64,
+    ) -> StoreResult<()> {
+        sqlx::query(&format!(
+            "DELETE FROM {table} WHERE org_id = $1 AND domain_id = $2 AND at <= $3"
+        ))
+        .bind(org_id.to_string())
+        .bind(domain_id.to_string())
+        .bind(keep_since)
+        .execute(self.conn())
+        .await?;
+        sqlx::query(&format!(
+            "INSERT INTO {table} (org_id, domain_id, at, n) VALUES ($1, $2, $3, $4)"
+        ))
+        .bind(org_id.to_string())
+        .bind(domain_id.to_string())
+        .bind(now)
+        .bind(n)
+        .execute(self.conn())
+        .await?;
         Ok(())
     }
 }
+
+/// The sliding-window counts of deletes: from AD, and from the cloud.
+const RECENT_AD: &str = "recent_deletes";
+const RECENT_CLOUD: &str = "recent_cloud_deletes";
