@@ -206,3 +206,59 @@ async fn drift_on_either_side_is_found_by_comparing_whole_and_repaired() {
     assert!(sync_errors(&cloud, &domain).await.is_empty());
     engine.stop().await;
 }
+
+/// Issue 13's repro: with the agent stopped, a user's title is changed in
+/// the cloud and the user is deleted in AD. When the agent starts, no
+/// account appears in AD (the link's object was deleted there: never
+/// re-created by name), the user ends per the AD delete policy (removed
+/// from the cloud, the default), AD → cloud keeps flowing (a later AD
+/// change arrives), no sync error is left, and both sides compare equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_user_deleted_in_ad_while_a_cloud_change_waits_is_not_re_created() {
+    let (dc, cloud, domain) = prepare().await;
+    let ou = dc.new_ou("ghosts").await;
+    dc.ldapmodify(
+        &format!(
+            "dn: CN=ghost,{ou}\nobjectClass: user\nsAMAccountName: ghost\ntitle: Before\n\n\
+             dn: CN=witness,{ou}\nobjectClass: user\nsAMAccountName: witness\ntitle: Before\n\n"
+        ),
+        true,
+    );
+    let agent = enrol(&cloud, &domain).await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    let ghost = eventually("ghost in the cloud", || cloud.user("ghost")).await;
+    eventually("witness in the cloud", || cloud.user("witness")).await;
+    engine.stop().await;
+    let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                       "Operations": [{"op": "replace", "path": "title", "value": "Changed in the cloud"}]});
+    let (st, v) = cloud
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/scim/v2/Users/{}", ghost["id"].as_str().unwrap()),
+            Some(patch),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    dc.ldapmodify(&format!("dn: CN=ghost,{ou}\nchangetype: delete\n"), false);
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    dc.ldapmodify(
+        &format!("dn: CN=witness,{ou}\nchangetype: modify\nreplace: title\ntitle: After\n"),
+        false,
+    );
+    eventually("AD → cloud flows: the witness's change arrives", || async {
+        cloud.user("witness").await.filter(|u| u["title"] == "After")
+    })
+    .await;
+    eventually(
+        "the ghost removed from the cloud (AD delete policy: remove)",
+        || async { cloud.user("ghost").await.is_none().then_some(()) },
+    )
+    .await;
+    // Give the cloud → AD side time to have made its mistake, if it would.
+    let report = audit_now(&cloud, &domain).await;
+    let found = dc.ldapsearch(&dc.base_dn, "(|(sAMAccountName=ghost*)(cn=ghost*))", &["dn"]);
+    assert!(!found.contains("dn:"), "no account re-created in AD: {found}");
+    assert_eq!(report["differed"], 0, "{report}");
+    assert!(sync_errors(&cloud, &domain).await.is_empty());
+    engine.stop().await;
+}

@@ -195,6 +195,8 @@ pub(super) async fn repair(
 ) -> Result<AuditReport, String> {
     let root = root(shared).await;
     let mut changes = Vec::new();
+    // Objects first, then member lists: a member must be linked to count.
+    let mut members_of = Vec::new();
     for guid in &drift.objects {
         // Gone or out of scope since: reconciliation's to judge.
         let Some(mut full) = read_in_scope(conn, &root, protection, *guid).await? else {
@@ -206,9 +208,10 @@ pub(super) async fn repair(
         changes.push(upsert_of(conn, &root, &full, *guid).await?);
         if full.has_class("group") {
             let members = guids_of(conn, &root, &full.strs("member")).await?;
-            changes.push(AdChange::SetMembers { group: *guid, members });
+            members_of.push(AdChange::SetMembers { group: *guid, members });
         }
     }
+    changes.extend(members_of);
     let repaired = if changes.is_empty() {
         0
     } else {
