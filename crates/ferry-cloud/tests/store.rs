@@ -8,7 +8,7 @@ use ferry_cloud::directory::{self, WriteCtx};
 use ferry_cloud::store::{ConnectKeyProblem, DomainSettings, Member, NewGroup, NewUser, Store, StoreError, UserQuery};
 use ferry_proto::agent::{CloudChange, DomainPolicies};
 use ferry_proto::record::ObjectKind;
-use serde_json::json;
+use serde_json::{json, Value};
 use uuid::Uuid;
 
 async fn fresh(engine: Engine) -> (TestDb, Store) {
@@ -461,4 +461,274 @@ async fn sqlite_files_are_private_to_the_owner() {
     let store = Store::open(&url).await.unwrap();
     assert_eq!(mode(&db), 0o600);
     store.close().await;
+}
+
+// An AD batch applied whole (where new objects are created together, in
+// multi-row statements) leaves exactly what the same batch applied change
+// by change leaves: objects, homes, links and their bases, memberships,
+// and every feed and audit entry with its sequence number. The batch mixes
+// new objects with what must take the ordinary path: a second change of a
+// new object, a soft match, a linked object, one deleted in the cloud, a
+// manager, a name freed and taken again within the batch, members named
+// before they exist.
+both_engines!(
+    an_ad_batch_applied_whole_equals_it_applied_change_by_change,
+    |engine| async move {
+        use ferry_cloud::directory::ad_apply::{apply_ad_changes, Isolation};
+        use ferry_proto::agent::{AdChange, PushChangesRequest};
+        use ferry_proto::record::{GroupRecord, UserRecord};
+
+        let (_db, store) = fresh(engine).await;
+        let guids: Vec<Uuid> = (0..13).map(|_| Uuid::new_v4()).collect();
+        let gg0 = guids[12];
+        let (g1, g2, g3, gt, gl, gd, g5, g6, g7, gg1, gg2, gg3) = (
+            guids[0], guids[1], guids[2], guids[3], guids[4], guids[5], guids[6], guids[7], guids[8], guids[9],
+            guids[10], guids[11],
+        );
+        let user = |guid: Uuid, name: &str, title: &str| AdChange::UpsertUser {
+            guid,
+            dn: format!("CN={name},OU=People,DC=example,DC=test"),
+            record: Box::new(UserRecord {
+                username: name.into(),
+                given_name: Some("Given".into()),
+                email: Some(format!("{name}@example.test")),
+                title: Some(title.into()),
+                active: true,
+                ..Default::default()
+            }),
+            changed_at: Some(500),
+        };
+        let group = |guid: Uuid, name: &str| AdChange::UpsertGroup {
+            guid,
+            dn: format!("CN={name},OU=Groups,DC=example,DC=test"),
+            record: GroupRecord {
+                name: name.into(),
+                description: Some("d".into()),
+            },
+        };
+        let mut waiting = user(g2, "u2", "t");
+        if let AdChange::UpsertUser { record, .. } = &mut waiting {
+            record.active = false;
+            record.awaiting_password = true;
+        }
+        let mut managed = user(g5, "u5", "t");
+        if let AdChange::UpsertUser { record, .. } = &mut managed {
+            record.manager = Some(g1.to_string());
+        }
+        let batch = vec![
+            user(g1, "u1", "first"),
+            group(gg1, "G1"),
+            user(gt, "Taken", "t"),
+            waiting,
+            AdChange::SetMembers {
+                group: gg1,
+                members: vec![g1, g2, g3, gl],
+            },
+            user(g3, "u3", "t"),
+            user(g1, "u1", "second"),
+            user(gl, "linked", "new"),
+            user(gd, "gone2", "t"),
+            managed,
+            group(gg2, "u1"),
+            user(g6, "u6", "t"),
+            AdChange::Delete { guid: g6 },
+            user(g7, "U6", "t"),
+            group(gg3, "G3"),
+            AdChange::AddMembers {
+                group: gg1,
+                members: vec![g3, g3, g5],
+            },
+            AdChange::RemoveMembers {
+                group: gg1,
+                members: vec![g2, Uuid::new_v4()],
+            },
+            AdChange::SetMembers {
+                group: gg3,
+                members: vec![g1, gg1],
+            },
+            AdChange::SetMembers {
+                group: gg0,
+                members: vec![g1, g5],
+            },
+            AdChange::AddMembers {
+                group: gg3,
+                members: vec![g2],
+            },
+            AdChange::RemoveMembers {
+                group: gg3,
+                members: vec![g2],
+            },
+            AdChange::SetMembers {
+                group: gg1,
+                members: vec![g1, g5, gl],
+            },
+        ];
+
+        let mut seen = Vec::new();
+        for isolation in [Isolation::Batch, Isolation::PerChange] {
+            let org = create_org(&store, &format!("{isolation:?}")).await.id;
+            let mut tx = store.begin().await.unwrap();
+            let mut s = settings("example.test");
+            s.policies.match_existing_users = true;
+            let domain = tx.insert_domain(org, &s, 1).await.unwrap();
+            let cloud = ctx(org);
+            let agent = WriteCtx {
+                org_id: org,
+                origin: domain.id.to_string(),
+                actor: "agent:test".into(),
+                now: 2000,
+            };
+            directory::create_user(&mut tx, &cloud, user_named("taken"), None)
+                .await
+                .unwrap();
+            let setup = PushChangesRequest {
+                from_cookie: None,
+                to_cookie: Some("c0".into()),
+                changes: vec![
+                    user(gl, "linked", "old"),
+                    user(gd, "gone", "t"),
+                    group(gg0, "G0"),
+                    AdChange::SetMembers {
+                        group: gg0,
+                        members: vec![gl, gd],
+                    },
+                ],
+            };
+            apply_ad_changes(&mut tx, &agent, &domain, &setup, Isolation::PerChange)
+                .await
+                .unwrap();
+            let gone = tx.link_by_guid(org, domain.id, gd).await.unwrap().unwrap().object_id;
+            directory::delete_user(&mut tx, &cloud, gone).await.unwrap();
+            let push = PushChangesRequest {
+                from_cookie: Some("c0".into()),
+                to_cookie: Some("c1".into()),
+                changes: batch.clone(),
+            };
+            let answer = apply_ad_changes(&mut tx, &agent, &domain, &push, isolation)
+                .await
+                .unwrap();
+            assert_eq!(answer.refused, 0);
+
+            // Cloud ids differ between the two runs: each object is named by
+            // the name it was created with, and lists the store keeps in id
+            // order (a group's members, the entries of one membership change)
+            // are compared as sets.
+            let audit = tx.list_audit(org, None, 1000).await.unwrap();
+            let mut names = std::collections::HashMap::new();
+            for a in &audit {
+                let name = a.details.get("userName").or_else(|| a.details.get("displayName"));
+                if let (true, Some(name)) = (a.action.ends_with(".create"), name) {
+                    let (kind, id) = a.target.split_once(':').unwrap();
+                    names.insert(id.to_owned(), format!("{}({kind})", name.as_str().unwrap()));
+                }
+            }
+            let label = |v: Value| -> String {
+                let mut text = v.to_string();
+                for (id, name) in &names {
+                    text = text.replace(id, name);
+                }
+                text
+            };
+            let mut objects = Vec::new();
+            for link in tx.links_of_domain(org, domain.id).await.unwrap() {
+                let object = match link.kind {
+                    ObjectKind::User => {
+                        let u = tx.get_user(org, link.object_id).await.unwrap().unwrap();
+                        json!([u.username, u.doc, u.active, u.home_domain, u.version])
+                    }
+                    ObjectKind::Group => {
+                        let g = tx.get_group(org, link.object_id).await.unwrap().unwrap();
+                        let mut members: Vec<String> = tx
+                            .group_members(org, g.id)
+                            .await
+                            .unwrap()
+                            .iter()
+                            .map(|m| label(json!(m.id)))
+                            .collect();
+                        members.sort();
+                        json!([g.name, g.doc, g.home_domain, g.version, members])
+                    }
+                };
+                objects.push(label(json!([
+                    link.ad_guid,
+                    link.kind.as_str(),
+                    link.object_id,
+                    link.ad_dn,
+                    link.base,
+                    object
+                ])));
+            }
+            let mut feed: Vec<(String, String)> = tx
+                .read_feed(org, 0, 1000)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|f| {
+                    let change = serde_json::to_value(&f.change).unwrap();
+                    let block = label(json!([f.object_id, change.get("op"), change.get("type")]));
+                    (
+                        block,
+                        label(json!([f.origin, change, f.at, serde_json::to_value(&f.links).unwrap()])),
+                    )
+                })
+                .collect();
+            // The entries of one membership change follow each other in member-id order.
+            let mut i = 0;
+            while i < feed.len() {
+                let n = feed[i..].iter().take_while(|(b, _)| *b == feed[i].0).count();
+                feed[i..i + n].sort();
+                i += n;
+            }
+            let audit: Vec<String> = audit
+                .into_iter()
+                .map(|mut a| {
+                    if let Some(Value::Array(members)) = a.details.get_mut("members") {
+                        members.sort_by_key(|m| label(m.clone()));
+                    }
+                    label(json!([a.seq, a.actor, a.action, a.target, a.details]))
+                })
+                .collect();
+            tx.commit().await.unwrap();
+            let snapshot = json!({ "org": org, "domain": domain.id, "objects": objects, "feed": feed, "audit": audit });
+            seen.push(uuids_by_first_appearance(&snapshot.to_string()));
+        }
+        assert_eq!(seen[0], seen[1]);
+        // What the batch did, so that the equality above is not two empty stores.
+        assert!(seen[0].contains("U6(user)"), "the freed name taken again");
+        assert!(seen[0].contains("sync.user_matched"));
+        assert!(seen[0].contains("second"), "a new user changed again in its batch");
+        assert!(seen[0].contains("group.member_remove") && seen[0].contains("group.member_add"));
+        assert!(!seen[0].contains("gone2"), "deleted in the cloud, it stays deleted");
+    }
+);
+
+fn user_named(name: &str) -> NewUser {
+    user(name)
+}
+
+/// `text` with every UUID replaced by `#n`, n counting distinct UUIDs in
+/// the order they first appear.
+fn uuids_by_first_appearance(text: &str) -> String {
+    let mut names: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < text.len() {
+        let candidate = text
+            .get(i..i + 36)
+            .filter(|c| Uuid::parse_str(c).is_ok() && c.as_bytes()[8] == b'-');
+        match candidate {
+            Some(c) => {
+                let n = names.len();
+                let n = *names.entry(c.to_owned()).or_insert(n);
+                out.push_str(&format!("#{n}"));
+                i += 36;
+            }
+            None => {
+                let ch = text[i..].chars().next().unwrap_or(' ');
+                out.push(ch);
+                i += ch.len_utf8();
+            }
+        }
+    }
+    out
 }

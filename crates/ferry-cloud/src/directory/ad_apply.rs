@@ -16,6 +16,9 @@ use super::record::{apply_group_record, apply_user_record};
 use super::{audit, target, WriteCtx};
 use crate::store::{Domain, Link, Member, NewGroup, NewUser, StoreError, StoreResult, Tx};
 
+mod memberships;
+mod new_objects;
+
 /// The delete threshold's sliding window: more deletes than the threshold
 /// within it (those applied and those of the batch) are held in quarantine.
 pub const DELETE_WINDOW_MS: i64 = 10 * 60 * 1000;
@@ -94,7 +97,30 @@ pub async fn apply_ad_changes(
     let mut applied = 0u64;
     let mut refused = std::collections::HashSet::new();
     let mut held = Vec::new();
-    for change in &batch.changes {
+    // The fast path creates objects the cloud has never seen together, in
+    // runs between the changes that take the ordinary path.
+    let fresh = match isolation {
+        Isolation::Batch => new_objects::find(tx, ctx, domain, &batch.changes).await?,
+        Isolation::PerChange => vec![false; batch.changes.len()],
+    };
+    let mut run: Vec<&AdChange> = Vec::new();
+    let mut run_of = Run::Ordinary;
+    for (change, fresh) in batch.changes.iter().zip(fresh) {
+        let of = if fresh {
+            Run::NewObjects
+        } else if isolation == Isolation::Batch && memberships::is_membership(ctx, change) {
+            Run::Memberships
+        } else {
+            Run::Ordinary
+        };
+        if of != run_of {
+            applied += apply_run(tx, ctx, domain, run_of, &mut run).await?;
+            run_of = of;
+        }
+        if of != Run::Ordinary {
+            run.push(change);
+            continue;
+        }
         if let (true, AdChange::Delete { guid }) = (quarantine, change) {
             if tx.link_by_guid(ctx.org_id, domain.id, *guid).await?.is_some() {
                 held.push(change.clone());
@@ -125,6 +151,7 @@ pub async fn apply_ad_changes(
             }
         }
     }
+    applied += apply_run(tx, ctx, domain, run_of, &mut run).await?;
     resolve_applied(tx, ctx, domain, &batch.changes, &refused).await?;
     // A delete already held (reconciliation re-sends it every round) is not held twice.
     let already: std::collections::HashSet<Uuid> = tx
@@ -161,6 +188,40 @@ pub async fn apply_ad_changes(
         quarantined: held.len() as u64,
         refused: refused.len() as u64,
     })
+}
+
+/// Consecutive changes of a batch applied together (the fast path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Run {
+    /// None: each change on its own.
+    Ordinary,
+    /// Objects the cloud has never seen (see [`new_objects`]).
+    NewObjects,
+    /// Membership changes (see [`memberships`]).
+    Memberships,
+}
+
+/// Applies a run of changes together and empties it.
+async fn apply_run(
+    tx: &mut Tx,
+    ctx: &WriteCtx,
+    domain: &Domain,
+    of: Run,
+    run: &mut Vec<&AdChange>,
+) -> Result<u64, ApplyError> {
+    let done = match of {
+        Run::Ordinary => Ok(0),
+        Run::NewObjects => new_objects::create(tx, ctx, domain, run).await,
+        Run::Memberships => memberships::apply(tx, ctx, domain, run).await,
+    };
+    run.clear();
+    match done {
+        Ok(n) => Ok(n),
+        // Refused (a name taken meanwhile by another writer, a group made a
+        // member of itself): the batch is tried again change by change.
+        Err(StoreError::Conflict(why)) => Err(ApplyError::Refused(why)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The object a change is about (a membership change is the group's).

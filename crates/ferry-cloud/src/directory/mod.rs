@@ -34,6 +34,9 @@ pub struct WriteCtx {
     pub now: i64,
 }
 
+/// An audit entry to write: `(action, target, details)`.
+pub type AuditLine<'a> = (&'a str, String, serde_json::Value);
+
 /// The origin of changes made in the cloud itself.
 pub const ORIGIN_CLOUD: &str = "cloud";
 
@@ -59,13 +62,17 @@ pub async fn create_user(tx: &mut Tx, ctx: &WriteCtx, user: NewUser, password: O
 /// The home of a new object: the domain it came from, or the org's default
 /// domain for objects made in the cloud (none: it syncs nowhere until placed).
 async fn place_new(tx: &mut Tx, ctx: &WriteCtx, kind: ObjectKind, id: Uuid) -> StoreResult<Option<Uuid>> {
-    let home = match Uuid::parse_str(&ctx.origin) {
-        Ok(domain) => Some(domain),
-        Err(_) => tx.default_domain(ctx.org_id).await?,
-    };
-    match home {
+    match home_for_new(tx, ctx).await? {
         Some(d) => tx.claim_home(ctx.org_id, kind, id, d).await,
         None => Ok(None),
+    }
+}
+
+/// Where an object this context creates belongs (see [`place_new`]).
+async fn home_for_new(tx: &mut Tx, ctx: &WriteCtx) -> StoreResult<Option<Uuid>> {
+    match Uuid::parse_str(&ctx.origin) {
+        Ok(domain) => Ok(Some(domain)),
+        Err(_) => tx.default_domain(ctx.org_id).await,
     }
 }
 
@@ -297,7 +304,7 @@ pub async fn set_members(tx: &mut Tx, ctx: &WriteCtx, group_id: Uuid, wanted: &[
 /// Adds members (already-members are skipped); returns whether any was added.
 pub async fn add_members(tx: &mut Tx, ctx: &WriteCtx, group_id: Uuid, members: &[Member]) -> StoreResult<bool> {
     if members.iter().any(|m| m.id == group_id) {
-        return Err(StoreError::Conflict("a group cannot be a member of itself".into()));
+        return Err(member_of_itself());
     }
     let added = tx.add_members_many(ctx.org_id, group_id, members).await?;
     // Members added to a group bound to a domain go there first, so their
@@ -318,6 +325,20 @@ async fn record_members(
     if changed.is_empty() {
         return Ok(false);
     }
+    let (entries, audit_entry) = member_records(group_id, changed, added);
+    tx.append_feed_many(ctx.org_id, &ctx.origin, &entries, ctx.now).await?;
+    audit_many(tx, ctx, vec![audit_entry]).await?;
+    tx.touch_group(ctx.org_id, group_id, ctx.now).await?;
+    Ok(true)
+}
+
+/// What [`record_members`] writes for a non-empty change: the feed entries
+/// and the audit entry `(action, target, details)`.
+pub(crate) fn member_records(
+    group_id: Uuid,
+    changed: &[Member],
+    added: bool,
+) -> (Vec<(Uuid, CloudChange)>, AuditLine<'static>) {
     let entries: Vec<(Uuid, CloudChange)> = changed
         .iter()
         .map(|m| {
@@ -337,7 +358,6 @@ async fn record_members(
             (group_id, change)
         })
         .collect();
-    tx.append_feed_many(ctx.org_id, &ctx.origin, &entries, ctx.now).await?;
     let names: Vec<String> = changed.iter().map(|m| target(m.kind, m.id)).collect();
     let details = if names.len() == 1 {
         json!({ "member": names[0] })
@@ -349,9 +369,12 @@ async fn record_members(
     } else {
         "group.member_remove"
     };
-    audit(tx, ctx, action, &target(ObjectKind::Group, group_id), details).await?;
-    tx.touch_group(ctx.org_id, group_id, ctx.now).await?;
-    Ok(true)
+    (entries, (action, target(ObjectKind::Group, group_id), details))
+}
+
+/// The refusal of a group made a member of itself.
+fn member_of_itself() -> StoreError {
+    StoreError::Conflict("a group cannot be a member of itself".into())
 }
 
 /// Removes members (non-members are skipped); returns whether any was removed.
@@ -442,14 +465,22 @@ pub async fn audit(
     ctx: &WriteCtx,
     action: &str,
     target: &str,
-    mut details: serde_json::Value,
+    details: serde_json::Value,
 ) -> StoreResult<()> {
+    audit_many(tx, ctx, vec![(action, target.to_owned(), details)]).await
+}
+
+/// Writes audit entries `(action, target, details)` for this context, in
+/// order, in a few statements.
+pub async fn audit_many(tx: &mut Tx, ctx: &WriteCtx, mut entries: Vec<AuditLine<'_>>) -> StoreResult<()> {
     if ctx.origin != ORIGIN_CLOUD {
-        if let Some(obj) = details.as_object_mut() {
-            obj.insert("origin".into(), json!(ctx.origin));
+        for (_, _, details) in &mut entries {
+            if let Some(obj) = details.as_object_mut() {
+                obj.insert("origin".into(), json!(ctx.origin));
+            }
         }
     }
-    tx.append_audit(ctx.org_id, &ctx.actor, action, target, &details, ctx.now)
+    tx.append_audit_many(ctx.org_id, &ctx.actor, &entries, ctx.now)
         .await
         .map(|_| ())
 }

@@ -141,23 +141,79 @@ impl Tx {
     /// Inserts a user; a conflict when the username is taken in the org.
     pub async fn insert_user(&mut self, org_id: Uuid, user: &NewUser, now: i64) -> StoreResult<UserRow> {
         let id = Uuid::new_v4();
-        sqlx::query(
-            "INSERT INTO dir_users (id, org_id, username, username_key, external_id, active, doc, password_hash, version, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $9)",
-        )
-        .bind(id.to_string())
-        .bind(org_id.to_string())
-        .bind(&user.username)
-        .bind(user.username.to_lowercase())
-        .bind(&user.external_id)
-        .bind(i64::from(user.active))
-        .bind(to_json(&user.doc)?)
-        .bind(&user.password_hash)
-        .bind(now)
-        .execute(self.conn())
-        .await
-        .map_err(|e| conflict_as(e, format!("a user named {:?} exists", user.username)))?;
+        self.insert_users_many(org_id, &[(id, user.clone())], None, now)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => StoreError::Conflict(format!("a user named {:?} exists", user.username)),
+                e => e,
+            })?;
         self.get_user(org_id, id).await?.ok_or(StoreError::NotFound)
+    }
+
+    /// Inserts new users, each with its given id and placed in `home`, 100
+    /// a statement (an import's batch is not a statement per user); a
+    /// conflict when a username is taken in the org.
+    pub async fn insert_users_many(
+        &mut self,
+        org_id: Uuid,
+        users: &[(Uuid, NewUser)],
+        home: Option<Uuid>,
+        now: i64,
+    ) -> StoreResult<()> {
+        for chunk in users.chunks(100) {
+            let sql = format!(
+                "INSERT INTO dir_users (id, org_id, username, username_key, external_id, active, doc, password_hash, version, created_at, updated_at, home_domain)
+                 VALUES {}",
+                values_rows("(?, $1, ?, ?, ?, ?, ?, ?, 1, $2, $2, $3)", 4, chunk.len())
+            );
+            let mut q = sqlx::query(&sql)
+                .bind(org_id.to_string())
+                .bind(now)
+                .bind(home.map(|h| h.to_string()));
+            for (id, user) in chunk {
+                q = q
+                    .bind(id.to_string())
+                    .bind(&user.username)
+                    .bind(user.username.to_lowercase())
+                    .bind(&user.external_id)
+                    .bind(i64::from(user.active))
+                    .bind(to_json(&user.doc)?)
+                    .bind(&user.password_hash);
+            }
+            q.execute(self.conn()).await.map_err(|e| {
+                let names: Vec<&str> = chunk.iter().map(|(_, u)| u.username.as_str()).collect();
+                conflict_as(e, format!("a user named one of {names:?} exists"))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Many users of the org by id, in a few queries (500 ids a query).
+    pub async fn get_users_many(
+        &mut self,
+        org_id: Uuid,
+        ids: &[Uuid],
+    ) -> StoreResult<std::collections::HashMap<Uuid, UserRow>> {
+        let sql = format!("SELECT {USER_COLS} FROM dir_users WHERE org_id = $1 AND id IN ({{in}})");
+        let rows = self.rows_in(&sql, &[&org_id.to_string()], &texts(ids)).await?;
+        rows.iter().map(|r| user_from_row(r).map(|u| (u.id, u))).collect()
+    }
+
+    /// Which of the lowercased names `keys` a user (or a group) of the org
+    /// already has, in a few queries (500 a query).
+    pub async fn taken_name_keys(
+        &mut self,
+        org_id: Uuid,
+        kind: ObjectKind,
+        keys: &[String],
+    ) -> StoreResult<std::collections::HashSet<String>> {
+        let (table, col) = match kind {
+            ObjectKind::User => ("dir_users", "username_key"),
+            ObjectKind::Group => ("dir_groups", "name_key"),
+        };
+        let sql = format!("SELECT {col} FROM {table} WHERE org_id = $1 AND {col} IN ({{in}})");
+        let rows = self.rows_in(&sql, &[&org_id.to_string()], keys).await?;
+        rows.iter().map(|r| Ok(r.try_get::<String, _>(0)?)).collect()
     }
 
     /// One user of the org.
@@ -309,21 +365,59 @@ impl Tx {
     /// Inserts a group; a conflict when the name is taken in the org.
     pub async fn insert_group(&mut self, org_id: Uuid, group: &NewGroup, now: i64) -> StoreResult<GroupRow> {
         let id = Uuid::new_v4();
-        sqlx::query(
-            "INSERT INTO dir_groups (id, org_id, name, name_key, external_id, doc, version, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7)",
-        )
-        .bind(id.to_string())
-        .bind(org_id.to_string())
-        .bind(&group.name)
-        .bind(group.name.to_lowercase())
-        .bind(&group.external_id)
-        .bind(to_json(&group.doc)?)
-        .bind(now)
-        .execute(self.conn())
-        .await
-        .map_err(|e| conflict_as(e, format!("a group named {:?} exists", group.name)))?;
+        self.insert_groups_many(org_id, &[(id, group.clone())], None, now)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => StoreError::Conflict(format!("a group named {:?} exists", group.name)),
+                e => e,
+            })?;
         self.get_group(org_id, id).await?.ok_or(StoreError::NotFound)
+    }
+
+    /// Inserts new groups (without members), each with its given id and
+    /// placed in `home`, 100 a statement; a conflict when a name is taken.
+    pub async fn insert_groups_many(
+        &mut self,
+        org_id: Uuid,
+        groups: &[(Uuid, NewGroup)],
+        home: Option<Uuid>,
+        now: i64,
+    ) -> StoreResult<()> {
+        for chunk in groups.chunks(100) {
+            let sql = format!(
+                "INSERT INTO dir_groups (id, org_id, name, name_key, external_id, doc, version, created_at, updated_at, home_domain)
+                 VALUES {}",
+                values_rows("(?, $1, ?, ?, ?, ?, 1, $2, $2, $3)", 4, chunk.len())
+            );
+            let mut q = sqlx::query(&sql)
+                .bind(org_id.to_string())
+                .bind(now)
+                .bind(home.map(|h| h.to_string()));
+            for (id, group) in chunk {
+                q = q
+                    .bind(id.to_string())
+                    .bind(&group.name)
+                    .bind(group.name.to_lowercase())
+                    .bind(&group.external_id)
+                    .bind(to_json(&group.doc)?);
+            }
+            q.execute(self.conn()).await.map_err(|e| {
+                let names: Vec<&str> = chunk.iter().map(|(_, g)| g.name.as_str()).collect();
+                conflict_as(e, format!("a group named one of {names:?} exists"))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Many groups of the org by id, in a few queries (500 ids a query).
+    pub async fn get_groups_many(
+        &mut self,
+        org_id: Uuid,
+        ids: &[Uuid],
+    ) -> StoreResult<std::collections::HashMap<Uuid, GroupRow>> {
+        let sql = format!("SELECT {GROUP_COLS} FROM dir_groups WHERE org_id = $1 AND id IN ({{in}})");
+        let rows = self.rows_in(&sql, &[&org_id.to_string()], &texts(ids)).await?;
+        rows.iter().map(|r| group_from_row(r).map(|g| (g.id, g))).collect()
     }
 
     /// One group of the org.
@@ -500,6 +594,71 @@ impl Tx {
             .filter(|m| added.contains(&m.id) && seen.insert(m.id))
             .copied()
             .collect())
+    }
+
+    /// The members of many groups (500 groups a query), by group.
+    pub async fn group_members_many(
+        &mut self,
+        org_id: Uuid,
+        group_ids: &[Uuid],
+    ) -> StoreResult<std::collections::HashMap<Uuid, Vec<Member>>> {
+        let sql = "SELECT group_id, member_id, member_kind FROM memberships WHERE org_id = $1 AND group_id IN ({in})";
+        let mut out: std::collections::HashMap<Uuid, Vec<Member>> = std::collections::HashMap::new();
+        for r in self.rows_in(sql, &[&org_id.to_string()], &texts(group_ids)).await? {
+            out.entry(get_uuid(&r, "group_id")?)
+                .or_default()
+                .push(member_from_row(&r)?);
+        }
+        Ok(out)
+    }
+
+    /// Adds memberships `(group, member)` of many groups, 200 a statement
+    /// (existing ones are left as they are).
+    pub async fn insert_memberships(&mut self, org_id: Uuid, pairs: &[(Uuid, Member)]) -> StoreResult<()> {
+        for chunk in pairs.chunks(200) {
+            let sql = format!(
+                "INSERT INTO memberships (org_id, group_id, member_id, member_kind) VALUES {}
+                 ON CONFLICT (group_id, member_id) DO NOTHING",
+                values_rows("($1, ?, ?, ?)", 2, chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(org_id.to_string());
+            for (group, m) in chunk {
+                q = q.bind(group.to_string()).bind(m.id.to_string()).bind(m.kind.as_str());
+            }
+            q.execute(self.conn()).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes memberships `(group, member)`, one statement per group.
+    pub async fn delete_memberships(&mut self, org_id: Uuid, pairs: &[(Uuid, Uuid)]) -> StoreResult<()> {
+        let mut by_group: std::collections::BTreeMap<Uuid, Vec<Uuid>> = std::collections::BTreeMap::new();
+        for (group, member) in pairs {
+            by_group.entry(*group).or_default().push(*member);
+        }
+        for (group, members) in by_group {
+            let sql = "DELETE FROM memberships WHERE org_id = $1 AND group_id = $2 AND member_id IN ({in})";
+            self.rows_in(sql, &[&org_id.to_string(), &group.to_string()], &texts(&members))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Bumps the versions of many groups (their members changed), each by
+    /// its count: one statement per distinct count and 500 groups.
+    pub async fn touch_groups(&mut self, org_id: Uuid, counts: &[(Uuid, i64)], now: i64) -> StoreResult<()> {
+        let mut by_count: std::collections::BTreeMap<i64, Vec<Uuid>> = std::collections::BTreeMap::new();
+        for (id, n) in counts {
+            by_count.entry(*n).or_default().push(*id);
+        }
+        for (n, ids) in by_count {
+            // Integers, written into the statement.
+            let sql = format!(
+                "UPDATE dir_groups SET version = version + {n}, updated_at = {now} WHERE org_id = $1 AND id IN ({{in}})"
+            );
+            self.rows_in(&sql, &[&org_id.to_string()], &texts(&ids)).await?;
+        }
+        Ok(())
     }
 
     /// Removes a member; `false` when it was not one.
@@ -698,24 +857,37 @@ impl Tx {
 
     /// Creates or moves a link.
     pub async fn put_link(&mut self, org_id: Uuid, link: &Link) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO links (org_id, domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at, base, ad_digest)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (domain_id, ad_guid) DO UPDATE SET object_kind = $3, object_id = $4, ad_dn = $6, synced_at = $7,
-                 base = COALESCE(excluded.base, links.base), ad_digest = COALESCE(excluded.ad_digest, links.ad_digest)",
-        )
-        .bind(org_id.to_string())
-        .bind(link.domain_id.to_string())
-        .bind(link.kind.as_str())
-        .bind(link.object_id.to_string())
-        .bind(link.ad_guid.to_string())
-        .bind(&link.ad_dn)
-        .bind(link.synced_at)
-        .bind(link.base.as_ref().map(serde_json::Value::to_string))
-        .bind(link.ad_digest.clone())
-        .execute(self.conn())
-        .await
-        .map_err(|e| conflict_as(e, "the cloud object is linked to another AD object".into()))?;
+        self.put_links_many(org_id, std::slice::from_ref(link)).await
+    }
+
+    /// Creates or moves links, 100 a statement. No two may name the same
+    /// AD object.
+    pub async fn put_links_many(&mut self, org_id: Uuid, links: &[Link]) -> StoreResult<()> {
+        for chunk in links.chunks(100) {
+            let sql = format!(
+                "INSERT INTO links (org_id, domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at, base, ad_digest)
+                 VALUES {}
+                 ON CONFLICT (domain_id, ad_guid) DO UPDATE SET object_kind = excluded.object_kind,
+                     object_id = excluded.object_id, ad_dn = excluded.ad_dn, synced_at = excluded.synced_at,
+                     base = COALESCE(excluded.base, links.base), ad_digest = COALESCE(excluded.ad_digest, links.ad_digest)",
+                values_rows("($1, ?, ?, ?, ?, ?, ?, ?, ?)", 2, chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(org_id.to_string());
+            for link in chunk {
+                q = q
+                    .bind(link.domain_id.to_string())
+                    .bind(link.kind.as_str())
+                    .bind(link.object_id.to_string())
+                    .bind(link.ad_guid.to_string())
+                    .bind(&link.ad_dn)
+                    .bind(link.synced_at)
+                    .bind(link.base.as_ref().map(serde_json::Value::to_string))
+                    .bind(link.ad_digest.clone());
+            }
+            q.execute(self.conn())
+                .await
+                .map_err(|e| conflict_as(e, "the cloud object is linked to another AD object".into()))?;
+        }
         Ok(())
     }
 
@@ -782,8 +954,53 @@ fn member_from_row(r: &AnyRow) -> StoreResult<Member> {
     })
 }
 
+impl Tx {
+    /// The rows of `sql` run once per 500 of `values` (text): `{in}` in it
+    /// becomes their placeholders, after the `head` values, bound first.
+    pub(super) async fn rows_in(&mut self, sql: &str, head: &[&str], values: &[String]) -> StoreResult<Vec<AnyRow>> {
+        let mut rows = Vec::new();
+        for chunk in values.chunks(500) {
+            let sql = sql.replace("{in}", &placeholders(head.len() + 1, chunk.len()));
+            let mut q = sqlx::query(&sql);
+            for h in head {
+                q = q.bind(*h);
+            }
+            for v in chunk {
+                q = q.bind(v.as_str());
+            }
+            rows.extend(q.fetch_all(self.conn()).await?);
+        }
+        Ok(rows)
+    }
+}
+
+/// Ids as the store keeps them (text).
+pub(super) fn texts(ids: &[Uuid]) -> Vec<String> {
+    ids.iter().map(Uuid::to_string).collect()
+}
+
+/// `n` rows of `shape` for a multi-row VALUES: each `?` in it becomes the
+/// next parameter, counting from `$first` (`$k` in it stay shared by all rows).
+pub(super) fn values_rows(shape: &str, first: usize, n: usize) -> String {
+    let mut next = first;
+    let mut rows = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut row = String::with_capacity(shape.len() + 16);
+        for c in shape.chars() {
+            if c == '?' {
+                row.push_str(&format!("${next}"));
+                next += 1;
+            } else {
+                row.push(c);
+            }
+        }
+        rows.push(row);
+    }
+    rows.join(", ")
+}
+
 /// `$first, $first+1, …` for `n` values.
-fn placeholders(first: usize, n: usize) -> String {
+pub(super) fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()

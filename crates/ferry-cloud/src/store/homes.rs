@@ -50,6 +50,26 @@ impl Tx {
         })
     }
 
+    /// The home domains of many objects of one kind (500 a query); objects
+    /// that do not exist are left out.
+    pub async fn homes_of_many(
+        &mut self,
+        org_id: Uuid,
+        kind: ObjectKind,
+        ids: &[Uuid],
+    ) -> StoreResult<std::collections::HashMap<Uuid, Option<Uuid>>> {
+        let sql = format!(
+            "SELECT id, home_domain FROM {} WHERE org_id = $1 AND id IN ({{in}})",
+            table(kind)
+        );
+        let rows = self
+            .rows_in(&sql, &[&org_id.to_string()], &super::directory::texts(ids))
+            .await?;
+        rows.iter()
+            .map(|r| Ok((super::get_uuid(r, "id")?, get_opt_uuid(r, "home_domain")?)))
+            .collect()
+    }
+
     /// Sets (or clears) an object's home, whatever it was.
     pub async fn set_home(&mut self, org_id: Uuid, kind: ObjectKind, id: Uuid, home: Option<Uuid>) -> StoreResult<()> {
         let t = table(kind);
@@ -170,6 +190,22 @@ impl Tx {
             .fetch_optional(self.conn())
             .await?;
         Ok(row.is_some())
+    }
+
+    /// Which of many AD objects' cloud objects were deleted in the cloud
+    /// (500 a query).
+    pub async fn cloud_deleted_among(
+        &mut self,
+        org_id: Uuid,
+        domain_id: Uuid,
+        guids: &[Uuid],
+    ) -> StoreResult<std::collections::HashSet<Uuid>> {
+        let sql = "SELECT ad_guid FROM cloud_deleted WHERE org_id = $1 AND domain_id = $2 AND ad_guid IN ({in})";
+        let head = [org_id.to_string(), domain_id.to_string()];
+        let rows = self
+            .rows_in(sql, &[&head[0], &head[1]], &super::directory::texts(guids))
+            .await?;
+        rows.iter().map(|r| super::get_uuid(r, "ad_guid")).collect()
     }
 
     /// Forgets a cloud delete (the AD object is gone too).

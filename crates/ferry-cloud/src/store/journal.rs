@@ -197,24 +197,45 @@ impl Tx {
         details: &serde_json::Value,
         now: i64,
     ) -> StoreResult<i64> {
-        let seq: i64 = sqlx::query("UPDATE orgs SET audit_seq = audit_seq + 1 WHERE id = $1 RETURNING audit_seq")
+        let seqs = self
+            .append_audit_many(org_id, actor, &[(action, target.to_owned(), details.clone())], now)
+            .await?;
+        Ok(seqs.first().copied().unwrap_or_default())
+    }
+
+    /// Appends audit entries `(action, target, details)` of one actor in
+    /// order, with consecutive sequence numbers: one sequence update and one
+    /// INSERT per 100 entries.
+    pub async fn append_audit_many(
+        &mut self,
+        org_id: Uuid,
+        actor: &str,
+        entries: &[(&str, String, serde_json::Value)],
+        now: i64,
+    ) -> StoreResult<Vec<i64>> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = i64::try_from(entries.len()).unwrap_or(i64::MAX);
+        let last: i64 = sqlx::query("UPDATE orgs SET audit_seq = audit_seq + $2 WHERE id = $1 RETURNING audit_seq")
             .bind(org_id.to_string())
+            .bind(n)
             .fetch_one(self.conn())
             .await?
             .try_get(0)?;
-        sqlx::query(
-            "INSERT INTO audit (org_id, seq, at, actor, action, target, details) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(org_id.to_string())
-        .bind(seq)
-        .bind(now)
-        .bind(actor)
-        .bind(action)
-        .bind(target)
-        .bind(to_json(details)?)
-        .execute(self.conn())
-        .await?;
-        Ok(seq)
+        let seqs: Vec<i64> = (last - n + 1..=last).collect();
+        for (chunk, seq_chunk) in entries.chunks(100).zip(seqs.chunks(100)) {
+            let sql = format!(
+                "INSERT INTO audit (org_id, seq, at, actor, action, target, details) VALUES {}",
+                super::directory::values_rows("($1, ?, $2, $3, ?, ?, ?)", 4, chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(org_id.to_string()).bind(now).bind(actor);
+            for ((action, target, details), seq) in chunk.iter().zip(seq_chunk) {
+                q = q.bind(*seq).bind(*action).bind(target).bind(to_json(details)?);
+            }
+            q.execute(self.conn()).await?;
+        }
+        Ok(seqs)
     }
 
     /// Audit entries newest first, those before `before` (exclusive) when given.

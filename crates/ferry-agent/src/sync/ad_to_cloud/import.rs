@@ -37,11 +37,17 @@ pub(super) async fn full_import(
     let root = root(shared).await;
     let started = Instant::now();
     tracing::info!(%root, "full import: starting");
-    let start = conn
-        .dirsync_all(&root, &[], &["objectGUID"])
-        .await
-        .map_err(|e| e.to_string())?;
-    let final_cookie = B64.encode(&start.cookie);
+    // Only the cookie of this round is needed: its entries go at once.
+    let final_cookie = B64.encode(
+        conn.dirsync_all(&root, &[], &["objectGUID"])
+            .await
+            .map_err(|e| e.to_string())?
+            .cookie,
+    );
+    tracing::info!(
+        secs = started.elapsed().as_secs_f32(),
+        "full import: DirSync cookie taken"
+    );
     // `None` ends the stream: the read finished. A stream that ends without
     // it (the read failed) must not move the cookie to `final_cookie`.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Vec<AdChange>>>(2);
@@ -51,7 +57,9 @@ pub(super) async fn full_import(
             async move { tx.send(Some(batch)).await.map_err(|_| PUSH_STOPPED.to_owned()) }
         };
         let mut pager = crate::ad::Pager::default();
-        let mut kept: Vec<AdEntry> = Vec::new();
+        // Of each entry, only what the second pass needs is kept (not the
+        // entry): its DN, a group's member DNs, a managed user's change.
+        let mut later = Later::default();
         let mut pending: Vec<AdChange> = Vec::new();
         loop {
             let (mut page, more) = conn
@@ -74,22 +82,7 @@ pub(super) async fn full_import(
                     continue;
                 }
                 let Some(guid) = e.guid() else { continue };
-                pending.push(if e.has_class("group") {
-                    AdChange::UpsertGroup {
-                        guid,
-                        dn: e.dn.clone(),
-                        record: group_record(&e),
-                    }
-                } else {
-                    let (rec, _) = user_record(&e);
-                    AdChange::UpsertUser {
-                        guid,
-                        dn: e.dn.clone(),
-                        record: Box::new(rec),
-                        changed_at: when_changed(&e),
-                    }
-                });
-                kept.push(e);
+                pending.push(later.keep(&e, guid));
                 if pending.len() >= BATCH {
                     send(&tx, std::mem::take(&mut pending)).await?;
                 }
@@ -98,46 +91,13 @@ pub(super) async fn full_import(
                 break;
             }
         }
-        // Then what needs every object linked first.
-        let guid_of: HashMap<String, Uuid> = kept
-            .iter()
-            .filter_map(|e| Some((e.dn.to_lowercase(), e.guid()?)))
-            .collect();
-        let mut later = Vec::new();
-        let mut managed = Vec::new();
-        for e in &kept {
-            let Some(guid) = e.guid() else { continue };
-            if e.has_class("group") {
-                let m: Vec<Uuid> = e
-                    .strs("member")
-                    .iter()
-                    .filter_map(|d| guid_of.get(&d.to_lowercase()).copied())
-                    .collect();
-                later.push(AdChange::SetMembers {
-                    group: guid,
-                    members: m,
-                });
-            } else {
-                let (mut rec, manager) = user_record(e);
-                if let Some(m) = manager.and_then(|m| guid_of.get(&m.to_lowercase()).copied()) {
-                    // Managers are linked once every user exists: a second, cheap pass.
-                    rec.manager = Some(m.to_string());
-                    managed.push(AdChange::UpsertUser {
-                        guid,
-                        dn: e.dn.clone(),
-                        record: Box::new(rec),
-                        changed_at: when_changed(e),
-                    });
-                }
-            }
-        }
-        pending.extend(later);
-        pending.extend(managed);
+        let objects = later.guid_of.len();
+        pending.extend(later.changes());
         for chunk in pending.chunks(BATCH) {
             send(&tx, chunk.to_vec()).await?;
         }
         tx.send(None).await.map_err(|_| PUSH_STOPPED.to_owned())?;
-        Ok::<usize, String>(kept.len())
+        Ok::<usize, String>(objects)
     };
     // `move`: when the push fails, the receiver must go with it, so a read
     // blocked on a full channel ends instead of waiting forever.
@@ -173,4 +133,65 @@ pub(super) async fn full_import(
         "full import: done"
     );
     Ok(final_cookie)
+}
+
+/// What the import sends once every object is in: memberships, then
+/// managers (a user's manager is linked once every user exists). Each entry
+/// is reduced to this as it is read, so the read never holds the entries.
+#[derive(Default)]
+struct Later {
+    /// Every object read, by lowercased DN.
+    guid_of: HashMap<String, Uuid>,
+    /// Each group with its members' DNs.
+    groups: Vec<(Uuid, Vec<String>)>,
+    /// Each user with a manager: the user's upsert and the manager's DN.
+    managed: Vec<(AdChange, String)>,
+}
+
+impl Later {
+    /// Keeps what the second pass needs of `e`; returns its upsert.
+    fn keep(&mut self, e: &AdEntry, guid: Uuid) -> AdChange {
+        self.guid_of.insert(e.dn.to_lowercase(), guid);
+        if e.has_class("group") {
+            self.groups.push((guid, e.strs("member")));
+            return AdChange::UpsertGroup {
+                guid,
+                dn: e.dn.clone(),
+                record: group_record(e),
+            };
+        }
+        let (rec, manager) = user_record(e);
+        let upsert = |rec| AdChange::UpsertUser {
+            guid,
+            dn: e.dn.clone(),
+            record: Box::new(rec),
+            changed_at: when_changed(e),
+        };
+        if let Some(m) = manager {
+            self.managed.push((upsert(rec.clone()), m));
+        }
+        upsert(rec)
+    }
+
+    /// The memberships, then the managers, of every object kept.
+    fn changes(self) -> Vec<AdChange> {
+        let guid = |dn: &str| self.guid_of.get(&dn.to_lowercase()).copied();
+        let mut out: Vec<AdChange> = self
+            .groups
+            .iter()
+            .map(|(group, dns)| AdChange::SetMembers {
+                group: *group,
+                members: dns.iter().filter_map(|d| guid(d)).collect(),
+            })
+            .collect();
+        for (mut change, manager) in self.managed.iter().cloned() {
+            let Some(m) = guid(&manager) else { continue };
+            if let AdChange::UpsertUser { record, .. } = &mut change {
+                // Managers are linked once every user exists: a second, cheap pass.
+                record.manager = Some(m.to_string());
+            }
+            out.push(change);
+        }
+        out
+    }
 }
