@@ -1058,6 +1058,19 @@ async fn a_refused_ad_change_is_recorded_and_the_rest_flows() {
         cloud.user("marker").await
     })
     .await;
+    // An agent restart neither loses the errors nor adds to them.
+    engine.stop().await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    dc.ldapmodify(
+        &format!("dn: CN=marker2,{ou}\nobjectClass: user\nsAMAccountName: marker2\n"),
+        true,
+    );
+    eventually("an AD change after the restart", || async {
+        cloud.user("marker2").await
+    })
+    .await;
+    let after = sync_errors(&cloud, &domain).await;
+    assert_eq!(after.len(), 2, "{after:?}");
 
     // The fix, then a retry: the AD user comes in, the error goes.
     let id = clash["id"].as_str().unwrap();
@@ -1469,9 +1482,10 @@ async fn cloud_user_names(cloud: &Cloud) -> std::collections::HashMap<String, St
 /// member list read by range where the DC ranges it, and pushed in chunks
 /// within the cloud's body limit), and a change made in AD after it still
 /// arrives. The two sides' member lists are compared whole. Filling the DC
-/// with 30,000 users and the group takes ~4 minutes (populate-group.py, in
-/// ldb's batch mode); the import time is printed, a benchmark figure in
-/// docs/BENCHMARKS.md, not asserted.
+/// with 30,000 users and the group takes 2–4 minutes (populate-group.py, in
+/// ldb's batch mode). The import time is printed, not asserted; measured
+/// 2026-12-02 (debug build, SQLite, a shared 2-core machine): 30,000 users
+/// and the 30,000-member group in 125.6 s (docs/BENCHMARKS.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "heavy (minutes of a busy DC): scripts/test runs it on its own, after the suite"]
 async fn a_big_group_is_imported_whole() {
@@ -1495,9 +1509,17 @@ async fn a_big_group_is_imported_whole() {
     let agent = enrol(&cloud, &domain).await;
     let started = Instant::now();
     let engine = run_engine(&dc, &cloud, &agent).await;
-    let g = eventually("the group in the cloud", || cloud.group("everyonehere")).await;
-    let gid = g["id"].as_str().unwrap().to_owned();
+    // The group comes after its members: at 30,000 that is minutes, not
+    // the 45 s `eventually` waits.
     let deadline = Instant::now() + Duration::from_secs(600);
+    let g = loop {
+        if let Some(g) = cloud.group("everyonehere").await {
+            break g;
+        }
+        assert!(Instant::now() < deadline, "the import did not bring the group in 600 s");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let gid = g["id"].as_str().unwrap().to_owned();
     let want: BTreeSet<String> = (0..n).map(|i| format!("many{i}")).collect();
     loop {
         let (_, g) = cloud
