@@ -1878,3 +1878,69 @@ async fn five_hundred_fifty_deletes_one_by_one_are_held_in_quarantine() {
     assert_eq!(cloud_user_count(&cloud).await, 561, "nothing deleted");
     engine.stop().await;
 }
+
+/// Membership changes of one group that follow each other in the feed are
+/// written to AD in one modify. When AD refuses that modify whole (here:
+/// one of the members is in the group already, made so in AD while the
+/// agent was stopped), each change is written alone and gets its own
+/// answer: all of them land, and nothing is a sync error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_of_memberships_ad_refuses_whole_is_written_one_by_one() {
+    let (dc, cloud, domain) = prepare().await;
+    let agent = enrol(&cloud, &domain).await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    let users = format!("CN=Users,{}", dc.base_dn);
+    let mut ids = Vec::new();
+    for name in ["run1", "run2", "run3"] {
+        let u = scim_create_user(&cloud, json!({"userName": name})).await;
+        ids.push(u["id"].as_str().unwrap().to_owned());
+    }
+    let (st, g) = cloud
+        .call(
+            reqwest::Method::POST,
+            "/scim/v2/Groups",
+            Some(json!({"displayName": "Runners"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{g}");
+    let group_dn = format!("CN=Runners,{users}");
+    let (dc_ref, users_ref) = (&dc, &users);
+    for name in ["run1", "run2", "run3", "Runners"] {
+        eventually("the cloud's objects in AD", || async move {
+            dc_ref
+                .ldapsearch(users_ref, &format!("(sAMAccountName={name})"), &["cn"])
+                .contains("dn: ")
+                .then_some(())
+        })
+        .await;
+    }
+    engine.stop().await;
+    // While the agent is stopped: run2 joins in AD, then the cloud adds all three.
+    dc.ldapmodify(
+        &format!("dn: {group_dn}\nchangetype: modify\nadd: member\nmember: CN=run2,{users}\n"),
+        false,
+    );
+    let members: Vec<_> = ids.iter().map(|id| json!({"value": id})).collect();
+    let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "add", "path": "members", "value": members}]});
+    let gid = g["id"].as_str().unwrap();
+    let (st, v) = cloud
+        .call(reqwest::Method::PATCH, &format!("/scim/v2/Groups/{gid}"), Some(patch))
+        .await;
+    assert!(st == 200 || st == 204, "{st} {v}");
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    let want: BTreeSet<String> = ["run1", "run2", "run3"].iter().map(|s| s.to_string()).collect();
+    let (dc_ref, group_ref, want_ref) = (&dc, &group_dn, &want);
+    eventually("all three in AD's group", || async move {
+        let got: BTreeSet<String> = dc_ref
+            .group_members(group_ref)
+            .iter()
+            .filter_map(|dn| dn.strip_prefix("CN=")?.split(',').next().map(str::to_owned))
+            .collect();
+        (got == *want_ref).then_some(())
+    })
+    .await;
+    assert_eq!(cloud_members(&cloud, gid).await, want);
+    assert!(sync_errors(&cloud, &domain).await.is_empty());
+    engine.stop().await;
+}
