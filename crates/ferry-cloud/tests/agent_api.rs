@@ -1417,3 +1417,100 @@ both_engines!(
         }
     }
 );
+
+both_engines!(
+    links_in_a_batch_are_judged_one_by_one_and_their_bases_are_the_next_merge_bases,
+    |engine| async move {
+        let s = TestServer::start(engine).await;
+        let (_domain, agent) = setup(&s, json!({"authority": "ad"})).await;
+        heartbeat(&s, &agent).await;
+        let (g1, g2) = (Uuid::new_v4(), Uuid::new_v4());
+        let (st, r) = push(
+            &s,
+            &agent,
+            None,
+            "c1",
+            vec![
+                ad_user_with(g1, "echo1", "t0", "R&D", Some(1_000)),
+                ad_user_with(g2, "echo2", "t0", "R&D", Some(1_000)),
+            ],
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK, "{r}");
+        let (st, gone) = s
+            .call(Method::POST, "/scim/v2/Users", Some(json!({"userName": "brief"})))
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{gone}");
+        let gone_id = gone["id"].as_str().unwrap().to_owned();
+        let (st, _) = s.call(Method::DELETE, &format!("/scim/v2/Users/{gone_id}"), None).await;
+        assert_eq!(st, StatusCode::NO_CONTENT);
+        let gone_guid = Uuid::new_v4();
+        let mut links = Vec::new();
+        let mut ids = Vec::new();
+        for (guid, name) in [(g1, "echo1"), (g2, "echo2")] {
+            let id = scim_user(&s, name).await.unwrap()["id"].as_str().unwrap().to_owned();
+            set_title(&s, &id, "t1").await;
+            let base = match ad_user_with(guid, name, "t1", "R&D", None) {
+                AdChange::UpsertUser { record, .. } => record,
+                _ => unreachable!(),
+            };
+            links.push(json!({"object_id": id, "kind": "user", "guid": guid,
+                              "dn": format!("CN={name},CN=Users,DC=example,DC=test"), "base": base}));
+            ids.push(id);
+        }
+        // The deleted user's link sits between the two base moves.
+        links.insert(
+            1,
+            json!({"object_id": gone_id, "kind": "user", "guid": gone_guid,
+                   "dn": "CN=brief,CN=Users,DC=example,DC=test"}),
+        );
+        let (st, v) = s
+            .call_as(
+                &agent.token,
+                Method::POST,
+                "/agent/v1/links/batch",
+                Some(json!({"links": links})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let refused = v["refused"].as_array().unwrap();
+        assert_eq!(refused.len(), 1, "{v}");
+        assert_eq!(refused[0]["object_id"], gone_id.as_str(), "{v}");
+        assert_eq!(refused[0]["status"], 410, "{v}");
+        assert_eq!(refused[0]["code"], "object_deleted", "{v}");
+        // Both bases moved: the echoes of the t1 writes, stamped after the
+        // cloud's t2, are no AD edits, so t2 stays even with AD the authority.
+        for id in &ids {
+            set_title(&s, id, "t2").await;
+        }
+        let (st, r) = push(
+            &s,
+            &agent,
+            Some("c1"),
+            "c2",
+            vec![
+                ad_user_with(g1, "echo1", "t1", "R&D", Some(i64::MAX / 2)),
+                ad_user_with(g2, "echo2", "t1", "R&D", Some(i64::MAX / 2)),
+                ad_user(gone_guid, "brief"),
+            ],
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK, "{r}");
+        for name in ["echo1", "echo2"] {
+            let u = scim_user(&s, name).await.unwrap();
+            assert_eq!(u["title"], "t2", "{u}");
+        }
+        assert!(scim_user(&s, "brief").await.is_none(), "the deleted user stays deleted");
+        // A batch is bounded.
+        let too_many: Vec<_> = (0..1001).map(|_| links[0].clone()).collect();
+        let (st, v) = s
+            .call_as(
+                &agent.token,
+                Method::POST,
+                "/agent/v1/links/batch",
+                Some(json!({"links": too_many})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    }
+);

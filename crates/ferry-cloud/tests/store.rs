@@ -584,6 +584,7 @@ both_engines!(
             let setup = PushChangesRequest {
                 from_cookie: None,
                 to_cookie: Some("c0".into()),
+                repair: false,
                 changes: vec![
                     user(gl, "linked", "old"),
                     user(gd, "gone", "t"),
@@ -603,6 +604,7 @@ both_engines!(
                 from_cookie: Some("c0".into()),
                 to_cookie: Some("c1".into()),
                 changes: batch.clone(),
+                repair: false,
             };
             let answer = apply_ad_changes(&mut tx, &agent, &domain, &push, isolation)
                 .await
@@ -655,6 +657,7 @@ both_engines!(
                     link.object_id,
                     link.ad_dn,
                     link.base,
+                    link.ad_digest,
                     object
                 ])));
             }

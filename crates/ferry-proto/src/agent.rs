@@ -485,6 +485,34 @@ pub struct LinkInfo {
     pub base: Option<Box<UserRecord>>,
 }
 
+/// `POST /agent/v1/links/batch`: several links at once (at most 1,000).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinksBatch {
+    /// The links, each judged as `POST /agent/v1/links` judges one.
+    pub links: Vec<LinkInfo>,
+}
+
+/// The answer to `POST /agent/v1/links/batch`: the links refused (the
+/// others are recorded).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LinksBatchResponse {
+    /// Each refused link, with what `POST /agent/v1/links` would have answered.
+    pub refused: Vec<LinkRefusal>,
+}
+
+/// One link the cloud refused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkRefusal {
+    /// The cloud object of the link.
+    pub object_id: Uuid,
+    /// The HTTP status a single `POST /agent/v1/links` would have had.
+    pub status: u16,
+    /// Its stable error code (`object_deleted`, `other_domain`, …).
+    pub code: String,
+    /// Its message.
+    pub message: String,
+}
+
 /// `GET /agent/v1/links`: everything linked in the agent's domain.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LinksResponse {

@@ -11,9 +11,9 @@ pub use trust::{clear_text_refusal, Pins};
 
 use ferry_proto::agent::{
     AckRequest, AgentSelf, ApiErrorBody, ConnectKeyCheckRequest, ConnectKeyCheckResponse, FeedResponse,
-    HeartbeatRequest, HeartbeatResponse, LinkInfo, LinksResponse, OpenSyncErrors, PushChangesRequest,
-    PushChangesResponse, RegisterRequest, RegisterResponse, SyncDirection, SyncErrorReport, SyncErrorsResolved,
-    SyncState,
+    HeartbeatRequest, HeartbeatResponse, LinkInfo, LinkRefusal, LinksBatch, LinksBatchResponse, LinksResponse,
+    OpenSyncErrors, PushChangesRequest, PushChangesResponse, RegisterRequest, RegisterResponse, SyncDirection,
+    SyncErrorReport, SyncErrorsResolved, SyncState,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -403,5 +403,13 @@ impl CloudClient {
     pub async fn put_link(&self, link: &LinkInfo) -> Result<(), CloudError> {
         let _: LinkInfo = self.call(reqwest::Method::POST, "/links", Some(link)).await?;
         Ok(())
+    }
+
+    /// Records several links in one request; answers those refused.
+    pub async fn put_links(&self, links: Vec<LinkInfo>) -> Result<Vec<LinkRefusal>, CloudError> {
+        let r: LinksBatchResponse = self
+            .call(reqwest::Method::POST, "/links/batch", Some(&LinksBatch { links }))
+            .await?;
+        Ok(r.refused)
     }
 }

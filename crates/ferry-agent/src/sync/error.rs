@@ -9,7 +9,7 @@ use crate::ad::AdError;
 use crate::cloud::CloudError;
 
 /// A failed step of the sync.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SyncError {
     /// Try again after a pause: nothing is wrong with the change itself.
     #[error("{0}")]

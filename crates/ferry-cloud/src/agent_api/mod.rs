@@ -14,8 +14,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ferry_proto::agent::{
     AckRequest, AgentSelf, ConnectKeyCheckRequest, ConnectKeyCheckResponse, DomainInfo, FeedEntry, FeedResponse,
-    HeartbeatRequest, HeartbeatResponse, LinkInfo, LinksResponse, PushChangesRequest, PushChangesResponse,
-    RegisterRequest, RegisterResponse, ScopePreviewAnswer, SyncState,
+    HeartbeatRequest, HeartbeatResponse, LinkInfo, LinkRefusal, LinksBatch, LinksBatchResponse, LinksResponse,
+    PushChangesRequest, PushChangesResponse, RegisterRequest, RegisterResponse, ScopePreviewAnswer, SyncState,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -44,6 +44,7 @@ pub fn router(push_limit: usize) -> Router<AppState> {
         .route("/feed", get(feed))
         .route("/ack", post(ack))
         .route("/links", get(list_links).post(put_link))
+        .route("/links/batch", post(put_links))
         .route("/secrets/{seq}", get(sealed_secret))
         .route("/sync-errors", get(sync_errors::open).post(sync_errors::report))
         .route("/sync-errors/resolved", post(sync_errors::resolved))
@@ -581,47 +582,138 @@ async fn put_link(
     let mut tx = state.store.begin().await?;
     let domain = tx.get_domain(agent.org_id, agent.domain_id).await?;
     require_primary(&agent, &domain, now)?;
-    match tx.object_kind(agent.org_id, req.object_id).await? {
+    match link_one(&mut tx, &domain, &req, now).await? {
+        LinkOutcome::Linked => {}
+        // What the refusal recorded (the AD object remembered as deleted
+        // in the cloud) stays.
+        LinkOutcome::Refused { error, keep: true } => {
+            tx.commit().await?;
+            return Err(error);
+        }
+        LinkOutcome::Refused { error, keep: false } => return Err(error),
+    }
+    tx.commit().await?;
+    Ok(Json(req))
+}
+
+/// `POST /agent/v1/links/batch`: several links (a page of base moves after
+/// the agent's writes) in one transaction, each judged as `POST /links`
+/// judges one, behind a savepoint of its own: a refused link is answered
+/// in its place and the others are kept.
+async fn put_links(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    JsonBody(req): JsonBody<LinksBatch>,
+) -> Result<Json<LinksBatchResponse>, ApiError> {
+    if req.links.len() > MAX_LINKS_BATCH {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_LINKS_BATCH} links a request"
+        )));
+    }
+    let now = state.now();
+    let mut tx = state.store.begin().await?;
+    let domain = tx.get_domain(agent.org_id, agent.domain_id).await?;
+    require_primary(&agent, &domain, now)?;
+    let mut refused = Vec::new();
+    for link in &req.links {
+        tx.savepoint().await?;
+        let error = match link_one(&mut tx, &domain, link, now).await? {
+            LinkOutcome::Linked => {
+                tx.release_savepoint().await?;
+                continue;
+            }
+            LinkOutcome::Refused { error, keep: true } => {
+                tx.release_savepoint().await?;
+                error
+            }
+            LinkOutcome::Refused { error, keep: false } => {
+                tx.rollback_to_savepoint().await?;
+                error
+            }
+        };
+        refused.push(LinkRefusal {
+            object_id: link.object_id,
+            status: error.status.as_u16(),
+            code: error.code.to_owned(),
+            message: error.message,
+        });
+    }
+    tx.commit().await?;
+    Ok(Json(LinksBatchResponse { refused }))
+}
+
+/// Most links in one `POST /agent/v1/links/batch`.
+const MAX_LINKS_BATCH: usize = 1000;
+
+/// What became of one link.
+enum LinkOutcome {
+    Linked,
+    /// Refused; `keep`: what the refusal recorded stays (it is committed).
+    Refused {
+        error: ApiError,
+        keep: bool,
+    },
+}
+
+fn refuse(error: ApiError) -> LinkOutcome {
+    LinkOutcome::Refused { error, keep: false }
+}
+
+/// Judges and records one link of the agent's domain (its lease checked by
+/// the caller). A store failure is the `Err`; a refusal is an outcome.
+async fn link_one(
+    tx: &mut crate::store::Tx,
+    domain: &Domain,
+    req: &LinkInfo,
+    now: i64,
+) -> Result<LinkOutcome, ApiError> {
+    match tx.object_kind(domain.org_id, req.object_id).await? {
         Some(k) if k == req.kind => {}
-        Some(_) => return Err(ApiError::not_found("user or group with that object_id and kind")),
+        Some(_) => {
+            return Ok(refuse(ApiError::not_found(
+                "user or group with that object_id and kind",
+            )))
+        }
         None => {
             // Deleted in the cloud while the agent created its AD object:
             // that object must never come back as a new cloud object.
-            tx.mark_cloud_deleted(agent.org_id, domain.id, req.guid, req.kind, now)
+            tx.mark_cloud_deleted(domain.org_id, domain.id, req.guid, req.kind, now)
                 .await?;
-            tx.commit().await?;
-            return Err(ApiError::new(
-                StatusCode::GONE,
-                "object_deleted",
-                "the cloud object was deleted meanwhile: remove the AD object made for it",
-            ));
+            return Ok(LinkOutcome::Refused {
+                error: ApiError::new(
+                    StatusCode::GONE,
+                    "object_deleted",
+                    "the cloud object was deleted meanwhile: remove the AD object made for it",
+                ),
+                keep: true,
+            });
         }
     }
     // Only an object of this domain (or of none yet) may be linked here, and
     // an AD object linked to one cloud object is not taken over by another.
-    let home = tx.claim_home(agent.org_id, req.kind, req.object_id, domain.id).await?;
+    let home = tx.claim_home(domain.org_id, req.kind, req.object_id, domain.id).await?;
     if let Some(h) = home.filter(|h| *h != domain.id) {
-        let other = tx.get_domain(agent.org_id, h).await?.settings.name;
-        return Err(ApiError::new(
+        let other = tx.get_domain(domain.org_id, h).await?.settings.name;
+        return Ok(refuse(ApiError::new(
             StatusCode::CONFLICT,
             "other_domain",
             format!(
                 "the cloud object belongs to domain {other}; {} may not link it",
                 domain.settings.name
             ),
-        ));
+        )));
     }
-    if let Some(l) = tx.link_by_guid(agent.org_id, domain.id, req.guid).await? {
+    if let Some(l) = tx.link_by_guid(domain.org_id, domain.id, req.guid).await? {
         if l.object_id != req.object_id {
-            return Err(ApiError::new(
+            return Ok(refuse(ApiError::new(
                 StatusCode::CONFLICT,
                 "already_linked",
                 format!("the AD object {} is linked to another cloud object", l.ad_dn),
-            ));
+            )));
         }
     }
     let link = crate::store::Link {
-        domain_id: agent.domain_id,
+        domain_id: domain.id,
         kind: req.kind,
         object_id: req.object_id,
         ad_guid: req.guid,
@@ -630,9 +722,8 @@ async fn put_link(
         ad_digest: None,
         base: req.base.as_ref().and_then(|b| serde_json::to_value(b).ok()),
     };
-    tx.put_link(agent.org_id, &link).await?;
-    tx.commit().await?;
-    Ok(Json(req))
+    tx.put_link(domain.org_id, &link).await?;
+    Ok(LinkOutcome::Linked)
 }
 
 /// `GET /agent/v1/secrets/{seq}`: the password of feed entry `seq`, sealed

@@ -99,16 +99,18 @@ pub async fn apply_ad_changes(
     let mut held = Vec::new();
     // The fast path creates objects the cloud has never seen together, in
     // runs between the changes that take the ordinary path.
+    // Repairs go one by one: each is audited, and a member list is judged
+    // against changes on their way.
     let fresh = match isolation {
-        Isolation::Batch => new_objects::find(tx, ctx, domain, &batch.changes).await?,
-        Isolation::PerChange => vec![false; batch.changes.len()],
+        Isolation::Batch if !batch.repair => new_objects::find(tx, ctx, domain, &batch.changes).await?,
+        _ => vec![false; batch.changes.len()],
     };
     let mut run: Vec<&AdChange> = Vec::new();
     let mut run_of = Run::Ordinary;
     for (change, fresh) in batch.changes.iter().zip(fresh) {
         let of = if fresh {
             Run::NewObjects
-        } else if isolation == Isolation::Batch && memberships::is_membership(ctx, change) {
+        } else if isolation == Isolation::Batch && !batch.repair && memberships::is_membership(ctx, change) {
             Run::Memberships
         } else {
             Run::Ordinary

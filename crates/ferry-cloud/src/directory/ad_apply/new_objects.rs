@@ -78,12 +78,15 @@ pub(super) async fn create(tx: &mut Tx, ctx: &WriteCtx, domain: &Domain, changes
     let home = home_for_new(tx, ctx).await?;
     let mut users = Vec::new();
     let mut groups = Vec::new();
-    // In the batch's order: (kind, cloud id, objectGUID, DN, link base).
+    // In the batch's order: (kind, cloud id, objectGUID, DN, link base, AD digest).
     let mut made = Vec::with_capacity(changes.len());
     for change in changes {
         let id = Uuid::new_v4();
         match change {
             AdChange::UpsertUser { guid, dn, record, .. } => {
+                // As AD holds it (a fresh user names no manager), for the
+                // comparison of both sides.
+                let digest = ferry_proto::audit::user_digest(dn, record);
                 let mut record = (**record).clone();
                 if record.awaiting_password {
                     // Disabled in AD only for want of a password: a new user counts as active.
@@ -100,7 +103,14 @@ pub(super) async fn create(tx: &mut Tx, ctx: &WriteCtx, domain: &Domain, changes
                         password_hash: None,
                     },
                 ));
-                made.push((ObjectKind::User, id, *guid, dn, serde_json::to_value(&record).ok()));
+                made.push((
+                    ObjectKind::User,
+                    id,
+                    *guid,
+                    dn,
+                    serde_json::to_value(&record).ok(),
+                    digest,
+                ));
             }
             AdChange::UpsertGroup { guid, dn, record } => {
                 groups.push((
@@ -111,7 +121,15 @@ pub(super) async fn create(tx: &mut Tx, ctx: &WriteCtx, domain: &Domain, changes
                         doc: apply_group_record(&json!({}), record),
                     },
                 ));
-                made.push((ObjectKind::Group, id, *guid, dn, None));
+                // A group's base is AD's record, as for one object.
+                made.push((
+                    ObjectKind::Group,
+                    id,
+                    *guid,
+                    dn,
+                    serde_json::to_value(record).ok(),
+                    ferry_proto::audit::group_digest(dn, record),
+                ));
             }
             _ => return Err(StoreError::Corrupt("only upserts create objects".into())),
         }
@@ -124,7 +142,7 @@ pub(super) async fn create(tx: &mut Tx, ctx: &WriteCtx, domain: &Domain, changes
     let group_rows = tx.get_groups_many(ctx.org_id, &group_ids).await?;
     let mut feed = Vec::with_capacity(made.len());
     let mut audits = Vec::with_capacity(made.len());
-    for (kind, id, _, _, _) in &made {
+    for (kind, id, ..) in &made {
         let (change, action, details) = match kind {
             ObjectKind::User => {
                 let row = user_rows.get(id).ok_or(StoreError::NotFound)?;
@@ -156,7 +174,7 @@ pub(super) async fn create(tx: &mut Tx, ctx: &WriteCtx, domain: &Domain, changes
     audit_many(tx, ctx, audits).await?;
     let links: Vec<Link> = made
         .into_iter()
-        .map(|(kind, object_id, ad_guid, dn, base)| Link {
+        .map(|(kind, object_id, ad_guid, dn, base, digest)| Link {
             domain_id: domain.id,
             kind,
             object_id,
@@ -164,6 +182,7 @@ pub(super) async fn create(tx: &mut Tx, ctx: &WriteCtx, domain: &Domain, changes
             ad_dn: dn.clone(),
             synced_at: ctx.now,
             base,
+            ad_digest: Some(digest),
         })
         .collect();
     tx.put_links_many(ctx.org_id, &links).await?;

@@ -2,14 +2,24 @@
 //! (compare before write), then acknowledge the cursor. A change is
 //! acknowledged only after AD has it; re-delivery after a crash is harmless
 //! because applying is idempotent.
+//!
+//! A feed page (up to 500 entries) is applied in feed order on one LDAP
+//! connection — Samba runs the writes of several connections no faster than
+//! one, and one order keeps each object's changes in theirs — with what
+//! surrounds the writes batched: the AD objects of a window of entries are
+//! read in one search ([`lookup`]), and the links' bases moved by the writes
+//! go to the cloud a batch at a time ([`base_moves`]).
+
+mod base_moves;
+mod lookup;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ferry_proto::agent::{
-    Authority, CloudChange, CloudDeleteAction, DomainInfo, DomainPolicies, FeedEntry, LinkInfo, SyncDirection,
-    SyncErrorReport,
+    Authority, CloudChange, CloudDeleteAction, DomainInfo, DomainPolicies, FeedEntry, LinkInfo, LinkRefusal,
+    SyncDirection, SyncErrorReport,
 };
 use ferry_proto::record::{GroupRecord, ObjectKind, UserRecord};
 use uuid::Uuid;
@@ -35,7 +45,7 @@ async fn follow(shared: &Shared) -> Result<(), String> {
     let mut conn = shared.connect().await.map_err(|e| e.to_string())?;
     let mut protection = protect::read(shared, &mut conn).await?;
     let mut cursor = shared.cloud.state().await.map_err(|e| e.to_string())?.feed_cursor;
-    let mut links = Links::default();
+    let mut links = Links::new(shared.cloud.clone());
     // Objects with an open cloud → AD error: a success clears theirs.
     let mut failed: HashSet<Uuid> = shared
         .cloud
@@ -50,7 +60,12 @@ async fn follow(shared: &Shared) -> Result<(), String> {
         if !shared.primary.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let page = shared.cloud.feed(cursor, 20).await.map_err(|e| e.to_string())?;
+        let page = shared
+            .cloud
+            .feed(cursor, FEED_WAIT_SECS)
+            .await
+            .map_err(|e| e.to_string())?;
+        let started = std::time::Instant::now();
         if protection.stale(&shared.domain.read().await.policies.scope) {
             protection = protect::read(shared, &mut conn).await?;
         }
@@ -64,31 +79,40 @@ async fn follow(shared: &Shared) -> Result<(), String> {
         links.fresh = false;
         links.members.clear();
         links.bases.clear();
-        for entry in &page.entries {
-            for (id, guid) in &entry.ad_guids {
-                links.map.insert(*id, *guid);
+        links.read_ahead.clear();
+        let entries = &page.entries;
+        let (mut i, mut read_upto) = (0, 0);
+        while i < entries.len() {
+            let end = i + membership_run(&entries[i..]);
+            if end > read_upto {
+                let upto = entries.len().min(end.max(i + lookup::WINDOW));
+                read_ahead(&ctx, &mut conn, &mut links, &entries[read_upto.max(i)..upto])
+                    .await
+                    .map_err(|e| format!("reading the AD objects of changes {}…: {e}", entries[i].seq))?;
+                read_upto = upto;
             }
-            let object = subject(&entry.change);
-            match apply(&ctx, &mut conn, &mut links, entry).await {
-                Ok(()) => {
-                    crate::metrics::cloud_change_applied(entry.at);
-                    if failed.remove(&object) {
-                        resolved.push(object.to_string());
-                    }
+            for entry in &entries[i..end] {
+                for (id, guid) in &entry.ad_guids {
+                    links.map.insert(*id, *guid);
                 }
-                // Refused for good: recorded against the object; the rest flows on.
-                Err(SyncError::Refused { code, message }) => {
-                    tracing::warn!(seq = entry.seq, %object, %code, "cloud → AD: refused; recorded as a sync error");
-                    let report = error_report(entry, code, message);
-                    shared
-                        .cloud
-                        .report_sync_error(&report)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    failed.insert(object);
-                }
-                Err(SyncError::Retry(e)) => return Err(format!("change {}: {e}", entry.seq)),
             }
+            let results = if end - i > 1 {
+                apply_memberships(&ctx, &mut conn, &mut links, &entries[i..end]).await
+            } else {
+                vec![apply(&ctx, &mut conn, &mut links, &entries[i]).await]
+            };
+            for (entry, r) in entries[i..end].iter().zip(results) {
+                settle(shared, entry, r, &mut failed, &mut resolved).await?;
+            }
+            for r in std::mem::take(&mut links.refused_moves) {
+                report_refused_move(shared, r).await?;
+            }
+            i = end;
+        }
+        // Acknowledged only once the bases the writes moved are recorded.
+        let refused = links.moves.drain().await.map_err(|e| e.to_string())?;
+        for r in refused {
+            report_refused_move(shared, r).await?;
         }
         if !resolved.is_empty() {
             shared
@@ -101,8 +125,231 @@ async fn follow(shared: &Shared) -> Result<(), String> {
             shared.cloud.ack(page.next_cursor).await.map_err(|e| e.to_string())?;
             cursor = page.next_cursor;
         }
+        if !entries.is_empty() {
+            let secs = started.elapsed().as_secs_f64();
+            tracing::info!(entries = entries.len(), secs, "cloud → AD: feed page applied");
+        }
         shared.synced(SyncDirection::CloudToAd);
     }
+}
+
+/// What becomes of an applied entry: a success clears its object's open
+/// error; a refusal is recorded against the object and the rest flows on; a
+/// fault in passing stops the page (it is applied again after a pause).
+async fn settle(
+    shared: &Shared,
+    entry: &FeedEntry,
+    result: Result<(), SyncError>,
+    failed: &mut HashSet<Uuid>,
+    resolved: &mut Vec<String>,
+) -> Result<(), String> {
+    let object = subject(&entry.change);
+    match result {
+        Ok(()) => {
+            crate::metrics::cloud_change_applied(entry.at);
+            if failed.remove(&object) {
+                resolved.push(object.to_string());
+            }
+        }
+        Err(SyncError::Refused { code, message }) => {
+            tracing::warn!(seq = entry.seq, %object, %code, "cloud → AD: refused; recorded as a sync error");
+            let report = error_report(entry, code, message);
+            shared
+                .cloud
+                .report_sync_error(&report)
+                .await
+                .map_err(|e| e.to_string())?;
+            failed.insert(object);
+        }
+        Err(SyncError::Retry(e)) => return Err(format!("change {}: {e}", entry.seq)),
+    }
+    Ok(())
+}
+
+/// Most membership changes written in one modify.
+const MAX_MEMBERSHIP_RUN: usize = 500;
+
+/// How many entries from the first are membership changes of one group,
+/// all additions or all removals (at least 1: the first entry itself).
+/// Such a run is written in one modify: the changes touch the group and
+/// members no other entry of the run touches, so their order among
+/// themselves changes nothing.
+fn membership_run(entries: &[FeedEntry]) -> usize {
+    let Some((group, _, add)) = entries.first().and_then(|e| membership(&e.change)) else {
+        return 1;
+    };
+    entries
+        .iter()
+        .take(MAX_MEMBERSHIP_RUN)
+        .take_while(|e| membership(&e.change).is_some_and(|(g, _, a)| g == group && a == add))
+        .count()
+        .max(1)
+}
+
+/// A membership change's group, member, and whether it adds.
+fn membership(change: &CloudChange) -> Option<(Uuid, Uuid, bool)> {
+    match change {
+        CloudChange::AddMember { group, member, .. } => Some((*group, *member, true)),
+        CloudChange::RemoveMember { group, member, .. } => Some((*group, *member, false)),
+        _ => None,
+    }
+}
+
+/// A run of membership changes of one group (see [`membership_run`]),
+/// written in one modify: AD takes many values at once for about the price
+/// of one. When AD refuses the whole (a member already in, or one gone),
+/// each is written alone, so each gets its own answer. One result an entry.
+async fn apply_memberships(
+    ctx: &Ctx<'_>,
+    conn: &mut AdConnection,
+    links: &mut Links,
+    run: &[FeedEntry],
+) -> Vec<Result<(), SyncError>> {
+    let Some((group, _, add)) = run.first().and_then(|e| membership(&e.change)) else {
+        return Vec::new();
+    };
+    let g = match membership_entry(ctx, conn, links, group).await {
+        Ok(Some(g)) => g,
+        Ok(None) => {
+            tracing::debug!(seq = run[0].seq, "membership of a group not in AD: skipped");
+            return run.iter().map(|_| Ok(())).collect();
+        }
+        Err(e) => return run.iter().map(|_| Err(e.clone())).collect(),
+    };
+    let mut results = Vec::with_capacity(run.len());
+    let (mut dns, mut written) = (Vec::new(), Vec::new());
+    for (i, entry) in run.iter().enumerate() {
+        let Some((_, member, _)) = membership(&entry.change) else {
+            results.push(Ok(()));
+            continue;
+        };
+        results.push(match membership_entry(ctx, conn, links, member).await {
+            Ok(Some(m)) => {
+                dns.push(m.dn);
+                written.push(i);
+                Ok(())
+            }
+            Ok(None) => {
+                tracing::debug!(seq = entry.seq, "membership of an object not in AD: skipped");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        });
+    }
+    if dns.is_empty() {
+        return results;
+    }
+    let whole = if add {
+        conn.add_members(&g.dn, &dns).await
+    } else {
+        conn.remove_members(&g.dn, &dns).await
+    };
+    match whole.map_err(SyncError::from) {
+        Ok(()) => {
+            tracing::info!(group = %g.dn, members = dns.len(), add, "cloud → AD: memberships");
+            ctx.shared.applied.fetch_add(dns.len() as u64, Ordering::SeqCst);
+        }
+        Err(SyncError::Retry(e)) => {
+            for i in written {
+                results[i] = Err(SyncError::Retry(e.clone()));
+            }
+        }
+        Err(SyncError::Refused { .. }) => {
+            for (i, dn) in written.into_iter().zip(&dns) {
+                results[i] = write_membership(ctx.shared, conn, &g.dn, dn, add).await;
+            }
+        }
+    }
+    results
+}
+
+/// Adds `member` to `group`, or takes it out: one in already (or out
+/// already) is the state wanted.
+async fn write_membership(
+    shared: &Shared,
+    conn: &mut AdConnection,
+    group: &str,
+    member: &str,
+    add: bool,
+) -> Result<(), SyncError> {
+    // Written without reading the group first: its member list may be
+    // ranged (AD gives at most 1,500 values at a time).
+    let done = if add {
+        conn.add_member(group, member).await
+    } else {
+        conn.remove_member(group, member).await
+    }?;
+    if done == Membership::Changed {
+        tracing::info!(%group, %member, add, "cloud → AD: membership");
+        shared.applied.fetch_add(1, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+/// How long a feed request waits for a change when there is none.
+const FEED_WAIT_SECS: u64 = 20;
+
+/// Reads the AD objects a window of entries names, in a few searches: the
+/// linked objects (the link from the entry's snapshot, or the agent's), and
+/// the account names of cloud objects not linked yet.
+async fn read_ahead(
+    ctx: &Ctx<'_>,
+    conn: &mut AdConnection,
+    links: &mut Links,
+    window: &[FeedEntry],
+) -> Result<(), SyncError> {
+    let mut guids = Vec::new();
+    let mut sams = Vec::new();
+    for entry in window {
+        let ids: &[Uuid] = match &entry.change {
+            CloudChange::AddMember { group, member, .. } | CloudChange::RemoveMember { group, member, .. } => {
+                &[*group, *member]
+            }
+            c => &[subject(c)],
+        };
+        for id in ids {
+            let guid = match entry.ad_guids.get(id) {
+                Some(g) => Some(*g),
+                None => link_of(ctx.shared, links, *id).await?,
+            };
+            match guid {
+                Some(g) => guids.push(g),
+                None => match &entry.change {
+                    CloudChange::UpsertUser { record, .. } => sams.push(names::user_sam(&record.username)),
+                    CloudChange::UpsertGroup { record, .. } => {
+                        sams.push(sam_account_name_for(&record.name, names::MAX_GROUP_SAM))
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+    guids.sort_unstable();
+    guids.dedup();
+    sams.sort_unstable();
+    sams.dedup();
+    links.read_ahead.read(conn, &ctx.domain.root_dn, &guids, &sams).await?;
+    Ok(())
+}
+
+/// A base move the cloud refused. A user deleted in the cloud meanwhile
+/// has its delete coming down the feed; anything else is the user's sync error.
+async fn report_refused_move(shared: &Shared, r: LinkRefusal) -> Result<(), String> {
+    if r.code == "object_deleted" {
+        tracing::debug!(object = %r.object_id, "cloud → AD: the user was deleted in the cloud meanwhile");
+        return Ok(());
+    }
+    tracing::warn!(object = %r.object_id, code = %r.code, "cloud → AD: the cloud refused the link's new base");
+    let report = SyncErrorReport {
+        direction: SyncDirection::CloudToAd,
+        object_key: r.object_id.to_string(),
+        object_kind: ObjectKind::User,
+        object_name: r.object_id.to_string(),
+        operation: "record the link's base".into(),
+        code: format!("http {} {}", r.status, r.code),
+        message: r.message,
+    };
+    shared.cloud.report_sync_error(&report).await.map_err(|e| e.to_string())
 }
 
 /// The object a feed entry changes (a membership change is the group's).
@@ -144,16 +391,19 @@ fn error_report(entry: &FeedEntry, code: String, message: String) -> SyncErrorRe
     }
 }
 
-async fn find(conn: &mut AdConnection, root: &str, guid: Uuid) -> Result<Option<AdEntry>, AdError> {
+/// The AD object of `guid`: read ahead, or else read now.
+async fn find(conn: &mut AdConnection, root: &str, links: &mut Links, guid: Uuid) -> Result<Option<AdEntry>, AdError> {
+    if let Some(e) = links.read_ahead.take_guid(guid) {
+        return Ok(e);
+    }
     Ok(conn
-        .search_paged(root, ldap3::Scope::Subtree, &guid_filter(guid), READ_ATTRS)
+        .search_paged(root, ldap3::Scope::Subtree, &guid_filter(guid), &lookup::target_attrs())
         .await?
         .into_iter()
         .next())
 }
 
 /// The links known to the agent: cloud id → objectGUID.
-#[derive(Default)]
 struct Links {
     map: HashMap<Uuid, Uuid>,
     /// AD objects read this feed page for membership changes (DN and what
@@ -165,6 +415,26 @@ struct Links {
     bases: HashMap<Uuid, UserRecord>,
     /// Read whole from the cloud during this feed page.
     fresh: bool,
+    /// AD objects read ahead for the entries about to be applied.
+    read_ahead: lookup::ReadAhead,
+    /// Bases moved by writes, on their way to the cloud.
+    moves: base_moves::BaseMoves,
+    /// Moves the cloud refused, to be reported.
+    refused_moves: Vec<LinkRefusal>,
+}
+
+impl Links {
+    fn new(cloud: crate::cloud::CloudClient) -> Links {
+        Links {
+            map: HashMap::new(),
+            members: HashMap::new(),
+            bases: HashMap::new(),
+            fresh: false,
+            read_ahead: lookup::ReadAhead::default(),
+            moves: base_moves::BaseMoves::new(cloud),
+            refused_moves: Vec::new(),
+        }
+    }
 }
 
 /// The AD object linked to a cloud id, looking the link up in the cloud when
@@ -177,7 +447,7 @@ async fn linked(
     id: Uuid,
 ) -> Result<Option<AdEntry>, SyncError> {
     match link_of(shared, links, id).await? {
-        Some(g) => Ok(find(conn, root, g).await?),
+        Some(g) => Ok(find(conn, root, links, g).await?),
         None => Ok(None),
     }
 }
@@ -275,16 +545,19 @@ async fn membership_entry(
     let e = match links.members.get(&guid) {
         Some(e) => e.clone(),
         None => {
-            let found = conn
-                .search_paged(
-                    &ctx.domain.root_dn,
-                    ldap3::Scope::Subtree,
-                    &guid_filter(guid),
-                    MEMBERSHIP_ATTRS,
-                )
-                .await?
-                .into_iter()
-                .next();
+            let found = match links.read_ahead.take_guid(guid) {
+                Some(e) => e,
+                None => conn
+                    .search_paged(
+                        &ctx.domain.root_dn,
+                        ldap3::Scope::Subtree,
+                        &guid_filter(guid),
+                        MEMBERSHIP_ATTRS,
+                    )
+                    .await?
+                    .into_iter()
+                    .next(),
+            };
             let Some(e) = found else { return Ok(None) };
             links.members.insert(guid, e.clone());
             e
@@ -311,7 +584,7 @@ async fn target(
 ) -> Result<Target, SyncError> {
     let root = ctx.domain.root_dn.as_str();
     if let Some(guid) = link_of(ctx.shared, links, id).await? {
-        return match find(conn, root, guid).await? {
+        return match find(conn, root, links, guid).await? {
             Some(e) => match out_of_reach(ctx.protection, &e) {
                 Some(refusal) => Err(refusal),
                 None => Ok(Target::Existing(Box::new(e))),
@@ -319,7 +592,11 @@ async fn target(
             None => Ok(Target::Gone),
         };
     }
-    let Some(e) = by_sam(conn, root, sam).await? else {
+    let found = match links.read_ahead.take_sam(sam) {
+        Some(e) => e,
+        None => by_sam(conn, root, sam).await?,
+    };
+    let Some(e) = found else {
         return Ok(Target::New { name_taken: false });
     };
     if let Some(refusal) = out_of_reach(ctx.protection, &e) {
@@ -410,19 +687,7 @@ async fn apply(ctx: &Ctx<'_>, conn: &mut AdConnection, links: &mut Links, entry:
                 tracing::debug!(seq = entry.seq, "membership of objects not in AD: skipped");
                 return Ok(());
             };
-            // Written without reading the group first: its member list may
-            // be ranged (AD gives at most 1,500 values at a time), and a
-            // member already in (or out) is the state we want.
-            let done = if add {
-                conn.add_member(&g.dn, &m.dn).await
-            } else {
-                conn.remove_member(&g.dn, &m.dn).await
-            }?;
-            if done == Membership::AlreadySo {
-                return Ok(());
-            }
-            tracing::info!(group = %g.dn, member = %m.dn, add, "cloud → AD: membership");
-            shared.applied.fetch_add(1, Ordering::SeqCst);
+            write_membership(shared, conn, &g.dn, &m.dn, add).await?;
         }
         CloudChange::PasswordSet { user } => {
             let Some(e) = linked_entry(ctx, conn, links, *user).await? else {
@@ -433,7 +698,7 @@ async fn apply(ctx: &Ctx<'_>, conn: &mut AdConnection, links: &mut Links, entry:
                 // The account was enabled: the base moves by that.
                 if let Some(mut next) = links.bases.get(user).or(entry.base.as_deref()).cloned() {
                     next.active = true;
-                    rebase(ctx, links, *user, &e, next).await?;
+                    rebase(links, *user, &e, next).await?;
                 }
             }
         }
@@ -444,7 +709,7 @@ async fn apply(ctx: &Ctx<'_>, conn: &mut AdConnection, links: &mut Links, entry:
 async fn by_sam(conn: &mut AdConnection, root: &str, sam: &str) -> Result<Option<AdEntry>, SyncError> {
     let filter = format!("(sAMAccountName={})", ldap3::ldap_escape(sam));
     Ok(conn
-        .search_paged(root, ldap3::Scope::Subtree, &filter, READ_ATTRS)
+        .search_paged(root, ldap3::Scope::Subtree, &filter, &lookup::target_attrs())
         .await?
         .into_iter()
         .next())
@@ -565,7 +830,7 @@ async fn update_user(
             if state_agreed {
                 next.active = r.active;
             }
-            return rebase(ctx, links, id, e, next).await;
+            return rebase(links, id, e, next).await;
         }
         return Ok(());
     }
@@ -602,7 +867,7 @@ async fn update_user(
     if set_state || state_agreed {
         next.active = r.active;
     }
-    rebase(ctx, links, id, e, next).await
+    rebase(links, id, e, next).await
 }
 
 /// Sets the field of a user's record an AD attribute maps to.
@@ -793,14 +1058,15 @@ async fn link_new(
 }
 
 /// After a write of a user's fields: the link's base moves by what was
-/// written (sent to the cloud, and kept for the rest of this feed page), so
-/// the write's echo coming back up is not taken for an AD edit — which, set
-/// against a newer cloud change, could win under `latest`.
-async fn rebase(ctx: &Ctx<'_>, links: &mut Links, id: Uuid, e: &AdEntry, next: UserRecord) -> Result<(), SyncError> {
+/// written (sent to the cloud in the next batch, see [`base_moves`], and
+/// kept for the rest of this feed page), so the write's echo coming back up
+/// is not taken for an AD edit — which, set against a newer cloud change,
+/// could win under `latest`.
+async fn rebase(links: &mut Links, id: Uuid, e: &AdEntry, next: UserRecord) -> Result<(), SyncError> {
     let Some(guid) = e.guid() else { return Ok(()) };
-    ctx.shared
-        .cloud
-        .put_link(&LinkInfo {
+    let refused = links
+        .moves
+        .push(LinkInfo {
             object_id: id,
             kind: ObjectKind::User,
             guid,
@@ -808,6 +1074,7 @@ async fn rebase(ctx: &Ctx<'_>, links: &mut Links, id: Uuid, e: &AdEntry, next: U
             base: Some(Box::new(next.clone())),
         })
         .await?;
+    links.refused_moves.extend(refused);
     links.bases.insert(id, next);
     Ok(())
 }
