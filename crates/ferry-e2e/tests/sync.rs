@@ -917,6 +917,41 @@ async fn a_refused_cloud_change_is_recorded_and_the_rest_flows() {
         (!e.iter().any(|e| e["object_name"] == "jsmith")).then_some(())
     })
     .await;
+    if Dc::through_double() {
+        // The nesting's fix: Legacy becomes a universal group in AD, which
+        // may hold one; a retry adds Cloud Team and the error clears.
+        dc.ldapmodify(
+            &format!("dn: CN=Legacy,{users}\nchangetype: modify\nreplace: groupType\ngroupType: -2147483640\n"),
+            false,
+        );
+        let nest = sync_errors(&cloud, &domain)
+            .await
+            .into_iter()
+            .find(|e| e["operation"] == "add member")
+            .expect("the nesting error");
+        let (st, v) = cloud
+            .call(
+                reqwest::Method::POST,
+                &format!(
+                    "/api/v1/domains/{domain}/sync-errors/{}/retry",
+                    nest["id"].as_str().unwrap()
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        eventually("Cloud Team in Legacy in AD", || async {
+            dc.group_members(&format!("CN=Legacy,{users}"))
+                .iter()
+                .any(|m| m.to_lowercase().starts_with("cn=cloud team,"))
+                .then_some(())
+        })
+        .await;
+        eventually("the nesting error cleared", || async {
+            sync_errors(&cloud, &domain).await.is_empty().then_some(())
+        })
+        .await;
+    }
     engine.stop().await;
 }
 
