@@ -24,10 +24,10 @@ use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::directory::record::{group_record, user_record};
-use crate::directory::{audit, target, WriteCtx, ORIGIN_CLOUD};
+use crate::directory::{audit_many, target, WriteCtx, ORIGIN_CLOUD};
 use crate::http::auth::AgentAuth;
 use crate::http::{ApiError, JsonBody};
-use crate::store::{Agent, StoreResult, Tx};
+use crate::store::{Agent, Link, StoreResult, Tx};
 
 /// `POST /agent/v1/audit`.
 pub(super) async fn digests(
@@ -44,8 +44,9 @@ pub(super) async fn digests(
         actor: format!("agent:{}", agent.id),
         now,
     };
-    let resent = resend_lost(&mut tx, &ctx, &agent, domain.feed_cursor).await?;
-    let entries = entries(&mut tx, &agent).await?;
+    let links = tx.audit_links(agent.org_id, agent.domain_id).await?;
+    let resent = resend_lost(&mut tx, &ctx, &agent, domain.feed_cursor, &links).await?;
+    let entries = entries(&mut tx, &agent, links).await?;
     state.commit(tx).await?;
     if resent > 0 {
         tracing::warn!(domain = %agent.domain_id, resent, "cloud changes that never reached AD: sent down again");
@@ -68,7 +69,8 @@ pub(super) async fn objects(
     }
     let wanted: HashSet<usize> = req.buckets.iter().map(|b| usize::from(*b)).collect();
     let mut tx = state.store.begin().await?;
-    let all = entries(&mut tx, &agent).await?;
+    let links = tx.audit_links(agent.org_id, agent.domain_id).await?;
+    let all = entries(&mut tx, &agent, links).await?;
     let objects = all
         .into_iter()
         .filter(|(g, _)| wanted.contains(&bucket_of(*g)))
@@ -85,8 +87,7 @@ pub(super) async fn objects(
 /// Per linked object: kind, entry digest, own digest, members' digest.
 type Entry = (ObjectKind, String, Option<String>, Option<String>);
 
-async fn entries(tx: &mut Tx, agent: &Agent) -> StoreResult<Vec<(Uuid, Entry)>> {
-    let links = tx.audit_links(agent.org_id, agent.domain_id).await?;
+async fn entries(tx: &mut Tx, agent: &Agent, links: Vec<Link>) -> StoreResult<Vec<(Uuid, Entry)>> {
     let mut members: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
     for (g, m) in tx.linked_memberships(agent.org_id, agent.domain_id).await? {
         members.entry(g).or_default().push(m);
@@ -110,7 +111,7 @@ async fn entries(tx: &mut Tx, agent: &Agent) -> StoreResult<Vec<(Uuid, Entry)>> 
 }
 
 /// Sends down what differs from AD's last record with nothing on its way.
-async fn resend_lost(tx: &mut Tx, ctx: &WriteCtx, agent: &Agent, cursor: i64) -> StoreResult<u64> {
+async fn resend_lost(tx: &mut Tx, ctx: &WriteCtx, agent: &Agent, cursor: i64, links: &[Link]) -> StoreResult<u64> {
     let on_the_way = tx.objects_on_their_way(agent.org_id, agent.domain_id, cursor).await?;
     let failing: HashSet<String> = tx
         .open_sync_errors(agent.org_id, agent.domain_id)
@@ -136,17 +137,24 @@ async fn resend_lost(tx: &mut Tx, ctx: &WriteCtx, agent: &Agent, cursor: i64) ->
             lost.push((row.id, change, json!({ "ad_guid": link.ad_guid, "fields": fields })));
         }
     }
-    for link in tx.audit_links(agent.org_id, agent.domain_id).await? {
-        if link.kind != ObjectKind::Group || !quiet(link.object_id, link.ad_guid) {
-            continue;
-        }
-        let Some(base) = link.base.and_then(|b| serde_json::from_value::<GroupRecord>(b).ok()) else {
+    let groups: Vec<&Link> = links
+        .iter()
+        .filter(|l| l.kind == ObjectKind::Group && quiet(l.object_id, l.ad_guid))
+        .collect();
+    let ids: Vec<Uuid> = groups.iter().map(|l| l.object_id).collect();
+    let rows = tx.get_groups_many(agent.org_id, &ids).await?;
+    for link in groups {
+        let Some(base) = link
+            .base
+            .clone()
+            .and_then(|b| serde_json::from_value::<GroupRecord>(b).ok())
+        else {
             continue;
         };
-        let Some(row) = tx.get_group(agent.org_id, link.object_id).await? else {
+        let Some(row) = rows.get(&link.object_id) else {
             continue;
         };
-        let cloud = group_record(&row);
+        let cloud = group_record(row);
         let fields = group_differences(&base, &cloud);
         if !fields.is_empty() {
             let change = CloudChange::UpsertGroup {
@@ -156,17 +164,22 @@ async fn resend_lost(tx: &mut Tx, ctx: &WriteCtx, agent: &Agent, cursor: i64) ->
             lost.push((row.id, change, json!({ "ad_guid": link.ad_guid, "fields": fields })));
         }
     }
-    for (id, change, mut details) in lost.iter().cloned() {
+    let n = lost.len() as u64;
+    let mut feed = Vec::with_capacity(lost.len());
+    let mut audits = Vec::with_capacity(lost.len());
+    for (id, change, mut details) in lost {
         let kind = match change {
             CloudChange::UpsertGroup { .. } => ObjectKind::Group,
             _ => ObjectKind::User,
         };
-        tx.append_feed(ctx.org_id, ORIGIN_CLOUD, id, &change, ctx.now).await?;
         details["repaired"] = json!("sent to AD again");
         details["direction"] = json!(SyncDirection::CloudToAd);
-        audit(tx, ctx, "sync.drift_repaired", &target(kind, id), details).await?;
+        audits.push(("sync.drift_repaired", target(kind, id), details));
+        feed.push((id, change));
     }
-    Ok(lost.len() as u64)
+    tx.append_feed_many(ctx.org_id, ORIGIN_CLOUD, &feed, ctx.now).await?;
+    audit_many(tx, ctx, audits).await?;
+    Ok(n)
 }
 
 /// The fields a user's cloud record holds otherwise than AD last did.

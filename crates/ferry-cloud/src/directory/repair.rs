@@ -58,20 +58,23 @@ async fn set_members(tx: &mut Tx, ctx: &WriteCtx, domain: &Domain, group: Uuid, 
     let Some(gid) = linked(tx, ctx, domain, group, ObjectKind::Group).await? else {
         return Ok(false);
     };
-    let cursor = tx.get_domain(ctx.org_id, domain.id).await?.feed_cursor;
-    if tx.change_on_its_way(ctx.org_id, domain.id, cursor, gid).await? {
+    if tx
+        .change_on_its_way(ctx.org_id, domain.id, domain.feed_cursor, gid)
+        .await?
+    {
         // The lists differ because a cloud change is on its way: not drift.
         return Ok(false);
     }
     let in_ad: BTreeSet<Member> = resolve_members(tx, ctx, domain, ad).await?.into_iter().collect();
-    let mut in_cloud = BTreeSet::new();
-    for m in tx.group_members(ctx.org_id, gid).await? {
-        // Members the domain does not sync (cloud-only, another domain's)
-        // are not AD's to judge.
-        if tx.link_by_object(ctx.org_id, domain.id, m.id).await?.is_some() {
-            in_cloud.insert(m);
-        }
-    }
+    // Members the domain does not sync (cloud-only, another domain's) are
+    // not AD's to judge.
+    let members = tx.group_members(ctx.org_id, gid).await?;
+    let ids: Vec<Uuid> = members.iter().map(|m| m.id).collect();
+    let links = tx.link_guids_of_many(ctx.org_id, &ids).await?;
+    let in_cloud: BTreeSet<Member> = members
+        .into_iter()
+        .filter(|m| links.get(&m.id).is_some_and(|l| l.iter().any(|(d, _)| *d == domain.id)))
+        .collect();
     let only_ad: Vec<Member> = in_ad.difference(&in_cloud).copied().collect();
     let only_cloud: Vec<Member> = in_cloud.difference(&in_ad).copied().collect();
     if only_ad.is_empty() && only_cloud.is_empty() {

@@ -27,14 +27,14 @@ use uuid::Uuid;
 
 use super::increment::{guids_of, read_in_scope, upsert_of};
 use super::push::push_as;
-use super::root;
-use crate::ad::mapping::{group_record, user_record, READ_ATTRS};
+use super::{root, scope_page};
+use crate::ad::mapping::{group_record, user_record};
 use crate::ad::AdConnection;
 use crate::sync::protect::Protection;
 use crate::sync::Shared;
 
 /// What a comparison found.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Drift {
     /// Objects that differ (attributes, or a group's members), or are in AD
     /// and not in the cloud.
@@ -44,7 +44,7 @@ pub(super) struct Drift {
     /// Cloud changes the cloud sent down again.
     pub resent: u64,
     /// When the comparison began.
-    pub started: Option<Instant>,
+    pub started: Instant,
 }
 
 /// Compares AD, read whole now, with the cloud's digests.
@@ -72,10 +72,10 @@ pub(super) async fn compare(shared: &Shared, protection: &Protection) -> Result<
         .filter_map(|i| u16::try_from(i).ok())
         .collect();
     let mut drift = Drift {
+        objects: Vec::new(),
         compared: ours.len() as u64,
         resent: theirs.resent,
-        started: Some(started),
-        ..Drift::default()
+        started,
     };
     if differing.is_empty() {
         return Ok(drift);
@@ -119,22 +119,8 @@ async fn read_digests(
     let mut pager = crate::ad::Pager::default();
     let mut seen: Vec<Seen> = Vec::new();
     loop {
-        let (mut page, more) = conn
-            .search_page(
-                root,
-                ldap3::Scope::Subtree,
-                crate::ad::USERS_AND_GROUPS,
-                READ_ATTRS,
-                &mut pager,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        conn.complete_ranged(&mut page).await.map_err(|e| e.to_string())?;
-        for e in page {
-            if protection.why(&e).is_some() || !protection.admits(&e.dn) {
-                continue;
-            }
-            let Some(guid) = e.guid() else { continue };
+        let (page, more) = scope_page(conn, root, protection, &mut pager).await?;
+        for (guid, e) in page {
             if refused.contains(&guid) {
                 continue;
             }
@@ -240,13 +226,13 @@ pub(super) async fn repair(
             repaired = report.repaired,
             resent = report.resent,
             sample = ?drift.objects.iter().take(5).collect::<Vec<_>>(),
-            secs = drift.started.map_or(0.0, |s| s.elapsed().as_secs_f32()),
+            secs = drift.started.elapsed().as_secs_f32(),
             "both sides compared whole: drift found and repaired"
         );
     } else {
         tracing::info!(
             compared = report.compared,
-            secs = drift.started.map_or(0.0, |s| s.elapsed().as_secs_f32()),
+            secs = drift.started.elapsed().as_secs_f32(),
             "both sides compared whole: equal"
         );
     }

@@ -11,8 +11,8 @@ use ferry_proto::agent::AdChange;
 use uuid::Uuid;
 
 use super::push::push;
-use super::root;
-use crate::ad::mapping::{group_record, user_record, when_changed, READ_ATTRS};
+use super::{root, scope_page};
+use crate::ad::mapping::{group_record, user_record, when_changed};
 use crate::ad::{AdConnection, AdEntry};
 use crate::sync::protect::Protection;
 use crate::sync::Shared;
@@ -62,26 +62,8 @@ pub(super) async fn full_import(
         let mut later = Later::default();
         let mut pending: Vec<AdChange> = Vec::new();
         loop {
-            let (mut page, more) = conn
-                .search_page(
-                    &root,
-                    ldap3::Scope::Subtree,
-                    crate::ad::USERS_AND_GROUPS,
-                    READ_ATTRS,
-                    &mut pager,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            conn.complete_ranged(&mut page).await.map_err(|e| e.to_string())?;
-            for e in page {
-                if let Some(why) = protection.why(&e) {
-                    tracing::debug!(dn = %e.dn, why, "skipped");
-                    continue;
-                }
-                if !protection.admits(&e.dn) {
-                    continue;
-                }
-                let Some(guid) = e.guid() else { continue };
+            let (page, more) = scope_page(conn, &root, protection, &mut pager).await?;
+            for (guid, e) in page {
                 pending.push(later.keep(&e, guid));
                 if pending.len() >= BATCH {
                     send(&tx, std::mem::take(&mut pending)).await?;

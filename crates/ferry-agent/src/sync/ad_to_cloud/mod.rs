@@ -318,6 +318,42 @@ fn audit_interval() -> Duration {
         .map_or(AUDIT_EVERY, Duration::from_secs)
 }
 
+/// The next page of the users and groups in scope, each with its
+/// objectGUID (protected and excluded objects left out, big member lists
+/// read whole by range); `false` once it was the last.
+async fn scope_page(
+    conn: &mut crate::ad::AdConnection,
+    root: &str,
+    protection: &protect::Protection,
+    pager: &mut crate::ad::Pager,
+) -> Result<(Vec<(uuid::Uuid, crate::ad::AdEntry)>, bool), String> {
+    let (mut page, more) = conn
+        .search_page(
+            root,
+            ldap3::Scope::Subtree,
+            crate::ad::USERS_AND_GROUPS,
+            crate::ad::mapping::READ_ATTRS,
+            pager,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    conn.complete_ranged(&mut page).await.map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(page.len());
+    for e in page {
+        if let Some(why) = protection.why(&e) {
+            tracing::debug!(dn = %e.dn, why, "skipped");
+            continue;
+        }
+        if !protection.admits(&e.dn) {
+            continue;
+        }
+        if let Some(guid) = e.guid() {
+            out.push((guid, e));
+        }
+    }
+    Ok((out, more))
+}
+
 async fn root(shared: &Shared) -> String {
     shared.domain.read().await.root_dn.clone()
 }
