@@ -952,6 +952,11 @@ async fn a_refused_cloud_change_is_recorded_and_the_rest_flows() {
         })
         .await;
     }
+    // After the refusals, the fixes and the retries, both sides compared
+    // whole by the agent: nothing differs, nothing is left to send.
+    let report = audit_now(&cloud, &domain).await;
+    assert_eq!(report["differed"], 0, "{report}");
+    assert_eq!(report["resent"], 0, "{report}");
     engine.stop().await;
 }
 
