@@ -19,7 +19,11 @@ from samba.samdb import SamDB
 conf, base, n_users, n_groups = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 lp = LoadParm()
 lp.load(conf)
-db = SamDB(url=lp.samdb_url(), session_info=system_session(), lp=lp)
+# ldb's batch mode, as provisioning and populate-group.py use it: without it
+# every add copies the index lists it touches (objectClass=user holds every
+# user), so each add costs in proportion to the users already there.
+db = SamDB(url=lp.samdb_url(), session_info=system_session(), lp=lp,
+           options=["batch_mode:1", "transaction_index_cache_size:%d" % max(202481, n_users * 8 + 1)])
 rnd = random.Random(42)
 realm = ".".join(p.split("=", 1)[1] for p in base.split(",")).lower()
 ou = "OU=Bench," + base

@@ -178,6 +178,18 @@ pub fn render() -> String {
             s.pushed.load(Ordering::Relaxed).to_string(),
         );
         line(
+            "ferry_agent_quick_path_users_total",
+            "counter",
+            "AD users pushed by the quick path (found by uSNChanged, ahead of DirSync).",
+            s.quick_pushed.load(Ordering::Relaxed).to_string(),
+        );
+        line(
+            "ferry_agent_dirsync_rounds_total",
+            "counter",
+            "DirSync rounds applied (the record of AD's changes).",
+            s.dirsync_rounds.load(Ordering::Relaxed).to_string(),
+        );
+        line(
             "ferry_agent_cloud_changes_applied_total",
             "counter",
             "Cloud changes applied to AD.",

@@ -1984,3 +1984,98 @@ async fn a_run_of_memberships_ad_refuses_whole_is_written_one_by_one() {
     assert!(sync_errors(&cloud, &domain).await.is_empty());
     engine.stop().await;
 }
+
+/// The quick path: a change to a user crosses found by `uSNChanged` (an
+/// index lookup), ahead of any DirSync round; a membership crosses by
+/// DirSync (its deltas); and the DirSync round that follows the quick path
+/// moves the cookie without pushing the user again. Both sides are then
+/// compared whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_user_change_crosses_by_the_quick_path_and_dirsync_stays_the_record() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("ferry_agent=info")
+        .with_test_writer()
+        .try_init();
+    let (dc, cloud, domain) = prepare().await;
+    let agent = enrol(&cloud, &domain).await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    let s = engine.shared.clone();
+    let users = format!("CN=Users,{}", dc.base_dn);
+    eventually("the initial import", || async { cloud.user("early").await }).await;
+    // The first DirSync round after the import.
+    eventually("a DirSync round", || async {
+        (s.dirsync_rounds.load(Relaxed) >= 1).then_some(())
+    })
+    .await;
+    // A quiet DC: no round owed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (quick0, rounds0, pushed0) = (
+        s.quick_pushed.load(Relaxed),
+        s.dirsync_rounds.load(Relaxed),
+        s.pushed.load(Relaxed),
+    );
+
+    let early_dn = dc.ldapsearch(&users, "(sAMAccountName=early)", &["dn"]);
+    let early_dn = early_dn
+        .lines()
+        .find_map(|l| l.strip_prefix("dn: "))
+        .expect("early's DN")
+        .to_owned();
+    dc.ldapmodify(
+        &format!("dn: {early_dn}\nchangetype: modify\nreplace: title\ntitle: Quick\n"),
+        false,
+    );
+    eventually("the change in the cloud", || async {
+        cloud.user("early").await.filter(|u| u["title"] == "Quick")
+    })
+    .await;
+    assert_eq!(
+        s.quick_pushed.load(Relaxed),
+        quick0 + 1,
+        "the user came by the quick path"
+    );
+    let pushed_quick = s.pushed.load(Relaxed);
+    assert_eq!(pushed_quick, pushed0 + 1, "one change pushed");
+    // The record follows once the DC is quiet, and pushes nothing again.
+    eventually("the DirSync round after the quick path", || async {
+        (s.dirsync_rounds.load(Relaxed) > rounds0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        s.pushed.load(Relaxed),
+        pushed_quick,
+        "the DirSync round did not push the user the quick path pushed"
+    );
+
+    // A membership: DirSync's (the group's member delta).
+    let mut admin = dc.admin().await;
+    let group = admin
+        .create_group(
+            &users,
+            &ferry_agent::ad::write::NewAdGroup {
+                name: "Quick Team".into(),
+                sam_account_name: None,
+                description: None,
+                group_type: -2147483646,
+            },
+        )
+        .await
+        .unwrap();
+    eventually("the group in the cloud", || async { cloud.group("Quick Team").await }).await;
+    let quick1 = s.quick_pushed.load(Relaxed);
+    admin.add_member(&group, &early_dn).await.unwrap();
+    eventually("the membership in the cloud", || async {
+        cloud
+            .group("Quick Team")
+            .await
+            .filter(|g| g["members"].as_array().is_some_and(|m| m.len() == 1))
+    })
+    .await;
+    assert_eq!(s.quick_pushed.load(Relaxed), quick1, "a group's change is DirSync's");
+
+    let report = audit_now(&cloud, &domain).await;
+    assert_eq!(report["differed"], 0, "{report}");
+    assert_eq!(report["resent"], 0, "{report}");
+    engine.stop().await;
+}

@@ -291,11 +291,38 @@ impl AdConnection {
     /// naming context `nc`, with OBJECT_SECURITY (so the six delegated tasks
     /// suffice) and INCREMENTAL_VALUES (member changes as deltas).
     pub async fn dirsync(&mut self, nc: &str, cookie: &[u8], attrs: &[&str]) -> Result<DirSyncBatch, AdError> {
+        self.dirsync_filtered(nc, USERS_AND_GROUPS, cookie, attrs).await
+    }
+
+    /// A cookie for "now", without reading anything: a first DirSync round
+    /// whose filter matches no object (the all-zero objectGUID), answered
+    /// from the objectGUID index where a round over users and groups is a
+    /// pass over all of them. The cookie is the DC's replication watermark,
+    /// not tied to the filter: later rounds over users and groups report
+    /// what changed after it.
+    pub async fn dirsync_cookie_now(&mut self, nc: &str) -> Result<Vec<u8>, AdError> {
+        let nothing = crate::ad::guid::guid_filter(Uuid::nil());
+        let mut cookie = Vec::new();
+        for _ in 0..100_000 {
+            let b = self.dirsync_filtered(nc, &nothing, &cookie, &["objectGUID"]).await?;
+            cookie = b.cookie;
+            if !b.more {
+                return Ok(cookie);
+            }
+        }
+        Err(AdError::Protocol("DirSync kept reporting more results".into()))
+    }
+
+    async fn dirsync_filtered(
+        &mut self,
+        nc: &str,
+        filter: &str,
+        cookie: &[u8],
+        attrs: &[&str],
+    ) -> Result<DirSyncBatch, AdError> {
         let flags = ber::DIRSYNC_OBJECT_SECURITY | ber::DIRSYNC_INCREMENTAL_VALUES;
         let ctrl = control(ber::DIRSYNC_OID, true, ber::dirsync_request(flags, 1_048_576, cookie));
-        let (entries, ctrls) = self
-            .search_raw(nc, Scope::Subtree, USERS_AND_GROUPS, attrs, vec![ctrl])
-            .await?;
+        let (entries, ctrls) = self.search_raw(nc, Scope::Subtree, filter, attrs, vec![ctrl]).await?;
         let resp = find_control(&ctrls, ber::DIRSYNC_OID)
             .and_then(|c| c.val.as_deref())
             .and_then(ber::parse_dirsync_response)

@@ -43,6 +43,10 @@ pub struct Shared {
     pub pushed: AtomicU64,
     /// Changes applied to AD.
     pub applied: AtomicU64,
+    /// Users the quick path pushed (found by `uSNChanged`, before any DirSync round).
+    pub quick_pushed: AtomicU64,
+    /// DirSync rounds applied since the import.
+    pub dirsync_rounds: AtomicU64,
     /// The last error, for the heartbeat; cleared by a clean pass.
     pub last_error: std::sync::Mutex<Option<String>>,
     /// When a direction last completed a pass without error (unix ms; 0: never).
@@ -78,6 +82,8 @@ impl Shared {
             ad_objects: AtomicU64::new(0),
             pushed: AtomicU64::new(0),
             applied: AtomicU64::new(0),
+            quick_pushed: AtomicU64::new(0),
+            dirsync_rounds: AtomicU64::new(0),
             last_error: std::sync::Mutex::new(None),
             last_sync_at: AtomicI64::new(0),
             sync_errors: AtomicU64::new(0),

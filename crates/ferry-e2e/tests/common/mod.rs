@@ -374,12 +374,13 @@ pub fn cloud_binary() -> std::path::PathBuf {
 pub async fn run_engine(dc: &Dc, cloud: &Cloud, agent: &Enrolled) -> Engine {
     let shared = engine_shared(dc, cloud, agent).await;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(sync::run(shared, async {
+    let task = tokio::spawn(sync::run(shared.clone(), async {
         stop_rx.await.ok();
     }));
     Engine {
         stop: Some(stop_tx),
         task: Some(task),
+        shared,
     }
 }
 
@@ -387,6 +388,9 @@ pub async fn run_engine(dc: &Dc, cloud: &Cloud, agent: &Enrolled) -> Engine {
 pub struct Engine {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<sync::Ended>>,
+    /// The engine's state (its counters).
+    #[allow(dead_code)]
+    pub shared: Arc<Shared>,
 }
 
 impl Engine {

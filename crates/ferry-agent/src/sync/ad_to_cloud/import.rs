@@ -37,13 +37,9 @@ pub(super) async fn full_import(
     let root = root(shared).await;
     let started = Instant::now();
     tracing::info!(%root, "full import: starting");
-    // Only the cookie of this round is needed: its entries go at once.
-    let final_cookie = B64.encode(
-        conn.dirsync_all(&root, &[], &["objectGUID"])
-            .await
-            .map_err(|e| e.to_string())?
-            .cookie,
-    );
+    // Only a cookie is needed, taken before the read: DirSync then reports
+    // whatever changes while the read runs (the read is the data).
+    let final_cookie = B64.encode(conn.dirsync_cookie_now(&root).await.map_err(|e| e.to_string())?);
     tracing::info!(
         secs = started.elapsed().as_secs_f32(),
         "full import: DirSync cookie taken"

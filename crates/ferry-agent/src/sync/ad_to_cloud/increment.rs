@@ -1,5 +1,7 @@
 //! One DirSync round: what changed since the cookie, read whole and pushed.
 
+use std::collections::HashMap;
+
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use ferry_proto::agent::AdChange;
@@ -11,7 +13,7 @@ use crate::ad::dn::dn_within;
 use crate::ad::guid::guid_filter;
 use crate::ad::mapping::{group_record, is_tombstone, user_record, when_changed, READ_ATTRS};
 use crate::ad::read::member_delta;
-use crate::ad::{AdConnection, AdEntry, AdError};
+use crate::ad::{AdConnection, AdEntry, AdError, DirSyncBatch};
 use crate::sync::protect::Protection;
 use crate::sync::Shared;
 
@@ -30,35 +32,51 @@ pub(super) struct Round {
     pub deleted: Vec<Uuid>,
 }
 
-/// Pushes what DirSync reports since `cookie`.
+/// The slow half of a round: what DirSync reports since `cookie`. On Samba
+/// this is a pass over every user and group (its DirSync adds
+/// `uSNChanged>=N` to the filter, and ldb indexes no ranges), so it runs on
+/// a connection of its own beside the change loop.
 /// `None` when the DC refuses the cookie: the domain must be read whole again.
-pub(super) async fn increment(
+pub(super) async fn scan(shared: &Shared, cookie: Option<String>) -> Result<Option<DirSyncBatch>, String> {
+    let root = root(shared).await;
+    let raw = B64
+        .decode(cookie.unwrap_or_default())
+        .map_err(|_| "the stored DirSync cookie is not base64".to_owned())?;
+    let mut conn = shared.connect().await.map_err(|e| e.to_string())?;
+    let batch = conn.dirsync_all(&root, &raw, READ_ATTRS).await;
+    conn.close().await;
+    match batch {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if cookie_refused(&e) => {
+            tracing::warn!(error = %e, "the DC no longer honours the DirSync cookie (another DC behind the name, or too old)");
+            Ok(None)
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The quick half of a round: each object DirSync named, read whole now
+/// (by objectGUID, indexed) and pushed with its member changes, moving the
+/// cookie to the batch's. An object the quick path already pushed as it is
+/// now (`quick`: objectGUID → `uSNChanged` pushed) is not pushed again.
+pub(super) async fn apply(
     shared: &Shared,
     conn: &mut AdConnection,
     cookie: Option<String>,
+    batch: DirSyncBatch,
     protection: &Protection,
-) -> Result<Option<Round>, String> {
+    quick: &mut HashMap<Uuid, i64>,
+) -> Result<Round, String> {
     let root = root(shared).await;
     let current = cookie.clone().unwrap_or_default();
-    let raw = B64
-        .decode(&current)
-        .map_err(|_| "the stored DirSync cookie is not base64".to_owned())?;
-    let batch = match conn.dirsync_all(&root, &raw, READ_ATTRS).await {
-        Ok(b) => b,
-        Err(e) if cookie_refused(&e) => {
-            tracing::warn!(error = %e, "the DC no longer honours the DirSync cookie (another DC behind the name, or too old)");
-            return Ok(None);
-        }
-        Err(e) => return Err(e.to_string()),
-    };
     let next = B64.encode(&batch.cookie);
     if batch.entries.is_empty() && next == current {
-        return Ok(Some(Round {
+        return Ok(Round {
             cookie: current,
             suspect: true,
             groups_changed: false,
             deleted: Vec::new(),
-        }));
+        });
     }
     let mut suspect = batch.entries.is_empty();
     let groups_changed = batch.entries.iter().any(|e| {
@@ -71,6 +89,7 @@ pub(super) async fn increment(
     let mut deleted = Vec::new();
     for e in &batch.entries {
         let Some(guid) = e.guid() else { continue };
+        let pushed = quick.remove(&guid);
         if is_tombstone(e) {
             deleted.push(guid);
             continue;
@@ -80,7 +99,9 @@ pub(super) async fn increment(
             suspect = true;
             continue;
         };
-        changes.push(upsert_of(conn, &root, &full, guid).await?);
+        if pushed.is_none() || pushed != full.int("uSNChanged") {
+            changes.push(upsert_of(conn, &root, &full, guid).await?);
+        }
         if full.has_class("group") {
             let (added, removed) = member_delta(e);
             suspect |= !removed.is_empty();
@@ -103,12 +124,12 @@ pub(super) async fn increment(
     changes.extend(memberships);
     let mut c = cookie;
     push(shared, &mut c, next.clone(), changes).await?;
-    Ok(Some(Round {
+    Ok(Round {
         cookie: next,
         suspect,
         groups_changed,
         deleted,
-    }))
+    })
 }
 
 /// Whether a DirSync failure means the DC will not take this cookie (one

@@ -1,5 +1,7 @@
-//! AD → cloud: a full import (paged read, `import.rs`), then DirSync
-//! increments woken by the rootDSE's `highestCommittedUSN` (`increment.rs`),
+//! AD → cloud: a full import (paged read, `import.rs`), then changes woken by
+//! the rootDSE's `highestCommittedUSN`: users changed at the new USNs pushed
+//! at once (`quick.rs`), DirSync rounds for the rest and as the record
+//! (`increment.rs`),
 //! reconciliation of the in-scope objectGUID set with the cloud's links to
 //! find deletes (`reconcile.rs`), and another try of objects the cloud
 //! refused (`retry.rs`), and a periodic comparison of both sides whole that
@@ -13,6 +15,7 @@ mod audit;
 mod import;
 mod increment;
 mod push;
+mod quick;
 mod reconcile;
 mod retry;
 mod scope;
@@ -25,8 +28,8 @@ use ferry_proto::agent::{AdChange, SyncDirection};
 
 use super::{protect, Shared};
 use import::{full_import, IMPORT};
-use increment::increment;
 use push::push;
+use quick::Quick;
 use reconcile::gone_from_ad;
 
 /// Runs forever: import if needed, then follow changes.
@@ -54,6 +57,14 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
         cookie = Some(full_import(shared, &mut conn, cookie, &protection).await?);
     }
     let mut last_usn = -1;
+    // The quick path's pushes not yet covered by a DirSync round, and the round's state.
+    let mut quick_pushed = quick::Pushed::default();
+    let mut scan_owed: Option<Instant> = None;
+    let mut scan_now = false;
+    let mut scanning: Option<(Option<String>, Scan)> = None;
+    // The USN when the last reconciliation and comparison began: an idle DC is not read again.
+    let mut reconciled_usn = i64::MIN;
+    let mut audited_usn = i64::MIN;
     let mut last_change = Instant::now();
     let mut reconciling: Option<Background<Result<Vec<AdChange>, String>>> = None;
     let mut last_reconcile = Instant::now() - RECONCILE_EVERY;
@@ -100,8 +111,57 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
         let usn = conn.highest_committed_usn().await.map_err(|e| e.to_string())?;
         shared.worked(SyncDirection::AdToCloud);
         if usn != last_usn {
-            match increment(shared, &mut conn, cookie.clone(), &protection).await? {
-                Some(round) => {
+            // A few USNs: the users changed there, found by the index and
+            // pushed now; the rest (and, later, the record) is DirSync's.
+            let quick = if last_usn >= 0 && scan_owed.is_none_or(|t| t.elapsed() < SCAN_DEFER_MAX) {
+                quick::users_changed(shared, &mut conn, &cookie, &protection, last_usn + 1, usn).await?
+            } else {
+                Quick::DirSync
+            };
+            match quick {
+                Quick::Pushed(users) => {
+                    shared.quick_pushed.fetch_add(users.len() as u64, Ordering::Relaxed);
+                    quick_pushed.add(users);
+                    scan_owed.get_or_insert_with(Instant::now);
+                    shared.synced(SyncDirection::AdToCloud);
+                }
+                Quick::DirSync => scan_now = true,
+            }
+            last_usn = usn;
+            last_change = Instant::now();
+        }
+        // The DirSync round: its pass over AD runs on a connection of its
+        // own, so changes keep flowing through the quick path meanwhile;
+        // what it found is read and pushed from here, in order.
+        let quiet = last_change.elapsed() >= SCAN_QUIET;
+        if scanning.is_none() && (scan_now || scan_owed.is_some_and(|t| quiet || t.elapsed() >= SCAN_DEFER_MAX)) {
+            scan_now = false;
+            scan_owed = None;
+            let (s, c) = (arc.clone(), cookie.clone());
+            scanning = Some((
+                cookie.clone(),
+                Background(tokio::spawn(async move { increment::scan(&s, c).await })),
+            ));
+        }
+        if scanning.as_ref().is_some_and(|(_, t)| t.0.is_finished()) {
+            if let Some((from, mut task)) = scanning.take() {
+                let batch = (&mut task.0)
+                    .await
+                    .map_err(|e| format!("the DirSync round stopped: {e}"))??;
+                if from != cookie {
+                    // The cookie moved while it ran (the domain was read again): again, from the new one.
+                    scan_now = true;
+                } else if let Some(batch) = batch {
+                    let round = increment::apply(
+                        shared,
+                        &mut conn,
+                        cookie.clone(),
+                        batch,
+                        &protection,
+                        &mut quick_pushed.0,
+                    )
+                    .await?;
+                    shared.dirsync_rounds.fetch_add(1, Ordering::Relaxed);
                     cookie = Some(round.cookie);
                     reconcile_due |= round.suspect;
                     tombstones.extend(round.deleted.iter().copied());
@@ -117,16 +177,14 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
                             scope::enter(shared, &mut conn, &cookie, &protection, &entered).await?;
                         }
                     }
-                }
-                None => {
+                } else {
                     // Read everything again; links by objectGUID keep it free of duplicates.
                     cookie = Some(full_import(shared, &mut conn, cookie, &protection).await?);
+                    quick_pushed = quick::Pushed::default();
                     reconcile_due = true;
                 }
+                shared.synced(SyncDirection::AdToCloud);
             }
-            last_usn = usn;
-            last_change = Instant::now();
-            shared.synced(SyncDirection::AdToCloud);
         }
         // Reconciliation (a read of every GUID in scope) finds what DirSync
         // cannot show this account: deletions and moves out of scope. It
@@ -140,8 +198,9 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
         let settled = last_change.elapsed() >= RECONCILE_QUIET || last_reconcile.elapsed() >= RECONCILE_EVERY / 4;
         let due = (reconcile_due && settled && last_reconcile.elapsed() >= RECONCILE_SPACING)
             || (deletes.is_some() && last_reconcile.elapsed() >= DELETE_RECHECK)
-            || last_reconcile.elapsed() >= RECONCILE_EVERY;
+            || (last_reconcile.elapsed() >= RECONCILE_EVERY && last_usn != reconciled_usn);
         if due && reconciling.is_none() {
+            reconciled_usn = last_usn;
             let s = arc.clone();
             let p = protection.clone();
             reconciled_with = Some(protection.clone());
@@ -193,8 +252,14 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
                 deletes = Some(d);
             }
         }
-        if auditing.is_none() && (audit_wanted || last_audit.elapsed() >= audit_every) {
+        // With nothing changed in AD since the last comparison, AD cannot
+        // have drifted: compare again only after AUDIT_IDLE_EVERY (the cloud's
+        // side, a restored database say), so an idle DC is not read whole.
+        let audit_due = (last_audit.elapsed() >= audit_every && last_usn != audited_usn)
+            || last_audit.elapsed() >= AUDIT_IDLE_EVERY.max(audit_every);
+        if auditing.is_none() && (audit_wanted || audit_due) {
             audit_wanted = false;
+            audited_usn = last_usn;
             let (s, p) = (arc.clone(), protection.clone());
             auditing = Some(Background(tokio::spawn(async move { audit::compare(&s, &p).await })));
         }
@@ -238,9 +303,12 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
                 return Ok(());
             }
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(POLL_EVERY).await;
     }
 }
+
+/// A DirSync round's pass over AD, in flight.
+type Scan = Background<Result<Option<crate::ad::DirSyncBatch>, String>>;
 
 /// Deletes found (by reconciliation, or as DirSync tombstones) and not
 /// pushed yet.
@@ -299,7 +367,16 @@ const DELETE_RECHECK: Duration = Duration::from_secs(3);
 /// not more often, with many agents on one cloud.
 const RETRY_CHECK_EVERY: Duration = Duration::from_secs(5);
 
-/// The safety-net interval of reconciliation.
+/// How often the rootDSE's `highestCommittedUSN` is read (one small base
+/// search): the most a change waits before the agent looks.
+const POLL_EVERY: Duration = Duration::from_millis(100);
+/// After the quick path took a window, the DirSync round follows once the
+/// DC has been quiet this long…
+const SCAN_QUIET: Duration = Duration::from_secs(1);
+/// …or at the latest this long after (changes that never stop).
+const SCAN_DEFER_MAX: Duration = Duration::from_secs(10);
+
+/// The safety-net interval of reconciliation (when AD changed at all).
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 /// The least time between two reconciliations an increment asked for.
 const RECONCILE_SPACING: Duration = Duration::from_secs(1);
@@ -309,6 +386,10 @@ const RECONCILE_QUIET: Duration = Duration::from_secs(2);
 /// How often both sides are compared whole (anti-entropy): every 15
 /// minutes, or `FERRY_AUDIT_EVERY_SECS`.
 const AUDIT_EVERY: Duration = Duration::from_secs(15 * 60);
+
+/// How often both sides are compared whole when AD has not changed since
+/// the last comparison.
+const AUDIT_IDLE_EVERY: Duration = Duration::from_secs(6 * 3600);
 
 fn audit_interval() -> Duration {
     std::env::var("FERRY_AUDIT_EVERY_SECS")
