@@ -977,11 +977,16 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
 
     say(&format!("agent idle for {} s", o.idle_secs));
     tokio::time::sleep(Duration::from_secs(5)).await;
+    // Two windows: the first after the last change (the agent's work after
+    // activity: the DirSync round it deferred, a reconciliation), then idle.
+    let d_after = dc_cpu_ticks(&dc_dir);
+    tokio::time::sleep(Duration::from_secs(o.idle_secs)).await;
     let (a0, c0, d0) = (
         cpu_ticks(agent_proc.pid()),
         cpu_ticks(cloud_proc.pid()),
         dc_cpu_ticks(&dc_dir),
     );
+    say(&format!("… and {} s more", o.idle_secs));
     tokio::time::sleep(Duration::from_secs(o.idle_secs)).await;
     let (a1, c1, d1) = (
         cpu_ticks(agent_proc.pid()),
@@ -991,6 +996,7 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
     let denom = o.idle_secs as f64 * clock_ticks() / 100.0;
     let agent_idle_cpu = (a1 - a0) as f64 / denom;
     let cloud_idle_cpu = (c1 - c0) as f64 / denom;
+    let dc_after_cpu = d0.saturating_sub(d_after) as f64 / denom;
     let dc_idle_cpu = d1.saturating_sub(d0) as f64 / denom;
     let agent_rss = peak_rss_mib(agent_proc.pid());
     let cloud_rss_sync = peak_rss_mib(cloud_proc.pid());
@@ -1140,11 +1146,16 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
         row("second cloud instance peak RSS (SCIM)", format!("{r:.1} MiB"), "");
     }
     row(
-        &format!("agent CPU while idle ({} s)", o.idle_secs),
+        &format!("agent CPU while idle ({} s, after {0} s)", o.idle_secs),
         format!("{agent_idle_cpu:.2} %"),
         &format!("≤ 1 % {}", ok(agent_idle_cpu <= 1.0)),
     );
     row("cloud CPU while the agent idles", format!("{cloud_idle_cpu:.2} %"), "");
+    row(
+        &format!("DC CPU, {} s after the last change", o.idle_secs),
+        format!("{dc_after_cpu:.2} %"),
+        "",
+    );
     row(
         "DC CPU while the agent idles",
         format!("{dc_idle_cpu:.2} % (without agent {dc_alone_cpu:.2} %)"),
@@ -1192,6 +1203,7 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
             "agent_idle_cpu_percent": agent_idle_cpu,
             "cloud_idle_cpu_percent": cloud_idle_cpu,
             "dc_idle_cpu_percent": dc_idle_cpu,
+            "dc_after_last_change_cpu_percent": dc_after_cpu,
             "dc_without_agent_cpu_percent": dc_alone_cpu,
             "idle_secs": o.idle_secs,
             "scim_list_per_sec": list,

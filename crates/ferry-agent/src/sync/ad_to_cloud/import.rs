@@ -69,7 +69,7 @@ pub(super) async fn full_import(
                 break;
             }
         }
-        let objects = later.guid_of.len();
+        let objects = later.objects();
         pending.extend(later.changes());
         for chunk in pending.chunks(BATCH) {
             send(&tx, chunk.to_vec()).await?;
@@ -115,23 +115,48 @@ pub(super) async fn full_import(
 
 /// What the import sends once every object is in: memberships, then
 /// managers (a user's manager is linked once every user exists). Each entry
-/// is reduced to this as it is read, so the read never holds the entries.
+/// is reduced to this as it is read, so the read never holds the entries;
+/// every DN is kept once, and a group's members as numbers naming them
+/// (500,000 memberships are 2 MB, not 500,000 strings).
 #[derive(Default)]
 struct Later {
-    /// Every object read, by lowercased DN.
-    guid_of: HashMap<String, Uuid>,
-    /// Each group with its members' DNs.
-    groups: Vec<(Uuid, Vec<String>)>,
-    /// Each user with a manager: the user's upsert and the manager's DN.
-    managed: Vec<(AdChange, String)>,
+    /// Every DN seen (an object's, a member's, a manager's), lowercased: its number.
+    ids: HashMap<Box<str>, u32>,
+    /// By number: the GUID of the object at that DN, once read.
+    guids: Vec<Option<Uuid>>,
+    /// Each group with its members' numbers.
+    groups: Vec<(Uuid, Vec<u32>)>,
+    /// Each user with a manager: the user's upsert and the manager's number.
+    managed: Vec<(AdChange, u32)>,
 }
 
 impl Later {
+    /// The number of a DN.
+    fn id(&mut self, dn: &str) -> u32 {
+        let key = dn.to_lowercase();
+        if let Some(id) = self.ids.get(key.as_str()) {
+            return *id;
+        }
+        let id = u32::try_from(self.guids.len()).unwrap_or(u32::MAX);
+        self.ids.insert(key.into_boxed_str(), id);
+        self.guids.push(None);
+        id
+    }
+
+    /// Objects read.
+    fn objects(&self) -> usize {
+        self.guids.iter().filter(|g| g.is_some()).count()
+    }
+
     /// Keeps what the second pass needs of `e`; returns its upsert.
     fn keep(&mut self, e: &AdEntry, guid: Uuid) -> AdChange {
-        self.guid_of.insert(e.dn.to_lowercase(), guid);
+        let id = self.id(&e.dn);
+        if let Some(slot) = self.guids.get_mut(id as usize) {
+            *slot = Some(guid);
+        }
         if e.has_class("group") {
-            self.groups.push((guid, e.strs("member")));
+            let members = e.strs("member").iter().map(|m| self.id(m)).collect();
+            self.groups.push((guid, members));
             return AdChange::UpsertGroup {
                 guid,
                 dn: e.dn.clone(),
@@ -146,6 +171,7 @@ impl Later {
             changed_at: when_changed(e),
         };
         if let Some(m) = manager {
+            let m = self.id(&m);
             self.managed.push((upsert(rec.clone()), m));
         }
         upsert(rec)
@@ -153,13 +179,13 @@ impl Later {
 
     /// The memberships, then the managers, of every object kept.
     fn changes(self) -> Vec<AdChange> {
-        let guid = |dn: &str| self.guid_of.get(&dn.to_lowercase()).copied();
+        let guid = |id: &u32| self.guids.get(*id as usize).copied().flatten();
         let mut out: Vec<AdChange> = self
             .groups
             .iter()
-            .map(|(group, dns)| AdChange::SetMembers {
+            .map(|(group, ids)| AdChange::SetMembers {
                 group: *group,
-                members: dns.iter().filter_map(|d| guid(d)).collect(),
+                members: ids.iter().filter_map(guid).collect(),
             })
             .collect();
         for (mut change, manager) in self.managed.iter().cloned() {
@@ -171,5 +197,58 @@ impl Later {
             out.push(change);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(dn: &str, class: &str, attrs: &[(&str, &[&str])]) -> AdEntry {
+        let mut e = AdEntry {
+            dn: dn.into(),
+            ..Default::default()
+        };
+        e.attrs
+            .insert("objectclass".into(), vec![b"top".to_vec(), class.as_bytes().to_vec()]);
+        for (k, vs) in attrs {
+            e.attrs
+                .insert(k.to_lowercase(), vs.iter().map(|v| v.as_bytes().to_vec()).collect());
+        }
+        e
+    }
+
+    #[test]
+    fn members_and_managers_resolve_to_the_objects_read_whatever_the_order_and_case() {
+        let (ann, bob, team) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let mut later = Later::default();
+        later.keep(&entry("CN=Ann,OU=P,DC=x", "user", &[]), ann);
+        // A member read after its group, one named in another case, one never read (out of scope).
+        later.keep(
+            &entry(
+                "CN=Team,OU=G,DC=x",
+                "group",
+                &[(
+                    "member",
+                    &["cn=ann,ou=p,dc=x", "CN=Bob,OU=P,DC=x", "CN=Gone,OU=Elsewhere,DC=x"],
+                )],
+            ),
+            team,
+        );
+        later.keep(
+            &entry("CN=Bob,OU=P,DC=x", "user", &[("manager", &["CN=ANN,OU=P,DC=x"])]),
+            bob,
+        );
+        assert_eq!(later.objects(), 3);
+        let changes = later.changes();
+        assert!(matches!(
+            &changes[0],
+            AdChange::SetMembers { group, members } if *group == team && *members == vec![ann, bob]
+        ));
+        assert!(matches!(
+            &changes[1],
+            AdChange::UpsertUser { guid, record, .. } if *guid == bob && record.manager == Some(ann.to_string())
+        ));
+        assert_eq!(changes.len(), 2);
     }
 }

@@ -195,10 +195,18 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
         // A hinted one waits for the DC to be quiet a moment, so a burst of
         // deletes (a script deleting users one by one) is seen, and held
         // against the delete threshold, together.
-        let settled = last_change.elapsed() >= RECONCILE_QUIET || last_reconcile.elapsed() >= RECONCILE_EVERY / 4;
+        // The safety net runs only when AD changed since the last one (an
+        // idle DC is not read again), and in a quiet moment: on Samba a
+        // search is served by one of a few worker processes, one request at
+        // a time, so a change whose connection shares the worker waits
+        // behind the read (on a DC that never quiets, RECONCILE_EVERY × 5).
+        let quiet = last_change.elapsed() >= RECONCILE_QUIET;
+        let settled = quiet || last_reconcile.elapsed() >= RECONCILE_EVERY / 4;
         let due = (reconcile_due && settled && last_reconcile.elapsed() >= RECONCILE_SPACING)
             || (deletes.is_some() && last_reconcile.elapsed() >= DELETE_RECHECK)
-            || (last_reconcile.elapsed() >= RECONCILE_EVERY && last_usn != reconciled_usn);
+            || (last_usn != reconciled_usn
+                && ((quiet && last_reconcile.elapsed() >= RECONCILE_EVERY)
+                    || last_reconcile.elapsed() >= RECONCILE_EVERY * 5));
         if due && reconciling.is_none() {
             reconciled_usn = last_usn;
             let s = arc.clone();
@@ -373,8 +381,10 @@ const POLL_EVERY: Duration = Duration::from_millis(100);
 /// After the quick path took a window, the DirSync round follows once the
 /// DC has been quiet this long…
 const SCAN_QUIET: Duration = Duration::from_secs(1);
-/// …or at the latest this long after (changes that never stop).
-const SCAN_DEFER_MAX: Duration = Duration::from_secs(10);
+/// …or at the latest this long after (changes that never stop). Deferring
+/// loses nothing: the quick path leaves any window it cannot read whole to
+/// an immediate round, and the cookie only lags (a restart re-reads more).
+const SCAN_DEFER_MAX: Duration = Duration::from_secs(60);
 
 /// The safety-net interval of reconciliation (when AD changed at all).
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
