@@ -1514,3 +1514,59 @@ both_engines!(
         assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
     }
 );
+
+both_engines!(links_come_by_page_in_objectguid_order_each_once, |engine| async move {
+    let s = TestServer::start(engine).await;
+    let (_domain, agent) = setup(&s, json!({"authority": "ad"})).await;
+    heartbeat(&s, &agent).await;
+    let guids: Vec<Uuid> = (0..7).map(|_| Uuid::new_v4()).collect();
+    let changes = guids
+        .iter()
+        .enumerate()
+        .map(|(i, g)| ad_user(*g, &format!("paged{i}")))
+        .collect();
+    let (st, r) = push(&s, &agent, None, "c1", changes).await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    let get = |path: String| {
+        let (s, token) = (&s, agent.token.clone());
+        async move { s.call_as(&token, Method::GET, &path, None).await }
+    };
+    // Without a limit: everything, as before paging.
+    let (st, all) = get("/agent/v1/links".into()).await;
+    assert_eq!(st, StatusCode::OK, "{all}");
+    assert_eq!(all["links"].as_array().unwrap().len(), 7);
+    assert!(all.get("next").is_none(), "{all}");
+    // By pages of 3: 3, 3, 1, each once, in objectGUID order.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/agent/v1/links?limit=3&after={a}"),
+            None => "/agent/v1/links?limit=3".into(),
+        };
+        let (st, page) = get(path).await;
+        assert_eq!(st, StatusCode::OK, "{page}");
+        pages += 1;
+        for l in page["links"].as_array().unwrap() {
+            seen.push(l["guid"].as_str().unwrap().parse::<Uuid>().unwrap());
+        }
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let mut want = guids.clone();
+    want.sort_by_key(|g| g.to_string());
+    assert_eq!(seen, want, "every link once, in order");
+    // A limit out of range is a clear 400.
+    for bad in [
+        "/agent/v1/links?limit=0",
+        "/agent/v1/links?limit=20001",
+        "/agent/v1/links?after=nope",
+    ] {
+        let (st, body) = get(bad.into()).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+});

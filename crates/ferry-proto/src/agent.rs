@@ -518,6 +518,9 @@ pub struct LinkRefusal {
 pub struct LinksResponse {
     /// The links.
     pub links: Vec<LinkInfo>,
+    /// Asked by page: the `after` of the next page (none: this was the last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<Uuid>,
 }
 
 /// `POST /agent/v1/connect-key`: what a Connect Key would register an agent

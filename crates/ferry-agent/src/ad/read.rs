@@ -277,14 +277,18 @@ impl AdConnection {
         base: &str,
         admits: impl Fn(&str) -> bool,
     ) -> Result<HashSet<Uuid>, AdError> {
-        let entries = self
-            .search_paged(base, Scope::Subtree, USERS_AND_GROUPS, &["objectGUID"])
-            .await?;
-        Ok(entries
-            .iter()
-            .filter(|e| admits(&e.dn))
-            .filter_map(AdEntry::guid)
-            .collect())
+        // Page by page: only the GUIDs are kept, never the entries.
+        let mut pager = Pager::default();
+        let mut out = HashSet::new();
+        loop {
+            let (page, more) = self
+                .search_page(base, Scope::Subtree, USERS_AND_GROUPS, &["objectGUID"], &mut pager)
+                .await?;
+            out.extend(page.iter().filter(|e| admits(&e.dn)).filter_map(AdEntry::guid));
+            if !more {
+                return Ok(out);
+            }
+        }
     }
 
     /// One DirSync round from `cookie` (empty: from the beginning) over the

@@ -103,6 +103,9 @@ fn http_client(base: &str, tls: Option<rustls::ClientConfig>) -> Result<reqwest:
     })
 }
 
+/// Links asked for in one request.
+const LINKS_PAGE: usize = 5_000;
+
 impl CloudClient {
     /// A client for `base` (e.g. `https://ferry.example.com`) with an agent
     /// token, trusting the cloud's certificate through the OS trust store.
@@ -341,8 +344,28 @@ impl CloudClient {
 
     /// The domain's links.
     pub async fn links(&self) -> Result<Vec<LinkInfo>, CloudError> {
-        let r: LinksResponse = self.call::<(), _>(reqwest::Method::GET, "/links", None).await?;
-        Ok(r.links)
+        let mut all = Vec::new();
+        self.each_link(|l| all.push(l)).await?;
+        Ok(all)
+    }
+
+    /// Every link of the domain, handed to `f` page by page (5,000 a
+    /// request), so what is held at once does not grow with the domain.
+    pub async fn each_link(&self, mut f: impl FnMut(LinkInfo)) -> Result<(), CloudError> {
+        let mut after: Option<uuid::Uuid> = None;
+        loop {
+            let path = match after {
+                Some(a) => format!("/links?limit={LINKS_PAGE}&after={a}"),
+                None => format!("/links?limit={LINKS_PAGE}"),
+            };
+            let r: LinksResponse = self.call::<(), _>(reqwest::Method::GET, &path, None).await?;
+            r.links.into_iter().for_each(&mut f);
+            match r.next {
+                // A cloud that does not page answers everything, without `next`.
+                Some(n) if Some(n) != after => after = Some(n),
+                _ => return Ok(()),
+            }
+        }
     }
 
     /// The password of feed entry `seq`, sealed to this agent.

@@ -550,14 +550,43 @@ async fn ack(
     }))
 }
 
-/// `GET /agent/v1/links`: the domain's links (what reconciliation compares with AD).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinksQuery {
+    after: Option<uuid::Uuid>,
+    limit: Option<i64>,
+}
+
+/// `GET /agent/v1/links[?after=GUID&limit=N]`: the domain's links (what
+/// reconciliation compares with AD), by objectGUID; with `limit` a page of
+/// them and `next`, the `after` of the next page (so an agent's memory does
+/// not grow with the domain). Without, all of them.
 async fn list_links(
     State(state): State<AppState>,
     AgentAuth(agent): AgentAuth,
+    ApiQuery(q): ApiQuery<LinksQuery>,
 ) -> Result<Json<LinksResponse>, ApiError> {
     let mut tx = state.store.begin().await?;
-    let links = tx.links_of_domain(agent.org_id, agent.domain_id).await?;
+    let (links, next) = match q.limit {
+        None if q.after.is_none() => (tx.links_of_domain(agent.org_id, agent.domain_id).await?, None),
+        limit => {
+            let limit = limit.unwrap_or(LINKS_PAGE);
+            if !(1..=LINKS_PAGE_MAX).contains(&limit) {
+                return Err(ApiError::bad_request(format!(
+                    "limit must be between 1 and {LINKS_PAGE_MAX}"
+                )));
+            }
+            let page = tx
+                .links_of_domain_page(agent.org_id, agent.domain_id, q.after, limit)
+                .await?;
+            let next = (page.len() as i64 == limit)
+                .then(|| page.last().map(|l| l.ad_guid))
+                .flatten();
+            (page, next)
+        }
+    };
     Ok(Json(LinksResponse {
+        next,
         links: links
             .into_iter()
             .map(|l| LinkInfo {
@@ -570,6 +599,10 @@ async fn list_links(
             .collect(),
     }))
 }
+
+/// A page of links when the agent names no limit, and the most it may ask.
+const LINKS_PAGE: i64 = 5_000;
+const LINKS_PAGE_MAX: i64 = 20_000;
 
 /// `POST /agent/v1/links`: the agent created (or found) the AD object of a
 /// cloud object; remember the pair.

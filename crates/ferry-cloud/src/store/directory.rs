@@ -904,6 +904,27 @@ impl Tx {
         rows.iter().map(link_from_row).collect()
     }
 
+    /// A page of a domain's links, by objectGUID: those after `after`, at most `limit`.
+    pub async fn links_of_domain_page(
+        &mut self,
+        org_id: Uuid,
+        domain_id: Uuid,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> StoreResult<Vec<Link>> {
+        let rows = sqlx::query(
+            "SELECT domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at, base, ad_digest FROM links
+             WHERE org_id = $1 AND domain_id = $2 AND ad_guid > $3 ORDER BY ad_guid LIMIT $4",
+        )
+        .bind(org_id.to_string())
+        .bind(domain_id.to_string())
+        .bind(after.map(|g| g.to_string()).unwrap_or_default())
+        .bind(limit)
+        .fetch_all(self.conn())
+        .await?;
+        rows.iter().map(link_from_row).collect()
+    }
+
     /// Drops the link of an AD object.
     pub async fn delete_link(&mut self, org_id: Uuid, domain_id: Uuid, guid: Uuid) -> StoreResult<()> {
         sqlx::query("DELETE FROM links WHERE org_id = $1 AND domain_id = $2 AND ad_guid = $3")

@@ -20,16 +20,26 @@ pub(super) async fn gone_from_ad(shared: &Shared, protection: &Protection) -> Re
     let mut conn = shared.connect().await.map_err(|e| e.to_string())?;
     // Links first: a link is recorded only after its AD object exists, so
     // every link read here has its object in the set read next.
-    let links = shared.cloud.links().await.map_err(|e| e.to_string())?;
+    // Of each link only its objectGUID is kept, page by page.
+    let mut linked = Vec::new();
+    shared
+        .cloud
+        .each_link(|l| {
+            if matches!(l.kind, ObjectKind::User | ObjectKind::Group) {
+                linked.push(l.guid);
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
     let present = conn
         .in_scope_guids(&root, |dn| protection.admits(dn))
         .await
         .map_err(|e| e.to_string())?;
     conn.close().await;
     shared.ad_objects.store(present.len() as u64, Ordering::SeqCst);
-    Ok(links
-        .iter()
-        .filter(|l| matches!(l.kind, ObjectKind::User | ObjectKind::Group) && !present.contains(&l.guid))
-        .map(|l| AdChange::Delete { guid: l.guid })
+    Ok(linked
+        .into_iter()
+        .filter(|g| !present.contains(g))
+        .map(|guid| AdChange::Delete { guid })
         .collect())
 }

@@ -128,14 +128,14 @@ pub(super) async fn preview(shared: &Shared, current: Protection, req: ScopePrev
     }
     proposed.scope = req.scope.clone();
     proposed.user_ou = user_ou;
-    let linked: HashSet<Uuid> = shared
+    let mut linked: HashSet<Uuid> = HashSet::new();
+    shared
         .cloud
-        .links()
+        .each_link(|l| {
+            linked.insert(l.guid);
+        })
         .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .map(|l| l.guid)
-        .collect();
+        .map_err(|e| e.to_string())?;
     let all = conn
         .search_paged(
             &root,

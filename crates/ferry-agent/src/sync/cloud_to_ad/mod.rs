@@ -457,9 +457,12 @@ async fn linked(
 /// each would read them all per object.
 async fn link_of(shared: &Shared, links: &mut Links, id: Uuid) -> Result<Option<Uuid>, SyncError> {
     if !links.map.contains_key(&id) && !links.fresh {
-        for l in shared.cloud.links().await? {
-            links.map.insert(l.object_id, l.guid);
-        }
+        shared
+            .cloud
+            .each_link(|l| {
+                links.map.insert(l.object_id, l.guid);
+            })
+            .await?;
         links.fresh = true;
     }
     Ok(links.map.get(&id).copied())
