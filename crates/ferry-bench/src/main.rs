@@ -786,7 +786,9 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
     let dc_alone_cpu = dc_cpu_ticks(&dc_dir).saturating_sub(d0) as f64 / (alone as f64 * clock_ticks() / 100.0);
     // …and with nothing but what the agent's change detection costs it: the
     // rootDSE's highestCommittedUSN read every 100 ms on one connection.
-    say(&format!("the DC with only the agent's USN poll (every 100 ms), for {alone} s"));
+    say(&format!(
+        "the DC with only the agent's USN poll (every 100 ms), for {alone} s"
+    ));
     let dc_poll_cpu = {
         let mut c = dc.admin().await?;
         let d0 = dc_cpu_ticks(&dc_dir);

@@ -68,6 +68,7 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
     let mut last_change = Instant::now();
     let mut reconciling: Option<Background<Result<Vec<AdChange>, String>>> = None;
     let mut last_reconcile = Instant::now() - RECONCILE_EVERY;
+    let mut safety_every = RECONCILE_EVERY;
     let mut reconcile_due = true;
     let mut last_retry = Instant::now();
     // The protection a reconciliation in flight judges scope by.
@@ -205,8 +206,8 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
         let due = (reconcile_due && settled && last_reconcile.elapsed() >= RECONCILE_SPACING)
             || (deletes.is_some() && last_reconcile.elapsed() >= DELETE_RECHECK)
             || (last_usn != reconciled_usn
-                && ((quiet && last_reconcile.elapsed() >= RECONCILE_EVERY)
-                    || last_reconcile.elapsed() >= RECONCILE_EVERY * 5));
+                && ((quiet && last_reconcile.elapsed() >= safety_every)
+                    || last_reconcile.elapsed() >= safety_every * 5));
         if due && reconciling.is_none() {
             reconciled_usn = last_usn;
             let s = arc.clone();
@@ -220,6 +221,9 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
         if reconciling.as_ref().is_some_and(|r| r.0.is_finished()) {
             if let Some(mut r) = reconciling.take() {
                 let gone = (&mut r.0).await.map_err(|e| format!("reconciliation stopped: {e}"))??;
+                // The safety net takes at most 1 % of the time: at 100,000
+                // objects a reconciliation reads for tens of seconds.
+                safety_every = RECONCILE_EVERY.max(last_reconcile.elapsed() * SAFETY_DUTY);
                 let judged = reconciled_with.take();
                 if judged.is_some_and(|j| j.scope != protection.scope || j.scope_members != protection.scope_members) {
                     // The scope moved while it ran: what it found gone may
@@ -386,7 +390,12 @@ const SCAN_QUIET: Duration = Duration::from_secs(1);
 /// an immediate round, and the cookie only lags (a restart re-reads more).
 const SCAN_DEFER_MAX: Duration = Duration::from_secs(60);
 
-/// The safety-net interval of reconciliation (when AD changed at all).
+/// The safety net's interval is at least this many times its last run's
+/// length (the hinted reconciliations are not bound by it).
+const SAFETY_DUTY: u32 = 100;
+
+/// The safety-net interval of reconciliation (when AD changed at all), or
+/// SAFETY_DUTY × its length when longer.
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 /// The least time between two reconciliations an increment asked for.
 const RECONCILE_SPACING: Duration = Duration::from_secs(1);
