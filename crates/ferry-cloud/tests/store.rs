@@ -735,3 +735,56 @@ fn uuids_by_first_appearance(text: &str) -> String {
     }
     out
 }
+
+both_engines!(an_agents_own_entries_are_passed_over_in_one_read, |engine| async move {
+    let (_db, store) = fresh(engine).await;
+    let org = create_org(&store, "A").await.id;
+    let mut tx = store.begin().await.unwrap();
+    let own = WriteCtx {
+        origin: "domain-a".into(),
+        ..ctx(org)
+    };
+    // 1-3 the agent's own, 4 the cloud's, 5-9 own again, 10 the cloud's, 11-12 own.
+    let mut n = 0;
+    let mut write = |c: WriteCtx, k: usize| {
+        let names: Vec<String> = (0..k)
+            .map(|_| {
+                n += 1;
+                format!("f{n:02}")
+            })
+            .collect();
+        (c, names)
+    };
+    for (c, names) in [
+        write(own.clone(), 3),
+        write(ctx(org), 1),
+        write(own.clone(), 5),
+        write(ctx(org), 1),
+        write(own.clone(), 2),
+    ] {
+        for name in names {
+            directory::create_user(&mut tx, &c, user(&name), None).await.unwrap();
+        }
+    }
+    let head = tx.feed_head(org).await.unwrap();
+    assert_eq!(head, 12);
+    // Two at a time: the cloud's 4 and 10, then nothing left but own entries up to the head.
+    let (rows, next) = tx.read_feed_for(org, 0, 2, "domain-a").await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4, 10]);
+    assert_eq!(next, 10, "a full page ends at its last entry");
+    let (rows, next) = tx.read_feed_for(org, next, 2, "domain-a").await.unwrap();
+    assert!(rows.is_empty());
+    assert_eq!(next, 12, "own entries up to the head are passed over");
+    // A page that is not full moves the cursor to the head.
+    let (rows, next) = tx.read_feed_for(org, 0, 5, "domain-a").await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(next, 12);
+    // Another domain's agent has no entries of its own here: it sees all twelve.
+    let (rows, next) = tx.read_feed_for(org, 0, 100, "domain-b").await.unwrap();
+    assert_eq!(rows.len(), 12);
+    assert_eq!(next, 12);
+    // A cursor at the head stays there.
+    let (rows, next) = tx.read_feed_for(org, 12, 100, "domain-a").await.unwrap();
+    assert!(rows.is_empty());
+    assert_eq!(next, 12);
+});

@@ -396,11 +396,11 @@ async fn feed(
         tokio::pin!(grew);
         grew.as_mut().enable();
         let mut tx = state.store.begin().await?;
-        let rows = tx.read_feed(agent.org_id, q.after, limit).await?;
-        let next_cursor = rows.last().map_or(q.after, |r| r.seq);
+        // The agent's own entries are passed over in the database.
+        let (rows, next_cursor) = tx.read_feed_for(agent.org_id, q.after, limit, &own_origin).await?;
         let mut current = Vec::with_capacity(rows.len());
         let mut homes = HashMap::new();
-        for r in rows.into_iter().filter(|r| r.origin != own_origin) {
+        for r in rows {
             if let Some(r) = for_domain(&mut tx, &agent, &mut homes, r).await? {
                 let base = match &r.change {
                     ferry_proto::agent::CloudChange::UpsertUser { id, .. }

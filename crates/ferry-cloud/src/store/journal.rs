@@ -164,18 +164,42 @@ impl Tx {
             .bind(after)
             .fetch_all(self.conn())
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(FeedRow {
-                    seq: r.try_get("seq")?,
-                    origin: r.try_get("origin")?,
-                    object_id: super::get_uuid(r, "object_id")?,
-                    change: get_json(r, "change")?,
-                    at: r.try_get("created_at")?,
-                    links: get_json(r, "links")?,
-                })
-            })
-            .collect()
+        rows.iter().map(feed_row).collect()
+    }
+
+    /// The entries after `after` that did not come from `origin` (an agent's
+    /// own domain), at most `limit`, and the cursor after them: the last
+    /// one's, or the head's when fewer were found — so a stretch of the
+    /// agent's own entries (an import's hundreds of thousands) is passed in
+    /// one read, in the database, not page by page. Sequence numbers are
+    /// taken under the org row's lock until commit, so every entry up to
+    /// the head read first is committed and seen by the second read.
+    pub async fn read_feed_for(
+        &mut self,
+        org_id: Uuid,
+        after: i64,
+        limit: i64,
+        origin: &str,
+    ) -> StoreResult<(Vec<FeedRow>, i64)> {
+        let head = self.feed_head(org_id).await?;
+        let sql = format!(
+            "SELECT seq, origin, object_id, change, links, created_at FROM feed
+             WHERE org_id = $1 AND seq > $2 AND seq <= $3 AND origin <> $4 ORDER BY seq LIMIT {}",
+            limit.max(0)
+        );
+        let rows = sqlx::query(&sql)
+            .bind(org_id.to_string())
+            .bind(after)
+            .bind(head)
+            .bind(origin)
+            .fetch_all(self.conn())
+            .await?;
+        let rows = rows.iter().map(feed_row).collect::<StoreResult<Vec<FeedRow>>>()?;
+        let next = match rows.last() {
+            Some(r) if rows.len() as i64 >= limit => r.seq,
+            _ => head.max(after),
+        };
+        Ok((rows, next))
     }
 
     /// The org's latest feed sequence number.
@@ -275,4 +299,15 @@ fn named_objects(change: &CloudChange) -> Vec<Uuid> {
         }
         CloudChange::PasswordSet { user } => vec![*user],
     }
+}
+
+fn feed_row(r: &sqlx::any::AnyRow) -> StoreResult<FeedRow> {
+    Ok(FeedRow {
+        seq: r.try_get("seq")?,
+        origin: r.try_get("origin")?,
+        object_id: super::get_uuid(r, "object_id")?,
+        change: get_json(r, "change")?,
+        at: r.try_get("created_at")?,
+        links: get_json(r, "links")?,
+    })
 }
