@@ -148,6 +148,71 @@ both_engines!(user_listing_pages_and_filters, |engine| async move {
     assert_eq!((hit.len(), total), (1, 1));
 });
 
+/// The totals of unfiltered lists (the org's kept counts) and the counts
+/// of the rows themselves.
+async fn totals(store: &Store, org: Uuid) -> ((i64, i64), (i64, i64)) {
+    let mut tx = store.begin().await.unwrap();
+    let kept_users = tx.list_users(org, &UserQuery::default()).await.unwrap().1;
+    // A filter every user matches: counted row by row.
+    let all = UserQuery {
+        username_like: Some("%".into()),
+        ..Default::default()
+    };
+    let counted_users = tx.list_users(org, &all).await.unwrap().1;
+    let kept_groups = tx.list_groups(org, 0, 0).await.unwrap().1;
+    let mut counted_groups = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let batch = tx.scan_groups(org, after.as_deref(), 100).await.unwrap();
+        counted_groups += batch.len() as i64;
+        match batch.last() {
+            Some(g) => after = Some(g.name.to_lowercase()),
+            None => break,
+        }
+    }
+    ((kept_users, counted_users), (kept_groups, counted_groups))
+}
+
+both_engines!(list_totals_are_kept_through_inserts_and_deletes, |engine| async move {
+    let (_db, store) = fresh(engine).await;
+    let org = create_org(&store, "A").await.id;
+    let other = create_org(&store, "B").await.id;
+    let c = ctx(org);
+    let mut tx = store.begin().await.unwrap();
+    let mut ids = Vec::new();
+    for n in ["carol", "alice", "bob", "dave"] {
+        ids.push(directory::create_user(&mut tx, &c, user(n), None).await.unwrap().id);
+    }
+    let batch: Vec<(Uuid, NewUser)> = (0..150).map(|i| (Uuid::new_v4(), user(&format!("b{i:03}")))).collect();
+    tx.insert_users_many(org, &batch, None, 1).await.unwrap();
+    let g = directory::create_group(&mut tx, &c, group("staff"), &[]).await.unwrap();
+    directory::create_group(&mut tx, &c, group("ops"), &[]).await.unwrap();
+    directory::create_user(&mut tx, &ctx(other), user("zed"), None)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(totals(&store, org).await, ((154, 154), (2, 2)));
+    assert_eq!(totals(&store, other).await, ((1, 1), (0, 0)));
+
+    // A refused insert and a rolled-back one count nothing.
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.insert_user(org, &user("BOB"), 1).await.is_err());
+    drop(tx);
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_user(org, &user("erin"), 1).await.unwrap();
+    drop(tx);
+    assert_eq!(totals(&store, org).await, ((154, 154), (2, 2)));
+
+    let mut tx = store.begin().await.unwrap();
+    directory::delete_user(&mut tx, &c, ids[0]).await.unwrap();
+    directory::delete_user(&mut tx, &c, ids[1]).await.unwrap();
+    assert!(directory::delete_user(&mut tx, &c, ids[1]).await.is_err());
+    directory::delete_group(&mut tx, &c, g.id).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(totals(&store, org).await, ((152, 152), (1, 1)));
+    assert_eq!(totals(&store, other).await, ((1, 1), (0, 0)));
+});
+
 both_engines!(memberships_follow_deletes, |engine| async move {
     let (_db, store) = fresh(engine).await;
     let org = create_org(&store, "A").await.id;

@@ -185,7 +185,8 @@ impl Tx {
                 conflict_as(e, format!("a user named one of {names:?} exists"))
             })?;
         }
-        Ok(())
+        self.add_to_count(org_id, ObjectKind::User, i64::try_from(users.len()).unwrap_or(i64::MAX))
+            .await
     }
 
     /// Many users of the org by id, in a few queries (500 ids a query).
@@ -254,12 +255,17 @@ impl Tx {
             args.push(p.to_lowercase());
             cond.push_str(&format!(" AND username_key LIKE ${} ESCAPE '\\'", args.len()));
         }
-        let count_sql = format!("SELECT COUNT(*) FROM dir_users WHERE {cond}");
-        let mut count_q = sqlx::query(&count_sql);
-        for a in &args {
-            count_q = count_q.bind(a);
-        }
-        let total: i64 = count_q.fetch_one(self.conn()).await?.try_get(0)?;
+        // The whole org: its kept count (counting it walks every user).
+        let total: i64 = if args.len() == 1 {
+            self.count_of(org_id, ObjectKind::User).await?
+        } else {
+            let count_sql = format!("SELECT COUNT(*) FROM dir_users WHERE {cond}");
+            let mut count_q = sqlx::query(&count_sql);
+            for a in &args {
+                count_q = count_q.bind(a);
+            }
+            count_q.fetch_one(self.conn()).await?.try_get(0)?
+        };
         let sql = format!(
             "SELECT {USER_COLS} FROM dir_users WHERE {cond} ORDER BY username_key LIMIT {} OFFSET {}",
             q.limit.max(0),
@@ -359,6 +365,7 @@ impl Tx {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
+        self.add_to_count(org_id, ObjectKind::User, -1).await?;
         Ok(groups.into_iter().map(|(g, _)| g).collect())
     }
 
@@ -406,7 +413,45 @@ impl Tx {
                 conflict_as(e, format!("a group named one of {names:?} exists"))
             })?;
         }
+        self.add_to_count(
+            org_id,
+            ObjectKind::Group,
+            i64::try_from(groups.len()).unwrap_or(i64::MAX),
+        )
+        .await
+    }
+
+    /// Keeps the org's count of users or groups (`0010_org_counts.sql`):
+    /// `n` more of them when positive, fewer when negative.
+    async fn add_to_count(&mut self, org_id: Uuid, kind: ObjectKind, n: i64) -> StoreResult<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let col = match kind {
+            ObjectKind::User => "user_count",
+            ObjectKind::Group => "group_count",
+        };
+        sqlx::query(&format!("UPDATE orgs SET {col} = {col} + $1 WHERE id = $2"))
+            .bind(n)
+            .bind(org_id.to_string())
+            .execute(self.conn())
+            .await?;
         Ok(())
+    }
+
+    /// How many users or groups the org has, as kept by [`Tx::add_to_count`].
+    async fn count_of(&mut self, org_id: Uuid, kind: ObjectKind) -> StoreResult<i64> {
+        let col = match kind {
+            ObjectKind::User => "user_count",
+            ObjectKind::Group => "group_count",
+        };
+        Ok(sqlx::query(&format!("SELECT {col} FROM orgs WHERE id = $1"))
+            .bind(org_id.to_string())
+            .fetch_optional(self.conn())
+            .await?
+            .map(|r| r.try_get::<i64, _>(0))
+            .transpose()?
+            .unwrap_or(0))
     }
 
     /// Many groups of the org by id, in a few queries (500 ids a query).
@@ -444,11 +489,7 @@ impl Tx {
 
     /// The org's groups by name, a page of them, and how many there are.
     pub async fn list_groups(&mut self, org_id: Uuid, offset: i64, limit: i64) -> StoreResult<(Vec<GroupRow>, i64)> {
-        let total: i64 = sqlx::query("SELECT COUNT(*) FROM dir_groups WHERE org_id = $1")
-            .bind(org_id.to_string())
-            .fetch_one(self.conn())
-            .await?
-            .try_get(0)?;
+        let total = self.count_of(org_id, ObjectKind::Group).await?;
         let sql = format!(
             "SELECT {GROUP_COLS} FROM dir_groups WHERE org_id = $1 ORDER BY name_key LIMIT {} OFFSET {}",
             limit.max(0),
@@ -518,6 +559,7 @@ impl Tx {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
+        self.add_to_count(org_id, ObjectKind::Group, -1).await?;
         Ok(parents.into_iter().map(|(g, _)| g).collect())
     }
 

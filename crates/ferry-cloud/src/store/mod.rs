@@ -48,6 +48,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("0007_scope_previews.sql")),
     (8, include_str!("0008_scale_out.sql")),
     (9, include_str!("0009_link_digest.sql")),
+    (10, include_str!("0010_org_counts.sql")),
 ];
 
 /// The PostgreSQL channel a commit that grew a feed notifies: every
