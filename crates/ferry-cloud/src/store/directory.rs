@@ -427,10 +427,7 @@ impl Tx {
         if n == 0 {
             return Ok(());
         }
-        let col = match kind {
-            ObjectKind::User => "user_count",
-            ObjectKind::Group => "group_count",
-        };
+        let col = count_column(kind);
         sqlx::query(&format!("UPDATE orgs SET {col} = {col} + $1 WHERE id = $2"))
             .bind(n)
             .bind(org_id.to_string())
@@ -441,10 +438,7 @@ impl Tx {
 
     /// How many users or groups the org has, as kept by [`Tx::add_to_count`].
     async fn count_of(&mut self, org_id: Uuid, kind: ObjectKind) -> StoreResult<i64> {
-        let col = match kind {
-            ObjectKind::User => "user_count",
-            ObjectKind::Group => "group_count",
-        };
+        let col = count_column(kind);
         Ok(sqlx::query(&format!("SELECT {col} FROM orgs WHERE id = $1"))
             .bind(org_id.to_string())
             .fetch_optional(self.conn())
@@ -935,15 +929,7 @@ impl Tx {
 
     /// Every link of a domain.
     pub async fn links_of_domain(&mut self, org_id: Uuid, domain_id: Uuid) -> StoreResult<Vec<Link>> {
-        let rows = sqlx::query(
-            "SELECT domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at, base, ad_digest FROM links
-             WHERE org_id = $1 AND domain_id = $2 ORDER BY ad_guid",
-        )
-        .bind(org_id.to_string())
-        .bind(domain_id.to_string())
-        .fetch_all(self.conn())
-        .await?;
-        rows.iter().map(link_from_row).collect()
+        self.links_of_domain_page(org_id, domain_id, None, i64::MAX).await
     }
 
     /// A page of a domain's links, by objectGUID: those after `after`, at most `limit`.
@@ -1085,4 +1071,12 @@ pub(super) fn link_from_row(r: &AnyRow) -> StoreResult<Link> {
             .transpose()?,
         ad_digest: r.try_get("ad_digest")?,
     })
+}
+
+/// The column of `orgs` that keeps the org's count of `kind` (`0010_org_counts.sql`).
+fn count_column(kind: ObjectKind) -> &'static str {
+    match kind {
+        ObjectKind::User => "user_count",
+        ObjectKind::Group => "group_count",
+    }
 }

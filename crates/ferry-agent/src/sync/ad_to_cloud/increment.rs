@@ -169,10 +169,13 @@ pub(super) async fn read_in_scope(
         .search_paged(root, ldap3::Scope::Subtree, &guid_filter(guid), READ_ATTRS)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(found
-        .into_iter()
-        .next()
-        .filter(|full| dn_within(&full.dn, root) && protection.admits(&full.dn) && protection.why(full).is_none()))
+    Ok(found.into_iter().next().filter(|full| in_reach(root, protection, full)))
+}
+
+/// Whether an entry is Ferry's to sync: under the root, in the sync scope,
+/// and not protected or excluded.
+pub(super) fn in_reach(root: &str, protection: &Protection, e: &AdEntry) -> bool {
+    dn_within(&e.dn, root) && protection.admits(&e.dn) && protection.why(e).is_none()
 }
 
 /// The upsert of a whole object (a user's manager resolved to its GUID).

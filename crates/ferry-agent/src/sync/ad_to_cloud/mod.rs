@@ -134,8 +134,8 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
         // The DirSync round: its pass over AD runs on a connection of its
         // own, so changes keep flowing through the quick path meanwhile;
         // what it found is read and pushed from here, in order.
-        let quiet = last_change.elapsed() >= SCAN_QUIET;
-        if scanning.is_none() && (scan_now || scan_owed.is_some_and(|t| quiet || t.elapsed() >= SCAN_DEFER_MAX)) {
+        let scan_quiet = last_change.elapsed() >= SCAN_QUIET;
+        if scanning.is_none() && (scan_now || scan_owed.is_some_and(|t| scan_quiet || t.elapsed() >= SCAN_DEFER_MAX)) {
             scan_now = false;
             scan_owed = None;
             let (s, c) = (arc.clone(), cookie.clone());

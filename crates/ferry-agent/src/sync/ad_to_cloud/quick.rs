@@ -16,10 +16,9 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
-use super::increment::upsert_of;
+use super::increment::{in_reach, upsert_of};
 use super::push::push;
 use super::root;
-use crate::ad::dn::dn_within;
 use crate::ad::mapping::READ_ATTRS;
 use crate::ad::AdConnection;
 use crate::sync::protect::Protection;
@@ -69,13 +68,14 @@ pub(super) async fn users_changed(
         .map_err(|e| e.to_string())?;
     let mut users = Vec::new();
     for e in &found {
-        let person = e.has_class("user") && !e.has_class("computer");
-        if !(person || e.has_class("group")) {
+        if e.has_class("group") {
+            return Ok(Quick::DirSync);
+        }
+        if !e.has_class("user") || e.has_class("computer") {
             // Not a user or a group (an OU, a computer, a DNS record…).
             continue;
         }
-        if e.has_class("group") || !dn_within(&e.dn, &root) || !protection.admits(&e.dn) || protection.why(e).is_some()
-        {
+        if !in_reach(&root, protection, e) {
             return Ok(Quick::DirSync);
         }
         let (Some(guid), Some(usn)) = (e.guid(), e.int("uSNChanged")) else {
