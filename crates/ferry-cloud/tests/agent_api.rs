@@ -1288,16 +1288,7 @@ both_engines!(
         assert_eq!(d.resent, 0, "a change on its way is not resent");
         // …until the agent acknowledges the feed without AD taking the title
         // (a lost write): then the cloud sends it down again, once.
-        let head = feed(&s, &agent, 0, 0).await.next_cursor;
-        let (st, v) = s
-            .call_as(
-                &agent.token,
-                Method::POST,
-                "/agent/v1/ack",
-                Some(json!({"cursor": head})),
-            )
-            .await;
-        assert_eq!(st, StatusCode::OK, "{v}");
+        let head = ack_all(&s, &agent).await;
         let d = audit_digests(&s, &agent).await;
         assert_eq!(d.resent, 1, "the lost title goes down again");
         let entries = feed(&s, &agent, head, 0).await.entries;
@@ -1308,6 +1299,50 @@ both_engines!(
         assert_eq!(audit_digests(&s, &agent).await.resent, 0, "sent once: now on its way");
     }
 );
+
+both_engines!(
+    a_new_account_awaiting_its_password_is_linked_as_agreed_not_as_a_difference,
+    |engine| async move {
+        let s = TestServer::start(engine).await;
+        let (_domain, agent) = setup(&s, json!({})).await;
+        heartbeat(&s, &agent).await;
+        let id = s.create_user("fresh").await;
+        // The agent created the AD account, disabled until a password is
+        // set, and links it with AD's record as it reads it.
+        let base = UserRecord {
+            username: "fresh".into(),
+            active: false,
+            awaiting_password: true,
+            ..Default::default()
+        };
+        let link = json!({"object_id": id, "kind": "user", "guid": Uuid::new_v4(),
+                          "dn": "CN=fresh,CN=Users,DC=example,DC=test", "base": base});
+        let (st, v) = s
+            .call_as(&agent.token, Method::POST, "/agent/v1/links", Some(link))
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let head = ack_all(&s, &agent).await;
+        // "Disabled" only for want of a password is the cloud's "active":
+        // nothing differs, nothing goes down again.
+        assert_eq!(audit_digests(&s, &agent).await.resent, 0);
+        assert!(feed(&s, &agent, head, 0).await.entries.is_empty());
+    }
+);
+
+/// Acknowledges the whole feed, as an agent that applied it; returns its head.
+async fn ack_all(s: &TestServer, agent: &Agent) -> i64 {
+    let head = feed(s, agent, 0, 0).await.next_cursor;
+    let (st, v) = s
+        .call_as(
+            &agent.token,
+            Method::POST,
+            "/agent/v1/ack",
+            Some(json!({"cursor": head})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    head
+}
 
 async fn audit_digests(s: &TestServer, agent: &Agent) -> ferry_proto::audit::AuditDigests {
     let (st, v) = s.call_as(&agent.token, Method::POST, "/agent/v1/audit", None).await;

@@ -2079,3 +2079,45 @@ async fn a_user_change_crosses_by_the_quick_path_and_dirsync_stays_the_record() 
     assert_eq!(report["resent"], 0, "{report}");
     engine.stop().await;
 }
+
+/// Users made in the cloud, one after another, each land in AD once and
+/// come back up as themselves: the quick path sees each new AD account
+/// within ~100 ms, before or while the agent records its link, and the
+/// cloud must never take it for a new AD object (a second cloud user under
+/// the account name AD's 20 characters made of a long userName) nor keep
+/// the new account's "disabled until a password is set" as what AD and
+/// the cloud agreed. Both sides are then compared whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn users_made_in_the_cloud_come_back_up_as_themselves() {
+    let (dc, cloud, domain) = prepare().await;
+    let agent = enrol(&cloud, &domain).await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    let users = format!("CN=Users,{}", dc.base_dn);
+    eventually("the initial import", || async { cloud.user("early").await }).await;
+    let before = cloud_user_count(&cloud).await;
+    const N: usize = 24;
+    for i in 0..N {
+        let name = format!("a-cloud-made-user-named-{i:02}");
+        scim_create_user(&cloud, json!({"userName": name, "displayName": format!("Made {i}")})).await;
+        let (dc_ref, users_ref) = (&dc, &users);
+        eventually("the user in AD", || async move {
+            dc_ref
+                .ldapsearch(users_ref, &format!("(displayName=Made {i})"), &["cn"])
+                .contains("dn: ")
+                .then_some(())
+        })
+        .await;
+    }
+    // Every echo up, the DirSync round after them done.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        cloud_user_count(&cloud).await,
+        before + N as i64,
+        "one cloud user each, none made again from its AD account"
+    );
+    assert!(sync_errors(&cloud, &domain).await.is_empty());
+    let report = audit_now(&cloud, &domain).await;
+    assert_eq!(report["differed"], 0, "{report}");
+    assert_eq!(report["resent"], 0, "{report}");
+    engine.stop().await;
+}

@@ -59,6 +59,12 @@ pub struct Shared {
     pub health: std::sync::Mutex<Vec<DirectionHealth>>,
     /// The last comparison of both sides whole (told with the heartbeat).
     pub audit: std::sync::Mutex<Option<ferry_proto::audit::AuditReport>>,
+    /// Held by cloud → AD from an AD object's creation until its link is
+    /// recorded; every AD → cloud push waits for it. An object Ferry has
+    /// just created is seen by the quick path within ~100 ms: pushed before
+    /// its link, the cloud would take it for a new AD object (a second
+    /// cloud user, where AD's rules changed its name).
+    pub creating: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -100,6 +106,7 @@ impl Shared {
                     .collect(),
             ),
             audit: std::sync::Mutex::new(None),
+            creating: tokio::sync::Mutex::new(()),
         })
     }
 

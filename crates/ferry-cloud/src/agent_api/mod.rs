@@ -745,6 +745,21 @@ async fn link_one(
             )));
         }
     }
+    // The base is AD's record in the terms both sides agree on (an account
+    // Ferry created is disabled in AD until it has a password), as an AD
+    // change's merge records it: the comparison of both sides holds the
+    // cloud's record against it.
+    let base = match &req.base {
+        Some(b) => {
+            let mut b = (**b).clone();
+            if b.awaiting_password {
+                let active = tx.get_user(domain.org_id, req.object_id).await?.map(|u| u.active);
+                crate::directory::ad_apply::as_agreed(&mut b, active);
+            }
+            serde_json::to_value(&b).ok()
+        }
+        None => None,
+    };
     let link = crate::store::Link {
         domain_id: domain.id,
         kind: req.kind,
@@ -753,7 +768,7 @@ async fn link_one(
         ad_dn: req.dn.clone(),
         synced_at: now,
         ad_digest: None,
-        base: req.base.as_ref().and_then(|b| serde_json::to_value(b).ok()),
+        base,
     };
     tx.put_link(domain.org_id, &link).await?;
     Ok(LinkOutcome::Linked)

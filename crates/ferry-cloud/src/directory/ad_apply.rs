@@ -411,12 +411,7 @@ async fn upsert_user(
             record.username = current.username.clone();
         }
     }
-    if record.awaiting_password {
-        // AD says "disabled" only because the account has no password yet:
-        // the cloud's state stands (a new user counts as active).
-        record.active = existing.as_ref().is_none_or(|u| u.active);
-        record.awaiting_password = false;
-    }
+    as_agreed(&mut record, existing.as_ref().map(|u| u.active));
     // The base kept on the link is AD's record as seen now: where the cloud
     // keeps a value of its own below, AD does not have it yet, and cloud →
     // AD writes exactly the fields where the cloud differs from this base.
@@ -487,6 +482,16 @@ async fn upsert_user(
     let agreed = serde_json::to_value(&seen_in_ad).ok();
     put_link(tx, ctx, domain, ObjectKind::User, id, guid, dn, agreed, Some(ad_digest)).await?;
     Ok(changed)
+}
+
+/// A user's record as AD holds it, in the terms both sides agree on: AD
+/// says "disabled" only because the account has no password yet, so the
+/// cloud's state stands (`cloud_active`; a new user counts as active).
+pub fn as_agreed(record: &mut UserRecord, cloud_active: Option<bool>) {
+    if record.awaiting_password {
+        record.active = cloud_active.unwrap_or(true);
+        record.awaiting_password = false;
+    }
 }
 
 /// One field's three-way merge: `(value, conflict, cloud kept a value AD lacks)`.

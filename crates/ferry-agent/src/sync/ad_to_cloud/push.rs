@@ -104,6 +104,8 @@ async fn send(
         changes,
         repair,
     };
+    // Not while cloud → AD is between creating an object and linking it.
+    drop(shared.creating.lock().await);
     let r = match shared.cloud.push(&req).await {
         Ok(r) => r,
         Err(crate::cloud::CloudError::Refused { status: 413, .. }) => return Err(Push::TooLarge),

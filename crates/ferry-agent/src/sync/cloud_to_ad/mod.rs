@@ -916,8 +916,10 @@ async fn create_user(
         password: None,
         enabled: false,
     };
+    let creating = shared.creating.lock().await;
     let dn = conn.create_user(&domain.user_ou, &u).await?;
     link_new(shared, conn, links, id, ObjectKind::User, dn.clone()).await?;
+    drop(creating);
     tracing::info!(%dn, "cloud → AD: user created (disabled until a password is set)");
     Ok(())
 }
@@ -960,8 +962,10 @@ async fn create_group(
         description: r.description.clone(),
         group_type: GROUP_UNIVERSAL_SECURITY,
     };
+    let creating = shared.creating.lock().await;
     let dn = conn.create_group(&domain.user_ou, &g).await?;
     link_new(shared, conn, links, id, ObjectKind::Group, dn.clone()).await?;
+    drop(creating);
     tracing::info!(%dn, "cloud → AD: group created");
     Ok(())
 }
