@@ -571,6 +571,14 @@ where
         loop {
             if probe(i, value.clone()).await? {
                 out.push(start.elapsed().as_secs_f64());
+                if start.elapsed() > Duration::from_millis(300) {
+                    // When, to find it in the logs (FERRY_BENCH_LOGS).
+                    eprintln!(
+                        "    change {i}: {:.3} s, made at {}",
+                        start.elapsed().as_secs_f64(),
+                        iso_now_minus(start.elapsed())
+                    );
+                }
                 break;
             }
             if start.elapsed() > Duration::from_secs(30) {
@@ -732,6 +740,17 @@ async fn main() -> Result<()> {
     let work = std::env::temp_dir().join(format!("ferry-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let result = bench(&o, &bin, &work).await;
+    // FERRY_BENCH_LOGS=DIR keeps the agent's and the cloud's logs (to trace a tail).
+    if let Some(keep) = std::env::var_os("FERRY_BENCH_LOGS") {
+        let keep = PathBuf::from(keep);
+        std::fs::create_dir_all(&keep)?;
+        for f in std::fs::read_dir(&work)?.flatten() {
+            if f.path().extension().is_some_and(|x| x == "log") {
+                std::fs::copy(f.path(), keep.join(f.file_name()))?;
+            }
+        }
+        eprintln!("    logs kept in {}", keep.display());
+    }
     let _ = std::fs::remove_dir_all(&work);
     result
 }
@@ -1245,4 +1264,20 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
         eprintln!("figures written to {}", path.display());
     }
     Ok(())
+}
+
+/// The UTC time of day `ago` before now (HH:MM:SS.mmm, as the logs show it).
+fn iso_now_minus(ago: Duration) -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .saturating_sub(ago);
+    let s = t.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03} UTC",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        t.subsec_millis()
+    )
 }

@@ -1243,6 +1243,32 @@ async fn a_resync_and_a_refused_cookie_read_the_domain_again_without_duplicates(
     .await;
     assert_eq!(cloud_user_count(&cloud).await, count, "nothing twice");
 
+    // A user deleted in AD while the agent is down, and a resync asked for
+    // meanwhile: the import that follows is the reconciliation too.
+    engine.stop().await;
+    dc.ldapmodify(&format!("dn: CN=a2,{ou}\nchangetype: delete\n"), false);
+    let before = stored_cookie(&cloud, &domain).await;
+    let (st, v) = cloud
+        .call(reqwest::Method::POST, &format!("/api/v1/domains/{domain}/resync"), None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    eventually("the deleted user gone from the cloud", || async {
+        cloud.user("again2").await.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(
+        cloud_user_count(&cloud).await,
+        count - 1,
+        "that one gone, nothing twice"
+    );
+    eventually("a new cookie after reading again", || async {
+        stored_cookie(&cloud, &domain)
+            .await
+            .filter(|c| !c.starts_with("import:") && Some(c) != before.as_ref())
+    })
+    .await;
+
     // A cookie the DC refuses (12, "Unable to unmarshall cookie" on Samba).
     let current = stored_cookie(&cloud, &domain).await;
     {
@@ -1274,7 +1300,7 @@ async fn a_resync_and_a_refused_cookie_read_the_domain_again_without_duplicates(
             .filter(|c| !c.starts_with("import:") && c != "Z2FyYmFnZSBjb29raWU=")
     })
     .await;
-    assert_eq!(cloud_user_count(&cloud).await, count, "nothing twice");
+    assert_eq!(cloud_user_count(&cloud).await, count - 1, "nothing twice");
     engine.stop().await;
 }
 

@@ -119,7 +119,7 @@ async fn read_digests(
     let mut pager = crate::ad::Pager::default();
     let mut seen: Vec<Seen> = Vec::new();
     loop {
-        let (page, more) = scope_page(conn, root, protection, &mut pager).await?;
+        let (page, more) = scope_page(conn, root, protection, &mut pager, None).await?;
         for (guid, e) in page {
             if refused.contains(&guid) {
                 continue;

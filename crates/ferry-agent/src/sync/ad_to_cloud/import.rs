@@ -2,7 +2,7 @@
 //! pushed while the next page is read; memberships and managers follow once
 //! every object is in.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -11,6 +11,7 @@ use ferry_proto::agent::AdChange;
 use uuid::Uuid;
 
 use super::push::push;
+use super::reconcile::{gone, linked_guids};
 use super::{root, scope_page};
 use crate::ad::mapping::{group_record, user_record, when_changed};
 use crate::ad::{AdConnection, AdEntry};
@@ -24,6 +25,15 @@ pub(super) const IMPORT: &str = "import:";
 
 const PUSH_STOPPED: &str = "the push to the cloud stopped";
 
+/// What a full import leaves.
+pub(super) struct Imported {
+    /// The DirSync cookie the increments start from.
+    pub cookie: String,
+    /// Linked objects the read did not find in scope (deleted or moved out):
+    /// the import is a reconciliation too, so none has to follow it.
+    pub gone: Vec<Uuid>,
+}
+
 /// Reads everything in scope and pushes it; returns the DirSync cookie the
 /// increments start from (taken before the read, so nothing is missed).
 /// Each page of the read is turned into upserts and pushed while the next
@@ -33,10 +43,14 @@ pub(super) async fn full_import(
     conn: &mut AdConnection,
     mut cookie: Option<String>,
     protection: &Protection,
-) -> Result<String, String> {
+) -> Result<Imported, String> {
     let root = root(shared).await;
     let started = Instant::now();
     tracing::info!(%root, "full import: starting");
+    // The links before the read, as reconciliation reads them: the read is
+    // then the in-scope set they are judged against (at 100,000 objects a
+    // reconciliation's own read would hold a DC worker for ~20 s).
+    let linked = linked_guids(shared).await?;
     // Only a cookie is needed, taken before the read: DirSync then reports
     // whatever changes while the read runs (the read is the data).
     let final_cookie = B64.encode(conn.dirsync_cookie_now(&root).await.map_err(|e| e.to_string())?);
@@ -56,9 +70,10 @@ pub(super) async fn full_import(
         // Of each entry, only what the second pass needs is kept (not the
         // entry): its DN, a group's member DNs, a managed user's change.
         let mut later = Later::default();
+        let mut present = HashSet::new();
         let mut pending: Vec<AdChange> = Vec::new();
         loop {
-            let (page, more) = scope_page(conn, &root, protection, &mut pager).await?;
+            let (page, more) = scope_page(conn, &root, protection, &mut pager, Some(&mut present)).await?;
             for (guid, e) in page {
                 pending.push(later.keep(&e, guid));
                 if pending.len() >= BATCH {
@@ -75,7 +90,7 @@ pub(super) async fn full_import(
             send(&tx, chunk.to_vec()).await?;
         }
         tx.send(None).await.map_err(|_| PUSH_STOPPED.to_owned())?;
-        Ok::<usize, String>(objects)
+        Ok::<_, String>((objects, present))
     };
     // `move`: when the push fails, the receiver must go with it, so a read
     // blocked on a full channel ends instead of waiting forever.
@@ -98,7 +113,7 @@ pub(super) async fn full_import(
     };
     let (read, pushed) = tokio::join!(produce, consume);
     // When one side fails the other stops too; report the cause.
-    let (objects, changes) = match (read, pushed) {
+    let ((objects, present), changes) = match (read, pushed) {
         (Ok(o), Ok(c)) => (o, c),
         (Err(r), Err(p)) if r == PUSH_STOPPED => return Err(p),
         (Err(r), _) => return Err(r),
@@ -110,7 +125,10 @@ pub(super) async fn full_import(
         secs = started.elapsed().as_secs_f32(),
         "full import: done"
     );
-    Ok(final_cookie)
+    Ok(Imported {
+        cookie: final_cookie,
+        gone: gone(shared, linked, &present),
+    })
 }
 
 /// What the import sends once every object is in: memberships, then

@@ -36,23 +36,32 @@ pub(super) struct Round {
 /// this is a pass over every user and group (its DirSync adds
 /// `uSNChanged>=N` to the filter, and ldb indexes no ranges), so it runs on
 /// a connection of its own beside the change loop.
-/// `None` when the DC refuses the cookie: the domain must be read whole again.
-pub(super) async fn scan(shared: &Shared, cookie: Option<String>) -> Result<Option<DirSyncBatch>, String> {
+pub(super) async fn scan(shared: &Shared, cookie: Option<String>) -> Result<Scanned, String> {
     let root = root(shared).await;
     let raw = B64
         .decode(cookie.unwrap_or_default())
         .map_err(|_| "the stored DirSync cookie is not base64".to_owned())?;
     let mut conn = shared.connect().await.map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
     let batch = conn.dirsync_all(&root, &raw, READ_ATTRS).await;
+    let took = started.elapsed();
     conn.close().await;
     match batch {
-        Ok(b) => Ok(Some(b)),
+        Ok(b) => Ok(Scanned { batch: Some(b), took }),
         Err(e) if cookie_refused(&e) => {
             tracing::warn!(error = %e, "the DC no longer honours the DirSync cookie (another DC behind the name, or too old)");
-            Ok(None)
+            Ok(Scanned { batch: None, took })
         }
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// A DirSync round's pass over AD.
+pub(super) struct Scanned {
+    /// What it found; `None`: the DC refused the cookie (read everything again).
+    pub batch: Option<DirSyncBatch>,
+    /// How long the DC took over it.
+    pub took: std::time::Duration,
 }
 
 /// The quick half of a round: each object DirSync named, read whole now

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use ferry_proto::agent::{AdChange, SyncDirection};
 
 use super::{protect, Shared};
-use import::{full_import, IMPORT};
+use import::{full_import, Imported, IMPORT};
 use push::push;
 use quick::Quick;
 use reconcile::gone_from_ad;
@@ -53,8 +53,31 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
     let mut cookie = state.ad_cookie;
     // Read once per connection (and again every few minutes), not on every change.
     let mut protection = protect::read(shared, &mut conn).await?;
+    // Deletes found, waiting for the burst they belong to to end, and the
+    // tombstones DirSync showed since the last reconciliation began.
+    let mut deletes: Option<PendingDeletes> = None;
+    let mut tombstones: std::collections::BTreeSet<uuid::Uuid> = std::collections::BTreeSet::new();
+    // Reconciliation: due at once after a restart (deletes made while the
+    // agent was down), not after an import (which is one).
+    let mut reconcile_due = true;
+    let mut last_reconcile = Instant::now() - RECONCILE_EVERY;
+    // The safety net's interval, SAFETY_DUTY × a reconciliation's length.
+    let mut safety_every = RECONCILE_EVERY;
+    let imported =
+        |i: Imported, deletes: &mut Option<PendingDeletes>, tombstones: &mut std::collections::BTreeSet<uuid::Uuid>| {
+            tombstones.clear();
+            PendingDeletes::found(deletes, i.gone, true);
+            // Until one has run, a reconciliation's length is estimated from the domain's size.
+            let objects = u32::try_from(shared.ad_objects.load(Ordering::SeqCst)).unwrap_or(u32::MAX);
+            (
+                i.cookie,
+                RECONCILE_EVERY.max(RECONCILE_PER_OBJECT * objects * SAFETY_DUTY),
+            )
+        };
     if cookie.as_deref().is_none_or(|c| c.starts_with(IMPORT)) {
-        cookie = Some(full_import(shared, &mut conn, cookie, &protection).await?);
+        let i = full_import(shared, &mut conn, cookie, &protection).await?;
+        let (c, every) = imported(i, &mut deletes, &mut tombstones);
+        (cookie, safety_every, reconcile_due, last_reconcile) = (Some(c), every, false, Instant::now());
     }
     let mut last_usn = -1;
     // The quick path's pushes not yet covered by a DirSync round, and the round's state.
@@ -67,16 +90,11 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
     let mut audited_usn = i64::MIN;
     let mut last_change = Instant::now();
     let mut reconciling: Option<Background<Result<Vec<AdChange>, String>>> = None;
-    let mut last_reconcile = Instant::now() - RECONCILE_EVERY;
-    let mut safety_every = RECONCILE_EVERY;
-    let mut reconcile_due = true;
+    // How long the last DirSync round's pass held the DC.
+    let mut scan_cost = Duration::ZERO;
     let mut last_retry = Instant::now();
     // The protection a reconciliation in flight judges scope by.
     let mut reconciled_with: Option<protect::Protection> = None;
-    // Deletes found, waiting for the burst they belong to to end, and the
-    // tombstones DirSync showed since the last reconciliation began.
-    let mut deletes: Option<PendingDeletes> = None;
-    let mut tombstones: std::collections::BTreeSet<uuid::Uuid> = std::collections::BTreeSet::new();
     let mut previewing: Option<Background<Result<(), String>>> = None;
     // The comparison of both sides whole: on its own connection, like
     // reconciliation; its repairs go up from here, in order with increments.
@@ -105,8 +123,9 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
                 // heartbeat may bring the scope after that re-read began:
                 // read again with it, then look for what left.
                 tracing::info!("the sync scope changed: reading the domain again");
-                cookie = Some(full_import(shared, &mut conn, cookie, &protection).await?);
-                reconcile_due = true;
+                let i = full_import(shared, &mut conn, cookie, &protection).await?;
+                let (c, every) = imported(i, &mut deletes, &mut tombstones);
+                (cookie, safety_every, reconcile_due, last_reconcile) = (Some(c), every, false, Instant::now());
             }
         }
         let usn = conn.highest_committed_usn().await.map_err(|e| e.to_string())?;
@@ -114,7 +133,7 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
         if usn != last_usn {
             // A few USNs: the users changed there, found by the index and
             // pushed now; the rest (and, later, the record) is DirSync's.
-            let quick = if last_usn >= 0 && scan_owed.is_none_or(|t| t.elapsed() < SCAN_DEFER_MAX) {
+            let quick = if last_usn >= 0 && scan_owed.is_none_or(|t| t.elapsed() < scan_defer_max(scan_cost)) {
                 quick::users_changed(shared, &mut conn, &cookie, &protection, last_usn + 1, usn).await?
             } else {
                 Quick::DirSync
@@ -134,8 +153,11 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
         // The DirSync round: its pass over AD runs on a connection of its
         // own, so changes keep flowing through the quick path meanwhile;
         // what it found is read and pushed from here, in order.
-        let scan_quiet = last_change.elapsed() >= SCAN_QUIET;
-        if scanning.is_none() && (scan_now || scan_owed.is_some_and(|t| scan_quiet || t.elapsed() >= SCAN_DEFER_MAX)) {
+        // The round is deferred in proportion to what it costs the DC.
+        let scan_quiet = last_change.elapsed() >= SCAN_QUIET.max(scan_cost * SCAN_QUIET_FACTOR);
+        if scanning.is_none()
+            && (scan_now || scan_owed.is_some_and(|t| scan_quiet || t.elapsed() >= scan_defer_max(scan_cost)))
+        {
             scan_now = false;
             scan_owed = None;
             let (s, c) = (arc.clone(), cookie.clone());
@@ -146,13 +168,14 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
         }
         if scanning.as_ref().is_some_and(|(_, t)| t.0.is_finished()) {
             if let Some((from, mut task)) = scanning.take() {
-                let batch = (&mut task.0)
+                let scanned = (&mut task.0)
                     .await
                     .map_err(|e| format!("the DirSync round stopped: {e}"))??;
+                scan_cost = scanned.took;
                 if from != cookie {
                     // The cookie moved while it ran (the domain was read again): again, from the new one.
                     scan_now = true;
-                } else if let Some(batch) = batch {
+                } else if let Some(batch) = scanned.batch {
                     let round = increment::apply(
                         shared,
                         &mut conn,
@@ -180,9 +203,10 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
                     }
                 } else {
                     // Read everything again; links by objectGUID keep it free of duplicates.
-                    cookie = Some(full_import(shared, &mut conn, cookie, &protection).await?);
+                    let i = full_import(shared, &mut conn, cookie, &protection).await?;
+                    let (c, every) = imported(i, &mut deletes, &mut tombstones);
+                    (cookie, safety_every, last_reconcile) = (Some(c), every, Instant::now());
                     quick_pushed = quick::Pushed::default();
-                    reconcile_due = true;
                 }
                 shared.synced(SyncDirection::AdToCloud);
             }
@@ -320,7 +344,7 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
 }
 
 /// A DirSync round's pass over AD, in flight.
-type Scan = Background<Result<Option<crate::ad::DirSyncBatch>, String>>;
+type Scan = Background<Result<increment::Scanned, String>>;
 
 /// Deletes found (by reconciliation, or as DirSync tombstones) and not
 /// pushed yet.
@@ -383,12 +407,24 @@ const RETRY_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// search): the most a change waits before the agent looks.
 const POLL_EVERY: Duration = Duration::from_millis(100);
 /// After the quick path took a window, the DirSync round follows once the
-/// DC has been quiet this long…
+/// DC has been quiet this long, or SCAN_QUIET_FACTOR × the last round's
+/// pass when longer (on Samba a pass over every user and group: ~2 s at
+/// 100,000 objects, which a change arriving meanwhile may wait behind)…
 const SCAN_QUIET: Duration = Duration::from_secs(1);
-/// …or at the latest this long after (changes that never stop). Deferring
-/// loses nothing: the quick path leaves any window it cannot read whole to
-/// an immediate round, and the cookie only lags (a restart re-reads more).
+const SCAN_QUIET_FACTOR: u32 = 10;
+/// …or at the latest SCAN_DEFER_MAX after (changes that never stop), or
+/// SAFETY_DUTY × the last pass when longer. Deferring loses nothing: the
+/// quick path leaves any window it cannot read whole to an immediate
+/// round, and the cookie only lags (a restart re-reads more).
 const SCAN_DEFER_MAX: Duration = Duration::from_secs(60);
+
+fn scan_defer_max(cost: Duration) -> Duration {
+    SCAN_DEFER_MAX.max(cost * SAFETY_DUTY)
+}
+
+/// A reconciliation's length per object in scope, until one has been timed
+/// (measured on Samba: ~2 s per 10,000 objects).
+const RECONCILE_PER_OBJECT: Duration = Duration::from_micros(200);
 
 /// The safety net's interval is at least this many times its last run's
 /// length (the hinted reconciliations are not bound by it).
@@ -420,12 +456,15 @@ fn audit_interval() -> Duration {
 
 /// The next page of the users and groups in scope, each with its
 /// objectGUID (protected and excluded objects left out, big member lists
-/// read whole by range); `false` once it was the last.
+/// read whole by range); `false` once it was the last. `present` gets the
+/// objectGUID of every object in scope, protected ones too: what
+/// reconciliation counts as still there.
 async fn scope_page(
     conn: &mut crate::ad::AdConnection,
     root: &str,
     protection: &protect::Protection,
     pager: &mut crate::ad::Pager,
+    mut present: Option<&mut std::collections::HashSet<uuid::Uuid>>,
 ) -> Result<(Vec<(uuid::Uuid, crate::ad::AdEntry)>, bool), String> {
     let (mut page, more) = conn
         .search_page(
@@ -440,16 +479,18 @@ async fn scope_page(
     conn.complete_ranged(&mut page).await.map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(page.len());
     for e in page {
+        if !protection.admits(&e.dn) {
+            continue;
+        }
+        let Some(guid) = e.guid() else { continue };
+        if let Some(p) = present.as_deref_mut() {
+            p.insert(guid);
+        }
         if let Some(why) = protection.why(&e) {
             tracing::debug!(dn = %e.dn, why, "skipped");
             continue;
         }
-        if !protection.admits(&e.dn) {
-            continue;
-        }
-        if let Some(guid) = e.guid() {
-            out.push((guid, e));
-        }
+        out.push((guid, e));
     }
     Ok((out, more))
 }
