@@ -1550,6 +1550,58 @@ both_engines!(
     }
 );
 
+both_engines!(
+    links_are_looked_up_by_cloud_object_in_the_agents_domain_only,
+    |engine| async move {
+        let s = TestServer::start(engine).await;
+        let (_domain, agent) = setup(&s, json!({})).await;
+        heartbeat(&s, &agent).await;
+        let guid = Uuid::new_v4();
+        let (st, r) = push(&s, &agent, None, "c1", vec![ad_user(guid, "linked")]).await;
+        assert_eq!(st, StatusCode::OK, "{r}");
+        let linked = scim_user(&s, "linked").await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let unlinked = s.create_user("cloudonly").await;
+        // Another domain's agent: the same object is not linked there.
+        let (_, d2) = s
+            .call(Method::POST, "/api/v1/domains", Some(json!({"name": "two.test"})))
+            .await;
+        let other = enrol(&s, d2["id"].as_str().unwrap()).await;
+        heartbeat(&s, &other).await;
+        let ask = |token: String, ids: Vec<String>| {
+            let s = &s;
+            async move {
+                s.call_as(
+                    &token,
+                    Method::POST,
+                    "/agent/v1/links/of",
+                    Some(json!({"objects": ids})),
+                )
+                .await
+            }
+        };
+        let ids = vec![linked.clone(), unlinked, Uuid::new_v4().to_string()];
+        let (st, v) = ask(agent.token.clone(), ids.clone()).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let got = v["links"].as_array().unwrap();
+        assert_eq!(got.len(), 1, "only the linked one: {v}");
+        assert_eq!(got[0]["object_id"], linked.as_str());
+        assert_eq!(got[0]["guid"], guid.to_string());
+        let (st, v) = ask(other.token.clone(), ids).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert!(
+            v["links"].as_array().unwrap().is_empty(),
+            "another domain's links stay its own: {v}"
+        );
+        // Too many at once is a clear 400.
+        let many: Vec<String> = (0..1001).map(|_| Uuid::new_v4().to_string()).collect();
+        let (st, v) = ask(agent.token.clone(), many).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    }
+);
+
 both_engines!(links_come_by_page_in_objectguid_order_each_once, |engine| async move {
     let s = TestServer::start(engine).await;
     let (_domain, agent) = setup(&s, json!({"authority": "ad"})).await;

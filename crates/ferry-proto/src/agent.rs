@@ -523,6 +523,13 @@ pub struct LinksResponse {
     pub next: Option<Uuid>,
 }
 
+/// `POST /agent/v1/links/of`: the cloud objects whose links are wanted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinksOfRequest {
+    /// Cloud ids (at most 1,000).
+    pub objects: Vec<Uuid>,
+}
+
 /// `POST /agent/v1/connect-key`: what a Connect Key would register an agent
 /// for, asked without using the key up (the install wizard checks the key
 /// and the domain before it installs anything).

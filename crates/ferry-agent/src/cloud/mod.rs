@@ -368,6 +368,13 @@ impl CloudClient {
         }
     }
 
+    /// The links of these cloud objects (those linked in the domain).
+    pub async fn links_of(&self, objects: Vec<uuid::Uuid>) -> Result<Vec<LinkInfo>, CloudError> {
+        let req = ferry_proto::agent::LinksOfRequest { objects };
+        let r: LinksResponse = self.call(reqwest::Method::POST, "/links/of", Some(&req)).await?;
+        Ok(r.links)
+    }
+
     /// The password of feed entry `seq`, sealed to this agent.
     pub async fn sealed(&self, seq: i64) -> Result<ferry_proto::seal::Sealed, CloudError> {
         self.call::<(), _>(reqwest::Method::GET, &format!("/secrets/{seq}"), None)

@@ -45,6 +45,7 @@ pub fn router(push_limit: usize) -> Router<AppState> {
         .route("/ack", post(ack))
         .route("/links", get(list_links).post(put_link))
         .route("/links/batch", post(put_links))
+        .route("/links/of", post(links_of_objects))
         .route("/secrets/{seq}", get(sealed_secret))
         .route("/sync-errors", get(sync_errors::open).post(sync_errors::report))
         .route("/sync-errors/resolved", post(sync_errors::resolved))
@@ -587,17 +588,39 @@ async fn list_links(
     };
     Ok(Json(LinksResponse {
         next,
-        links: links
-            .into_iter()
-            .map(|l| LinkInfo {
-                object_id: l.object_id,
-                kind: l.kind,
-                guid: l.ad_guid,
-                dn: l.ad_dn,
-                base: None,
-            })
-            .collect(),
+        links: links.into_iter().map(link_info).collect(),
     }))
+}
+
+/// `POST /agent/v1/links/of`: the links of the cloud objects named (those
+/// linked in the agent's domain): how the agent finds the AD object of a
+/// feed entry written before its link, without reading every link.
+async fn links_of_objects(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    JsonBody(req): JsonBody<ferry_proto::agent::LinksOfRequest>,
+) -> Result<Json<LinksResponse>, ApiError> {
+    if req.objects.len() > MAX_LINKS_BATCH {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_LINKS_BATCH} objects a request"
+        )));
+    }
+    let mut tx = state.store.begin().await?;
+    let links = tx.links_by_objects(agent.org_id, agent.domain_id, &req.objects).await?;
+    Ok(Json(LinksResponse {
+        next: None,
+        links: links.into_iter().map(link_info).collect(),
+    }))
+}
+
+fn link_info(l: crate::store::Link) -> LinkInfo {
+    LinkInfo {
+        object_id: l.object_id,
+        kind: l.kind,
+        guid: l.ad_guid,
+        dn: l.ad_dn,
+        base: None,
+    }
 }
 
 /// A page of links when the agent names no limit, and the most it may ask.

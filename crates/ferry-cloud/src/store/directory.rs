@@ -824,6 +824,26 @@ impl Tx {
         row.map(|r| link_from_row(&r)).transpose()
     }
 
+    /// The links in a domain of these cloud objects (those that have one).
+    pub async fn links_by_objects(&mut self, org_id: Uuid, domain_id: Uuid, ids: &[Uuid]) -> StoreResult<Vec<Link>> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(500) {
+            let sql = format!(
+                "SELECT domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at, base, ad_digest FROM links
+                 WHERE org_id = $1 AND domain_id = $2 AND object_id IN ({})",
+                placeholders(3, chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(org_id.to_string()).bind(domain_id.to_string());
+            for id in chunk {
+                q = q.bind(id.to_string());
+            }
+            for r in q.fetch_all(self.conn()).await? {
+                out.push(link_from_row(&r)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every link of a cloud object (one per domain).
     pub async fn links_of(&mut self, org_id: Uuid, object_id: Uuid) -> StoreResult<Vec<Link>> {
         let rows = sqlx::query(

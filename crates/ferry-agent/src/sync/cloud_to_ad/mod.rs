@@ -77,6 +77,7 @@ async fn follow(shared: &Shared) -> Result<(), String> {
         };
         let mut resolved = Vec::new();
         links.fresh = false;
+        links.absent.clear();
         links.members.clear();
         links.bases.clear();
         links.read_ahead.clear();
@@ -300,14 +301,17 @@ async fn read_ahead(
 ) -> Result<(), SyncError> {
     let mut guids = Vec::new();
     let mut sams = Vec::new();
+    let unknown: Vec<Uuid> = window
+        .iter()
+        .flat_map(|entry| {
+            named(&entry.change)
+                .into_iter()
+                .filter(|id| !entry.ad_guids.contains_key(id))
+        })
+        .collect();
+    look_up_links(ctx.shared, links, unknown).await?;
     for entry in window {
-        let ids: &[Uuid] = match &entry.change {
-            CloudChange::AddMember { group, member, .. } | CloudChange::RemoveMember { group, member, .. } => {
-                &[*group, *member]
-            }
-            c => &[subject(c)],
-        };
-        for id in ids {
+        for id in &named(&entry.change) {
             let guid = match entry.ad_guids.get(id) {
                 Some(g) => Some(*g),
                 None => link_of(ctx.shared, links, *id).await?,
@@ -330,6 +334,16 @@ async fn read_ahead(
     sams.dedup();
     links.read_ahead.read(conn, &ctx.domain.root_dn, &guids, &sams).await?;
     Ok(())
+}
+
+/// The cloud objects a change names: a membership's group and member, or its subject.
+fn named(change: &CloudChange) -> Vec<Uuid> {
+    match change {
+        CloudChange::AddMember { group, member, .. } | CloudChange::RemoveMember { group, member, .. } => {
+            vec![*group, *member]
+        }
+        c => vec![subject(c)],
+    }
 }
 
 /// A base move the cloud refused. A user deleted in the cloud meanwhile
@@ -415,6 +429,8 @@ struct Links {
     bases: HashMap<Uuid, UserRecord>,
     /// Read whole from the cloud during this feed page.
     fresh: bool,
+    /// Cloud objects the cloud said have no link, this feed page.
+    absent: std::collections::HashSet<Uuid>,
     /// AD objects read ahead for the entries about to be applied.
     read_ahead: lookup::ReadAhead,
     /// Bases moved by writes, on their way to the cloud.
@@ -430,6 +446,7 @@ impl Links {
             members: HashMap::new(),
             bases: HashMap::new(),
             fresh: false,
+            absent: std::collections::HashSet::new(),
             read_ahead: lookup::ReadAhead::default(),
             moves: base_moves::BaseMoves::new(cloud),
             refused_moves: Vec::new(),
@@ -452,11 +469,39 @@ async fn linked(
     }
 }
 
-/// The objectGUID a cloud id is linked to. Every link is read again at most
-/// once a feed page: an object created in the cloud has none, and asking for
-/// each would read them all per object.
+/// The objectGUID a cloud id is linked to: the agent's, or else asked of
+/// the cloud (at most once a feed page per object; [`look_up_links`] asks
+/// for a window's at once).
 async fn link_of(shared: &Shared, links: &mut Links, id: Uuid) -> Result<Option<Uuid>, SyncError> {
-    if !links.map.contains_key(&id) && !links.fresh {
+    if !links.map.contains_key(&id) && !links.fresh && !links.absent.contains(&id) {
+        look_up_links(shared, links, vec![id]).await?;
+    }
+    Ok(links.map.get(&id).copied())
+}
+
+/// Asks the cloud for the links of `ids` (an entry written before its
+/// object's link has none in its snapshot), 1,000 a request: a page of new
+/// cloud users costs one request, not a read of every link in the domain.
+async fn look_up_links(shared: &Shared, links: &mut Links, mut ids: Vec<Uuid>) -> Result<(), SyncError> {
+    ids.retain(|id| !links.map.contains_key(id) && !links.absent.contains(id));
+    ids.sort_unstable();
+    ids.dedup();
+    for chunk in ids.chunks(1000) {
+        for l in shared.cloud.links_of(chunk.to_vec()).await? {
+            links.map.insert(l.object_id, l.guid);
+        }
+        links
+            .absent
+            .extend(chunk.iter().filter(|id| !links.map.contains_key(id)).copied());
+    }
+    Ok(())
+}
+
+/// Whether an AD object is linked to some cloud object the agent knows of,
+/// every link read (at most once a feed page): only when a cloud object's
+/// account name is found in AD, which is rare.
+async fn linked_to_any(shared: &Shared, links: &mut Links, guid: Uuid) -> Result<bool, SyncError> {
+    if !links.fresh {
         shared
             .cloud
             .each_link(|l| {
@@ -465,7 +510,7 @@ async fn link_of(shared: &Shared, links: &mut Links, id: Uuid) -> Result<Option<
             .await?;
         links.fresh = true;
     }
-    Ok(links.map.get(&id).copied())
+    Ok(links.map.values().any(|g| *g == guid))
 }
 
 /// What a change is applied with.
@@ -608,7 +653,7 @@ async fn target(
     let Some(guid) = e.guid() else {
         return Err(SyncError::Retry(format!("{} has no objectGUID", e.dn)));
     };
-    if links.map.values().any(|g| *g == guid) {
+    if linked_to_any(ctx.shared, links, guid).await? {
         // Another cloud object's account (two cloud names that AD's rules
         // make one): this one gets a name of its own.
         return Ok(Target::New { name_taken: true });
