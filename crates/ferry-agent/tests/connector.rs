@@ -411,7 +411,14 @@ async fn dirsync_and_reconciliation_as_a_delegated_account() {
     admin.add_members(&g, std::slice::from_ref(&u1)).await.unwrap();
 
     let mut svc = dc.connect_as(&format!("{}\\svc-dirsync", dc.domain), PW).await;
-    let attrs = ["objectGUID", "sAMAccountName", "member", "objectClass", "isDeleted"];
+    let attrs = [
+        "objectGUID",
+        "sAMAccountName",
+        "member",
+        "objectClass",
+        "isDeleted",
+        "description",
+    ];
     let first = svc.dirsync_all(&dc.base_dn, &[], &attrs).await.unwrap();
     assert!(
         first.entries.iter().any(|e| e.dn.contains("ds-one")),
@@ -461,6 +468,28 @@ async fn dirsync_and_reconciliation_as_a_delegated_account() {
         "no tombstones for a delegated account (REFERENCE.md)"
     );
     assert!(svc.highest_committed_usn().await.unwrap() > 0);
+
+    // The import's cookie, from a round that matches nothing: the round
+    // after it names what changed since (in an attribute asked for, as AD
+    // reports it), not every object.
+    let now = svc.dirsync_cookie_now(&dc.base_dn).await.unwrap();
+    let quiet = svc.dirsync_all(&dc.base_dn, &now, &attrs).await.unwrap();
+    let named = |b: &ferry_agent::ad::DirSyncBatch| b.entries.iter().map(|e| e.dn.to_lowercase()).collect::<Vec<_>>();
+    assert!(
+        !named(&quiet).iter().any(|d| d.ends_with(&ou.to_lowercase())),
+        "nothing in this OU changed since the cookie: {:?}",
+        named(&quiet)
+    );
+    admin
+        .set_attributes(&u1, &[("description", Some("after"))])
+        .await
+        .unwrap();
+    let next = svc.dirsync_all(&dc.base_dn, &now, &attrs).await.unwrap();
+    let in_ou: Vec<String> = named(&next)
+        .into_iter()
+        .filter(|d| d.ends_with(&ou.to_lowercase()))
+        .collect();
+    assert_eq!(in_ou, vec![u1.to_lowercase()], "only the change after the cookie");
     let _ = svc_dn;
 }
 

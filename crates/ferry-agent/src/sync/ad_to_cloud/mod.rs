@@ -176,6 +176,11 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
                     // The cookie moved while it ran (the domain was read again): again, from the new one.
                     scan_now = true;
                 } else if let Some(batch) = scanned.batch {
+                    tracing::info!(
+                        named = batch.entries.len(),
+                        pass_secs = scanned.took.as_secs_f32(),
+                        "DirSync round"
+                    );
                     let round = increment::apply(
                         shared,
                         &mut conn,
