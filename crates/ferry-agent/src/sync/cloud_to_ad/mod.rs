@@ -473,7 +473,8 @@ async fn linked(
 /// the cloud (at most once a feed page per object; [`look_up_links`] asks
 /// for a window's at once).
 async fn link_of(shared: &Shared, links: &mut Links, id: Uuid) -> Result<Option<Uuid>, SyncError> {
-    if !links.map.contains_key(&id) && !links.fresh && !links.absent.contains(&id) {
+    if !links.fresh {
+        // Asks only when neither known nor known absent.
         look_up_links(shared, links, vec![id]).await?;
     }
     Ok(links.map.get(&id).copied())
