@@ -182,7 +182,20 @@ async fn users_with_escaped_and_non_ascii_names_round_trip() {
         ),
         false,
     );
-    let protection = ferry_agent::sync::protect::Protection::read(&mut c, &dc.base_dn, vec!["CN=svc,DC=x".into()])
+    // A member of a protected group of the Builtin domain (Account Operators, S-1-5-32-548).
+    let operator = format!("CN=operator,{ou}");
+    dc.ldapmodify(
+        &format!("dn: {operator}\nobjectClass: user\nsAMAccountName: operator\n"),
+        true,
+    );
+    dc.ldapmodify(
+        &format!(
+            "dn: CN=Account Operators,CN=Builtin,{}\nchangetype: modify\nadd: member\nmember: {operator}\n",
+            dc.base_dn
+        ),
+        false,
+    );
+    let protection = ferry_agent::sync::protect::Protection::read(&mut c, vec!["CN=svc,DC=x".into()])
         .await
         .unwrap();
     assert_eq!(protection.why(&mapped[0]), None, "an ordinary user");
@@ -192,6 +205,7 @@ async fn users_with_escaped_and_non_ascii_names_round_trip() {
         format!("CN=Guest,CN=Users,{}", dc.base_dn),
         format!("CN=Domain Users,CN=Users,{}", dc.base_dn),
         helper.clone(),
+        operator.clone(),
     ] {
         let e = c
             .read_entry(&dn, ferry_agent::ad::mapping::READ_ATTRS)

@@ -70,6 +70,11 @@ struct Opts {
     /// uses the first, SCIM the last.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
     instances: u8,
+    /// Fill the DC in --dc-dir (and delegate the service account), then
+    /// stop: a 100,000-user fill takes over half an hour, best done before
+    /// the measured run and away from other work.
+    #[arg(long, requires = "dc_dir")]
+    fill_only: bool,
 }
 
 /// A throwaway PostgreSQL (`scripts/test-postgres`), stopped when dropped.
@@ -793,6 +798,13 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
         (dc, secs)
     };
     let base = dc.var("FERRY_DC_BASE_DN");
+    if o.fill_only {
+        say(&format!(
+            "the DC in {} is filled; stopped (--fill-only)",
+            dc_dir.display()
+        ));
+        return Ok(());
+    }
 
     say("baseline: raw paged ldapsearch dump of the same objects and attributes (median of 3)");
     let (baseline_secs, dumped) = baseline(&dc, &base)?;

@@ -25,6 +25,9 @@ pub use error::AdError;
 pub use read::{member_delta, range_step, DirSyncBatch, Pager, RangeStep, RootDse, MAX_PAGE_SIZE, USERS_AND_GROUPS};
 pub use write::{NewAdGroup, NewAdUser, GROUP_GLOBAL_SECURITY};
 
+/// An LDAP request at least this long is logged at info ([`AdConnection::timed`]).
+const SLOW_REQUEST_SECS: f64 = 0.5;
+
 /// How to reach a domain controller.
 #[derive(Debug, Clone)]
 pub struct AdSettings {
@@ -145,6 +148,21 @@ impl AdConnection {
         classify_connect_error(&self.url, e)
     }
 
+    /// Says how long one LDAP request took: every request at debug level
+    /// (`RUST_LOG=ferry_agent::ldap=debug`), a slow one at info. On Samba a
+    /// long request holds its worker process, and every other request that
+    /// worker was given waits behind it: this names the one that held it.
+    pub(crate) fn timed(&self, op: &str, target: &str, started: std::time::Instant) {
+        let secs = started.elapsed().as_secs_f64();
+        // A filter of a hundred alternatives is shortened; names are not secrets.
+        let shown: String = target.chars().take(120).collect();
+        if secs >= SLOW_REQUEST_SECS {
+            tracing::info!(target: "ferry_agent::ldap", op, target = %shown, secs = format!("{secs:.3}"), "slow LDAP request");
+        } else {
+            tracing::debug!(target: "ferry_agent::ldap", op, target = %shown, secs = format!("{secs:.3}"), "LDAP request");
+        }
+    }
+
     /// One search (no paging), entries parsed; `controls` are sent with it,
     /// and the response's controls returned.
     pub async fn search_raw(
@@ -155,6 +173,7 @@ impl AdConnection {
         attrs: &[&str],
         controls: Vec<RawControl>,
     ) -> Result<(Vec<AdEntry>, Vec<RawControl>), AdError> {
+        let started = std::time::Instant::now();
         let res = self
             .ldap
             .with_timeout(self.timeout)
@@ -162,6 +181,7 @@ impl AdConnection {
             .search(base, scope, filter, attrs.to_vec())
             .await
             .map_err(|e| self.io_error(e))?;
+        self.timed("search", filter, started);
         let ldap3::SearchResult(entries, result) = res;
         if result.rc != 0 {
             return Err(error::from_result(result.rc, &result.text, &format!("search {base}")));

@@ -95,23 +95,27 @@ impl AdConnection {
         attrs: Vec<(Vec<u8>, HashSet<Vec<u8>>)>,
         what: &str,
     ) -> Result<(), AdError> {
+        let started = std::time::Instant::now();
         let r = self
             .ldap
             .with_timeout(self.timeout)
             .add(dn, attrs)
             .await
             .map_err(|e| self.io_error(e))?;
+        self.timed("add", dn, started);
         self.check(r, what)
     }
 
     /// An LDAP modify; `what` names it in errors.
     async fn modify_entry(&mut self, dn: &str, mods: Vec<Mod<Vec<u8>>>, what: &str) -> Result<(), AdError> {
+        let started = std::time::Instant::now();
         let r = self
             .ldap
             .with_timeout(self.timeout)
             .modify(dn, mods)
             .await
             .map_err(|e| self.io_error(e))?;
+        self.timed("modify", dn, started);
         self.check(r, what)
     }
 

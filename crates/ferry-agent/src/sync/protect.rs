@@ -46,6 +46,11 @@ pub struct Protection {
     pub missing_groups: Vec<String>,
     /// Where the cloud's own objects land: in scope whatever their groups.
     pub user_ou: String,
+    /// AD's `highestCommittedUSN` when it was read: while AD stays there,
+    /// the reading holds ([`still_holds`]).
+    usn: i64,
+    /// The other agents' accounts, as the cloud listed them for this reading.
+    listed_accounts: Vec<String>,
 }
 
 /// A SID's authority and sub-authorities, from its binary form.
@@ -75,6 +80,38 @@ fn builtin_sid(b: &[u8]) -> bool {
     }
 }
 
+/// A SID in its binary form: authority 5 (NT), then the sub-authorities.
+fn nt_sid(subs: &[u32]) -> Vec<u8> {
+    let mut b = vec![1, u8::try_from(subs.len()).unwrap_or(0), 0, 0, 0, 0, 0, 5];
+    for s in subs {
+        b.extend_from_slice(&s.to_le_bytes());
+    }
+    b
+}
+
+/// The search filter matching AD's protected groups by SID, for the domain
+/// whose SID is `domain_sid`; `None` when that is not a domain's SID.
+fn protected_groups_filter(domain_sid: &[u8]) -> Option<String> {
+    let domain = match parse_sid(domain_sid) {
+        Some((5, subs)) if subs.len() == 4 && subs[0] == 21 => subs,
+        _ => return None,
+    };
+    let sids = PROTECTED_DOMAIN_RIDS
+        .iter()
+        .map(|rid| nt_sid(&[domain.as_slice(), &[*rid]].concat()))
+        .chain(PROTECTED_BUILTIN_RIDS.iter().map(|rid| nt_sid(&[32, *rid])));
+    let mut f = String::from("(|");
+    for sid in sids {
+        f.push_str("(objectSid=");
+        for b in sid {
+            f.push_str(&format!("\\{b:02x}"));
+        }
+        f.push(')');
+    }
+    f.push(')');
+    Some(f)
+}
+
 /// Whether a group's SID is one of AD's protected groups.
 fn protected_group_sid(b: &[u8]) -> bool {
     match parse_sid(b) {
@@ -87,14 +124,25 @@ fn protected_group_sid(b: &[u8]) -> bool {
 impl Protection {
     /// Reads the protected groups and their members (nesting included).
     /// `service_accounts`: the DNs of the domain's agents' accounts.
-    pub async fn read(conn: &mut AdConnection, root: &str, service_accounts: Vec<String>) -> Result<Self, AdError> {
+    pub async fn read(conn: &mut AdConnection, service_accounts: Vec<String>) -> Result<Self, AdError> {
+        // The USN first: a change made while this reads moves it past, and
+        // the next look reads again.
+        let dse = conn.root_dse().await?;
+        let nc = dse.default_naming_context;
+        // The groups are found by their SIDs, an index lookup on AD and on
+        // Samba, in the whole domain (a Root DN that is an OU holds none of
+        // them). A search by adminCount or isCriticalSystemObject, which
+        // neither indexes, reads every group: seconds of the DC's time at
+        // 100,000 objects, every REFRESH_EVERY, on the loops' connections.
+        let domain_sid = conn
+            .read_entry(&nc, &["objectSid"])
+            .await?
+            .and_then(|e| e.values("objectSid").first().cloned())
+            .ok_or_else(|| AdError::Protocol(format!("the domain {nc} has no objectSid")))?;
+        let filter = protected_groups_filter(&domain_sid)
+            .ok_or_else(|| AdError::Protocol(format!("the objectSid of {nc} is not a domain's")))?;
         let groups = conn
-            .search_paged(
-                root,
-                ldap3::Scope::Subtree,
-                "(&(objectClass=group)(|(isCriticalSystemObject=TRUE)(adminCount=1)))",
-                &["objectSid"],
-            )
+            .search_paged(&nc, ldap3::Scope::Subtree, &filter, &["objectSid"])
             .await?;
         // Their members, nested groups walked: a handful of reads (these
         // groups are small), where a search with LDAP_MATCHING_RULE_IN_CHAIN
@@ -131,6 +179,7 @@ impl Protection {
             service_accounts,
             members,
             read_at: Some(Instant::now()),
+            usn: dse.highest_committed_usn,
             ..Protection::default()
         })
     }
@@ -254,15 +303,17 @@ pub async fn read(shared: &Shared, conn: &mut AdConnection) -> Result<Protection
             d.user_ou.clone(),
         )
     };
+    let listed_accounts = accounts.clone();
     let own = service_account_dn(shared, conn, &root).await?;
     if let Ok(mut g) = shared.service_account.lock() {
         *g = Some(own.clone()).filter(|s| !s.is_empty());
     }
     accounts.insert(0, own);
     accounts.retain(|a| !a.is_empty());
-    let mut p = Protection::read(conn, &root, accounts)
+    let mut p = Protection::read(conn, accounts)
         .await
         .map_err(|e| format!("cannot read the domain's protected groups: {e}"))?;
+    p.listed_accounts = listed_accounts;
     p.read_scope(conn, &root, scope, user_ou)
         .await
         .map_err(|e| format!("cannot read the members of the scope's groups: {e}"))?;
@@ -270,6 +321,28 @@ pub async fn read(shared: &Shared, conn: &mut AdConnection) -> Result<Protection
         tracing::warn!(groups = ?p.missing_groups, "scope groups not found in AD: they take no one in");
     }
     Ok(p)
+}
+
+/// Whether a reading that is [`Protection::stale`] by its age still holds:
+/// AD's `highestCommittedUSN` has not moved since it was read (every
+/// change to a group's members, an account's name or its place moves it),
+/// and the cloud's side of it (the scope, the user OU, the agents'
+/// accounts) is as it was. If so it is kept for another REFRESH_EVERY: an
+/// idle DC is asked for one number, not read.
+pub async fn still_holds(shared: &Shared, conn: &mut AdConnection, p: &mut Protection) -> Result<bool, String> {
+    let asked_same = {
+        let d = shared.domain.read().await;
+        d.policies.scope == p.scope && d.user_ou == p.user_ou && d.service_accounts == p.listed_accounts
+    };
+    if !asked_same || p.usn == 0 {
+        return Ok(false);
+    }
+    let usn = conn.highest_committed_usn().await.map_err(|e| e.to_string())?;
+    if usn != p.usn {
+        return Ok(false);
+    }
+    p.read_at = Some(Instant::now());
+    Ok(true)
 }
 
 /// The service account's DN. A failed lookup is an error: read as "none",
@@ -295,6 +368,28 @@ mod tests {
             b.extend_from_slice(&s.to_le_bytes());
         }
         b
+    }
+
+    #[test]
+    fn protected_groups_are_found_by_sid() {
+        let f = protected_groups_filter(&sid(5, &[21, 1, 2, 3])).unwrap();
+        assert_eq!(
+            f.matches("(objectSid=").count(),
+            PROTECTED_DOMAIN_RIDS.len() + PROTECTED_BUILTIN_RIDS.len()
+        );
+        // Domain Admins, S-1-5-21-1-2-3-512.
+        assert!(f.contains(
+            "(objectSid=\\01\\05\\00\\00\\00\\00\\00\\05\\15\\00\\00\\00\\01\\00\\00\\00\\02\\00\\00\\00\\03\\00\\00\\00\\00\\02\\00\\00)"
+        ));
+        // Administrators, S-1-5-32-544.
+        assert!(f.contains("(objectSid=\\01\\02\\00\\00\\00\\00\\00\\05\\20\\00\\00\\00\\20\\02\\00\\00)"));
+        // Every SID the filter names is one `protected_group_sid` takes.
+        for rid in PROTECTED_DOMAIN_RIDS {
+            assert!(protected_group_sid(&nt_sid(&[21, 1, 2, 3, *rid])));
+        }
+        // Not a domain's SID: no filter.
+        assert_eq!(protected_groups_filter(&sid(5, &[32, 544])), None);
+        assert_eq!(protected_groups_filter(b"junk"), None);
     }
 
     fn entry(dn: &str, attrs: &[(&str, Vec<u8>)]) -> AdEntry {

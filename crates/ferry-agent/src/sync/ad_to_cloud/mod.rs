@@ -109,7 +109,7 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
             return Ok(());
         }
         let scope = shared.domain.read().await.policies.scope.clone();
-        if protection.stale(&scope) {
+        if protection.stale(&scope) && !protect::still_holds(shared, &mut conn, &mut protection).await? {
             let scope_changed = scope != protection.scope;
             let now = protect::read(shared, &mut conn).await?;
             let entered = scope::entered(&protection, &now);

@@ -66,7 +66,8 @@ async fn follow(shared: &Shared) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         let started = std::time::Instant::now();
-        if protection.stale(&shared.domain.read().await.policies.scope) {
+        let stale = protection.stale(&shared.domain.read().await.policies.scope);
+        if stale && !protect::still_holds(shared, &mut conn, &mut protection).await? {
             protection = protect::read(shared, &mut conn).await?;
         }
         let domain = shared.domain.read().await.clone();
