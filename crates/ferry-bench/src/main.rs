@@ -760,6 +760,12 @@ async fn main() -> Result<()> {
     result
 }
 
+/// The agent's log filter: `FERRY_BENCH_AGENT_LOG`, or info (with
+/// `ferry_agent::ldap=debug` every LDAP request is timed in its log).
+fn agent_log_filter() -> String {
+    std::env::var("FERRY_BENCH_AGENT_LOG").unwrap_or_else(|_| "info".to_owned())
+}
+
 async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
     let size = format!("{} {}", o.users, o.groups);
     let kept = o.dc_dir.clone();
@@ -928,7 +934,7 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
             .arg("run")
             .arg("--config-dir")
             .arg(&agent_dir)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", agent_log_filter())
             .stderr(std::fs::File::create(&agent_log)?)
             .spawn()?,
     );
@@ -1058,7 +1064,7 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
                 .arg("run")
                 .arg("--config-dir")
                 .arg(&agent_dir)
-                .env("RUST_LOG", "info")
+                .env("RUST_LOG", agent_log_filter())
                 .stderr(std::fs::OpenOptions::new().append(true).open(&agent_log)?)
                 .spawn()?,
         ))
