@@ -14,8 +14,14 @@ pub fn guid_to_bytes(guid: Uuid) -> [u8; 16] {
 
 /// An LDAP filter matching one objectGUID: `(objectGUID=\xx\xx…)`.
 pub fn guid_filter(guid: Uuid) -> String {
-    let mut f = String::from("(objectGUID=");
-    for b in guid_to_bytes(guid) {
+    bytes_filter("objectGUID", &guid_to_bytes(guid))
+}
+
+/// An LDAP equality filter on a binary attribute, every byte escaped:
+/// `(attr=\xx\xx…)` (an objectGUID, an objectSid).
+pub fn bytes_filter(attr: &str, value: &[u8]) -> String {
+    let mut f = format!("({attr}=");
+    for b in value {
         f.push_str(&format!("\\{b:02x}"));
     }
     f.push(')');

@@ -154,12 +154,13 @@ impl AdConnection {
     /// worker was given waits behind it: this names the one that held it.
     pub(crate) fn timed(&self, op: &str, target: &str, started: std::time::Instant) {
         let secs = started.elapsed().as_secs_f64();
-        // A filter of a hundred alternatives is shortened; names are not secrets.
-        let shown: String = target.chars().take(120).collect();
+        // A filter of a hundred alternatives is shortened; names are not
+        // secrets. The fields are built only when the line is logged.
+        let shown = || target.chars().take(120).collect::<String>();
         if secs >= SLOW_REQUEST_SECS {
-            tracing::info!(target: "ferry_agent::ldap", op, target = %shown, secs = format!("{secs:.3}"), "slow LDAP request");
+            tracing::info!(target: "ferry_agent::ldap", op, target = %shown(), secs = format!("{secs:.3}"), "slow LDAP request");
         } else {
-            tracing::debug!(target: "ferry_agent::ldap", op, target = %shown, secs = format!("{secs:.3}"), "LDAP request");
+            tracing::debug!(target: "ferry_agent::ldap", op, target = %shown(), secs = format!("{secs:.3}"), "LDAP request");
         }
     }
 

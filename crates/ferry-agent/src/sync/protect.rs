@@ -14,6 +14,7 @@ use ferry_proto::agent::SyncScope;
 
 use super::Shared;
 use crate::ad::dn::{dn_key, same_dn};
+use crate::ad::guid::bytes_filter;
 use crate::ad::{AdConnection, AdEntry, AdError};
 
 /// Relative ids of the domain's protected groups (MS-ADTS 3.1.1.6.1.2).
@@ -100,16 +101,8 @@ fn protected_groups_filter(domain_sid: &[u8]) -> Option<String> {
         .iter()
         .map(|rid| nt_sid(&[domain.as_slice(), &[*rid]].concat()))
         .chain(PROTECTED_BUILTIN_RIDS.iter().map(|rid| nt_sid(&[32, *rid])));
-    let mut f = String::from("(|");
-    for sid in sids {
-        f.push_str("(objectSid=");
-        for b in sid {
-            f.push_str(&format!("\\{b:02x}"));
-        }
-        f.push(')');
-    }
-    f.push(')');
-    Some(f)
+    let alternatives: String = sids.map(|sid| bytes_filter("objectSid", &sid)).collect();
+    Some(format!("(|{alternatives})"))
 }
 
 /// Whether a group's SID is one of AD's protected groups.
@@ -334,7 +327,7 @@ pub async fn still_holds(shared: &Shared, conn: &mut AdConnection, p: &mut Prote
         let d = shared.domain.read().await;
         d.policies.scope == p.scope && d.user_ou == p.user_ou && d.service_accounts == p.listed_accounts
     };
-    if !asked_same || p.usn == 0 {
+    if !asked_same {
         return Ok(false);
     }
     let usn = conn.highest_committed_usn().await.map_err(|e| e.to_string())?;
