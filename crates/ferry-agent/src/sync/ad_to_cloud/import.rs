@@ -32,6 +32,14 @@ pub(super) struct Imported {
     /// Linked objects the read did not find in scope (deleted or moved out):
     /// the import is a reconciliation too, so none has to follow it.
     pub gone: Vec<Uuid>,
+    /// The DC's `highestCommittedUSN` just before the cookie was taken:
+    /// what changed after it, the loop's quick path reads (a few USNs) or
+    /// leaves to a DirSync round. Without it the first round after an
+    /// import would be owed whatever happened, and a round that names
+    /// nothing is the hint of a delete: a needless reconciliation, a read
+    /// of every object that on Samba holds writes back while its first page
+    /// is computed (7 s at 100,000 objects).
+    pub usn: i64,
 }
 
 /// Reads everything in scope and pushes it; returns the DirSync cookie the
@@ -53,6 +61,7 @@ pub(super) async fn full_import(
     let linked = linked_guids(shared).await?;
     // Only a cookie is needed, taken before the read: DirSync then reports
     // whatever changes while the read runs (the read is the data).
+    let usn = conn.highest_committed_usn().await.map_err(|e| e.to_string())?;
     let final_cookie = B64.encode(conn.dirsync_cookie_now(&root).await.map_err(|e| e.to_string())?);
     tracing::info!(
         secs = started.elapsed().as_secs_f32(),
@@ -128,6 +137,7 @@ pub(super) async fn full_import(
     Ok(Imported {
         cookie: final_cookie,
         gone: gone(shared, linked, &present),
+        usn,
     })
 }
 

@@ -72,14 +72,16 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
             (
                 i.cookie,
                 RECONCILE_EVERY.max(RECONCILE_PER_OBJECT * objects * SAFETY_DUTY),
+                i.usn,
             )
         };
+    // The USN the quick path reads on from (-1: none yet, a DirSync round first).
+    let mut last_usn = -1;
     if cookie.as_deref().is_none_or(|c| c.starts_with(IMPORT)) {
         let i = full_import(shared, &mut conn, cookie, &protection).await?;
-        let (c, every) = imported(i, &mut deletes, &mut tombstones);
-        (cookie, safety_every, reconcile_due, last_reconcile) = (Some(c), every, false, Instant::now());
+        let (c, every, usn) = imported(i, &mut deletes, &mut tombstones);
+        (cookie, safety_every, reconcile_due, last_reconcile, last_usn) = (Some(c), every, false, Instant::now(), usn);
     }
-    let mut last_usn = -1;
     // The quick path's pushes not yet covered by a DirSync round, and the round's state.
     let mut quick_pushed = quick::Pushed::default();
     let mut scan_owed: Option<Instant> = None;
@@ -124,8 +126,9 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
                 // read again with it, then look for what left.
                 tracing::info!("the sync scope changed: reading the domain again");
                 let i = full_import(shared, &mut conn, cookie, &protection).await?;
-                let (c, every) = imported(i, &mut deletes, &mut tombstones);
-                (cookie, safety_every, reconcile_due, last_reconcile) = (Some(c), every, false, Instant::now());
+                let (c, every, usn) = imported(i, &mut deletes, &mut tombstones);
+                (cookie, safety_every, reconcile_due, last_reconcile, last_usn) =
+                    (Some(c), every, false, Instant::now(), usn);
             }
         }
         let usn = conn.highest_committed_usn().await.map_err(|e| e.to_string())?;
@@ -209,8 +212,8 @@ async fn follow(arc: Arc<Shared>) -> Result<(), String> {
                 } else {
                     // Read everything again; links by objectGUID keep it free of duplicates.
                     let i = full_import(shared, &mut conn, cookie, &protection).await?;
-                    let (c, every) = imported(i, &mut deletes, &mut tombstones);
-                    (cookie, safety_every, last_reconcile) = (Some(c), every, Instant::now());
+                    let (c, every, usn) = imported(i, &mut deletes, &mut tombstones);
+                    (cookie, safety_every, last_reconcile, last_usn) = (Some(c), every, Instant::now(), usn);
                     quick_pushed = quick::Pushed::default();
                 }
                 shared.synced(SyncDirection::AdToCloud);
