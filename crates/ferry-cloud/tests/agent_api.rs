@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::TestServer;
-use ferry_proto::agent::{AdChange, FeedResponse, PushChangesRequest};
+use ferry_proto::agent::{AdChange, CloudChange, FeedResponse, PushChangesRequest, FEED_MEMBERS_MAX};
 use ferry_proto::record::{GroupRecord, UserRecord};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -1657,3 +1657,140 @@ both_engines!(links_come_by_page_in_objectguid_order_each_once, |engine| async m
         assert_eq!(st, StatusCode::BAD_REQUEST, "{bad}: {body}");
     }
 });
+
+// A big membership change in the cloud is a few feed entries of up to 500
+// members each, and a feed page names at most 5,000 members: the agent
+// asking for the grouped form gets them so, with every member's objectGUID
+// in its domain; an agent of before (no `members=grouped`) gets the same
+// changes one entry per member, with the entry's sequence number.
+both_engines!(
+    a_big_membership_change_is_few_feed_entries_and_pages_stay_small,
+    |engine| async move {
+        let s = TestServer::start(engine).await;
+        let (_domain, a) = setup(&s, json!({})).await;
+        heartbeat(&s, &a).await;
+        const N: usize = 5_100;
+        let group_guid = Uuid::new_v4();
+        let users: Vec<(Uuid, String)> = (0..N).map(|i| (Uuid::new_v4(), format!("m{i:05}"))).collect();
+        let mut cookie: Option<String> = None;
+        let mut changes = vec![AdChange::UpsertGroup {
+            guid: group_guid,
+            dn: "CN=Big,CN=Users,DC=example,DC=test".into(),
+            record: GroupRecord {
+                name: "Big".into(),
+                description: None,
+            },
+        }];
+        for (n, chunk) in users.chunks(500).enumerate() {
+            changes.extend(chunk.iter().map(|(g, name)| ad_user(*g, name)));
+            let to = format!("c{n}");
+            let (st, v) = push(&s, &a, cookie.as_deref(), &to, std::mem::take(&mut changes)).await;
+            assert_eq!(st, StatusCode::OK, "{v}");
+            cookie = Some(to);
+        }
+        let head = feed(&s, &a, 0, 0).await.next_cursor;
+        // The cloud's ids of the AD objects, as the agent would resolve them.
+        let (_, g) = s
+            .call(Method::GET, "/scim/v2/Groups?filter=displayName%20eq%20%22Big%22", None)
+            .await;
+        let gid: Uuid = g["Resources"][0]["id"].as_str().unwrap().parse().unwrap();
+        let mut ids = std::collections::BTreeMap::new();
+        let mut start = 1;
+        loop {
+            let (_, page) = s
+                .call(
+                    Method::GET,
+                    &format!("/scim/v2/Users?startIndex={start}&count=1000&attributes=userName"),
+                    None,
+                )
+                .await;
+            let rs = page["Resources"].as_array().unwrap().clone();
+            if rs.is_empty() {
+                break;
+            }
+            for r in &rs {
+                let id: Uuid = r["id"].as_str().unwrap().parse().unwrap();
+                ids.insert(r["userName"].as_str().unwrap().to_owned(), id);
+            }
+            start += rs.len();
+        }
+        let guid_of: std::collections::BTreeMap<Uuid, Uuid> =
+            users.iter().map(|(guid, name)| (ids[name], *guid)).collect();
+        assert_eq!(guid_of.len(), N);
+
+        // The cloud adds all of them to the group, in one PATCH.
+        let value: Vec<Value> = guid_of.keys().map(|id| json!({"value": id})).collect();
+        let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                       "Operations": [{"op": "add", "path": "members", "value": value}]});
+        let (st, v) = s
+            .call(Method::PATCH, &format!("/scim/v2/Groups/{gid}"), Some(patch))
+            .await;
+        assert!(st == StatusCode::OK || st == StatusCode::NO_CONTENT, "{st} {v}");
+
+        // Grouped: pages of at most 5,000 members, each entry at most 500.
+        let mut got = Vec::new();
+        let (mut cursor, mut pages) = (head, 0);
+        loop {
+            let (st, v) = s
+                .call_as(
+                    &a.token,
+                    Method::GET,
+                    &format!("/agent/v1/feed?after={cursor}&wait=0&members=grouped"),
+                    None,
+                )
+                .await;
+            assert_eq!(st, StatusCode::OK, "{v}");
+            let f: FeedResponse = serde_json::from_value(v).unwrap();
+            if f.entries.is_empty() {
+                break;
+            }
+            pages += 1;
+            let mut on_page = 0;
+            for e in &f.entries {
+                let CloudChange::AddMembers { group, members } = &e.change else {
+                    panic!("grouped membership entries only: {:?}", e.change);
+                };
+                assert_eq!(*group, gid);
+                assert!(members.len() <= FEED_MEMBERS_MAX, "{}", members.len());
+                assert_eq!(e.ad_guids.get(&gid), Some(&group_guid));
+                for m in members {
+                    assert_eq!(e.ad_guids.get(&m.id), Some(&guid_of[&m.id]), "each member's objectGUID");
+                    got.push(m.id);
+                }
+                on_page += members.len();
+            }
+            assert!(on_page <= 5_000, "a page names at most 5,000 members: {on_page}");
+            assert_eq!(f.next_cursor, f.entries.last().unwrap().seq);
+            cursor = f.next_cursor;
+        }
+        assert_eq!(pages, 2, "5,100 members: two pages");
+        let mut want: Vec<Uuid> = guid_of.keys().copied().collect();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want, "every member once");
+
+        // An agent of before: one entry per member, in entries of the same seqs.
+        let mut got = Vec::new();
+        let mut cursor = head;
+        loop {
+            let f = feed(&s, &a, cursor, 0).await;
+            if f.entries.is_empty() {
+                break;
+            }
+            for e in &f.entries {
+                let CloudChange::AddMember { group, member, .. } = &e.change else {
+                    panic!("one member an entry: {:?}", e.change);
+                };
+                assert_eq!(*group, gid);
+                let want: std::collections::BTreeMap<Uuid, Uuid> =
+                    [(gid, group_guid), (*member, guid_of[member])].into_iter().collect();
+                assert_eq!(e.ad_guids, want);
+                assert!(e.seq > head && e.seq <= f.next_cursor);
+                got.push(*member);
+            }
+            cursor = f.next_cursor;
+        }
+        got.sort();
+        assert_eq!(got, want, "every member once, one an entry");
+    }
+);

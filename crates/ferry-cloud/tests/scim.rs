@@ -328,7 +328,7 @@ both_engines!(groups_membership_and_nesting, |engine| async move {
                 .to_owned()
         })
         .collect();
-    assert_eq!(kinds, ["remove_member", "add_member"]);
+    assert_eq!(kinds, ["remove_members", "add_members"]);
 
     // A user's groups are its direct groups.
     let (_, b) = s.call(Method::GET, &format!("/scim/v2/Users/{ben_id}"), None).await;

@@ -6,7 +6,7 @@ mod common;
 use common::{create_org, Engine, TestDb};
 use ferry_cloud::directory::{self, WriteCtx};
 use ferry_cloud::store::{ConnectKeyProblem, DomainSettings, Member, NewGroup, NewUser, Store, StoreError, UserQuery};
-use ferry_proto::agent::{CloudChange, DomainPolicies};
+use ferry_proto::agent::{CloudChange, DomainPolicies, FEED_MEMBERS_MAX};
 use ferry_proto::record::ObjectKind;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -343,7 +343,7 @@ both_engines!(many_members_are_one_feed_run_and_one_audit_entry, |engine| async 
     let mut tx = store.begin().await.unwrap();
     let c = ctx(org);
     let mut members = Vec::new();
-    for i in 0..250 {
+    for i in 0..1001 {
         let u = directory::create_user(&mut tx, &c, user(&format!("m{i:03}")), None)
             .await
             .unwrap();
@@ -354,31 +354,34 @@ both_engines!(many_members_are_one_feed_run_and_one_audit_entry, |engine| async 
     }
     let g = directory::create_group(&mut tx, &c, group("big"), &[]).await.unwrap();
     let head = tx.feed_head(org).await.unwrap();
-    let audit_before = tx.list_audit(org, None, 1000).await.unwrap().len();
     assert!(directory::add_members(&mut tx, &c, g.id, &members).await.unwrap());
     let feed = tx.read_feed(org, head, 1000).await.unwrap();
-    assert_eq!(feed.len(), 250, "one entry per member, across several INSERTs of 100");
+    assert_eq!(feed.len(), 3, "one entry per {FEED_MEMBERS_MAX} members");
     let seqs: Vec<i64> = feed.iter().map(|r| r.seq).collect();
-    assert_eq!(seqs, (head + 1..=head + 250).collect::<Vec<_>>());
-    for (row, m) in feed.iter().zip(&members) {
-        assert!(
-            matches!(row.change, CloudChange::AddMember { group, member, .. } if group == g.id && member == m.id),
-            "in order: {:?}",
-            row.change
-        );
+    assert_eq!(seqs, (head + 1..=head + 3).collect::<Vec<_>>());
+    let mut named = Vec::new();
+    for row in &feed {
+        let CloudChange::AddMembers { group, members } = &row.change else {
+            panic!("a membership entry of many: {:?}", row.change);
+        };
+        assert_eq!(*group, g.id);
+        assert!(members.len() <= FEED_MEMBERS_MAX);
+        named.extend(members.iter().map(|m| Member { id: m.id, kind: m.kind }));
+        assert_eq!(row.object_id, g.id);
     }
-    let audit = tx.list_audit(org, None, 1000).await.unwrap();
-    assert_eq!(audit.len(), audit_before + 1);
+    assert_eq!(named, members, "every member, in order");
+    let audit = tx.list_audit(org, None, 2).await.unwrap();
+    assert_eq!(audit[1].action, "group.create", "one audit entry for all");
     assert_eq!(audit[0].action, "group.member_add");
-    assert_eq!(audit[0].details["members"].as_array().unwrap().len(), 250);
+    assert_eq!(audit[0].details["members"].as_array().unwrap().len(), 1001);
     // Adding them again changes nothing.
     assert!(!directory::add_members(&mut tx, &c, g.id, &members).await.unwrap());
-    assert_eq!(tx.feed_head(org).await.unwrap(), head + 250);
+    assert_eq!(tx.feed_head(org).await.unwrap(), head + 3);
     assert!(directory::remove_members(&mut tx, &c, g.id, &members[..2])
         .await
         .unwrap());
-    assert_eq!(tx.feed_head(org).await.unwrap(), head + 252);
-    assert_eq!(tx.group_members(org, g.id).await.unwrap().len(), 248);
+    assert_eq!(tx.feed_head(org).await.unwrap(), head + 4, "two removed: one entry");
+    assert_eq!(tx.group_members(org, g.id).await.unwrap().len(), 999);
 });
 
 both_engines!(domains_keys_agents_and_leases, |engine| async move {
@@ -731,13 +734,23 @@ both_engines!(
                 .await
                 .unwrap()
                 .into_iter()
-                .map(|f| {
-                    let change = serde_json::to_value(&f.change).unwrap();
-                    let block = label(json!([f.object_id, change.get("op"), change.get("type")]));
-                    (
-                        block,
-                        label(json!([f.origin, change, f.at, serde_json::to_value(&f.links).unwrap()])),
-                    )
+                .flat_map(|f| {
+                    // A membership entry of many as one per member: a batch
+                    // groups what change by change is one entry each.
+                    f.change.clone().per_member().into_iter().map(move |c| {
+                        let change = serde_json::to_value(&c).unwrap();
+                        let named = [change.get("group"), change.get("member"), change.get("id")];
+                        let links: Vec<_> = f
+                            .links
+                            .iter()
+                            .filter(|l| named.contains(&Some(&json!(l.object_id))))
+                            .collect();
+                        let block = label(json!([f.object_id, change.get("op"), change.get("type")]));
+                        (
+                            block,
+                            label(json!([f.origin, change, f.at, serde_json::to_value(&links).unwrap()])),
+                        )
+                    })
                 })
                 .collect();
             // The entries of one membership change follow each other in member-id order.

@@ -443,12 +443,119 @@ pub enum CloudChange {
         /// User or group.
         member_kind: ObjectKind,
     },
+    /// Members were added to a group: the form the cloud writes (one feed
+    /// row for many members, at most [`FEED_MEMBERS_MAX`]; an import's 50
+    /// members of a group are not 50 rows). `AddMember` is read still, from
+    /// rows written before.
+    AddMembers {
+        /// The group's cloud id.
+        group: Uuid,
+        /// The members added.
+        members: Vec<FeedMember>,
+    },
+    /// Members were removed from a group (see `AddMembers`).
+    RemoveMembers {
+        /// The group's cloud id.
+        group: Uuid,
+        /// The members removed.
+        members: Vec<FeedMember>,
+    },
     /// A password was set in the cloud. The value travels only sealed to an
     /// agent's key, never in the feed itself.
     PasswordSet {
         /// The user's cloud id.
         user: Uuid,
     },
+}
+
+/// The most members one `AddMembers`/`RemoveMembers` feed entry names: a
+/// bigger change is several entries, so a feed page stays small.
+pub const FEED_MEMBERS_MAX: usize = 500;
+
+/// A member named by a membership feed entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedMember {
+    /// The member's cloud id.
+    pub id: Uuid,
+    /// User or group.
+    pub kind: ObjectKind,
+}
+
+impl FeedEntry {
+    /// A membership entry of many members as one entry per member (the
+    /// same `seq`), each with only its group's and member's objectGUIDs;
+    /// any other entry as it is. For an agent of before the grouped form,
+    /// and for the agent's own writes, which answer each member alone.
+    pub fn per_member(self) -> Vec<FeedEntry> {
+        if !matches!(
+            self.change,
+            CloudChange::AddMembers { .. } | CloudChange::RemoveMembers { .. }
+        ) {
+            return vec![self];
+        }
+        let FeedEntry {
+            seq,
+            origin,
+            change,
+            at,
+            ad_guids,
+            base: _,
+        } = self;
+        change
+            .per_member()
+            .into_iter()
+            .map(|change| {
+                let ad_guids = match &change {
+                    CloudChange::AddMember { group, member, .. } | CloudChange::RemoveMember { group, member, .. } => {
+                        [*group, *member]
+                            .into_iter()
+                            .filter_map(|id| ad_guids.get(&id).map(|g| (id, *g)))
+                            .collect()
+                    }
+                    _ => BTreeMap::new(),
+                };
+                FeedEntry {
+                    seq,
+                    origin: origin.clone(),
+                    change,
+                    at,
+                    ad_guids,
+                    base: None,
+                }
+            })
+            .collect()
+    }
+}
+
+impl CloudChange {
+    /// A membership change as one change per member (`AddMember`,
+    /// `RemoveMember`); any other change as it is.
+    pub fn per_member(self) -> Vec<CloudChange> {
+        let (group, members, add) = match self {
+            CloudChange::AddMembers { group, members } => (group, members, true),
+            CloudChange::RemoveMembers { group, members } => (group, members, false),
+            c => return vec![c],
+        };
+        members
+            .into_iter()
+            .map(|m| {
+                let (member, member_kind) = (m.id, m.kind);
+                if add {
+                    CloudChange::AddMember {
+                        group,
+                        member,
+                        member_kind,
+                    }
+                } else {
+                    CloudChange::RemoveMember {
+                        group,
+                        member,
+                        member_kind,
+                    }
+                }
+            })
+            .collect()
+    }
 }
 
 /// `POST /agent/v1/ack`: the agent applied everything up to `cursor`.

@@ -326,11 +326,12 @@ impl CloudClient {
         self.call(reqwest::Method::POST, "/changes", Some(req)).await
     }
 
-    /// Long-polls the feed.
+    /// Long-polls the feed, membership entries of many members as they are
+    /// (`members=grouped`; a cloud asked without it sends one per member).
     pub async fn feed(&self, after: i64, wait_secs: u64) -> Result<FeedResponse, CloudError> {
         self.call::<(), _>(
             reqwest::Method::GET,
-            &format!("/feed?after={after}&wait={wait_secs}"),
+            &format!("/feed?after={after}&wait={wait_secs}&members=grouped"),
             None,
         )
         .await

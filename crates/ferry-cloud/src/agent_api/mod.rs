@@ -375,6 +375,10 @@ struct FeedQuery {
     after: i64,
     wait: Option<u64>,
     limit: Option<i64>,
+    /// `grouped`: membership entries of many members as they are stored.
+    /// Without it (an agent of before), one entry per member, with the
+    /// entry's `seq`: such an agent acknowledges a page whole, once applied.
+    members: Option<String>,
 }
 
 /// `GET /agent/v1/feed?after=N&wait=SECS`: cloud changes after `after`,
@@ -388,6 +392,11 @@ async fn feed(
     if !(1..=5000).contains(&limit) || q.after < 0 {
         return Err(ApiError::bad_request("after must be ≥ 0 and limit between 1 and 5000"));
     }
+    let grouped = match q.members.as_deref() {
+        Some("grouped") => true,
+        None => false,
+        Some(_) => return Err(ApiError::bad_request("members must be \"grouped\" or absent")),
+    };
     let wait = Duration::from_millis(q.wait.unwrap_or(0).saturating_mul(1000).min(state.config.max_poll_ms));
     let deadline = tokio::time::Instant::now() + wait;
     let own_origin = agent.domain_id.to_string();
@@ -398,7 +407,12 @@ async fn feed(
         grew.as_mut().enable();
         let mut tx = state.store.begin().await?;
         // The agent's own entries are passed over in the database.
-        let (rows, next_cursor) = tx.read_feed_for(agent.org_id, q.after, limit, &own_origin).await?;
+        let (mut rows, mut next_cursor) = tx.read_feed_for(agent.org_id, q.after, limit, &own_origin).await?;
+        let keep = page_len(rows.iter().map(|r| &r.change));
+        if keep < rows.len() {
+            rows.truncate(keep);
+            next_cursor = rows.last().map_or(next_cursor, |r| r.seq);
+        }
         let mut current = Vec::with_capacity(rows.len());
         let mut homes = HashMap::new();
         for r in rows {
@@ -432,6 +446,7 @@ async fn feed(
                     .map(|l| (l.object_id, l.ad_guid))
                     .collect::<BTreeMap<_, _>>(),
             })
+            .flat_map(|e| if grouped { vec![e] } else { e.per_member() })
             .collect();
         if next_cursor > q.after || tokio::time::Instant::now() >= deadline {
             return Ok(Json(FeedResponse { entries, next_cursor }));
@@ -445,6 +460,30 @@ async fn feed(
             _ = tokio::time::sleep_until(deadline) => {}
         }
     }
+}
+
+/// The most members the membership entries of one feed page name: 500
+/// entries of [`ferry_proto::agent::FEED_MEMBERS_MAX`] members each would be
+/// 250,000 members (tens of MB) in one answer.
+const FEED_PAGE_MEMBERS: usize = 5_000;
+
+/// How many of a page's entries (in order) fit [`FEED_PAGE_MEMBERS`]: at
+/// least one, so a page always moves the cursor.
+fn page_len<'a>(changes: impl Iterator<Item = &'a ferry_proto::agent::CloudChange>) -> usize {
+    use ferry_proto::agent::CloudChange;
+    let mut members = 0;
+    let mut n = 0;
+    for c in changes {
+        members += match c {
+            CloudChange::AddMembers { members, .. } | CloudChange::RemoveMembers { members, .. } => members.len(),
+            _ => 1,
+        };
+        if n > 0 && members > FEED_PAGE_MEMBERS {
+            break;
+        }
+        n += 1;
+    }
+    n
 }
 
 /// Counts a waiting long-poll in `ferry_feed_polls_waiting` while it lives.
@@ -500,7 +539,10 @@ async fn for_domain(
             }
             None => return Ok(None),
         },
-        CloudChange::AddMember { group, .. } | CloudChange::RemoveMember { group, .. } => match homes.get(group) {
+        CloudChange::AddMember { group, .. }
+        | CloudChange::RemoveMember { group, .. }
+        | CloudChange::AddMembers { group, .. }
+        | CloudChange::RemoveMembers { group, .. } => match homes.get(group) {
             Some(h) => *h,
             None => {
                 let h = tx.home_of(org_id, ObjectKind::Group, *group).await?;
@@ -812,4 +854,46 @@ async fn sealed_secret(
     serde_json::from_str(&sealed)
         .map(Json)
         .map_err(|_| ApiError::from(crate::store::StoreError::Corrupt("sealed secret".into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_proto::agent::{CloudChange, FeedMember};
+    use ferry_proto::record::ObjectKind;
+    use uuid::Uuid;
+
+    fn members(n: usize) -> CloudChange {
+        CloudChange::AddMembers {
+            group: Uuid::new_v4(),
+            members: (0..n)
+                .map(|_| FeedMember {
+                    id: Uuid::new_v4(),
+                    kind: ObjectKind::User,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_feed_page_holds_at_most_its_members_but_always_one_entry() {
+        let delete = CloudChange::Delete {
+            id: Uuid::new_v4(),
+            kind: ObjectKind::User,
+        };
+        // Ten entries of 500: exactly the budget.
+        let ten: Vec<CloudChange> = (0..10).map(|_| members(500)).collect();
+        assert_eq!(page_len(ten.iter()), 10);
+        // One more member and the eleventh entry waits for the next page.
+        let mut over = ten.clone();
+        over.push(delete.clone());
+        assert_eq!(page_len(over.iter()), 10);
+        // Entries of one member (or no membership) count one each.
+        let small: Vec<CloudChange> = (0..500).map(|_| delete.clone()).collect();
+        assert_eq!(page_len(small.iter()), 500);
+        // An entry bigger than the budget still goes, alone.
+        let big = [members(FEED_PAGE_MEMBERS + 1), delete];
+        assert_eq!(page_len(big.iter()), 1);
+        assert_eq!(page_len(std::iter::empty()), 0);
+    }
 }

@@ -14,7 +14,7 @@ pub mod repair;
 
 use std::collections::BTreeSet;
 
-use ferry_proto::agent::CloudChange;
+use ferry_proto::agent::{CloudChange, FeedMember, FEED_MEMBERS_MAX};
 use ferry_proto::record::ObjectKind;
 use serde_json::json;
 use uuid::Uuid;
@@ -313,7 +313,7 @@ pub async fn add_members(tx: &mut Tx, ctx: &WriteCtx, group_id: Uuid, members: &
     record_members(tx, ctx, group_id, &added, true).await
 }
 
-/// Feed entries (one per member, as agents apply them) and one audit entry
+/// Feed entries (one per [`FEED_MEMBERS_MAX`] members) and one audit entry
 /// (naming every member) for members added or removed.
 async fn record_members(
     tx: &mut Tx,
@@ -339,25 +339,7 @@ pub(crate) fn member_records(
     changed: &[Member],
     added: bool,
 ) -> (Vec<(Uuid, CloudChange)>, AuditLine<'static>) {
-    let entries: Vec<(Uuid, CloudChange)> = changed
-        .iter()
-        .map(|m| {
-            let change = if added {
-                CloudChange::AddMember {
-                    group: group_id,
-                    member: m.id,
-                    member_kind: m.kind,
-                }
-            } else {
-                CloudChange::RemoveMember {
-                    group: group_id,
-                    member: m.id,
-                    member_kind: m.kind,
-                }
-            };
-            (group_id, change)
-        })
-        .collect();
+    let entries = membership_entries(group_id, changed, added);
     let names: Vec<String> = changed.iter().map(|m| target(m.kind, m.id)).collect();
     let details = if names.len() == 1 {
         json!({ "member": names[0] })
@@ -370,6 +352,24 @@ pub(crate) fn member_records(
         "group.member_remove"
     };
     (entries, (action, target(ObjectKind::Group, group_id), details))
+}
+
+/// The feed entries of members added to a group (or removed): one entry per
+/// [`FEED_MEMBERS_MAX`] members. One row for many is what keeps an import's
+/// memberships, or a PATCH of thousands, from writing a row each.
+pub(crate) fn membership_entries(group: Uuid, members: &[Member], added: bool) -> Vec<(Uuid, CloudChange)> {
+    members
+        .chunks(FEED_MEMBERS_MAX)
+        .map(|chunk| {
+            let members = chunk.iter().map(|m| FeedMember { id: m.id, kind: m.kind }).collect();
+            let change = if added {
+                CloudChange::AddMembers { group, members }
+            } else {
+                CloudChange::RemoveMembers { group, members }
+            };
+            (group, change)
+        })
+        .collect()
 }
 
 /// The refusal of a group made a member of itself.
@@ -431,29 +431,13 @@ pub async fn redeliver(tx: &mut Tx, ctx: &WriteCtx, id: Uuid) -> StoreResult<boo
                 record: record::group_record(&row),
             },
         ));
-        for m in tx.group_members(ctx.org_id, id).await? {
-            entries.push((
-                id,
-                CloudChange::AddMember {
-                    group: id,
-                    member: m.id,
-                    member_kind: m.kind,
-                },
-            ));
-        }
+        entries.extend(membership_entries(id, &tx.group_members(ctx.org_id, id).await?, true));
     } else {
         return Ok(false);
     }
     let kind = tx.object_kind(ctx.org_id, id).await?.unwrap_or(ObjectKind::User);
     for (group, _) in tx.groups_of(ctx.org_id, id).await? {
-        entries.push((
-            group,
-            CloudChange::AddMember {
-                group,
-                member: id,
-                member_kind: kind,
-            },
-        ));
+        entries.extend(membership_entries(group, &[Member { id, kind }], true));
     }
     tx.append_feed_many(ctx.org_id, &ctx.origin, &entries, ctx.now).await?;
     Ok(true)

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 
-use ferry_proto::agent::{AdChange, Authority, CloudChange};
+use ferry_proto::agent::{AdChange, Authority};
 use ferry_proto::record::ObjectKind;
 use serde_json::json;
 use uuid::Uuid;
@@ -83,20 +83,8 @@ async fn set_members(tx: &mut Tx, ctx: &WriteCtx, domain: &Domain, group: Uuid, 
     let to_ad = domain.settings.policies.authority == Authority::Cloud;
     if to_ad {
         // The cloud's list stands: AD is sent what it lacks and what it has too many of.
-        let entries: Vec<(Uuid, CloudChange)> = only_cloud
-            .iter()
-            .map(|m| CloudChange::AddMember {
-                group: gid,
-                member: m.id,
-                member_kind: m.kind,
-            })
-            .chain(only_ad.iter().map(|m| CloudChange::RemoveMember {
-                group: gid,
-                member: m.id,
-                member_kind: m.kind,
-            }))
-            .map(|c| (gid, c))
-            .collect();
+        let mut entries = super::membership_entries(gid, &only_cloud, true);
+        entries.extend(super::membership_entries(gid, &only_ad, false));
         tx.append_feed_many(ctx.org_id, ORIGIN_CLOUD, &entries, ctx.now).await?;
     } else {
         add_members(tx, ctx, gid, &only_ad).await?;

@@ -297,6 +297,9 @@ fn named_objects(change: &CloudChange) -> Vec<Uuid> {
         CloudChange::AddMember { group, member, .. } | CloudChange::RemoveMember { group, member, .. } => {
             vec![*group, *member]
         }
+        CloudChange::AddMembers { group, members } | CloudChange::RemoveMembers { group, members } => {
+            std::iter::once(*group).chain(members.iter().map(|m| m.id)).collect()
+        }
         CloudChange::PasswordSet { user } => vec![*user],
     }
 }

@@ -82,7 +82,7 @@ async fn follow(shared: &Shared) -> Result<(), String> {
         links.members.clear();
         links.bases.clear();
         links.read_ahead.clear();
-        let entries = &page.entries;
+        let entries = &per_member(page.entries);
         let (mut i, mut read_upto) = (0, 0);
         while i < entries.len() {
             let end = i + membership_run(&entries[i..]);
@@ -166,6 +166,14 @@ async fn settle(
         Err(SyncError::Retry(e)) => return Err(format!("change {}: {e}", entry.seq)),
     }
     Ok(())
+}
+
+/// The page's entries with each membership entry of many members as one
+/// entry per member (see [`FeedEntry::per_member`]): the same `seq`, as the
+/// page is acknowledged whole, once applied. Runs of them are then written
+/// a modify at a time, each member answered alone.
+fn per_member(entries: Vec<FeedEntry>) -> Vec<FeedEntry> {
+    entries.into_iter().flat_map(FeedEntry::per_member).collect()
 }
 
 /// Most membership changes written in one modify.
@@ -343,6 +351,9 @@ fn named(change: &CloudChange) -> Vec<Uuid> {
         CloudChange::AddMember { group, member, .. } | CloudChange::RemoveMember { group, member, .. } => {
             vec![*group, *member]
         }
+        CloudChange::AddMembers { group, members } | CloudChange::RemoveMembers { group, members } => {
+            std::iter::once(*group).chain(members.iter().map(|m| m.id)).collect()
+        }
         c => vec![subject(c)],
     }
 }
@@ -373,7 +384,10 @@ fn subject(change: &CloudChange) -> Uuid {
         CloudChange::UpsertUser { id, .. } | CloudChange::UpsertGroup { id, .. } | CloudChange::Delete { id, .. } => {
             *id
         }
-        CloudChange::AddMember { group, .. } | CloudChange::RemoveMember { group, .. } => *group,
+        CloudChange::AddMember { group, .. }
+        | CloudChange::RemoveMember { group, .. }
+        | CloudChange::AddMembers { group, .. }
+        | CloudChange::RemoveMembers { group, .. } => *group,
         CloudChange::PasswordSet { user } => *user,
     }
 }
@@ -392,6 +406,16 @@ fn error_report(entry: &FeedEntry, code: String, message: String) -> SyncErrorRe
             ObjectKind::Group,
             format!("group {group} (member {member})"),
             "remove member",
+        ),
+        CloudChange::AddMembers { group, members } => (
+            ObjectKind::Group,
+            format!("group {group} ({} members)", members.len()),
+            "add members",
+        ),
+        CloudChange::RemoveMembers { group, members } => (
+            ObjectKind::Group,
+            format!("group {group} ({} members)", members.len()),
+            "remove members",
         ),
         CloudChange::PasswordSet { user } => (ObjectKind::User, user.to_string(), "set password"),
     };
@@ -738,6 +762,13 @@ async fn apply(ctx: &Ctx<'_>, conn: &mut AdConnection, links: &mut Links, entry:
                 return Ok(());
             };
             write_membership(shared, conn, &g.dn, &m.dn, add).await?;
+        }
+        CloudChange::AddMembers { .. } | CloudChange::RemoveMembers { .. } => {
+            // A page's are taken apart before they get here (`per_member`).
+            let each = per_member(vec![entry.clone()]);
+            for r in apply_memberships(ctx, conn, links, &each).await {
+                r?;
+            }
         }
         CloudChange::PasswordSet { user } => {
             let Some(e) = linked_entry(ctx, conn, links, *user).await? else {
@@ -1176,6 +1207,58 @@ async fn set_password(
 #[cfg(test)]
 mod tests {
     use super::Merge;
+
+    #[test]
+    fn a_membership_entry_of_many_is_applied_one_member_each_with_its_own_guids() {
+        use super::{membership_run, per_member, CloudChange, FeedEntry, ObjectKind, Uuid};
+        use ferry_proto::agent::FeedMember;
+        let (group, a, b) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let (ga, aa, ba) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let user = |id| FeedMember {
+            id,
+            kind: ObjectKind::User,
+        };
+        let entry = |seq, change| FeedEntry {
+            seq,
+            origin: "cloud".into(),
+            change,
+            at: 1,
+            ad_guids: [(group, ga), (a, aa), (b, ba)].into_iter().collect(),
+            base: None,
+        };
+        let delete = CloudChange::Delete {
+            id: a,
+            kind: ObjectKind::User,
+        };
+        let out = per_member(vec![
+            entry(
+                7,
+                CloudChange::AddMembers {
+                    group,
+                    members: vec![user(a), user(b)],
+                },
+            ),
+            entry(8, delete.clone()),
+        ]);
+        assert_eq!(out.len(), 3);
+        for (e, member, guid) in [(&out[0], a, aa), (&out[1], b, ba)] {
+            assert_eq!(e.seq, 7, "acknowledged with the page, as the entry it came from");
+            assert_eq!(
+                e.change,
+                CloudChange::AddMember {
+                    group,
+                    member,
+                    member_kind: ObjectKind::User
+                }
+            );
+            let want: std::collections::BTreeMap<Uuid, Uuid> = [(group, ga), (member, guid)].into_iter().collect();
+            assert_eq!(e.ad_guids, want, "only its own objects' GUIDs");
+        }
+        assert_eq!((out[2].seq, &out[2].change), (8, &delete));
+        assert_eq!(out[2].ad_guids.len(), 3, "other entries as they came");
+        // The members of one entry are one run: one modify.
+        assert_eq!(membership_run(&out), 2);
+    }
 
     #[test]
     fn only_what_the_cloud_changed_is_written() {
