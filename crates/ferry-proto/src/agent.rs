@@ -468,6 +468,11 @@ pub enum CloudChange {
     },
 }
 
+/// The cookie prefix of an import's intermediate pushes (`import:N`, N the
+/// pushes so far): the DirSync cookie is stored only once the read ended
+/// whole. The cloud refreshes its planner statistics as N doubles.
+pub const IMPORT_COOKIE_PREFIX: &str = "import:";
+
 /// The most members one `AddMembers`/`RemoveMembers` feed entry names: a
 /// bigger change is several entries, so a feed page stays small.
 pub const FEED_MEMBERS_MAX: usize = 500;

@@ -366,7 +366,30 @@ async fn push_changes(
     if result.applied > 0 {
         tracing::info!(agent = %agent.id, applied = result.applied, quarantined = result.quarantined, refused = result.refused, "applied AD changes");
     }
+    if analyze_after(req.to_cookie.as_deref()) {
+        let store = state.store.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            match store.analyze().await {
+                Ok(()) => tracing::debug!(
+                    secs = started.elapsed().as_secs_f64(),
+                    "statistics refreshed during an import"
+                ),
+                Err(e) => tracing::warn!(error = %e, "refreshing the statistics during an import failed"),
+            }
+        });
+    }
     Ok(Json(result))
+}
+
+/// Whether the batch that moved the cookie to `to` is an import's whose
+/// tables have about doubled since the last refresh of their statistics:
+/// the agent's import batches carry `import:N` (N its pushes so far), so
+/// at pushes 4, 8, 16, 32… (a handful per import, whatever its size).
+fn analyze_after(to: Option<&str>) -> bool {
+    to.and_then(|c| c.strip_prefix(ferry_proto::agent::IMPORT_COOKIE_PREFIX))
+        .and_then(|n| n.parse::<u64>().ok())
+        .is_some_and(|n| n >= 4 && n.is_power_of_two())
 }
 
 #[derive(Deserialize)]
@@ -873,6 +896,17 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn statistics_are_refreshed_as_an_import_doubles() {
+        let at: Vec<u64> = (1..=1000)
+            .filter(|n| analyze_after(Some(&format!("import:{n}"))))
+            .collect();
+        assert_eq!(at, [4, 8, 16, 32, 64, 128, 256, 512]);
+        assert!(!analyze_after(Some("dirsync-cookie")));
+        assert!(!analyze_after(Some("import:x")));
+        assert!(!analyze_after(None));
     }
 
     #[test]

@@ -187,6 +187,21 @@ impl Store {
         Ok(Some(listener))
     }
 
+    /// Refreshes the planner's statistics of the directory's tables
+    /// (PostgreSQL; nothing on SQLite, whose planner keeps none unasked).
+    /// An import grows them from empty faster than autovacuum looks (once a
+    /// minute): plans made for a small `links` (a scan where the primary
+    /// key answers) held a 100,000-user import to an eighth of its pace for
+    /// a minute. ANALYZE samples; it blocks no reader or writer.
+    pub async fn analyze(&self) -> StoreResult<()> {
+        if self.dialect == Dialect::Postgres {
+            let mut conn = self.pool.acquire().await?;
+            conn.execute("ANALYZE links, dir_users, dir_groups, memberships")
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Closes every connection.
     pub async fn close(&self) {
         self.pool.close().await;

@@ -21,7 +21,7 @@ use crate::sync::Shared;
 /// Changes per pushed batch.
 const BATCH: usize = 500;
 /// Cookie prefix of a full import in progress.
-pub(super) const IMPORT: &str = "import:";
+pub(super) const IMPORT: &str = ferry_proto::agent::IMPORT_COOKIE_PREFIX;
 
 const PUSH_STOPPED: &str = "the push to the cloud stopped";
 
