@@ -87,6 +87,9 @@ pub struct CloudClient {
     base: String,
     token: String,
     pins: Option<Arc<Pins>>,
+    /// The cloud refused `members=grouped` (a cloud of before): the feed is
+    /// asked for without it, one entry per member.
+    ungrouped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn http_client(base: &str, tls: Option<rustls::ClientConfig>) -> Result<reqwest::Client, CloudError> {
@@ -134,6 +137,7 @@ impl CloudClient {
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
             pins,
+            ungrouped: Arc::default(),
         })
     }
 
@@ -329,12 +333,25 @@ impl CloudClient {
     /// Long-polls the feed, membership entries of many members as they are
     /// (`members=grouped`; a cloud asked without it sends one per member).
     pub async fn feed(&self, after: i64, wait_secs: u64) -> Result<FeedResponse, CloudError> {
-        self.call::<(), _>(
-            reqwest::Method::GET,
-            &format!("/feed?after={after}&wait={wait_secs}&members=grouped"),
-            None,
-        )
-        .await
+        use std::sync::atomic::Ordering;
+        let plain = format!("/feed?after={after}&wait={wait_secs}");
+        if self.ungrouped.load(Ordering::Relaxed) {
+            return self.call::<(), _>(reqwest::Method::GET, &plain, None).await;
+        }
+        match self
+            .call::<(), _>(reqwest::Method::GET, &format!("{plain}&members=grouped"), None)
+            .await
+        {
+            // A cloud of before knows no `members` and refuses the request.
+            Err(CloudError::Refused {
+                status: 400, message, ..
+            }) if message.contains("members") => {
+                tracing::info!("the cloud sends membership changes one member an entry (a cloud of before)");
+                self.ungrouped.store(true, Ordering::Relaxed);
+                self.call::<(), _>(reqwest::Method::GET, &plain, None).await
+            }
+            r => r,
+        }
     }
 
     /// Acknowledges the feed up to `cursor`.
@@ -442,5 +459,66 @@ impl CloudClient {
             .call(reqwest::Method::POST, "/links/batch", Some(&LinksBatch { links }))
             .await?;
         Ok(r.refused)
+    }
+}
+
+#[cfg(test)]
+mod feed_tests {
+    use super::CloudClient;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A cloud of before: `members` is an unknown query field there, refused
+    /// with 400 as `deny_unknown_fields` refuses it. The agent asks again
+    /// without it, and from then on never sends it.
+    #[tokio::test]
+    async fn a_cloud_of_before_is_asked_for_the_feed_without_members_grouped() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let path = head.split_whitespace().nth(1).unwrap_or_default().to_owned();
+                let (status, body) = if path.contains("members=") {
+                    (
+                        "400 Bad Request",
+                        r#"{"code":"bad_request","message":"bad query parameters: unknown field `members`, expected one of `after`, `wait`, `limit`"}"#,
+                    )
+                } else {
+                    ("200 OK", r#"{"entries":[],"next_cursor":7}"#)
+                };
+                log.lock().unwrap().push(path);
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(reply.as_bytes()).await;
+            }
+        });
+        let cloud = CloudClient::new(&format!("http://{addr}"), "token").unwrap();
+        assert_eq!(cloud.feed(0, 0).await.unwrap().next_cursor, 7);
+        assert_eq!(cloud.feed(7, 0).await.unwrap().next_cursor, 7);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            [
+                "/agent/v1/feed?after=0&wait=0&members=grouped",
+                "/agent/v1/feed?after=0&wait=0",
+                "/agent/v1/feed?after=7&wait=0",
+            ]
+        );
     }
 }

@@ -366,7 +366,14 @@ async fn push_changes(
     if result.applied > 0 {
         tracing::info!(agent = %agent.id, applied = result.applied, quarantined = result.quarantined, refused = result.refused, "applied AD changes");
     }
-    if analyze_after(req.to_cookie.as_deref()) {
+    // Only the push that moves the cookie (a split batch's other parts, or
+    // a retry, carry the same), and one refresh at a time in this process.
+    static ANALYZING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if req.from_cookie != req.to_cookie
+        && analyze_after(req.to_cookie.as_deref())
+        && state.store.dialect() == crate::store::Dialect::Postgres
+        && !ANALYZING.swap(true, std::sync::atomic::Ordering::AcqRel)
+    {
         let store = state.store.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
@@ -377,6 +384,7 @@ async fn push_changes(
                 ),
                 Err(e) => tracing::warn!(error = %e, "refreshing the statistics during an import failed"),
             }
+            ANALYZING.store(false, std::sync::atomic::Ordering::Release);
         });
     }
     Ok(Json(result))
