@@ -738,13 +738,9 @@ both_engines!(
                     // A membership entry of many as one per member: a batch
                     // groups what change by change is one entry each.
                     f.change.clone().per_member().into_iter().map(move |c| {
+                        let named = c.objects();
+                        let links: Vec<_> = f.links.iter().filter(|l| named.contains(&l.object_id)).collect();
                         let change = serde_json::to_value(&c).unwrap();
-                        let named = [change.get("group"), change.get("member"), change.get("id")];
-                        let links: Vec<_> = f
-                            .links
-                            .iter()
-                            .filter(|l| named.contains(&Some(&json!(l.object_id))))
-                            .collect();
                         let block = label(json!([f.object_id, change.get("op"), change.get("type")]));
                         (
                             block,

@@ -510,15 +510,11 @@ impl FeedEntry {
             .per_member()
             .into_iter()
             .map(|change| {
-                let ad_guids = match &change {
-                    CloudChange::AddMember { group, member, .. } | CloudChange::RemoveMember { group, member, .. } => {
-                        [*group, *member]
-                            .into_iter()
-                            .filter_map(|id| ad_guids.get(&id).map(|g| (id, *g)))
-                            .collect()
-                    }
-                    _ => BTreeMap::new(),
-                };
+                let ad_guids = change
+                    .objects()
+                    .into_iter()
+                    .filter_map(|id| ad_guids.get(&id).map(|g| (id, *g)))
+                    .collect();
                 FeedEntry {
                     seq,
                     origin: origin.clone(),
@@ -533,6 +529,25 @@ impl FeedEntry {
 }
 
 impl CloudChange {
+    /// The cloud objects the change names: a membership's group and
+    /// members, or the object it changes.
+    pub fn objects(&self) -> Vec<Uuid> {
+        match self {
+            CloudChange::UpsertUser { id, .. }
+            | CloudChange::UpsertGroup { id, .. }
+            | CloudChange::Delete { id, .. } => {
+                vec![*id]
+            }
+            CloudChange::AddMember { group, member, .. } | CloudChange::RemoveMember { group, member, .. } => {
+                vec![*group, *member]
+            }
+            CloudChange::AddMembers { group, members } | CloudChange::RemoveMembers { group, members } => {
+                std::iter::once(*group).chain(members.iter().map(|m| m.id)).collect()
+            }
+            CloudChange::PasswordSet { user } => vec![*user],
+        }
+    }
+
     /// A membership change as one change per member (`AddMember`,
     /// `RemoveMember`); any other change as it is.
     pub fn per_member(self) -> Vec<CloudChange> {

@@ -371,7 +371,6 @@ async fn push_changes(
     static ANALYZING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if req.from_cookie != req.to_cookie
         && analyze_after(req.to_cookie.as_deref())
-        && state.store.dialect() == crate::store::Dialect::Postgres
         && !ANALYZING.swap(true, std::sync::atomic::Ordering::AcqRel)
     {
         let store = state.store.clone();

@@ -84,7 +84,7 @@ impl Tx {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        let mut named: Vec<Uuid> = entries.iter().flat_map(|(_, c)| named_objects(c)).collect();
+        let mut named: Vec<Uuid> = entries.iter().flat_map(|(_, c)| c.objects()).collect();
         named.sort();
         named.dedup();
         let links = self.link_guids_of_many(org_id, &named).await?;
@@ -118,7 +118,8 @@ impl Tx {
             }
             let mut q = sqlx::query(&sql);
             for (i, (object_id, change)) in chunk.iter().enumerate() {
-                let feed_links: Vec<FeedLink> = named_objects(change)
+                let feed_links: Vec<FeedLink> = change
+                    .objects()
                     .into_iter()
                     .flat_map(|id| {
                         links
@@ -285,22 +286,6 @@ impl Tx {
                 })
             })
             .collect()
-    }
-}
-
-/// The cloud objects a change names.
-fn named_objects(change: &CloudChange) -> Vec<Uuid> {
-    match change {
-        CloudChange::UpsertUser { id, .. } | CloudChange::UpsertGroup { id, .. } | CloudChange::Delete { id, .. } => {
-            vec![*id]
-        }
-        CloudChange::AddMember { group, member, .. } | CloudChange::RemoveMember { group, member, .. } => {
-            vec![*group, *member]
-        }
-        CloudChange::AddMembers { group, members } | CloudChange::RemoveMembers { group, members } => {
-            std::iter::once(*group).chain(members.iter().map(|m| m.id)).collect()
-        }
-        CloudChange::PasswordSet { user } => vec![*user],
     }
 }
 

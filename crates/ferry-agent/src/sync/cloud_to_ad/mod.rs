@@ -313,14 +313,16 @@ async fn read_ahead(
     let unknown: Vec<Uuid> = window
         .iter()
         .flat_map(|entry| {
-            named(&entry.change)
+            entry
+                .change
+                .objects()
                 .into_iter()
                 .filter(|id| !entry.ad_guids.contains_key(id))
         })
         .collect();
     look_up_links(ctx.shared, links, unknown).await?;
     for entry in window {
-        for id in &named(&entry.change) {
+        for id in &entry.change.objects() {
             let guid = match entry.ad_guids.get(id) {
                 Some(g) => Some(*g),
                 None => link_of(ctx.shared, links, *id).await?,
@@ -343,19 +345,6 @@ async fn read_ahead(
     sams.dedup();
     links.read_ahead.read(conn, &ctx.domain.root_dn, &guids, &sams).await?;
     Ok(())
-}
-
-/// The cloud objects a change names: a membership's group and member, or its subject.
-fn named(change: &CloudChange) -> Vec<Uuid> {
-    match change {
-        CloudChange::AddMember { group, member, .. } | CloudChange::RemoveMember { group, member, .. } => {
-            vec![*group, *member]
-        }
-        CloudChange::AddMembers { group, members } | CloudChange::RemoveMembers { group, members } => {
-            std::iter::once(*group).chain(members.iter().map(|m| m.id)).collect()
-        }
-        c => vec![subject(c)],
-    }
 }
 
 /// A base move the cloud refused. A user deleted in the cloud meanwhile
