@@ -5,7 +5,9 @@ mod common;
 
 use common::{create_org, Engine, TestDb};
 use ferry_cloud::directory::{self, WriteCtx};
-use ferry_cloud::store::{ConnectKeyProblem, DomainSettings, Member, NewGroup, NewUser, Store, StoreError, UserQuery};
+use ferry_cloud::store::{
+    ConnectKeyProblem, DomainSettings, Link, Member, NewGroup, NewUser, Store, StoreError, Tx, UserQuery,
+};
 use ferry_proto::agent::{CloudChange, DomainPolicies, FEED_MEMBERS_MAX};
 use ferry_proto::record::ObjectKind;
 use serde_json::{json, Value};
@@ -862,3 +864,65 @@ both_engines!(an_agents_own_entries_are_passed_over_in_one_read, |engine| async 
     assert!(rows.is_empty());
     assert_eq!(next, 12);
 });
+
+both_engines!(
+    an_entry_from_a_domain_carries_the_links_of_the_other_domains_only,
+    |engine| async move {
+        let (_db, store) = fresh(engine).await;
+        let org = create_org(&store, "A").await.id;
+        let mut tx = store.begin().await.unwrap();
+        let d = tx.insert_domain(org, &settings("a.test"), 1).await.unwrap().id;
+        let u = directory::create_user(&mut tx, &ctx(org), user("ann"), None)
+            .await
+            .unwrap()
+            .id;
+        let link = |domain_id: Uuid, guid: u128| Link {
+            domain_id,
+            kind: ObjectKind::User,
+            object_id: u,
+            ad_guid: Uuid::from_u128(guid),
+            ad_dn: "CN=ann,DC=x".into(),
+            synced_at: 1,
+            base: None,
+            ad_digest: None,
+        };
+        tx.put_link(org, &link(d, 1)).await.unwrap();
+        let touch = |origin: String| WriteCtx { origin, ..ctx(org) };
+        let mut next = user("ann");
+        next.active = false;
+        let row = tx.get_user(org, u).await.unwrap().unwrap();
+        directory::update_user(&mut tx, &touch(d.to_string()), &row, next.clone(), None)
+            .await
+            .unwrap();
+        // One domain: its own entry needs no links (no other agent reads it).
+        assert_eq!(links_of_last(&mut tx, org).await, vec![]);
+        // A second domain where ann is linked too: its agent reads d's
+        // entries and needs its own link from them, never d's.
+        let e = tx.insert_domain(org, &settings("b.test"), 1).await.unwrap().id;
+        tx.put_link(org, &link(e, 2)).await.unwrap();
+        next.active = true;
+        let row = tx.get_user(org, u).await.unwrap().unwrap();
+        directory::update_user(&mut tx, &touch(d.to_string()), &row, next.clone(), None)
+            .await
+            .unwrap();
+        assert_eq!(links_of_last(&mut tx, org).await, vec![(e, Uuid::from_u128(2))]);
+        // The cloud's own entry is read by every domain's agent: all links.
+        next.active = false;
+        let row = tx.get_user(org, u).await.unwrap().unwrap();
+        directory::update_user(&mut tx, &ctx(org), &row, next, None)
+            .await
+            .unwrap();
+        let mut want = vec![(d, Uuid::from_u128(1)), (e, Uuid::from_u128(2))];
+        want.sort();
+        assert_eq!(links_of_last(&mut tx, org).await, want);
+    }
+);
+
+/// The (domain, objectGUID) links the org's last feed entry carries.
+async fn links_of_last(tx: &mut Tx, org: Uuid) -> Vec<(Uuid, Uuid)> {
+    let head = tx.feed_head(org).await.unwrap();
+    let row = tx.read_feed(org, head - 1, 1).await.unwrap().remove(0);
+    let mut got: Vec<(Uuid, Uuid)> = row.links.iter().map(|l| (l.domain_id, l.ad_guid)).collect();
+    got.sort();
+    got
+}

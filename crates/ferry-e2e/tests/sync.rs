@@ -836,7 +836,9 @@ async fn a_refused_cloud_change_is_recorded_and_the_rest_flows() {
 
     // AD refuses the UPN: another account has it.
     let poison = scim_create_user(&cloud, json!({"userName": "jsmith", "displayName": "John Smith"})).await;
+    // The keys of the errors wanted: an object's id, or a membership's `group/member`.
     let mut poisons = vec![poison["id"].as_str().unwrap().to_owned()];
+    let mut legacy_member = None;
     if Dc::through_double() {
         // Windows refuses a universal group (what Ferry creates) in a global one.
         let (st, team) = cloud
@@ -855,9 +857,10 @@ async fn a_refused_cloud_change_is_recorded_and_the_rest_flows() {
             .call(reqwest::Method::PATCH, &format!("/scim/v2/Groups/{lid}"), Some(patch))
             .await;
         assert!(st == 200 || st == 204, "{st} {v}");
-        poisons.push(lid.to_owned());
+        poisons.push(format!("{lid}/{}", team["id"].as_str().unwrap()));
+        legacy_member = Some(lid.to_owned());
     }
-    scim_create_user(&cloud, json!({"userName": "marker", "title": "behind the poison"})).await;
+    let marker = scim_create_user(&cloud, json!({"userName": "marker", "title": "behind the poison"})).await;
     eventually("the marker behind the refused changes", || in_ad("marker")).await;
 
     let errors = eventually("the refusals listed", || async {
@@ -874,12 +877,34 @@ async fn a_refused_cloud_change_is_recorded_and_the_rest_flows() {
     for id in &poisons {
         assert!(errors.iter().any(|e| e["object_key"] == id.as_str()), "{errors:?}");
     }
-    if Dc::through_double() {
+    if let Some(lid) = &legacy_member {
         let nest = errors
             .iter()
             .find(|e| e["operation"] == "add member")
             .expect("the nesting error");
         assert!(nest["message"].as_str().unwrap().contains("00002145"), "{nest}");
+        // Another member of the same group, which AD takes: its success is
+        // its own and leaves the refused member's error open.
+        let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "add", "path": "members", "value": [{"value": marker["id"]}]}]});
+        let (st, v) = cloud
+            .call(reqwest::Method::PATCH, &format!("/scim/v2/Groups/{lid}"), Some(patch))
+            .await;
+        assert!(st == 200 || st == 204, "{st} {v}");
+        eventually("marker in Legacy in AD", || async {
+            dc.group_members(&format!("CN=Legacy,{users}"))
+                .iter()
+                .any(|m| m.to_lowercase().starts_with("cn=marker,"))
+                .then_some(())
+        })
+        .await;
+        scim_create_user(&cloud, json!({"userName": "marker1"})).await;
+        eventually("a change after marker's membership", || in_ad("marker1")).await;
+        let still = sync_errors(&cloud, &domain).await;
+        assert!(
+            still.iter().any(|e| e["operation"] == "add member"),
+            "a success of another member resolved the refused one: {still:?}"
+        );
     }
 
     // An agent restart neither loses nor repeats them.

@@ -738,7 +738,9 @@ impl SyncDirection {
 pub struct SyncErrorReport {
     /// Which way.
     pub direction: SyncDirection,
-    /// The object: its cloud id (cloud → AD) or AD objectGUID (AD → cloud).
+    /// The object: its cloud id (cloud → AD) or AD objectGUID (AD → cloud);
+    /// for a cloud → AD membership, the group's and the member's cloud ids
+    /// (see [`ErrorKey`]), so each member's refusal is its own error.
     pub object_key: String,
     /// User or group.
     pub object_kind: ObjectKind,
@@ -750,6 +752,47 @@ pub struct SyncErrorReport {
     pub code: String,
     /// The refusing side's message, with what to do.
     pub message: String,
+}
+
+/// What a sync error's `object_key` names.
+///
+/// A membership is keyed by its group *and* member (`group/member`): keyed
+/// by the group alone, a member AD refused and another member of the same
+/// group written just after would share one error, and the success would
+/// resolve the refusal it had nothing to do with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKey {
+    /// A user or group.
+    Object(Uuid),
+    /// One member of one group.
+    Membership {
+        /// The group.
+        group: Uuid,
+        /// The member.
+        member: Uuid,
+    },
+}
+
+impl ErrorKey {
+    /// Reads a key written by [`ErrorKey`]'s `Display`; `None` when it is neither form.
+    pub fn parse(key: &str) -> Option<ErrorKey> {
+        match key.split_once('/') {
+            Some((group, member)) => Some(ErrorKey::Membership {
+                group: group.parse().ok()?,
+                member: member.parse().ok()?,
+            }),
+            None => key.parse().ok().map(ErrorKey::Object),
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ErrorKey::Object(id) => write!(f, "{id}"),
+            ErrorKey::Membership { group, member } => write!(f, "{group}/{member}"),
+        }
+    }
 }
 
 /// `POST /agent/v1/sync-errors/resolved`: a later try of these objects succeeded.

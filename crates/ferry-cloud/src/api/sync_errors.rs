@@ -4,7 +4,7 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
-use ferry_proto::agent::SyncDirection;
+use ferry_proto::agent::{ErrorKey, SyncDirection};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -154,10 +154,14 @@ async fn retry(tx: &mut Tx, auth: &AdminAuth, now: i64, errors: &[SyncErrorRow])
     for e in errors {
         match e.direction {
             SyncDirection::CloudToAd => {
-                let Ok(object) = e.object_key.parse::<Uuid>() else {
-                    continue;
+                let again = match ErrorKey::parse(&e.object_key) {
+                    Some(ErrorKey::Object(object)) => directory::redeliver(tx, &ctx, object).await?,
+                    Some(ErrorKey::Membership { group, member }) => {
+                        directory::redeliver_membership(tx, &ctx, group, member).await?
+                    }
+                    None => continue,
                 };
-                if directory::redeliver(tx, &ctx, object).await? {
+                if again {
                     retried += 1;
                 } else {
                     // The object is gone from the cloud: nothing is left to retry.

@@ -443,6 +443,23 @@ pub async fn redeliver(tx: &mut Tx, ctx: &WriteCtx, id: Uuid) -> StoreResult<boo
     Ok(true)
 }
 
+/// Sends one membership to the agents again as the cloud holds it now: an
+/// add when `member` is in `group`, a removal when it is not (a refused
+/// removal is retried too). `false` when the group or the member is gone:
+/// nothing is left to retry.
+pub async fn redeliver_membership(tx: &mut Tx, ctx: &WriteCtx, group: Uuid, member: Uuid) -> StoreResult<bool> {
+    let Some(kind) = tx.object_kind(ctx.org_id, member).await? else {
+        return Ok(false);
+    };
+    if tx.get_group(ctx.org_id, group).await?.is_none() {
+        return Ok(false);
+    }
+    let is_member = tx.groups_of(ctx.org_id, member).await?.iter().any(|(g, _)| *g == group);
+    let entries = membership_entries(group, &[Member { id: member, kind }], is_member);
+    tx.append_feed_many(ctx.org_id, &ctx.origin, &entries, ctx.now).await?;
+    Ok(true)
+}
+
 /// Writes an audit entry for this context.
 pub async fn audit(
     tx: &mut Tx,

@@ -10,6 +10,8 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::accounts::conflict_as;
+pub(super) use super::bulk::texts;
+use super::bulk::{int, opt_text, text, Cell};
 use super::{get_json, get_opt_uuid, get_uuid, to_json, StoreError, StoreResult, Tx};
 
 /// A user as stored.
@@ -160,31 +162,32 @@ impl Tx {
         home: Option<Uuid>,
         now: i64,
     ) -> StoreResult<()> {
-        for chunk in users.chunks(100) {
-            let sql = format!(
-                "INSERT INTO dir_users (id, org_id, username, username_key, external_id, active, doc, password_hash, version, created_at, updated_at, home_domain)
-                 VALUES {}",
-                values_rows("(?, $1, ?, ?, ?, ?, ?, ?, 1, $2, $2, $3)", 4, chunk.len())
-            );
-            let mut q = sqlx::query(&sql)
-                .bind(org_id.to_string())
-                .bind(now)
-                .bind(home.map(|h| h.to_string()));
-            for (id, user) in chunk {
-                q = q
-                    .bind(id.to_string())
-                    .bind(&user.username)
-                    .bind(user.username.to_lowercase())
-                    .bind(&user.external_id)
-                    .bind(i64::from(user.active))
-                    .bind(to_json(&user.doc)?)
-                    .bind(&user.password_hash);
-            }
-            q.execute(self.conn()).await.map_err(|e| {
-                let names: Vec<&str> = chunk.iter().map(|(_, u)| u.username.as_str()).collect();
-                conflict_as(e, format!("a user named one of {names:?} exists"))
-            })?;
-        }
+        let rows = users
+            .iter()
+            .map(|(id, user)| {
+                Ok(vec![
+                    text(id.to_string()),
+                    text(&user.username),
+                    text(user.username.to_lowercase()),
+                    opt_text(user.external_id.as_deref()),
+                    int(i64::from(user.active)),
+                    text(to_json(&user.doc)?),
+                    opt_text(user.password_hash.as_deref()),
+                ])
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        self.write_rows(
+            "INSERT INTO dir_users (id, org_id, username, username_key, external_id, active, doc, password_hash, version, created_at, updated_at, home_domain)
+             {rows}",
+            "?, $1, ?, ?, ?, ?n, ?, ?, 1, $2, $2, $3",
+            vec![text(org_id.to_string()), int(now), opt_text(home.map(|h| h.to_string()))],
+            &rows,
+        )
+        .await
+        .map_err(|e| {
+            let names: Vec<&str> = users.iter().map(|(_, u)| u.username.as_str()).collect();
+            conflict_as(e, format!("a user named one of {names:?} exists"))
+        })?;
         self.add_to_count(org_id, ObjectKind::User, i64::try_from(users.len()).unwrap_or(i64::MAX))
             .await
     }
@@ -390,29 +393,30 @@ impl Tx {
         home: Option<Uuid>,
         now: i64,
     ) -> StoreResult<()> {
-        for chunk in groups.chunks(100) {
-            let sql = format!(
-                "INSERT INTO dir_groups (id, org_id, name, name_key, external_id, doc, version, created_at, updated_at, home_domain)
-                 VALUES {}",
-                values_rows("(?, $1, ?, ?, ?, ?, 1, $2, $2, $3)", 4, chunk.len())
-            );
-            let mut q = sqlx::query(&sql)
-                .bind(org_id.to_string())
-                .bind(now)
-                .bind(home.map(|h| h.to_string()));
-            for (id, group) in chunk {
-                q = q
-                    .bind(id.to_string())
-                    .bind(&group.name)
-                    .bind(group.name.to_lowercase())
-                    .bind(&group.external_id)
-                    .bind(to_json(&group.doc)?);
-            }
-            q.execute(self.conn()).await.map_err(|e| {
-                let names: Vec<&str> = chunk.iter().map(|(_, g)| g.name.as_str()).collect();
-                conflict_as(e, format!("a group named one of {names:?} exists"))
-            })?;
-        }
+        let rows = groups
+            .iter()
+            .map(|(id, group)| {
+                Ok(vec![
+                    text(id.to_string()),
+                    text(&group.name),
+                    text(group.name.to_lowercase()),
+                    opt_text(group.external_id.as_deref()),
+                    text(to_json(&group.doc)?),
+                ])
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        self.write_rows(
+            "INSERT INTO dir_groups (id, org_id, name, name_key, external_id, doc, version, created_at, updated_at, home_domain)
+             {rows}",
+            "?, $1, ?, ?, ?, ?, 1, $2, $2, $3",
+            vec![text(org_id.to_string()), int(now), opt_text(home.map(|h| h.to_string()))],
+            &rows,
+        )
+        .await
+        .map_err(|e| {
+            let names: Vec<&str> = groups.iter().map(|(_, g)| g.name.as_str()).collect();
+            conflict_as(e, format!("a group named one of {names:?} exists"))
+        })?;
         self.add_to_count(
             org_id,
             ObjectKind::Group,
@@ -607,22 +611,21 @@ impl Tx {
         members: &[Member],
     ) -> StoreResult<Vec<Member>> {
         let mut added = std::collections::HashSet::new();
-        for chunk in members.chunks(200) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| format!("($1, $2, ${}, ${})", 3 + 2 * i, 4 + 2 * i))
-                .collect();
-            let sql = format!(
-                "INSERT INTO memberships (org_id, group_id, member_id, member_kind) VALUES {}
+        let rows: Vec<Vec<Cell>> = members
+            .iter()
+            .map(|m| vec![text(m.id.to_string()), text(m.kind.as_str())])
+            .collect();
+        let returned = self
+            .write_rows(
+                "INSERT INTO memberships (org_id, group_id, member_id, member_kind) {rows}
                  ON CONFLICT (group_id, member_id) DO NOTHING RETURNING member_id",
-                rows.join(", ")
-            );
-            let mut q = sqlx::query(&sql).bind(org_id.to_string()).bind(group_id.to_string());
-            for m in chunk {
-                q = q.bind(m.id.to_string()).bind(m.kind.as_str());
-            }
-            for r in q.fetch_all(self.conn()).await? {
-                added.insert(get_uuid(&r, "member_id")?);
-            }
+                "$1, $2, ?, ?",
+                vec![text(org_id.to_string()), text(group_id.to_string())],
+                &rows,
+            )
+            .await?;
+        for r in returned {
+            added.insert(get_uuid(&r, "member_id")?);
         }
         let mut seen = std::collections::HashSet::new();
         Ok(members
@@ -648,21 +651,21 @@ impl Tx {
         Ok(out)
     }
 
-    /// Adds memberships `(group, member)` of many groups, 200 a statement
+    /// Adds memberships `(group, member)` of many groups in one statement
     /// (existing ones are left as they are).
     pub async fn insert_memberships(&mut self, org_id: Uuid, pairs: &[(Uuid, Member)]) -> StoreResult<()> {
-        for chunk in pairs.chunks(200) {
-            let sql = format!(
-                "INSERT INTO memberships (org_id, group_id, member_id, member_kind) VALUES {}
-                 ON CONFLICT (group_id, member_id) DO NOTHING",
-                values_rows("($1, ?, ?, ?)", 2, chunk.len())
-            );
-            let mut q = sqlx::query(&sql).bind(org_id.to_string());
-            for (group, m) in chunk {
-                q = q.bind(group.to_string()).bind(m.id.to_string()).bind(m.kind.as_str());
-            }
-            q.execute(self.conn()).await?;
-        }
+        let rows: Vec<Vec<Cell>> = pairs
+            .iter()
+            .map(|(group, m)| vec![text(group.to_string()), text(m.id.to_string()), text(m.kind.as_str())])
+            .collect();
+        self.write_rows(
+            "INSERT INTO memberships (org_id, group_id, member_id, member_kind) {rows}
+             ON CONFLICT (group_id, member_id) DO NOTHING",
+            "$1, ?, ?, ?",
+            vec![text(org_id.to_string())],
+            &rows,
+        )
+        .await?;
         Ok(())
     }
 
@@ -734,22 +737,13 @@ impl Tx {
         member_ids: &[Uuid],
     ) -> StoreResult<std::collections::HashMap<Uuid, Vec<(Uuid, String)>>> {
         let mut out: std::collections::HashMap<Uuid, Vec<(Uuid, String)>> = std::collections::HashMap::new();
-        for chunk in member_ids.chunks(500) {
-            let sql = format!(
-                "SELECT m.member_id, g.id, g.name FROM memberships m CROSS JOIN dir_groups g
-                 WHERE g.id = m.group_id AND m.org_id = $1 AND g.org_id = $1 AND m.member_id IN ({})
-                 ORDER BY g.name_key",
-                placeholders(2, chunk.len())
-            );
-            let mut q = sqlx::query(&sql).bind(org_id.to_string());
-            for id in chunk {
-                q = q.bind(id.to_string());
-            }
-            for r in q.fetch_all(self.conn()).await? {
-                out.entry(get_uuid(&r, "member_id")?)
-                    .or_default()
-                    .push((get_uuid(&r, "id")?, r.try_get("name")?));
-            }
+        let sql = "SELECT m.member_id, g.id, g.name FROM memberships m CROSS JOIN dir_groups g
+                   WHERE g.id = m.group_id AND m.org_id = $1 AND g.org_id = $1 AND m.member_id IN ({in})
+                   ORDER BY g.name_key";
+        for r in self.rows_in(sql, &[&org_id.to_string()], &texts(member_ids)).await? {
+            out.entry(get_uuid(&r, "member_id")?)
+                .or_default()
+                .push((get_uuid(&r, "id")?, r.try_get("name")?));
         }
         Ok(out)
     }
@@ -773,19 +767,11 @@ impl Tx {
         ids: &[Uuid],
     ) -> StoreResult<std::collections::HashMap<Uuid, ObjectKind>> {
         let mut out = std::collections::HashMap::with_capacity(ids.len());
+        let ids = texts(ids);
         for (table, kind) in [("dir_users", ObjectKind::User), ("dir_groups", ObjectKind::Group)] {
-            for chunk in ids.chunks(500) {
-                let sql = format!(
-                    "SELECT id FROM {table} WHERE org_id = $1 AND id IN ({})",
-                    placeholders(2, chunk.len())
-                );
-                let mut q = sqlx::query(&sql).bind(org_id.to_string());
-                for id in chunk {
-                    q = q.bind(id.to_string());
-                }
-                for r in q.fetch_all(self.conn()).await? {
-                    out.insert(get_uuid(&r, "id")?, kind);
-                }
+            let sql = format!("SELECT id FROM {table} WHERE org_id = $1 AND id IN ({{in}})");
+            for r in self.rows_in(&sql, &[&org_id.to_string()], &ids).await? {
+                out.insert(get_uuid(&r, "id")?, kind);
             }
         }
         Ok(out)
@@ -826,22 +812,12 @@ impl Tx {
 
     /// The links in a domain of these cloud objects (those that have one).
     pub async fn links_by_objects(&mut self, org_id: Uuid, domain_id: Uuid, ids: &[Uuid]) -> StoreResult<Vec<Link>> {
-        let mut out = Vec::new();
-        for chunk in ids.chunks(500) {
-            let sql = format!(
-                "SELECT domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at, base, ad_digest FROM links
-                 WHERE org_id = $1 AND domain_id = $2 AND object_id IN ({})",
-                placeholders(3, chunk.len())
-            );
-            let mut q = sqlx::query(&sql).bind(org_id.to_string()).bind(domain_id.to_string());
-            for id in chunk {
-                q = q.bind(id.to_string());
-            }
-            for r in q.fetch_all(self.conn()).await? {
-                out.push(link_from_row(&r)?);
-            }
-        }
-        Ok(out)
+        let sql = "SELECT domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at, base, ad_digest FROM links
+                   WHERE org_id = $1 AND domain_id = $2 AND object_id IN ({in})";
+        let rows = self
+            .rows_in(sql, &[&org_id.to_string(), &domain_id.to_string()], &texts(ids))
+            .await?;
+        rows.iter().map(link_from_row).collect()
     }
 
     /// Every link of a cloud object (one per domain).
@@ -865,21 +841,12 @@ impl Tx {
         object_ids: &[Uuid],
     ) -> StoreResult<std::collections::HashMap<Uuid, Vec<(Uuid, Uuid)>>> {
         let mut out: std::collections::HashMap<Uuid, Vec<(Uuid, Uuid)>> = std::collections::HashMap::new();
-        for chunk in object_ids.chunks(500) {
-            let sql = format!(
-                "SELECT object_id, domain_id, ad_guid FROM links WHERE org_id = $1 AND object_id IN ({})
-                 ORDER BY domain_id",
-                placeholders(2, chunk.len())
-            );
-            let mut q = sqlx::query(&sql).bind(org_id.to_string());
-            for id in chunk {
-                q = q.bind(id.to_string());
-            }
-            for r in q.fetch_all(self.conn()).await? {
-                out.entry(get_uuid(&r, "object_id")?)
-                    .or_default()
-                    .push((get_uuid(&r, "domain_id")?, get_uuid(&r, "ad_guid")?));
-            }
+        let sql = "SELECT object_id, domain_id, ad_guid FROM links WHERE org_id = $1 AND object_id IN ({in})
+                   ORDER BY domain_id";
+        for r in self.rows_in(sql, &[&org_id.to_string()], &texts(object_ids)).await? {
+            out.entry(get_uuid(&r, "object_id")?)
+                .or_default()
+                .push((get_uuid(&r, "domain_id")?, get_uuid(&r, "ad_guid")?));
         }
         Ok(out)
     }
@@ -892,21 +859,14 @@ impl Tx {
         guids: &[Uuid],
     ) -> StoreResult<std::collections::HashMap<Uuid, (ObjectKind, Uuid)>> {
         let mut out = std::collections::HashMap::new();
-        for chunk in guids.chunks(500) {
-            let sql = format!(
-                "SELECT ad_guid, object_kind, object_id FROM links WHERE org_id = $1 AND domain_id = $2 AND ad_guid IN ({})",
-                placeholders(3, chunk.len())
-            );
-            let mut q = sqlx::query(&sql).bind(org_id.to_string()).bind(domain_id.to_string());
-            for g in chunk {
-                q = q.bind(g.to_string());
-            }
-            for r in q.fetch_all(self.conn()).await? {
-                let kind: String = r.try_get("object_kind")?;
-                let kind =
-                    ObjectKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("object_kind {kind:?}")))?;
-                out.insert(get_uuid(&r, "ad_guid")?, (kind, get_uuid(&r, "object_id")?));
-            }
+        let sql = "SELECT ad_guid, object_kind, object_id FROM links WHERE org_id = $1 AND domain_id = $2 AND ad_guid IN ({in})";
+        for r in self
+            .rows_in(sql, &[&org_id.to_string(), &domain_id.to_string()], &texts(guids))
+            .await?
+        {
+            let kind: String = r.try_get("object_kind")?;
+            let kind = ObjectKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("object_kind {kind:?}")))?;
+            out.insert(get_uuid(&r, "ad_guid")?, (kind, get_uuid(&r, "object_id")?));
         }
         Ok(out)
     }
@@ -916,34 +876,36 @@ impl Tx {
         self.put_links_many(org_id, std::slice::from_ref(link)).await
     }
 
-    /// Creates or moves links, 100 a statement. No two may name the same
+    /// Creates or moves links, in one statement. No two may name the same
     /// AD object.
     pub async fn put_links_many(&mut self, org_id: Uuid, links: &[Link]) -> StoreResult<()> {
-        for chunk in links.chunks(100) {
-            let sql = format!(
-                "INSERT INTO links (org_id, domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at, base, ad_digest)
-                 VALUES {}
-                 ON CONFLICT (domain_id, ad_guid) DO UPDATE SET object_kind = excluded.object_kind,
-                     object_id = excluded.object_id, ad_dn = excluded.ad_dn, synced_at = excluded.synced_at,
-                     base = COALESCE(excluded.base, links.base), ad_digest = COALESCE(excluded.ad_digest, links.ad_digest)",
-                values_rows("($1, ?, ?, ?, ?, ?, ?, ?, ?)", 2, chunk.len())
-            );
-            let mut q = sqlx::query(&sql).bind(org_id.to_string());
-            for link in chunk {
-                q = q
-                    .bind(link.domain_id.to_string())
-                    .bind(link.kind.as_str())
-                    .bind(link.object_id.to_string())
-                    .bind(link.ad_guid.to_string())
-                    .bind(&link.ad_dn)
-                    .bind(link.synced_at)
-                    .bind(link.base.as_ref().map(serde_json::Value::to_string))
-                    .bind(link.ad_digest.clone());
-            }
-            q.execute(self.conn())
-                .await
-                .map_err(|e| conflict_as(e, "the cloud object is linked to another AD object".into()))?;
-        }
+        let rows: Vec<Vec<Cell>> = links
+            .iter()
+            .map(|link| {
+                vec![
+                    text(link.domain_id.to_string()),
+                    text(link.kind.as_str()),
+                    text(link.object_id.to_string()),
+                    text(link.ad_guid.to_string()),
+                    text(&link.ad_dn),
+                    int(link.synced_at),
+                    opt_text(link.base.as_ref().map(serde_json::Value::to_string)),
+                    opt_text(link.ad_digest.clone()),
+                ]
+            })
+            .collect();
+        self.write_rows(
+            "INSERT INTO links (org_id, domain_id, object_kind, object_id, ad_guid, ad_dn, synced_at, base, ad_digest)
+             {rows}
+             ON CONFLICT (domain_id, ad_guid) DO UPDATE SET object_kind = excluded.object_kind,
+                 object_id = excluded.object_id, ad_dn = excluded.ad_dn, synced_at = excluded.synced_at,
+                 base = COALESCE(excluded.base, links.base), ad_digest = COALESCE(excluded.ad_digest, links.ad_digest)",
+            "$1, ?, ?, ?, ?, ?, ?n, ?, ?",
+            vec![text(org_id.to_string())],
+            &rows,
+        )
+        .await
+        .map_err(|e| conflict_as(e, "the cloud object is linked to another AD object".into()))?;
         Ok(())
     }
 
@@ -1021,59 +983,6 @@ fn member_from_row(r: &AnyRow) -> StoreResult<Member> {
         id: get_uuid(r, "member_id")?,
         kind: ObjectKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("member_kind {kind:?}")))?,
     })
-}
-
-impl Tx {
-    /// The rows of `sql` run once per 500 of `values` (text): `{in}` in it
-    /// becomes their placeholders, after the `head` values, bound first.
-    pub(super) async fn rows_in(&mut self, sql: &str, head: &[&str], values: &[String]) -> StoreResult<Vec<AnyRow>> {
-        let mut rows = Vec::new();
-        for chunk in values.chunks(500) {
-            let sql = sql.replace("{in}", &placeholders(head.len() + 1, chunk.len()));
-            let mut q = sqlx::query(&sql);
-            for h in head {
-                q = q.bind(*h);
-            }
-            for v in chunk {
-                q = q.bind(v.as_str());
-            }
-            rows.extend(q.fetch_all(self.conn()).await?);
-        }
-        Ok(rows)
-    }
-}
-
-/// Ids as the store keeps them (text).
-pub(super) fn texts(ids: &[Uuid]) -> Vec<String> {
-    ids.iter().map(Uuid::to_string).collect()
-}
-
-/// `n` rows of `shape` for a multi-row VALUES: each `?` in it becomes the
-/// next parameter, counting from `$first` (`$k` in it stay shared by all rows).
-pub(super) fn values_rows(shape: &str, first: usize, n: usize) -> String {
-    let mut next = first;
-    let mut rows = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut row = String::with_capacity(shape.len() + 16);
-        for c in shape.chars() {
-            if c == '?' {
-                row.push_str(&format!("${next}"));
-                next += 1;
-            } else {
-                row.push(c);
-            }
-        }
-        rows.push(row);
-    }
-    rows.join(", ")
-}
-
-/// `$first, $first+1, …` for `n` values.
-pub(super) fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 pub(super) fn link_from_row(r: &AnyRow) -> StoreResult<Link> {

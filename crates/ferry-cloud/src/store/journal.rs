@@ -3,6 +3,7 @@
 //! an `UPDATE … RETURNING` on the org row, which also serializes concurrent
 //! writers of one org so sequence order is commit order.
 
+use super::bulk::{int, text};
 use ferry_proto::agent::CloudChange;
 use sqlx::Row;
 use uuid::Uuid;
@@ -84,10 +85,29 @@ impl Tx {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        let mut named: Vec<Uuid> = entries.iter().flat_map(|(_, c)| c.objects()).collect();
-        named.sort();
-        named.dedup();
-        let links = self.link_guids_of_many(org_id, &named).await?;
+        // An entry from a domain's agent is read only by the other domains'
+        // agents (`read_feed_for` leaves out an agent's own domain), and each
+        // takes its own domain's links from it: the origin's links are left
+        // out (an import's membership entry carried 50, 4 MB of feed a push),
+        // and with no other domain in the org none is looked up.
+        let origin_domain = Uuid::parse_str(origin).ok();
+        let others = match origin_domain {
+            Some(d) => sqlx::query("SELECT 1 FROM domains WHERE org_id = $1 AND id <> $2 LIMIT 1")
+                .bind(org_id.to_string())
+                .bind(d.to_string())
+                .fetch_optional(self.conn())
+                .await?
+                .is_some(),
+            None => true,
+        };
+        let links = if others {
+            let mut named: Vec<Uuid> = entries.iter().flat_map(|(_, c)| c.objects()).collect();
+            named.sort();
+            named.dedup();
+            self.link_guids_of_many(org_id, &named).await?
+        } else {
+            std::collections::HashMap::new()
+        };
         let n = i64::try_from(entries.len()).unwrap_or(i64::MAX);
         let last: i64 = sqlx::query("UPDATE orgs SET feed_seq = feed_seq + $2 WHERE id = $1 RETURNING feed_seq")
             .bind(org_id.to_string())
@@ -97,53 +117,38 @@ impl Tx {
             .try_get(0)?;
         let first = last - n + 1;
         let seqs: Vec<i64> = (first..=last).collect();
-        for (chunk_no, chunk) in entries.chunks(100).enumerate() {
-            let mut sql =
-                String::from("INSERT INTO feed (org_id, seq, origin, object_id, change, links, created_at) VALUES ");
-            for i in 0..chunk.len() {
-                let p = i * 7;
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4,
-                    p + 5,
-                    p + 6,
-                    p + 7
-                ));
-            }
-            let mut q = sqlx::query(&sql);
-            for (i, (object_id, change)) in chunk.iter().enumerate() {
-                let feed_links: Vec<FeedLink> = change
-                    .objects()
-                    .into_iter()
-                    .flat_map(|id| {
-                        links
-                            .get(&id)
-                            .into_iter()
-                            .flatten()
-                            .map(move |(domain_id, ad_guid)| FeedLink {
-                                object_id: id,
-                                domain_id: *domain_id,
-                                ad_guid: *ad_guid,
-                            })
-                    })
-                    .collect();
-                q = q
-                    .bind(org_id.to_string())
-                    .bind(seqs[chunk_no * 100 + i])
-                    .bind(origin)
-                    .bind(object_id.to_string())
-                    .bind(to_json(change)?)
-                    .bind(to_json(&feed_links)?)
-                    .bind(now);
-            }
-            q.execute(self.conn()).await?;
+        let mut rows = Vec::with_capacity(entries.len());
+        for ((object_id, change), seq) in entries.iter().zip(&seqs) {
+            let feed_links: Vec<FeedLink> = change
+                .objects()
+                .into_iter()
+                .flat_map(|id| {
+                    links
+                        .get(&id)
+                        .into_iter()
+                        .flatten()
+                        .filter(|(domain_id, _)| Some(*domain_id) != origin_domain)
+                        .map(move |(domain_id, ad_guid)| FeedLink {
+                            object_id: id,
+                            domain_id: *domain_id,
+                            ad_guid: *ad_guid,
+                        })
+                })
+                .collect();
+            rows.push(vec![
+                int(*seq),
+                text(object_id.to_string()),
+                text(to_json(change)?),
+                text(to_json(&feed_links)?),
+            ]);
         }
+        self.write_rows(
+            "INSERT INTO feed (org_id, seq, origin, object_id, change, links, created_at) {rows}",
+            "$1, ?n, $2, ?, ?, ?, $3",
+            vec![text(org_id.to_string()), text(origin), int(now)],
+            &rows,
+        )
+        .await?;
         if self.dialect() == super::Dialect::Postgres {
             // Delivered at commit, to every instance (and only if it commits);
             // notifications of one transaction with one payload fold into one.
@@ -249,17 +254,25 @@ impl Tx {
             .await?
             .try_get(0)?;
         let seqs: Vec<i64> = (last - n + 1..=last).collect();
-        for (chunk, seq_chunk) in entries.chunks(100).zip(seqs.chunks(100)) {
-            let sql = format!(
-                "INSERT INTO audit (org_id, seq, at, actor, action, target, details) VALUES {}",
-                super::directory::values_rows("($1, ?, $2, $3, ?, ?, ?)", 4, chunk.len())
-            );
-            let mut q = sqlx::query(&sql).bind(org_id.to_string()).bind(now).bind(actor);
-            for ((action, target, details), seq) in chunk.iter().zip(seq_chunk) {
-                q = q.bind(*seq).bind(*action).bind(target).bind(to_json(details)?);
-            }
-            q.execute(self.conn()).await?;
-        }
+        let rows = entries
+            .iter()
+            .zip(&seqs)
+            .map(|((action, target, details), seq)| {
+                Ok(vec![
+                    int(*seq),
+                    text(*action),
+                    text(target.as_str()),
+                    text(to_json(details)?),
+                ])
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        self.write_rows(
+            "INSERT INTO audit (org_id, seq, at, actor, action, target, details) {rows}",
+            "$1, ?n, $2, $3, ?, ?, ?",
+            vec![text(org_id.to_string()), int(now), text(actor)],
+            &rows,
+        )
+        .await?;
         Ok(seqs)
     }
 

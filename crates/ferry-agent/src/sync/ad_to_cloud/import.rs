@@ -3,6 +3,7 @@
 //! every object is in.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -70,10 +71,20 @@ pub(super) async fn full_import(
     // `None` ends the stream: the read finished. A stream that ends without
     // it (the read failed) must not move the cookie to `final_cookie`.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Vec<AdChange>>>(2);
+    // How long each side waited for the other during the read: the read
+    // for the cloud (a full channel), the push for AD (an empty one). The
+    // larger says which side the read's time is spent on.
+    let (read_waited, push_waited) = (Waited::default(), Waited::default());
+    let (read_waited, push_waited) = (&read_waited, &push_waited);
     let produce = async move {
         let send = |tx: &tokio::sync::mpsc::Sender<Option<Vec<AdChange>>>, batch: Vec<AdChange>| {
             let tx = tx.clone();
-            async move { tx.send(Some(batch)).await.map_err(|_| PUSH_STOPPED.to_owned()) }
+            async move {
+                let asked = Instant::now();
+                let sent = tx.send(Some(batch)).await.map_err(|_| PUSH_STOPPED.to_owned());
+                read_waited.add(asked);
+                sent
+            }
         };
         let mut pager = crate::ad::Pager::default();
         // Of each entry, only what the second pass needs is kept (not the
@@ -94,6 +105,13 @@ pub(super) async fn full_import(
             }
         }
         let objects = later.objects();
+        tracing::info!(
+            objects,
+            secs = started.elapsed().as_secs_f32(),
+            waited_for_cloud_secs = read_waited.secs(),
+            waited_for_ad_secs = push_waited.secs(),
+            "full import: read done; memberships and managers follow"
+        );
         pending.extend(later.changes());
         for chunk in pending.chunks(BATCH) {
             send(&tx, chunk.to_vec()).await?;
@@ -107,7 +125,11 @@ pub(super) async fn full_import(
     let consume = async move {
         let mut batches = 0usize;
         let mut done = 0usize;
-        while let Some(item) = rx.recv().await {
+        loop {
+            let asked = Instant::now();
+            let next = rx.recv().await;
+            push_waited.add(asked);
+            let Some(item) = next else { break };
             let Some(chunk) = item else {
                 // The read finished: only now may the cookie become final.
                 push(shared, &mut cookie, last, vec![]).await?;
@@ -139,6 +161,21 @@ pub(super) async fn full_import(
         gone: gone(shared, linked, &present),
         usn,
     })
+}
+
+/// Time spent waiting, summed (microseconds).
+#[derive(Default)]
+struct Waited(AtomicU64);
+
+impl Waited {
+    fn add(&self, since: Instant) {
+        let us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.0.fetch_add(us, Ordering::Relaxed);
+    }
+
+    fn secs(&self) -> f64 {
+        self.0.load(Ordering::Relaxed) as f64 / 1e6
+    }
 }
 
 /// What the import sends once every object is in: memberships, then

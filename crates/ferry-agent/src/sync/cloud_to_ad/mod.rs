@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ferry_proto::agent::{
-    Authority, CloudChange, CloudDeleteAction, DomainInfo, DomainPolicies, FeedEntry, LinkInfo, LinkRefusal,
+    Authority, CloudChange, CloudDeleteAction, DomainInfo, DomainPolicies, ErrorKey, FeedEntry, LinkInfo, LinkRefusal,
     SyncDirection, SyncErrorReport,
 };
 use ferry_proto::record::{GroupRecord, ObjectKind, UserRecord};
@@ -46,15 +46,14 @@ async fn follow(shared: &Shared) -> Result<(), String> {
     let mut protection = protect::read(shared, &mut conn).await?;
     let mut cursor = shared.cloud.state().await.map_err(|e| e.to_string())?.feed_cursor;
     let mut links = Links::new(shared.cloud.clone());
-    // Objects with an open cloud → AD error: a success clears theirs.
-    let mut failed: HashSet<Uuid> = shared
+    // Objects (and memberships) with an open cloud → AD error: a success clears theirs.
+    let mut failed: HashSet<String> = shared
         .cloud
         .open_sync_errors()
         .await
         .map_err(|e| e.to_string())?
         .cloud_to_ad
-        .iter()
-        .filter_map(|k| k.parse().ok())
+        .into_iter()
         .collect();
     loop {
         if !shared.primary.load(Ordering::SeqCst) {
@@ -135,33 +134,36 @@ async fn follow(shared: &Shared) -> Result<(), String> {
     }
 }
 
-/// What becomes of an applied entry: a success clears its object's open
-/// error; a refusal is recorded against the object and the rest flows on; a
-/// fault in passing stops the page (it is applied again after a pause).
+/// What becomes of an applied entry: a success clears its object's (or its
+/// membership's) open error; a refusal is recorded against it and the rest
+/// flows on; a fault in passing stops the page (it is applied again after a
+/// pause).
 async fn settle(
     shared: &Shared,
     entry: &FeedEntry,
     result: Result<(), SyncError>,
-    failed: &mut HashSet<Uuid>,
+    failed: &mut HashSet<String>,
     resolved: &mut Vec<String>,
 ) -> Result<(), String> {
-    let object = subject(&entry.change);
+    let key = error_key(&entry.change).to_string();
     match result {
         Ok(()) => {
             crate::metrics::cloud_change_applied(entry.at);
-            if failed.remove(&object) {
-                resolved.push(object.to_string());
+            if failed.remove(&key) {
+                resolved.push(key);
             }
         }
         Err(SyncError::Refused { code, message }) => {
-            tracing::warn!(seq = entry.seq, %object, %code, "cloud → AD: refused; recorded as a sync error");
+            tracing::warn!(seq = entry.seq, object = %key, %code, "cloud → AD: refused; recorded as a sync error");
             let report = error_report(entry, code, message);
             shared
                 .cloud
                 .report_sync_error(&report)
                 .await
                 .map_err(|e| e.to_string())?;
-            failed.insert(object);
+            // Resolved earlier in this page and refused now: the refusal stands.
+            resolved.retain(|k| *k != key);
+            failed.insert(key);
         }
         Err(SyncError::Retry(e)) => return Err(format!("change {}: {e}", entry.seq)),
     }
@@ -368,6 +370,20 @@ async fn report_refused_move(shared: &Shared, r: LinkRefusal) -> Result<(), Stri
 }
 
 /// The object a feed entry changes (a membership change is the group's).
+/// What a change's sync error is keyed by: a membership by its group and
+/// member, so that one member's success does not resolve another's refusal.
+fn error_key(change: &CloudChange) -> ErrorKey {
+    match change {
+        CloudChange::AddMember { group, member, .. } | CloudChange::RemoveMember { group, member, .. } => {
+            ErrorKey::Membership {
+                group: *group,
+                member: *member,
+            }
+        }
+        other => ErrorKey::Object(subject(other)),
+    }
+}
+
 fn subject(change: &CloudChange) -> Uuid {
     match change {
         CloudChange::UpsertUser { id, .. } | CloudChange::UpsertGroup { id, .. } | CloudChange::Delete { id, .. } => {
@@ -410,7 +426,7 @@ fn error_report(entry: &FeedEntry, code: String, message: String) -> SyncErrorRe
     };
     SyncErrorReport {
         direction: SyncDirection::CloudToAd,
-        object_key: subject(&entry.change).to_string(),
+        object_key: error_key(&entry.change).to_string(),
         object_kind: kind,
         object_name: name,
         operation: operation.to_owned(),

@@ -1,0 +1,126 @@
+//! Many rows in one statement, as ONE parameter: a JSON array.
+//!
+//! Multi-row writes and long `IN` lists used to be statements of hundreds of
+//! parameters (`VALUES ($1, $2, …), …`, `IN ($2, …, $501)`). Two costs came
+//! with them:
+//! - SQLite finds a named parameter by a linear scan of the statement's
+//!   parameters (`sqlite3_bind_parameter_name`, which sqlx calls for each),
+//!   so binding n parameters costs n². At 100,000 users that was 10–12 % of
+//!   the cloud's time in an import (`perf`, `examples/import_cost.rs`).
+//! - A statement's text depended on its row count, so each count was
+//!   prepared anew and crowded the statement cache.
+//!
+//! Here the rows go as one JSON array and the statement reads them with
+//! the engine's own JSON functions (`json_each` on SQLite,
+//! `jsonb_array_elements` on PostgreSQL): one parameter, one statement text
+//! whatever the count, no chunking.
+
+use sqlx::any::AnyRow;
+use uuid::Uuid;
+
+use super::{to_json, Dialect, StoreResult, Tx};
+
+/// A row's value as a JSON array element: text, an integer, or null.
+pub(super) type Cell = serde_json::Value;
+
+/// A text cell.
+pub(super) fn text(s: impl Into<String>) -> Cell {
+    Cell::String(s.into())
+}
+
+/// An optional text cell.
+pub(super) fn opt_text(s: Option<impl Into<String>>) -> Cell {
+    s.map_or(Cell::Null, text)
+}
+
+/// An integer cell (read with `?n` in a shape).
+pub(super) fn int(n: i64) -> Cell {
+    Cell::from(n)
+}
+
+/// Ids as the store keeps them (text).
+pub(super) fn texts(ids: &[Uuid]) -> Vec<String> {
+    ids.iter().map(Uuid::to_string).collect()
+}
+
+impl Tx {
+    /// `SELECT <shape> FROM <the rows bound at $p> WHERE true`, for an
+    /// `INSERT … SELECT` of many rows. In `shape`, each `?` is the row's next
+    /// cell as text and each `?n` as an integer; `$k` are the statement's
+    /// other parameters, shared by every row. (`WHERE true` lets SQLite
+    /// read a following `ON CONFLICT` as the upsert's, not a join's.)
+    pub(super) fn select_rows(&self, shape: &str, p: usize) -> String {
+        let mut cols = String::with_capacity(shape.len() * 4);
+        let mut cell = 0usize;
+        let mut chars = shape.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c != '?' {
+                cols.push(c);
+                continue;
+            }
+            if chars.peek() == Some(&'n') {
+                chars.next();
+                cols.push_str(&format!("CAST(r.value ->> {cell} AS BIGINT)"));
+            } else {
+                cols.push_str(&format!("(r.value ->> {cell})"));
+            }
+            cell += 1;
+        }
+        let from = match self.dialect() {
+            Dialect::Sqlite => format!("json_each(${p}) AS r"),
+            Dialect::Postgres => format!("jsonb_array_elements(${p}::jsonb) AS r(value)"),
+        };
+        format!("SELECT {cols} FROM {from} WHERE true")
+    }
+
+    /// A subquery of the texts in the JSON array bound at `$p`, for `IN (…)`.
+    pub(super) fn json_list(&self, p: usize) -> String {
+        match self.dialect() {
+            Dialect::Sqlite => format!("SELECT value FROM json_each(${p})"),
+            Dialect::Postgres => format!("SELECT jsonb_array_elements_text(${p}::jsonb)"),
+        }
+    }
+
+    /// Runs `sql`, whose `{in}` stands for `values`, with `head` bound
+    /// first: one statement for the whole list, however long.
+    pub(super) async fn rows_in(&mut self, sql: &str, head: &[&str], values: &[String]) -> StoreResult<Vec<AnyRow>> {
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = sql.replace("{in}", &self.json_list(head.len() + 1));
+        let mut q = sqlx::query(&sql);
+        for h in head {
+            q = q.bind(*h);
+        }
+        q = q.bind(to_json(&values)?);
+        Ok(q.fetch_all(self.conn()).await?)
+    }
+
+    /// Runs `sql` (an `INSERT … {rows}` or other statement whose `{rows}`
+    /// is [`Tx::select_rows`] of `shape`) with `head` bound first and then
+    /// `rows` as one parameter; returns what it returns. Nothing is run
+    /// when there are no rows.
+    pub(super) async fn write_rows(
+        &mut self,
+        sql: &str,
+        shape: &str,
+        head: Vec<Cell>,
+        rows: &[Vec<Cell>],
+    ) -> Result<Vec<AnyRow>, sqlx::Error> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = sql.replace("{rows}", &self.select_rows(shape, head.len() + 1));
+        let mut q = sqlx::query(&sql);
+        for h in head {
+            q = match h {
+                Cell::Null => q.bind(None::<String>),
+                Cell::Number(n) => q.bind(n.as_i64()),
+                Cell::String(s) => q.bind(s),
+                other => q.bind(other.to_string()),
+            };
+        }
+        let json = serde_json::to_string(rows).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        q.bind(json).fetch_all(self.conn()).await
+    }
+}
