@@ -8,7 +8,7 @@ use ferry_cloud::directory::{self, WriteCtx};
 use ferry_cloud::store::{
     ConnectKeyProblem, DomainSettings, Link, Member, NewGroup, NewUser, Store, StoreError, Tx, UserQuery,
 };
-use ferry_proto::agent::{CloudChange, DomainPolicies, FEED_MEMBERS_MAX};
+use ferry_proto::agent::{CloudChange, DomainPolicies, SyncDirection, SyncErrorReport, FEED_MEMBERS_MAX};
 use ferry_proto::record::ObjectKind;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -926,3 +926,87 @@ async fn links_of_last(tx: &mut Tx, org: Uuid) -> Vec<(Uuid, Uuid)> {
     got.sort();
     got
 }
+
+both_engines!(
+    membership_errors_of_before_are_keyed_by_group_and_member_on_upgrade,
+    |engine| async move {
+        let db = TestDb::new(engine).await;
+        let store = db.open().await;
+        let org = create_org(&store, "A").await.id;
+        let (g, m, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let mut tx = store.begin().await.unwrap();
+        let d = tx.insert_domain(org, &settings("a.test"), 1).await.unwrap().id;
+        // As an agent of before reported them: keyed by the group alone.
+        let report = |key: String, name: String, operation: &str| SyncErrorReport {
+            direction: SyncDirection::CloudToAd,
+            object_key: key,
+            object_kind: ObjectKind::Group,
+            object_name: name,
+            operation: operation.into(),
+            code: "ldap 53".into(),
+            message: "refused".into(),
+        };
+        for r in [
+            report(g.to_string(), format!("group {g} (member {m})"), "add member"),
+            // Not a membership: left as it is.
+            report(other.to_string(), "Sales".into(), "create or update group"),
+        ] {
+            tx.record_sync_error(org, d, &r, 1).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+        store.close().await;
+        // The database as a cloud of before left it: migration 11 not applied.
+        sqlx::any::install_default_drivers();
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM ferry_migrations WHERE version = 11")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::Connection::close(conn).await.unwrap();
+        let store = db.open().await;
+        let mut tx = store.begin().await.unwrap();
+        let mut keys: Vec<String> = tx
+            .open_sync_error_keys(org, d)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, k)| k)
+            .collect();
+        keys.sort();
+        let mut want = vec![format!("{g}/{m}"), other.to_string()];
+        want.sort();
+        assert_eq!(keys, want);
+        // The agent's success of that membership now resolves it.
+        tx.resolve_sync_errors(org, d, SyncDirection::CloudToAd, &[format!("{g}/{m}")])
+            .await
+            .unwrap();
+        assert_eq!(tx.count_sync_errors(org, d).await.unwrap(), 1);
+    }
+);
+
+both_engines!(
+    a_list_lookup_finds_names_with_quotes_commas_braces_and_backslashes,
+    |engine| async move {
+        let (_db, store) = fresh(engine).await;
+        let org = create_org(&store, "A").await.id;
+        let mut tx = store.begin().await.unwrap();
+        // Each a character that means something in a JSON or an array literal.
+        let names = [r#"a"b"#, r"c\d", "e,f", "{g}", "h i", "NULL", "ünï"];
+        for name in names {
+            directory::create_user(&mut tx, &ctx(org), user(name), None)
+                .await
+                .unwrap();
+        }
+        let mut asked: Vec<String> = names.iter().map(|n| n.to_lowercase()).collect();
+        asked.push(r#"a"c"#.into());
+        asked.push("".into());
+        let taken = tx.taken_name_keys(org, ObjectKind::User, &asked).await.unwrap();
+        let mut got: Vec<&str> = taken.iter().map(String::as_str).collect();
+        got.sort();
+        let mut want: Vec<String> = names.iter().map(|n| n.to_lowercase()).collect();
+        want.sort();
+        assert_eq!(got, want);
+    }
+);

@@ -370,7 +370,7 @@ async fn push_changes(
     // a retry, carry the same), and one refresh at a time in this process.
     static ANALYZING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if req.from_cookie != req.to_cookie
-        && analyze_after(req.to_cookie.as_deref())
+        && analyze_after(req.from_cookie.as_deref(), req.to_cookie.as_deref())
         && !ANALYZING.swap(true, std::sync::atomic::Ordering::AcqRel)
     {
         let store = state.store.clone();
@@ -389,14 +389,22 @@ async fn push_changes(
     Ok(Json(result))
 }
 
-/// Whether the batch that moved the cookie to `to` is an import's whose
-/// tables have about doubled since the last refresh of their statistics:
-/// the agent's import batches carry `import:N` (N its pushes so far), so
-/// at pushes 4, 8, 16, 32… (a handful per import, whatever its size).
-fn analyze_after(to: Option<&str>) -> bool {
-    to.and_then(|c| c.strip_prefix(ferry_proto::agent::IMPORT_COOKIE_PREFIX))
-        .and_then(|n| n.parse::<u64>().ok())
-        .is_some_and(|n| n >= 4 && n.is_power_of_two())
+/// Whether the batch that moved the cookie from `from` to `to` is an
+/// import's whose tables have about doubled since the last refresh of
+/// their statistics: the agent's import batches carry `import:N` (N its
+/// pushes so far), so at pushes 4, 8, 16, 32… (a handful per import,
+/// whatever its size) — and at its end, the push that moves the cookie
+/// from `import:N` to a DirSync cookie, when the tables may be up to twice
+/// what the last refresh saw and the first changes and SCIM reads follow.
+fn analyze_after(from: Option<&str>, to: Option<&str>) -> bool {
+    fn import(c: Option<&str>) -> Option<&str> {
+        c.and_then(|c| c.strip_prefix(ferry_proto::agent::IMPORT_COOKIE_PREFIX))
+    }
+    match (import(from), import(to)) {
+        (_, Some(n)) => n.parse::<u64>().is_ok_and(|n| n >= 4 && n.is_power_of_two()),
+        (Some(_), None) => to.is_some(),
+        (None, None) => false,
+    }
 }
 
 #[derive(Deserialize)]
@@ -908,12 +916,17 @@ mod tests {
     #[test]
     fn statistics_are_refreshed_as_an_import_doubles() {
         let at: Vec<u64> = (1..=1000)
-            .filter(|n| analyze_after(Some(&format!("import:{n}"))))
+            .filter(|n| analyze_after(Some(&format!("import:{}", n - 1)), Some(&format!("import:{n}"))))
             .collect();
         assert_eq!(at, [4, 8, 16, 32, 64, 128, 256, 512]);
-        assert!(!analyze_after(Some("dirsync-cookie")));
-        assert!(!analyze_after(Some("import:x")));
-        assert!(!analyze_after(None));
+        // The import's end: its last push moves the cookie to DirSync's.
+        assert!(analyze_after(Some("import:241"), Some("dirsync-cookie")));
+        // Changes after it do not.
+        assert!(!analyze_after(Some("dirsync-cookie"), Some("dirsync-cookie-2")));
+        assert!(!analyze_after(None, Some("dirsync-cookie")));
+        assert!(!analyze_after(Some("import:3"), Some("import:x")));
+        assert!(!analyze_after(Some("import:3"), None));
+        assert!(!analyze_after(None, None));
     }
 
     #[test]

@@ -12,13 +12,19 @@
 //!
 //! Here the rows go as one JSON array and the statement reads them with
 //! the engine's own JSON functions (`json_each` on SQLite,
-//! `jsonb_array_elements` on PostgreSQL): one parameter, one statement text
-//! whatever the count, no chunking.
+//! `jsonb_array_elements` on PostgreSQL), and an `IN` list as a JSON array
+//! (SQLite) or a `text[]` (PostgreSQL): one parameter, one statement text
+//! whatever the count. Only a list longer than [`ROWS_MAX`] is cut, so that
+//! no parameter nears PostgreSQL's 256 MiB limit on a `jsonb` value (a drift
+//! repair may resend every user of a domain in one call).
 
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 use super::{to_json, Dialect, StoreResult, Tx};
+
+/// Rows (or list values) a statement takes at most: ~10 MB of users.
+const ROWS_MAX: usize = 10_000;
 
 /// A row's value as a JSON array element: text, an integer, or null.
 pub(super) type Cell = serde_json::Value;
@@ -36,6 +42,27 @@ pub(super) fn opt_text(s: Option<impl Into<String>>) -> Cell {
 /// An integer cell (read with `?n` in a shape).
 pub(super) fn int(n: i64) -> Cell {
     Cell::from(n)
+}
+
+/// A PostgreSQL array literal of texts: `{"a","b\"c"}`.
+fn text_array(values: &[String]) -> String {
+    let mut out = String::with_capacity(values.iter().map(|v| v.len() + 3).sum::<usize>() + 2);
+    out.push('{');
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for c in v.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
 }
 
 /// Ids as the store keeps them (text).
@@ -73,33 +100,39 @@ impl Tx {
         format!("SELECT {cols} FROM {from} WHERE true")
     }
 
-    /// A subquery of the texts in the JSON array bound at `$p`, for `IN (…)`.
-    pub(super) fn json_list(&self, p: usize) -> String {
-        match self.dialect() {
-            Dialect::Sqlite => format!("SELECT value FROM json_each(${p})"),
-            Dialect::Postgres => format!("SELECT jsonb_array_elements_text(${p}::jsonb)"),
-        }
-    }
-
-    /// Runs `sql`, whose `{in}` stands for `values`, with `head` bound
-    /// first: one statement for the whole list, however long.
+    /// Runs `sql`, whose `IN ({in})` stands for being one of `values`,
+    /// with `head` bound first: one statement for the whole list, however
+    /// long. SQLite reads the list as a JSON array. PostgreSQL takes it as a
+    /// `text[]` (`= ANY`): an index condition the planner costs by the
+    /// array, where a set-returning function's rows are guessed (100) — and
+    /// with statistics stale just after an import, such a guess planned a
+    /// group lookup as a scan of every membership.
     pub(super) async fn rows_in(&mut self, sql: &str, head: &[&str], values: &[String]) -> StoreResult<Vec<AnyRow>> {
-        if values.is_empty() {
-            return Ok(Vec::new());
+        debug_assert!(sql.contains("IN ({in})"), "{sql}");
+        let p = head.len() + 1;
+        let sql = match self.dialect() {
+            Dialect::Sqlite => sql.replace("IN ({in})", &format!("IN (SELECT value FROM json_each(${p}))")),
+            Dialect::Postgres => sql.replace("IN ({in})", &format!("= ANY(${p}::text[])")),
+        };
+        let mut out = Vec::new();
+        for chunk in values.chunks(ROWS_MAX) {
+            let mut q = sqlx::query(&sql);
+            for h in head {
+                q = q.bind(*h);
+            }
+            let list = match self.dialect() {
+                Dialect::Sqlite => to_json(&chunk)?,
+                Dialect::Postgres => text_array(chunk),
+            };
+            out.extend(q.bind(list).fetch_all(self.conn()).await?);
         }
-        let sql = sql.replace("{in}", &self.json_list(head.len() + 1));
-        let mut q = sqlx::query(&sql);
-        for h in head {
-            q = q.bind(*h);
-        }
-        q = q.bind(to_json(&values)?);
-        Ok(q.fetch_all(self.conn()).await?)
+        Ok(out)
     }
 
     /// Runs `sql` (an `INSERT … {rows}` or other statement whose `{rows}`
     /// is [`Tx::select_rows`] of `shape`) with `head` bound first and then
     /// `rows` as one parameter; returns what it returns. Nothing is run
-    /// when there are no rows.
+    /// when there are no rows; more than [`ROWS_MAX`] are run in parts.
     pub(super) async fn write_rows(
         &mut self,
         sql: &str,
@@ -107,20 +140,21 @@ impl Tx {
         head: Vec<Cell>,
         rows: &[Vec<Cell>],
     ) -> Result<Vec<AnyRow>, sqlx::Error> {
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
         let sql = sql.replace("{rows}", &self.select_rows(shape, head.len() + 1));
-        let mut q = sqlx::query(&sql);
-        for h in head {
-            q = match h {
-                Cell::Null => q.bind(None::<String>),
-                Cell::Number(n) => q.bind(n.as_i64()),
-                Cell::String(s) => q.bind(s),
-                other => q.bind(other.to_string()),
-            };
+        let mut out = Vec::new();
+        for chunk in rows.chunks(ROWS_MAX) {
+            let mut q = sqlx::query(&sql);
+            for h in &head {
+                q = match h {
+                    Cell::Null => q.bind(None::<String>),
+                    Cell::Number(n) => q.bind(n.as_i64()),
+                    Cell::String(s) => q.bind(s.clone()),
+                    other => q.bind(other.to_string()),
+                };
+            }
+            let json = serde_json::to_string(chunk).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+            out.extend(q.bind(json).fetch_all(self.conn()).await?);
         }
-        let json = serde_json::to_string(rows).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        q.bind(json).fetch_all(self.conn()).await
+        Ok(out)
     }
 }

@@ -192,7 +192,7 @@ impl Tx {
             .await
     }
 
-    /// Many users of the org by id, in a few queries (500 ids a query).
+    /// Many users of the org by id, in one query.
     pub async fn get_users_many(
         &mut self,
         org_id: Uuid,
@@ -204,7 +204,7 @@ impl Tx {
     }
 
     /// Which of the lowercased names `keys` a user (or a group) of the org
-    /// already has, in a few queries (500 a query).
+    /// already has, in one query.
     pub async fn taken_name_keys(
         &mut self,
         org_id: Uuid,
@@ -385,7 +385,7 @@ impl Tx {
     }
 
     /// Inserts new groups (without members), each with its given id and
-    /// placed in `home`, 100 a statement; a conflict when a name is taken.
+    /// placed in `home`, in one statement; a conflict when a name is taken.
     pub async fn insert_groups_many(
         &mut self,
         org_id: Uuid,
@@ -452,7 +452,7 @@ impl Tx {
             .unwrap_or(0))
     }
 
-    /// Many groups of the org by id, in a few queries (500 ids a query).
+    /// Many groups of the org by id, in one query.
     pub async fn get_groups_many(
         &mut self,
         org_id: Uuid,
@@ -602,7 +602,7 @@ impl Tx {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Adds many members in a few statements; returns those that were not
+    /// Adds many members in one statement; returns those that were not
     /// members yet, in the order given.
     pub async fn add_members_many(
         &mut self,
@@ -730,7 +730,7 @@ impl Tx {
     }
 
     /// [`Tx::groups_of`] for many objects at once (a page of a list): one
-    /// query per 500 ids instead of one per object.
+    /// query instead of one per object.
     pub async fn groups_of_many(
         &mut self,
         org_id: Uuid,
@@ -760,7 +760,7 @@ impl Tx {
     }
 
     /// The kinds of those of `ids` that exist in this org, in a few queries
-    /// (500 ids a query), however many there are.
+    /// (one a table), however many there are.
     pub async fn object_kinds(
         &mut self,
         org_id: Uuid,

@@ -50,7 +50,7 @@ impl Tx {
         })
     }
 
-    /// The home domains of many objects of one kind (500 a query); objects
+    /// The home domains of many objects of one kind (one query); objects
     /// that do not exist are left out.
     pub async fn homes_of_many(
         &mut self,
@@ -193,7 +193,7 @@ impl Tx {
     }
 
     /// Which of many AD objects' cloud objects were deleted in the cloud
-    /// (500 a query).
+    /// (one query).
     pub async fn cloud_deleted_among(
         &mut self,
         org_id: Uuid,

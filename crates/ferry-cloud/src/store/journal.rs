@@ -73,8 +73,8 @@ impl Tx {
     }
 
     /// Appends changes in order with consecutive sequence numbers: one
-    /// sequence update, one link lookup and one INSERT per 100 entries (a
-    /// group's 500 new members during an import are not 2,000 statements).
+    /// sequence update, one link lookup and one INSERT (a group's 500 new
+    /// members during an import are not 2,000 statements).
     pub async fn append_feed_many(
         &mut self,
         org_id: Uuid,
@@ -235,7 +235,7 @@ impl Tx {
 
     /// Appends audit entries `(action, target, details)` of one actor in
     /// order, with consecutive sequence numbers: one sequence update and one
-    /// INSERT per 100 entries.
+    /// INSERT.
     pub async fn append_audit_many(
         &mut self,
         org_id: Uuid,

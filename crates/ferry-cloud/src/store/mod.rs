@@ -50,6 +50,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("0008_scale_out.sql")),
     (9, include_str!("0009_link_digest.sql")),
     (10, include_str!("0010_org_counts.sql")),
+    (11, include_str!("0011_membership_error_keys.sql")),
 ];
 
 /// The PostgreSQL channel a commit that grew a feed notifies: every

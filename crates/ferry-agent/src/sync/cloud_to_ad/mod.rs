@@ -369,7 +369,6 @@ async fn report_refused_move(shared: &Shared, r: LinkRefusal) -> Result<(), Stri
     shared.cloud.report_sync_error(&report).await.map_err(|e| e.to_string())
 }
 
-/// The object a feed entry changes (a membership change is the group's).
 /// What a change's sync error is keyed by: a membership by its group and
 /// member, so that one member's success does not resolve another's refusal.
 fn error_key(change: &CloudChange) -> ErrorKey {
@@ -384,6 +383,7 @@ fn error_key(change: &CloudChange) -> ErrorKey {
     }
 }
 
+/// The object a feed entry changes (a membership change is the group's).
 fn subject(change: &CloudChange) -> Uuid {
     match change {
         CloudChange::UpsertUser { id, .. } | CloudChange::UpsertGroup { id, .. } | CloudChange::Delete { id, .. } => {
