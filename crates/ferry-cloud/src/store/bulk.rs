@@ -12,9 +12,9 @@
 //!
 //! Here the rows go as one JSON array and the statement reads them with
 //! the engine's own JSON functions (`json_each` on SQLite,
-//! `jsonb_array_elements` on PostgreSQL), and an `IN` list as a JSON array
-//! (SQLite) or a `text[]` (PostgreSQL): one parameter, one statement text
-//! whatever the count. Only a list longer than [`ROWS_MAX`] is cut, so that
+//! `jsonb_array_elements` on PostgreSQL): one parameter, one statement text
+//! whatever the count. An `IN` list is a JSON array on SQLite only (see
+//! [`Tx::rows_in`] for why PostgreSQL keeps its placeholders). Only a list longer than [`ROWS_MAX`] is cut, so that
 //! no parameter nears PostgreSQL's 256 MiB limit on a `jsonb` value (a drift
 //! repair may resend every user of a domain in one call).
 
@@ -25,6 +25,8 @@ use super::{to_json, Dialect, StoreResult, Tx};
 
 /// Rows (or list values) a statement takes at most: ~10 MB of users.
 const ROWS_MAX: usize = 10_000;
+/// Values of an `IN` list a PostgreSQL statement takes at most.
+const PG_LIST_MAX: usize = 500;
 
 /// A row's value as a JSON array element: text, an integer, or null.
 pub(super) type Cell = serde_json::Value;
@@ -42,27 +44,6 @@ pub(super) fn opt_text(s: Option<impl Into<String>>) -> Cell {
 /// An integer cell (read with `?n` in a shape).
 pub(super) fn int(n: i64) -> Cell {
     Cell::from(n)
-}
-
-/// A PostgreSQL array literal of texts: `{"a","b\"c"}`.
-fn text_array(values: &[String]) -> String {
-    let mut out = String::with_capacity(values.iter().map(|v| v.len() + 3).sum::<usize>() + 2);
-    out.push('{');
-    for (i, v) in values.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push('"');
-        for c in v.chars() {
-            if c == '"' || c == '\\' {
-                out.push('\\');
-            }
-            out.push(c);
-        }
-        out.push('"');
-    }
-    out.push('}');
-    out
 }
 
 /// Ids as the store keeps them (text).
@@ -101,30 +82,42 @@ impl Tx {
     }
 
     /// Runs `sql`, whose `IN ({in})` stands for being one of `values`,
-    /// with `head` bound first: one statement for the whole list, however
-    /// long. SQLite reads the list as a JSON array. PostgreSQL takes it as a
-    /// `text[]` (`= ANY`): an index condition the planner costs by the
-    /// array, where a set-returning function's rows are guessed (100) — and
-    /// with statistics stale just after an import, such a guess planned a
-    /// group lookup as a scan of every membership.
+    /// with `head` bound first. SQLite reads the whole list as one JSON
+    /// array (one statement, however long). PostgreSQL, which binds by
+    /// position at no such cost, gets the values as placeholders, 500 a
+    /// statement, as before: its planner sees a list of known length. Both
+    /// other forms were measured worse there (`docs/BENCHMARKS.md`, runs 12
+    /// and 13): a set-returning function's rows are a guess (100), and just
+    /// after an import, on statistics taken while `memberships` was empty,
+    /// a SCIM read planned with it took 0.35 s; `= ANY($n::text[])` made
+    /// the import's read of its groups' members a scan of every membership
+    /// (2–10 s a push).
     pub(super) async fn rows_in(&mut self, sql: &str, head: &[&str], values: &[String]) -> StoreResult<Vec<AnyRow>> {
         debug_assert!(sql.contains("IN ({in})"), "{sql}");
         let p = head.len() + 1;
-        let sql = match self.dialect() {
-            Dialect::Sqlite => sql.replace("IN ({in})", &format!("IN (SELECT value FROM json_each(${p}))")),
-            Dialect::Postgres => sql.replace("IN ({in})", &format!("= ANY(${p}::text[])")),
-        };
         let mut out = Vec::new();
-        for chunk in values.chunks(ROWS_MAX) {
+        if self.dialect() == Dialect::Sqlite {
+            let sql = sql.replace("{in}", &format!("SELECT value FROM json_each(${p})"));
+            for chunk in values.chunks(ROWS_MAX) {
+                let mut q = sqlx::query(&sql);
+                for h in head {
+                    q = q.bind(*h);
+                }
+                out.extend(q.bind(to_json(&chunk)?).fetch_all(self.conn()).await?);
+            }
+            return Ok(out);
+        }
+        for chunk in values.chunks(PG_LIST_MAX) {
+            let list: Vec<String> = (p..p + chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = sql.replace("{in}", &list.join(", "));
             let mut q = sqlx::query(&sql);
             for h in head {
                 q = q.bind(*h);
             }
-            let list = match self.dialect() {
-                Dialect::Sqlite => to_json(&chunk)?,
-                Dialect::Postgres => text_array(chunk),
-            };
-            out.extend(q.bind(list).fetch_all(self.conn()).await?);
+            for v in chunk {
+                q = q.bind(v.as_str());
+            }
+            out.extend(q.fetch_all(self.conn()).await?);
         }
         Ok(out)
     }
