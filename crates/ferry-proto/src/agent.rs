@@ -822,6 +822,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_error_key_reads_back_what_it_writes_and_nothing_else() {
+        let (g, m) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        for key in [ErrorKey::Object(g), ErrorKey::Membership { group: g, member: m }] {
+            assert_eq!(ErrorKey::parse(&key.to_string()), Some(key));
+        }
+        assert_eq!(
+            ErrorKey::Membership { group: g, member: m }.to_string(),
+            format!("{g}/{m}")
+        );
+        for bad in ["", "x", "x/y", &format!("{g}/"), &format!("{g}/{m}/{m}")] {
+            assert_eq!(ErrorKey::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn a_direction_is_red_after_a_minute_of_failing_and_until_it_works() {
         let mut h = DirectionHealth {
             direction: SyncDirection::AdToCloud,

@@ -14,9 +14,10 @@
 //! the engine's own JSON functions (`json_each` on SQLite,
 //! `jsonb_array_elements` on PostgreSQL): one parameter, one statement text
 //! whatever the count. An `IN` list is a JSON array on SQLite only (see
-//! [`Tx::rows_in`] for why PostgreSQL keeps its placeholders). Only a list longer than [`ROWS_MAX`] is cut, so that
-//! no parameter nears PostgreSQL's 256 MiB limit on a `jsonb` value (a drift
-//! repair may resend every user of a domain in one call).
+//! [`Tx::rows_in`] for why PostgreSQL keeps its placeholders). Only a list
+//! longer than [`ROWS_MAX`] is cut, so that no parameter nears
+//! PostgreSQL's 256 MiB limit on a `jsonb` value (a drift repair may resend
+//! every user of a domain in one call).
 
 use sqlx::any::AnyRow;
 use uuid::Uuid;

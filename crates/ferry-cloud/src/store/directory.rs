@@ -10,8 +10,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::accounts::conflict_as;
-pub(super) use super::bulk::texts;
-use super::bulk::{int, opt_text, text, Cell};
+use super::bulk::{int, opt_text, text, texts, Cell};
 use super::{get_json, get_opt_uuid, get_uuid, to_json, StoreError, StoreResult, Tx};
 
 /// A user as stored.
@@ -192,7 +191,7 @@ impl Tx {
             .await
     }
 
-    /// Many users of the org by id, in one query.
+    /// Many users of the org by id, in few queries ([`Tx::rows_in`]).
     pub async fn get_users_many(
         &mut self,
         org_id: Uuid,
@@ -204,7 +203,7 @@ impl Tx {
     }
 
     /// Which of the lowercased names `keys` a user (or a group) of the org
-    /// already has, in one query.
+    /// already has, in few queries ([`Tx::rows_in`]).
     pub async fn taken_name_keys(
         &mut self,
         org_id: Uuid,
@@ -452,7 +451,7 @@ impl Tx {
             .unwrap_or(0))
     }
 
-    /// Many groups of the org by id, in one query.
+    /// Many groups of the org by id, in few queries ([`Tx::rows_in`]).
     pub async fn get_groups_many(
         &mut self,
         org_id: Uuid,
@@ -760,7 +759,7 @@ impl Tx {
     }
 
     /// The kinds of those of `ids` that exist in this org, in a few queries
-    /// (one a table), however many there are.
+    /// ([`Tx::rows_in`], for each table), however many there are.
     pub async fn object_kinds(
         &mut self,
         org_id: Uuid,

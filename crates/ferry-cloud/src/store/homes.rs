@@ -50,7 +50,7 @@ impl Tx {
         })
     }
 
-    /// The home domains of many objects of one kind (one query); objects
+    /// The home domains of many objects of one kind ([`Tx::rows_in`]); objects
     /// that do not exist are left out.
     pub async fn homes_of_many(
         &mut self,
@@ -63,7 +63,7 @@ impl Tx {
             table(kind)
         );
         let rows = self
-            .rows_in(&sql, &[&org_id.to_string()], &super::directory::texts(ids))
+            .rows_in(&sql, &[&org_id.to_string()], &super::bulk::texts(ids))
             .await?;
         rows.iter()
             .map(|r| Ok((super::get_uuid(r, "id")?, get_opt_uuid(r, "home_domain")?)))
@@ -193,7 +193,7 @@ impl Tx {
     }
 
     /// Which of many AD objects' cloud objects were deleted in the cloud
-    /// (one query).
+    /// ([`Tx::rows_in`]).
     pub async fn cloud_deleted_among(
         &mut self,
         org_id: Uuid,
@@ -203,7 +203,7 @@ impl Tx {
         let sql = "SELECT ad_guid FROM cloud_deleted WHERE org_id = $1 AND domain_id = $2 AND ad_guid IN ({in})";
         let head = [org_id.to_string(), domain_id.to_string()];
         let rows = self
-            .rows_in(sql, &[&head[0], &head[1]], &super::directory::texts(guids))
+            .rows_in(sql, &[&head[0], &head[1]], &super::bulk::texts(guids))
             .await?;
         rows.iter().map(|r| super::get_uuid(r, "ad_guid")).collect()
     }
