@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use ferry_agent::ad::mapping::READ_ATTRS;
-use ferry_agent::ad::{AdConnection, AdSettings, USERS_AND_GROUPS};
+use ferry_agent::ad::{AdConnection, AdSettings, GROUPS, USERS};
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -278,9 +278,15 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// User + system CPU time of the DC started from `dir` (its samba process
 /// and every process under it), in clock ticks.
 fn dc_cpu_ticks(dir: &Path) -> u64 {
-    let Some(root) = std::fs::read_to_string(dir.join("samba.pid"))
+    pid_file_tree_ticks(&dir.join("samba.pid"))
+}
+
+/// User + system CPU time of the process named on the first line of
+/// `pid_file` and every process under it, in clock ticks (0 without one).
+fn pid_file_tree_ticks(pid_file: &Path) -> u64 {
+    let Some(root) = std::fs::read_to_string(pid_file)
         .ok()
-        .and_then(|p| p.trim().parse::<u32>().ok())
+        .and_then(|p| p.lines().next()?.trim().parse::<u32>().ok())
     else {
         return 0;
     };
@@ -465,32 +471,36 @@ fn user_dn(i: usize, base: &str) -> String {
     format!("CN=User {i:06},OU=People,OU=Bench,{base}")
 }
 
-/// Times a raw paged `ldapsearch` dump of what the agent reads.
+/// Times a raw paged `ldapsearch` dump of what the agent reads, made as the
+/// agent's import makes it: the users, then the groups (two searches, which
+/// cost Samba less than one of their union).
 fn baseline(dc: &Dc, base: &str) -> Result<(f64, usize)> {
     let run = |count: bool| -> Result<(f64, usize)> {
         let start = Instant::now();
-        let out = Command::new("ldapsearch")
-            .args(["-x", "-LLL", "-o", "ldif-wrap=no", "-E", "pr=1000/noprompt", "-H"])
-            .arg(dc.var("FERRY_DC_LDAPS_URL"))
-            .arg("-D")
-            .arg(format!("CN=Administrator,CN=Users,{base}"))
-            .arg("-w")
-            .arg(dc.var("FERRY_DC_ADMIN_PASSWORD"))
-            .args(["-b", base, USERS_AND_GROUPS])
-            .args(READ_ATTRS)
-            .env("LDAPTLS_CACERT", dc.var("FERRY_DC_CA_FILE"))
-            .stdout(if count { Stdio::piped() } else { Stdio::null() })
-            .stderr(Stdio::null())
-            .output()?;
-        let secs = start.elapsed().as_secs_f64();
-        if !out.status.success() {
-            bail!("ldapsearch failed ({})", out.status);
+        let mut n = 0;
+        for filter in [USERS, GROUPS] {
+            let out = Command::new("ldapsearch")
+                .args(["-x", "-LLL", "-o", "ldif-wrap=no", "-E", "pr=1000/noprompt", "-H"])
+                .arg(dc.var("FERRY_DC_LDAPS_URL"))
+                .arg("-D")
+                .arg(format!("CN=Administrator,CN=Users,{base}"))
+                .arg("-w")
+                .arg(dc.var("FERRY_DC_ADMIN_PASSWORD"))
+                .args(["-b", base, filter])
+                .args(READ_ATTRS)
+                .env("LDAPTLS_CACERT", dc.var("FERRY_DC_CA_FILE"))
+                .stdout(if count { Stdio::piped() } else { Stdio::null() })
+                .stderr(Stdio::null())
+                .output()?;
+            if !out.status.success() {
+                bail!("ldapsearch failed ({})", out.status);
+            }
+            n += String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.starts_with("dn:"))
+                .count();
         }
-        let n = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with("dn:"))
-            .count();
-        Ok((secs, n))
+        Ok((start.elapsed().as_secs_f64(), n))
     };
     let (_, n) = run(true)?;
     let mut times = Vec::new();
@@ -928,6 +938,13 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
 
     say("initial import AD → cloud");
     let agent_log = work.join("agent.log");
+    // Who spends the import's CPU: on 2 cores the DC, the agent, the cloud
+    // (and PostgreSQL) share them, so a read can wait for a busy core.
+    let pg_ticks = || {
+        pg.as_ref()
+            .map_or(0, |pg| pid_file_tree_ticks(&pg.dir.join("data/postmaster.pid")))
+    };
+    let import_ticks0 = (cpu_ticks(cloud_proc.pid()), dc_cpu_ticks(&dc_dir), pg_ticks());
     let import_start = Instant::now();
     let agent_proc = Proc(
         Command::new(bin.join("ferry-agent"))
@@ -955,6 +972,15 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let import_secs = import_start.elapsed().as_secs_f64();
+    let import_cpu = {
+        let t = |ticks: u64| ticks as f64 / clock_ticks();
+        [
+            t(cpu_ticks(agent_proc.pid())),
+            t(cpu_ticks(cloud_proc.pid()).saturating_sub(import_ticks0.0)),
+            t(dc_cpu_ticks(&dc_dir).saturating_sub(import_ticks0.1)),
+            t(pg_ticks().saturating_sub(import_ticks0.2)),
+        ]
+    };
     let (users_in_cloud, groups_in_cloud) = (cloud.total("Users").await?, cloud.total("Groups").await?);
     if users_in_cloud < o.users as u64 || groups_in_cloud < o.groups as u64 {
         bail!("the import ended with {users_in_cloud} users and {groups_in_cloud} groups in the cloud");
@@ -1163,6 +1189,22 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
         &format!("≤ 1.5× {}", ok(ratio <= 1.5)),
     );
     row(
+        &format!(
+            "  CPU: agent / cloud / DC{}",
+            if o.postgres { " / PostgreSQL" } else { "" }
+        ),
+        format!(
+            "{} s of {:.1} core-s",
+            import_cpu[..if o.postgres { 4 } else { 3 }]
+                .iter()
+                .map(|s| format!("{s:.2}"))
+                .collect::<Vec<_>>()
+                .join(" / "),
+            import_secs * std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+        ),
+        "",
+    );
+    row(
         "  objects per second",
         format!("{:.0}", (o.users + o.groups) as f64 / import_secs),
         "",
@@ -1245,6 +1287,7 @@ async fn bench(o: &Opts, bin: &Path, work: &Path) -> Result<()> {
             "baseline_secs": baseline_secs,
             "baseline_entries": dumped,
             "import_secs": import_secs,
+            "import_cpu_secs": {"agent": import_cpu[0], "cloud": import_cpu[1], "dc": import_cpu[2], "postgres": import_cpu[3]},
             "import_ratio": ratio,
             "import_objects_per_sec": (o.users + o.groups) as f64 / import_secs,
             "latency_ad_to_cloud": {"median": percentile(&ad_to_cloud, 50.0), "p99": p99_a, "n": ad_to_cloud.len()},

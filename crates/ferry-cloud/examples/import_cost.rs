@@ -1,10 +1,10 @@
 //! The cloud's share of an import: what applying an agent's import costs
 //! the store, phase by phase, with no AD and no HTTP in the way.
 //!
-//! Fills an org exactly as the agent's full import pushes it: every object
-//! first (users and groups in the order a read meets them, 500 to a push),
-//! then a `SetMembers` per group (500 groups to a push), then the pushes
-//! timed. Prints each phase's time and the cost per push at its start and
+//! Fills an org exactly as the agent's full import pushes it (every group,
+//! then the users with the memberships they complete, sent by the share;
+//! `FERRY_IMPORT_ORDER=after`: every object, then a `SetMembers` per
+//! group, as imports did before), the pushes timed. Prints each phase's time and the cost per push at its start and
 //! its end, so a cost that grows with the store shows.
 //!
 //!   cargo run --release -p ferry-cloud --example import_cost -- [USERS] [GROUPS] [MEMBERS]
@@ -123,12 +123,79 @@ async fn main() {
         cookie = req.to_cookie;
         t.elapsed().as_secs_f64()
     };
-    for (name, changes) in [("objects", &objects), ("memberships", &memberships)] {
+    // The agent's order (ferry-agent's `sync::ad_to_cloud::import`): every
+    // group, then the users, 500 to a push; once a quarter of the
+    // memberships (at least 5,000) is owed, a change per group for the
+    // members read since the last (`SetMembers` the first time, then
+    // `AddMembers`), 500 groups to a push.
+    // FERRY_IMPORT_ORDER=after: the order of before, every membership after
+    // every object.
+    let phases: Vec<(&str, Vec<Vec<AdChange>>)> = if std::env::var("FERRY_IMPORT_ORDER").as_deref() == Ok("after") {
+        vec![
+            ("objects", objects.chunks(BATCH).map(<[_]>::to_vec).collect()),
+            ("memberships", memberships.chunks(BATCH).map(<[_]>::to_vec).collect()),
+        ]
+    } else {
+        let (groups_first, users_then): (Vec<AdChange>, Vec<AdChange>) = objects
+            .into_iter()
+            .partition(|c| matches!(c, AdChange::UpsertGroup { .. }));
+        let mut of_user: Vec<Vec<Uuid>> = vec![Vec::new(); users];
+        let mut total = 0;
+        for m in &memberships {
+            if let AdChange::SetMembers { group, members } = m {
+                for u in members {
+                    of_user[(u.as_u128() - user_guid(0).as_u128()) as usize].push(*group);
+                    total += 1;
+                }
+            }
+        }
+        let share = (total / 4).max(5_000);
+        let mut pushes = Vec::new();
+        let mut owed: std::collections::BTreeMap<Uuid, Vec<Uuid>> = Default::default();
+        let mut owed_n = 0;
+        // A group's first share sets its members, the next ones add.
+        let mut sent = std::collections::HashSet::new();
+        let mut flush = |owed: &mut std::collections::BTreeMap<Uuid, Vec<Uuid>>, pushes: &mut Vec<Vec<AdChange>>| {
+            let adds: Vec<AdChange> = std::mem::take(owed)
+                .into_iter()
+                .map(|(group, members)| {
+                    if sent.insert(group) {
+                        AdChange::SetMembers { group, members }
+                    } else {
+                        AdChange::AddMembers { group, members }
+                    }
+                })
+                .collect();
+            pushes.extend(adds.chunks(BATCH).map(<[_]>::to_vec));
+        };
+        for chunk in users_then.chunks(BATCH) {
+            pushes.push(chunk.to_vec());
+            for c in chunk {
+                if let AdChange::UpsertUser { guid, .. } = c {
+                    for g in &of_user[(guid.as_u128() - user_guid(0).as_u128()) as usize] {
+                        owed.entry(*g).or_default().push(*guid);
+                        owed_n += 1;
+                    }
+                }
+            }
+            if owed_n >= share {
+                flush(&mut owed, &mut pushes);
+                owed_n = 0;
+            }
+        }
+        flush(&mut owed, &mut pushes);
+        vec![
+            ("groups", groups_first.chunks(BATCH).map(<[_]>::to_vec).collect()),
+            ("users+adds", pushes),
+        ]
+    };
+    for (name, pushes) in &phases {
         let t = Instant::now();
         let mut each = Vec::new();
-        for chunk in changes.chunks(BATCH) {
+        for chunk in pushes {
             each.push(push(chunk).await);
         }
+        let changes: Vec<&AdChange> = pushes.iter().flatten().collect();
         let k = each.len().clamp(1, 10);
         let first: f64 = each.iter().take(k).sum::<f64>() / k as f64;
         let last: f64 = each.iter().rev().take(k).sum::<f64>() / k as f64;

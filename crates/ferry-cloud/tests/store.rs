@@ -594,6 +594,24 @@ both_engines!(
                 group: gg1,
                 members: vec![g1, g2, g3, gl],
             },
+            // A group only added to and removed from in its run, with
+            // members from before: read by the memberships named, not whole.
+            AdChange::AddMembers {
+                group: gg0,
+                members: vec![gl, g1, g1],
+            },
+            AdChange::RemoveMembers {
+                group: gg0,
+                members: vec![g2],
+            },
+            AdChange::AddMembers {
+                group: gg0,
+                members: vec![g2],
+            },
+            AdChange::RemoveMembers {
+                group: gg0,
+                members: vec![gl],
+            },
             user(g3, "u3", "t"),
             user(g1, "u1", "second"),
             user(gl, "linked", "new"),

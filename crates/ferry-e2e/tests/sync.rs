@@ -2169,3 +2169,57 @@ async fn users_made_in_the_cloud_come_back_up_as_themselves() {
     assert_eq!(report["resent"], 0, "{report}");
     engine.stop().await;
 }
+
+/// A cloud group with a member of its own, which the first import matches
+/// to an AD group of the same name while it sends memberships as it reads
+/// (a group's first share sets them, the next add): both sides end with
+/// the same members, AD's and the cloud's member (placed in AD as the
+/// group's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cloud_group_matched_by_the_first_import_ends_equal_on_both_sides() {
+    let (dc, cloud, domain) = prepare().await;
+    let ou = dc.new_ou("matched").await;
+    let mut ldif = String::new();
+    for u in ["crewann", "crewbob"] {
+        ldif.push_str(&format!("dn: CN={u},{ou}\nobjectClass: user\nsAMAccountName: {u}\n\n"));
+    }
+    ldif.push_str(&format!(
+        "dn: CN=Crew,{ou}\nobjectClass: group\nsAMAccountName: Crew\nmember: CN=crewann,{ou}\nmember: CN=crewbob,{ou}\n\n"
+    ));
+    dc.ldapmodify(&ldif, true);
+    let loner = scim_create_user(&cloud, json!({"userName": "crewloner"})).await;
+    let (st, g) = cloud
+        .call(
+            reqwest::Method::POST,
+            "/scim/v2/Groups",
+            Some(json!({"displayName": "Crew", "members": [{"value": loner["id"]}]})),
+        )
+        .await;
+    assert_eq!(st, 201, "{g}");
+    let gid = g["id"].as_str().unwrap().to_owned();
+    let agent = enrol(&cloud, &domain).await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    let ad_names = |dc: &Dc| -> BTreeSet<String> {
+        dc.group_members(&format!("CN=Crew,{ou}"))
+            .iter()
+            .map(|m| {
+                m.split(',')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_start_matches("CN=")
+                    .to_lowercase()
+            })
+            .collect()
+    };
+    let want: BTreeSet<String> = ["crewann", "crewbob", "crewloner"].map(String::from).into();
+    eventually("the matched group, equal on both sides", || async {
+        (cloud_members(&cloud, &gid).await == want && ad_names(&dc) == want).then_some(())
+    })
+    .await;
+    // And it stays so once the agent is quiet.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(cloud_members(&cloud, &gid).await, want);
+    assert_eq!(ad_names(&dc), want);
+    assert!(sync_errors(&cloud, &domain).await.is_empty());
+    engine.stop().await;
+}

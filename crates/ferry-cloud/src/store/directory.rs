@@ -650,6 +650,29 @@ impl Tx {
         Ok(out)
     }
 
+    /// Which of the memberships `(group, member)` exist, with the member's
+    /// kind: read by member (each member's memberships, an index lookup),
+    /// so what it costs is what exists, not the size of the groups.
+    pub async fn memberships_among(
+        &mut self,
+        org_id: Uuid,
+        pairs: &[(Uuid, Uuid)],
+    ) -> StoreResult<std::collections::HashMap<Uuid, Vec<Member>>> {
+        let asked: std::collections::HashSet<(Uuid, Uuid)> = pairs.iter().copied().collect();
+        let mut members: Vec<Uuid> = pairs.iter().map(|(_, m)| *m).collect();
+        members.sort_unstable();
+        members.dedup();
+        let sql = "SELECT group_id, member_id, member_kind FROM memberships WHERE org_id = $1 AND member_id IN ({in})";
+        let mut out: std::collections::HashMap<Uuid, Vec<Member>> = std::collections::HashMap::new();
+        for r in self.rows_in(sql, &[&org_id.to_string()], &texts(&members)).await? {
+            let (group, member) = (get_uuid(&r, "group_id")?, member_from_row(&r)?);
+            if asked.contains(&(group, member.id)) {
+                out.entry(group).or_default().push(member);
+            }
+        }
+        Ok(out)
+    }
+
     /// Adds memberships `(group, member)` of many groups in one statement
     /// (existing ones are left as they are).
     pub async fn insert_memberships(&mut self, org_id: Uuid, pairs: &[(Uuid, Member)]) -> StoreResult<()> {

@@ -50,12 +50,34 @@ pub(super) async fn apply(tx: &mut Tx, ctx: &WriteCtx, domain: &Domain, run: &[&
     groups.sort();
     groups.dedup();
     let homes = tx.homes_of_many(ctx.org_id, ObjectKind::Group, &groups).await?;
-    let before: HashMap<Uuid, BTreeSet<Member>> = tx
-        .group_members_many(ctx.org_id, &groups)
-        .await?
-        .into_iter()
-        .map(|(g, ms)| (g, ms.into_iter().collect()))
-        .collect();
+    // What is there before: a group given whole (`SetMembers`) is read
+    // whole; of a group only added to or removed from, just the memberships
+    // named (an import's adds would otherwise read every group's members
+    // again at each push).
+    let mut whole: Vec<Uuid> = Vec::new();
+    let mut named: Vec<(Uuid, Uuid)> = Vec::new();
+    for change in run {
+        let (group, members) = parts(change);
+        let Some((ObjectKind::Group, gid)) = linked.get(&group) else {
+            continue;
+        };
+        if matches!(change, AdChange::SetMembers { .. }) {
+            whole.push(*gid);
+        } else {
+            named.extend(members.iter().filter_map(|m| linked.get(m)).map(|(_, id)| (*gid, *id)));
+        }
+    }
+    whole.sort_unstable();
+    whole.dedup();
+    named.retain(|(g, _)| whole.binary_search(g).is_err());
+    let mut before: HashMap<Uuid, BTreeSet<Member>> = HashMap::new();
+    let read = [
+        tx.group_members_many(ctx.org_id, &whole).await?,
+        tx.memberships_among(ctx.org_id, &named).await?,
+    ];
+    for (g, ms) in read.into_iter().flatten() {
+        before.entry(g).or_default().extend(ms);
+    }
     let mut now = before.clone();
     let mut feed = Vec::new();
     let mut audits = Vec::new();
@@ -134,6 +156,9 @@ pub(super) async fn apply(tx: &mut Tx, ctx: &WriteCtx, domain: &Domain, run: &[&
         gone.extend(was.difference(after).map(|m| (*gid, m.id)));
         new.extend(after.difference(&was).map(|m| (*gid, *m)));
     }
+    // In key order: each B-tree is written front to back, not at random.
+    gone.sort_unstable();
+    new.sort_unstable_by_key(|(g, m)| (*g, m.id));
     tx.delete_memberships(ctx.org_id, &gone).await?;
     tx.insert_memberships(ctx.org_id, &new).await?;
     tx.append_feed_many(ctx.org_id, &ctx.origin, &feed, ctx.now).await?;
