@@ -121,6 +121,10 @@ async fn main() {
             .unwrap();
         tx.commit().await.unwrap();
         cookie = req.to_cookie;
+        // As the cloud does (`agent_api`): statistics refreshed as the tables double.
+        if n >= 4 && n.is_power_of_two() {
+            store.analyze().await.unwrap();
+        }
         t.elapsed().as_secs_f64()
     };
     // The agent's order (ferry-agent's `sync::ad_to_cloud::import`): every
