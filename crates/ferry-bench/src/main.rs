@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use ferry_agent::ad::mapping::READ_ATTRS;
-use ferry_agent::ad::{AdConnection, AdSettings, GROUPS, USERS};
+use ferry_agent::ad::{AdConnection, AdSettings, USERS_AND_GROUPS};
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -471,36 +471,32 @@ fn user_dn(i: usize, base: &str) -> String {
     format!("CN=User {i:06},OU=People,OU=Bench,{base}")
 }
 
-/// Times a raw paged `ldapsearch` dump of what the agent reads, made as the
-/// agent's import makes it: the users, then the groups (two searches, which
-/// cost Samba less than one of their union).
+/// Times a raw paged `ldapsearch` dump of what the agent reads.
 fn baseline(dc: &Dc, base: &str) -> Result<(f64, usize)> {
     let run = |count: bool| -> Result<(f64, usize)> {
         let start = Instant::now();
-        let mut n = 0;
-        for filter in [USERS, GROUPS] {
-            let out = Command::new("ldapsearch")
-                .args(["-x", "-LLL", "-o", "ldif-wrap=no", "-E", "pr=1000/noprompt", "-H"])
-                .arg(dc.var("FERRY_DC_LDAPS_URL"))
-                .arg("-D")
-                .arg(format!("CN=Administrator,CN=Users,{base}"))
-                .arg("-w")
-                .arg(dc.var("FERRY_DC_ADMIN_PASSWORD"))
-                .args(["-b", base, filter])
-                .args(READ_ATTRS)
-                .env("LDAPTLS_CACERT", dc.var("FERRY_DC_CA_FILE"))
-                .stdout(if count { Stdio::piped() } else { Stdio::null() })
-                .stderr(Stdio::null())
-                .output()?;
-            if !out.status.success() {
-                bail!("ldapsearch failed ({})", out.status);
-            }
-            n += String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|l| l.starts_with("dn:"))
-                .count();
+        let out = Command::new("ldapsearch")
+            .args(["-x", "-LLL", "-o", "ldif-wrap=no", "-E", "pr=1000/noprompt", "-H"])
+            .arg(dc.var("FERRY_DC_LDAPS_URL"))
+            .arg("-D")
+            .arg(format!("CN=Administrator,CN=Users,{base}"))
+            .arg("-w")
+            .arg(dc.var("FERRY_DC_ADMIN_PASSWORD"))
+            .args(["-b", base, USERS_AND_GROUPS])
+            .args(READ_ATTRS)
+            .env("LDAPTLS_CACERT", dc.var("FERRY_DC_CA_FILE"))
+            .stdout(if count { Stdio::piped() } else { Stdio::null() })
+            .stderr(Stdio::null())
+            .output()?;
+        let secs = start.elapsed().as_secs_f64();
+        if !out.status.success() {
+            bail!("ldapsearch failed ({})", out.status);
         }
-        Ok((start.elapsed().as_secs_f64(), n))
+        let n = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("dn:"))
+            .count();
+        Ok((secs, n))
     };
     let (_, n) = run(true)?;
     let mut times = Vec::new();

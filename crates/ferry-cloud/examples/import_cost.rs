@@ -1,10 +1,10 @@
 //! The cloud's share of an import: what applying an agent's import costs
 //! the store, phase by phase, with no AD and no HTTP in the way.
 //!
-//! Fills an org exactly as the agent's full import pushes it (every group,
-//! then the users with the memberships they complete, sent by the share;
-//! `FERRY_IMPORT_ORDER=after`: every object, then a `SetMembers` per
-//! group, as imports did before), the pushes timed. Prints each phase's time and the cost per push at its start and
+//! Fills an org exactly as the agent's full import pushes it (every object,
+//! then a `SetMembers` per group; `FERRY_IMPORT_ORDER=shares`: memberships
+//! sent while the users are read, as runs 19–26 of docs/BENCHMARKS.md
+//! tried), the pushes timed. Prints each phase's time and the cost per push at its start and
 //! its end, so a cost that grows with the store shows.
 //!
 //!   cargo run --release -p ferry-cloud --example import_cost -- [USERS] [GROUPS] [MEMBERS]
@@ -128,13 +128,13 @@ async fn main() {
         t.elapsed().as_secs_f64()
     };
     // The agent's order (ferry-agent's `sync::ad_to_cloud::import`): every
-    // group, then the users, 500 to a push; once a quarter of the
-    // memberships (at least 5,000) is owed, a change per group for the
-    // members read since the last (`SetMembers` the first time, then
-    // `AddMembers`), 500 groups to a push.
-    // FERRY_IMPORT_ORDER=after: the order of before, every membership after
-    // every object.
-    let phases: Vec<(&str, Vec<Vec<AdChange>>)> = if std::env::var("FERRY_IMPORT_ORDER").as_deref() == Ok("after") {
+    // object, 500 to a push, then a `SetMembers` per group, 500 to a push.
+    // FERRY_IMPORT_ORDER=shares: the order runs 19–26 of docs/BENCHMARKS.md
+    // tried, memberships while the users are read: every group, then the
+    // users; once a quarter of the memberships (at least 5,000) is owed, a
+    // change per group for the members read since the last (`SetMembers`
+    // the first time, then `AddMembers`), 500 groups to a push.
+    let phases: Vec<(&str, Vec<Vec<AdChange>>)> = if std::env::var("FERRY_IMPORT_ORDER").as_deref() != Ok("shares") {
         vec![
             ("objects", objects.chunks(BATCH).map(<[_]>::to_vec).collect()),
             ("memberships", memberships.chunks(BATCH).map(<[_]>::to_vec).collect()),

@@ -2171,10 +2171,10 @@ async fn users_made_in_the_cloud_come_back_up_as_themselves() {
 }
 
 /// A cloud group with a member of its own, which the first import matches
-/// to an AD group of the same name while it sends memberships as it reads
-/// (a group's first share sets them, the next add): both sides end with
-/// the same members, AD's and the cloud's member (placed in AD as the
-/// group's).
+/// to an AD group of the same name: both sides end with the same members,
+/// AD's and the cloud's member (placed in AD as the group's). A guard for
+/// any change to how an import sends memberships (docs/BENCHMARKS.md, runs
+/// 19–26, sent them while reading).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cloud_group_matched_by_the_first_import_ends_equal_on_both_sides() {
     let (dc, cloud, domain) = prepare().await;

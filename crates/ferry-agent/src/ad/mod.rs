@@ -22,9 +22,7 @@ use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope};
 
 pub use entry::AdEntry;
 pub use error::AdError;
-pub use read::{
-    member_delta, range_step, DirSyncBatch, Pager, RangeStep, RootDse, GROUPS, MAX_PAGE_SIZE, USERS, USERS_AND_GROUPS,
-};
+pub use read::{member_delta, range_step, DirSyncBatch, Pager, RangeStep, RootDse, MAX_PAGE_SIZE, USERS_AND_GROUPS};
 pub use write::{NewAdGroup, NewAdUser, GROUP_GLOBAL_SECURITY};
 
 /// An LDAP request at least this long is logged at info ([`AdConnection::timed`]).
@@ -176,28 +174,6 @@ impl AdConnection {
         attrs: &[&str],
         controls: Vec<RawControl>,
     ) -> Result<(Vec<AdEntry>, Vec<RawControl>), AdError> {
-        let (entries, ctrls) = self.search_tags(base, scope, filter, attrs, controls).await?;
-        Ok((
-            RawEntries {
-                base: base.to_owned(),
-                entries,
-            }
-            .parse()?,
-            ctrls,
-        ))
-    }
-
-    /// [`search_raw`](Self::search_raw) without the parse: the entries as
-    /// the wire had them, for a reader that parses them while its next
-    /// request is on its way.
-    pub async fn search_tags(
-        &mut self,
-        base: &str,
-        scope: Scope,
-        filter: &str,
-        attrs: &[&str],
-        controls: Vec<RawControl>,
-    ) -> Result<(Vec<ldap3::ResultEntry>, Vec<RawControl>), AdError> {
         let started = std::time::Instant::now();
         let res = self
             .ldap
@@ -211,40 +187,15 @@ impl AdConnection {
         if result.rc != 0 {
             return Err(error::from_result(result.rc, &result.text, &format!("search {base}")));
         }
-        Ok((entries, result.ctrls.into_iter().map(|c| c.1).collect()))
-    }
-
-    /// A second handle on this connection (the same session and bind):
-    /// requests made through either are multiplexed on the one connection,
-    /// so a read can run ahead in a task of its own.
-    pub fn handle(&self) -> AdConnection {
-        AdConnection {
-            ldap: self.ldap.clone(),
-            url: self.url.clone(),
-            encrypted: self.encrypted,
-            timeout: self.timeout,
+        let mut out = Vec::with_capacity(entries.len());
+        for e in &entries {
+            out.push(
+                entry::parse_entry(&e.0).ok_or_else(|| {
+                    AdError::Protocol(format!("a malformed entry in the answer to a search of {base}"))
+                })?,
+            );
         }
-    }
-}
-
-/// Entries of one answer, not parsed yet ([`AdConnection::search_tags`]).
-pub struct RawEntries {
-    /// The search base (for the error of a malformed entry).
-    pub base: String,
-    /// The entries as received.
-    pub entries: Vec<ldap3::ResultEntry>,
-}
-
-impl RawEntries {
-    /// The entries, parsed.
-    pub fn parse(self) -> Result<Vec<AdEntry>, AdError> {
-        let mut out = Vec::with_capacity(self.entries.len());
-        for e in &self.entries {
-            out.push(entry::parse_entry(&e.0).ok_or_else(|| {
-                AdError::Protocol(format!("a malformed entry in the answer to a search of {}", self.base))
-            })?);
-        }
-        Ok(out)
+        Ok((out, result.ctrls.into_iter().map(|c| c.1).collect()))
     }
 }
 

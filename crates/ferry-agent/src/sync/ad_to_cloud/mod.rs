@@ -487,33 +487,20 @@ async fn scope_page(
     conn.complete_ranged(&mut page).await.map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(page.len());
     for e in page {
-        if let Some(guid) = admit(&e, protection, present.as_deref_mut()) {
-            out.push((guid, e));
+        if !protection.admits(&e.dn) {
+            continue;
         }
+        let Some(guid) = e.guid() else { continue };
+        if let Some(p) = present.as_deref_mut() {
+            p.insert(guid);
+        }
+        if let Some(why) = protection.why(&e) {
+            tracing::debug!(dn = %e.dn, why, "skipped");
+            continue;
+        }
+        out.push((guid, e));
     }
     Ok((out, more))
-}
-
-/// The objectGUID of `e` when the sync takes it: in the scope, and not out
-/// of Ferry's reach ([`protect::Protection::why`]). `present` gets the
-/// objectGUID of every object in scope, protected ones too.
-fn admit(
-    e: &crate::ad::AdEntry,
-    protection: &protect::Protection,
-    present: Option<&mut std::collections::HashSet<uuid::Uuid>>,
-) -> Option<uuid::Uuid> {
-    if !protection.admits(&e.dn) {
-        return None;
-    }
-    let guid = e.guid()?;
-    if let Some(p) = present {
-        p.insert(guid);
-    }
-    if let Some(why) = protection.why(e) {
-        tracing::debug!(dn = %e.dn, why, "skipped");
-        return None;
-    }
-    Some(guid)
 }
 
 async fn root(shared: &Shared) -> String {
