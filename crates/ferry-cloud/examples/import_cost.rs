@@ -4,8 +4,9 @@
 //! Fills an org exactly as the agent's full import pushes it (every object,
 //! then a `SetMembers` per group; `FERRY_IMPORT_ORDER=shares`: memberships
 //! sent while the users are read, as runs 19–26 of docs/BENCHMARKS.md
-//! tried), the pushes timed. Prints each phase's time and the cost per push at its start and
-//! its end, so a cost that grows with the store shows.
+//! tried), the pushes timed. Prints each phase's time and the cost per
+//! push at its start and its end, so a cost that grows with the store
+//! shows.
 //!
 //!   cargo run --release -p ferry-cloud --example import_cost -- [USERS] [GROUPS] [MEMBERS]
 //!   (default 100000 10000 50; FERRY_SCALE_DB_URL=postgres://… for PostgreSQL)
@@ -44,6 +45,11 @@ fn user(i: usize) -> AdChange {
 
 fn user_guid(i: usize) -> Uuid {
     Uuid::from_u128(0x1000_0000_0000_0000_0000_0000_0000_0000 + i as u128)
+}
+
+/// The inverse of [`user_guid`].
+fn user_index(guid: Uuid) -> usize {
+    (guid.as_u128() - user_guid(0).as_u128()) as usize
 }
 
 fn group_guid(j: usize) -> Uuid {
@@ -148,7 +154,7 @@ async fn main() {
         for m in &memberships {
             if let AdChange::SetMembers { group, members } = m {
                 for u in members {
-                    of_user[(u.as_u128() - user_guid(0).as_u128()) as usize].push(*group);
+                    of_user[user_index(*u)].push(*group);
                     total += 1;
                 }
             }
@@ -176,7 +182,7 @@ async fn main() {
             pushes.push(chunk.to_vec());
             for c in chunk {
                 if let AdChange::UpsertUser { guid, .. } = c {
-                    for g in &of_user[(guid.as_u128() - user_guid(0).as_u128()) as usize] {
+                    for g in &of_user[user_index(*guid)] {
                         owed.entry(*g).or_default().push(*guid);
                         owed_n += 1;
                     }

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::collections::BTreeSet;
+
 use common::{create_org, Engine, TestDb};
 use ferry_cloud::directory::{self, WriteCtx};
 use ferry_cloud::store::{
@@ -1028,3 +1030,115 @@ both_engines!(
         assert_eq!(got, want);
     }
 );
+
+// A run of adds and removes on a group that has members, in which the
+// cloud refuses one change — the group made a member of itself: the batch
+// applied whole is refused, applied change by change the refused change
+// alone is left out, and the group, read whole, has exactly the members of
+// the other changes. The next run applies whole, on the fast path that
+// reads only the memberships it names; the group, read whole, is right.
+both_engines!(
+    a_refused_membership_change_leaves_the_rest_of_its_run_applied,
+    |engine| async move {
+        use ferry_cloud::directory::ad_apply::{apply_ad_changes, ApplyError, Isolation};
+        use ferry_proto::agent::{AdChange, PushChangesRequest};
+        use ferry_proto::record::{GroupRecord, UserRecord};
+
+        let (_db, store) = fresh(engine).await;
+        let org = create_org(&store, "Refusals").await.id;
+        let mut tx = store.begin().await.unwrap();
+        let domain = tx.insert_domain(org, &settings("example.test"), 1).await.unwrap();
+        let agent = WriteCtx {
+            org_id: org,
+            origin: domain.id.to_string(),
+            actor: "agent:test".into(),
+            now: 2000,
+        };
+        let (a, b, c, g) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let request = |from: Option<&str>, to: &str, changes: Vec<AdChange>| PushChangesRequest {
+            from_cookie: from.map(String::from),
+            to_cookie: Some(to.into()),
+            repair: false,
+            changes,
+        };
+        let adds = |members: Vec<Uuid>| AdChange::AddMembers { group: g, members };
+        let removes = |members: Vec<Uuid>| AdChange::RemoveMembers { group: g, members };
+        let user = |guid: Uuid, name: &str| AdChange::UpsertUser {
+            guid,
+            dn: format!("CN={name},OU=People,DC=example,DC=test"),
+            record: Box::new(UserRecord {
+                username: name.into(),
+                active: true,
+                ..Default::default()
+            }),
+            changed_at: None,
+        };
+        let setup = request(
+            None,
+            "c0",
+            vec![
+                user(a, "ann"),
+                user(b, "bob"),
+                user(c, "cat"),
+                AdChange::UpsertGroup {
+                    guid: g,
+                    dn: "CN=Team,OU=Groups,DC=example,DC=test".into(),
+                    record: GroupRecord {
+                        name: "Team".into(),
+                        description: None,
+                    },
+                },
+                AdChange::SetMembers {
+                    group: g,
+                    members: vec![a, b],
+                },
+            ],
+        );
+        apply_ad_changes(&mut tx, &agent, &domain, &setup, Isolation::Batch)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let push = request(
+            Some("c0"),
+            "c1",
+            vec![adds(vec![c, a]), adds(vec![g]), removes(vec![b])],
+        );
+        let mut tx = store.begin().await.unwrap();
+        let whole = apply_ad_changes(&mut tx, &agent, &domain, &push, Isolation::Batch).await;
+        assert!(matches!(whole, Err(ApplyError::Refused(_))), "{whole:?}");
+        drop(tx);
+        let mut tx = store.begin().await.unwrap();
+        let answer = apply_ad_changes(&mut tx, &agent, &domain, &push, Isolation::PerChange)
+            .await
+            .unwrap();
+        assert_eq!(answer.refused, 1);
+        let mut ids = Vec::new();
+        for guid in [a, b, c, g] {
+            ids.push(tx.link_by_guid(org, domain.id, guid).await.unwrap().unwrap().object_id);
+        }
+        let (ann, bob, cat, team) = (ids[0], ids[1], ids[2], ids[3]);
+        assert_eq!(member_ids(&mut tx, org, team).await, BTreeSet::from([ann, cat]));
+        tx.commit().await.unwrap();
+
+        // The next run goes whole, on the fast path: it reads only the
+        // memberships it names, and the group, read whole, is what they say.
+        let next = request(Some("c1"), "c2", vec![adds(vec![b, c]), removes(vec![a])]);
+        let mut tx = store.begin().await.unwrap();
+        let answer = apply_ad_changes(&mut tx, &agent, &domain, &next, Isolation::Batch)
+            .await
+            .unwrap();
+        assert_eq!((answer.applied, answer.refused), (2, 0));
+        assert_eq!(member_ids(&mut tx, org, team).await, BTreeSet::from([bob, cat]));
+        tx.commit().await.unwrap();
+    }
+);
+
+/// A group's members, read whole, by cloud id.
+async fn member_ids(tx: &mut ferry_cloud::store::Tx, org: Uuid, group: Uuid) -> BTreeSet<Uuid> {
+    tx.group_members(org, group)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect()
+}

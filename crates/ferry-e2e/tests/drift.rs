@@ -49,11 +49,7 @@ async fn both_sides(
             text(&u["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"]["department"]),
         ));
     }
-    let ad_members: BTreeSet<String> = dc
-        .group_members(&format!("CN=Drifters,{ou}"))
-        .iter()
-        .map(|dn| dn.split(',').next().unwrap().trim_start_matches("CN=").to_lowercase())
-        .collect();
+    let ad_members: BTreeSet<String> = dc.group_member_cns(&format!("CN=Drifters,{ou}"));
     let (_, g) = cloud
         .call(reqwest::Method::GET, &format!("/scim/v2/Groups/{gid}"), None)
         .await;

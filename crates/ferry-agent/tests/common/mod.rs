@@ -268,6 +268,21 @@ impl Dc {
         }
     }
 
+    /// [`Dc::group_members`], each by its CN, lowercased (for comparing
+    /// with the cloud's member names).
+    pub fn group_member_cns(&self, group_dn: &str) -> std::collections::BTreeSet<String> {
+        self.group_members(group_dn)
+            .iter()
+            .map(|dn| {
+                dn.split(',')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_start_matches("CN=")
+                    .to_lowercase()
+            })
+            .collect()
+    }
+
     /// `ldapadd`/`ldapmodify` of an LDIF as the administrator.
     pub fn ldapmodify(&self, ldif: &str, add: bool) {
         if let Err(e) = self.try_ldapmodify(ldif, add) {

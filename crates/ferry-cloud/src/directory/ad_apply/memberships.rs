@@ -51,9 +51,9 @@ pub(super) async fn apply(tx: &mut Tx, ctx: &WriteCtx, domain: &Domain, run: &[&
     groups.dedup();
     let homes = tx.homes_of_many(ctx.org_id, ObjectKind::Group, &groups).await?;
     // What is there before: a group given whole (`SetMembers`) is read
-    // whole; of a group only added to or removed from, just the memberships
-    // named (an import's adds would otherwise read every group's members
-    // again at each push).
+    // whole; of a group only added to or removed from (a DirSync round's
+    // member deltas), just the memberships named, so a few adds to a big
+    // group do not read all its members.
     let mut whole: Vec<Uuid> = Vec::new();
     let mut named: Vec<(Uuid, Uuid)> = Vec::new();
     for change in run {
