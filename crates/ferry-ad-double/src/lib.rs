@@ -51,6 +51,10 @@ pub struct Limits {
     pub protected_objects: bool,
     /// A delete of an object with children needs the tree-delete control.
     pub tree_delete: bool,
+    /// Not one of AD's limits but how a DC far away or busy answers: each
+    /// paged search request is forwarded this much later (0: at once), so a
+    /// client's read of the directory takes time the client may use.
+    pub page_delay: std::time::Duration,
 }
 
 impl Limits {
@@ -63,6 +67,7 @@ impl Limits {
             nesting: true,
             protected_objects: true,
             tree_delete: true,
+            page_delay: std::time::Duration::ZERO,
         }
     }
 }

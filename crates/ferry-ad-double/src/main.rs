@@ -29,7 +29,7 @@ enum Rule {
 
 /// A test double of Windows Server AD's limits in front of a real Samba AD DC.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, args_override_self = true)]
 struct Args {
     /// The DC behind the double: ldaps://HOST[:PORT].
     #[arg(long)]
@@ -58,6 +58,10 @@ struct Args {
     /// MaxValRange (Windows: 1500).
     #[arg(long, default_value_t = 1500)]
     value_range: usize,
+    /// Answer each page of a paged search this many milliseconds later, as
+    /// a DC far away or busy does (not one of AD's limits; default 0).
+    #[arg(long, default_value_t = 0)]
+    page_delay_ms: u64,
     /// Rules to switch off (repeat, or separate with commas).
     #[arg(long, value_enum, value_delimiter = ',')]
     off: Vec<Rule>,
@@ -91,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
         nesting: on(Rule::Nesting),
         protected_objects: on(Rule::Protected),
         tree_delete: on(Rule::TreeDelete),
+        page_delay: std::time::Duration::from_millis(args.page_delay_ms),
     };
     let upstream = tls::Upstream::new(&args.upstream, &args.upstream_ca)?;
     let acceptor = tls::acceptor(&args.tls_cert, &args.tls_key)?;

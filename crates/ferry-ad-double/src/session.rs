@@ -351,6 +351,9 @@ impl Session {
 
     async fn capped_search(&self, id: i32, root_dse: bool, paged: bool, req: Request) {
         let limits = &self.double.limits;
+        if paged && !limits.page_delay.is_zero() {
+            tokio::time::sleep(limits.page_delay).await;
+        }
         let cap = if paged || root_dse { None } else { limits.max_page_size };
         let ranges = if root_dse { None } else { limits.max_val_range };
         let unavailable = || {

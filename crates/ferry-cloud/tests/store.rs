@@ -61,6 +61,42 @@ both_engines!(migrations_run_once_and_reopen, |engine| async move {
     assert_eq!(tx.list_orgs().await.unwrap().len(), 1);
 });
 
+// Migration 12 rebuilt `memberships` without its key to `orgs`: the rows
+// of before stay, and the group's key still holds (a membership of no
+// group is refused, and a group's memberships go with it).
+both_engines!(
+    memberships_keep_their_rows_and_their_groups_key_through_migration_12,
+    |engine| async move {
+        let db = TestDb::new(engine).await;
+        let store = db.open().await;
+        let org = create_org(&store, "A").await.id;
+        let mut tx = store.begin().await.unwrap();
+        let u = tx.insert_user(org, &user("ann"), 1).await.unwrap();
+        let g = tx.insert_group(org, &group("crew"), 1).await.unwrap();
+        let ann = Member {
+            id: u.id,
+            kind: ObjectKind::User,
+        };
+        assert!(tx.add_member(org, g.id, ann).await.unwrap());
+        tx.commit().await.unwrap();
+        store.close().await;
+        // The database as a cloud of before left it: migration 12 runs again.
+        forget_migration(&db.url, 12).await;
+        let store = db.open().await;
+        let mut tx = store.begin().await.unwrap();
+        assert_eq!(tx.group_members(org, g.id).await.unwrap(), vec![ann]);
+        assert!(
+            tx.add_member(org, Uuid::new_v4(), ann).await.is_err(),
+            "a membership of no group is refused"
+        );
+        drop(tx);
+        let mut tx = store.begin().await.unwrap();
+        tx.delete_group(org, g.id).await.unwrap();
+        assert!(tx.group_members(org, g.id).await.unwrap().is_empty());
+        assert!(tx.groups_of(org, u.id).await.unwrap().is_empty());
+    }
+);
+
 both_engines!(orgs_and_admins_are_unique, |engine| async move {
     let (_db, store) = fresh(engine).await;
     // A failed statement ends a PostgreSQL transaction, so each conflict gets its own.
@@ -976,15 +1012,7 @@ both_engines!(
         tx.commit().await.unwrap();
         store.close().await;
         // The database as a cloud of before left it: migration 11 not applied.
-        sqlx::any::install_default_drivers();
-        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url)
-            .await
-            .unwrap();
-        sqlx::query("DELETE FROM ferry_migrations WHERE version = 11")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        sqlx::Connection::close(conn).await.unwrap();
+        forget_migration(&db.url, 11).await;
         let store = db.open().await;
         let mut tx = store.begin().await.unwrap();
         let mut keys: Vec<String> = tx
@@ -1141,4 +1169,17 @@ async fn member_ids(tx: &mut ferry_cloud::store::Tx, org: Uuid, group: Uuid) -> 
         .into_iter()
         .map(|m| m.id)
         .collect()
+}
+
+/// Makes the database at `url` look as a cloud from before migration
+/// `version` left it, so the next open applies that migration again.
+async fn forget_migration(url: &str, version: i64) {
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await.unwrap();
+    sqlx::query("DELETE FROM ferry_migrations WHERE version = $1")
+        .bind(version)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::Connection::close(conn).await.unwrap();
 }

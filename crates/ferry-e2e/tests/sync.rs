@@ -2170,6 +2170,117 @@ async fn users_made_in_the_cloud_come_back_up_as_themselves() {
     engine.stop().await;
 }
 
+/// A DC that takes its time over each page (a DC far away or busy: the
+/// double's `--page-delay-ms`, in front of the real DC): the import sends
+/// memberships while it still reads, in the time the cloud would otherwise
+/// wait for AD (docs/sync.md, "The full import"), and every group ends
+/// equal on both sides, its member list compared whole. Six groups list the
+/// same 600 users (and one nests another), 600 more users have a group of
+/// their own: where the DC puts each group in its read decides which
+/// memberships can go early, and six make it all but certain some do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memberships_cross_while_a_slow_dc_is_still_read_and_both_sides_end_equal() {
+    const N: usize = 600;
+    let dc = delegated_dc().await;
+    let (a, b) = (dc.new_ou("crowd-a").await, dc.new_ou("crowd-b").await);
+    for (ou, cn, sam, prefix) in [(&a, "Crowd A", "crowda", "ca"), (&b, "Crowd B", "crowdb", "cb")] {
+        let st = std::process::Command::new("/usr/bin/python3")
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/lib/populate-group.py"))
+            .arg(dc.dir.join("etc/smb.conf"))
+            .args([ou.as_str(), &N.to_string(), cn, sam, prefix])
+            .status()
+            .unwrap();
+        assert!(st.success(), "populate-group.py failed");
+    }
+    let members: String = (0..N).map(|i| format!("member: CN=m{i},{a}\n")).collect();
+    let mut ldif = String::new();
+    for k in 0..4 {
+        ldif.push_str(&format!(
+            "dn: CN=Crowd {k},{a}\nobjectClass: group\nsAMAccountName: crowd{k}\n{members}\n"
+        ));
+    }
+    ldif.push_str(&format!(
+        "dn: CN=Crowd Nest,{a}\nobjectClass: group\nsAMAccountName: crowdnest\nmember: CN=Crowd A,{a}\nmember: CN=m0,{b}\n\n"
+    ));
+    dc.ldapmodify(&ldif, true);
+    let dc = dc.behind_double(&["--page-size", "100", "--page-delay-ms", "150"]);
+    let cloud = Cloud::start().await;
+    let domain = add_domain(&cloud, &dc).await;
+    let agent = enrol(&cloud, &domain).await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+
+    let of_a: BTreeSet<String> = (0..N).map(|i| format!("ca{i}")).collect();
+    let of_b: BTreeSet<String> = (0..N).map(|i| format!("cb{i}")).collect();
+    let cns: BTreeSet<String> = (0..N).map(|i| format!("m{i}")).collect();
+    let nest_cloud: BTreeSet<String> = ["group:crowda".to_owned(), "cb0".to_owned()].into();
+    // `group_member_cns` gives CNs in lower case.
+    let nest_ad: BTreeSet<String> = ["crowd a".to_owned(), "m0".to_owned()].into();
+    let mut groups: Vec<(String, String, BTreeSet<String>, BTreeSet<String>)> = vec![
+        ("crowda".into(), format!("CN=Crowd A,{a}"), of_a.clone(), cns.clone()),
+        ("crowdb".into(), format!("CN=Crowd B,{b}"), of_b, cns.clone()),
+        ("crowdnest".into(), format!("CN=Crowd Nest,{a}"), nest_cloud, nest_ad),
+    ];
+    for k in 0..4 {
+        groups.push((
+            format!("crowd{k}"),
+            format!("CN=Crowd {k},{a}"),
+            of_a.clone(),
+            cns.clone(),
+        ));
+    }
+    // Each cloud group's members by name (a group member as `group:NAME`).
+    let cloud_side = || async {
+        let mut names = cloud_user_names(&cloud).await;
+        let mut ids = std::collections::HashMap::new();
+        for (name, ..) in &groups {
+            let g = cloud.group(name).await?;
+            names.insert(text(&g["id"]), format!("group:{name}"));
+            ids.insert(name.clone(), text(&g["id"]));
+        }
+        let mut out = Vec::new();
+        for (name, ..) in &groups {
+            let (_, g) = cloud
+                .call(reqwest::Method::GET, &format!("/scim/v2/Groups/{}", ids[name]), None)
+                .await;
+            let got: BTreeSet<String> = g["members"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|m| {
+                    names
+                        .get(&text(&m["value"]))
+                        .cloned()
+                        .unwrap_or_else(|| text(&m["value"]))
+                })
+                .collect();
+            out.push(got);
+        }
+        Some(out)
+    };
+    let want_cloud: Vec<BTreeSet<String>> = groups.iter().map(|g| g.2.clone()).collect();
+    eventually("every group whole in the cloud", || async {
+        cloud_side().await.filter(|got| *got == want_cloud)
+    })
+    .await;
+    let early = engine
+        .shared
+        .import_memberships_early
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(early > 0, "no membership went up while AD was read");
+    // Equal on both sides, and still so once the agent is quiet.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(cloud_side().await.as_ref(), Some(&want_cloud));
+    // The DC itself, not through the delaying double: the same members.
+    let ad = dc.without_double();
+    for (name, dn, _, want_ad) in &groups {
+        assert_eq!(&ad.group_member_cns(dn), want_ad, "AD's {name}");
+    }
+    assert!(sync_errors(&cloud, &domain).await.is_empty());
+    eprintln!("{early} memberships crossed while AD was read");
+    engine.stop().await;
+}
+
 /// A cloud group with a member of its own, which the first import matches
 /// to an AD group of the same name: both sides end with the same members,
 /// AD's and the cloud's member (placed in AD as the group's). A guard for

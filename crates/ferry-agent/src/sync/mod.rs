@@ -47,6 +47,9 @@ pub struct Shared {
     pub quick_pushed: AtomicU64,
     /// DirSync rounds applied since the import.
     pub dirsync_rounds: AtomicU64,
+    /// Memberships the last full import sent while it still read AD (the
+    /// rest follow the read).
+    pub import_memberships_early: AtomicU64,
     /// The last error, for the heartbeat; cleared by a clean pass.
     pub last_error: std::sync::Mutex<Option<String>>,
     /// When a direction last completed a pass without error (unix ms; 0: never).
@@ -90,6 +93,7 @@ impl Shared {
             applied: AtomicU64::new(0),
             quick_pushed: AtomicU64::new(0),
             dirsync_rounds: AtomicU64::new(0),
+            import_memberships_early: AtomicU64::new(0),
             last_error: std::sync::Mutex::new(None),
             last_sync_at: AtomicI64::new(0),
             sync_errors: AtomicU64::new(0),

@@ -83,18 +83,25 @@ impl Dc {
 
     /// Puts the Windows-AD test double (`scripts/ad-double`, with `limits`
     /// such as `--page-size 50`) in front of this DC: from now on the URLs
-    /// and CA file lead to the double.
+    /// and CA file lead to the double. A DC already behind a double gets a
+    /// new one in front of the DC itself, with the first's limits and then
+    /// these (a later flag overrides an earlier), not a double in front of
+    /// a double.
     pub fn behind_double(mut self, limits: &[&str]) -> Dc {
+        let (upstream, upstream_ca, mut all) = match &self.double {
+            Some(d) => (d.upstream.clone(), d.upstream_ca.clone(), d.limits.clone()),
+            None => (self.ldaps_url.clone(), self.ca_file.clone(), Vec::new()),
+        };
+        all.extend(limits.iter().map(|l| l.to_string()));
         for _ in 0..50 {
             let (ip, dir) = Dc::next_address("ad-double");
-            let upstream = self.ldaps_url.clone();
             let out = Command::new("bash")
                 .arg(repo().join("scripts/ad-double"))
                 .arg("start")
                 .arg(&dir)
                 .args(["--upstream", &upstream, "--listen", &ip, "--upstream-ca"])
-                .arg(&self.ca_file)
-                .args(limits)
+                .arg(&upstream_ca)
+                .args(&all)
                 .output()
                 .expect("run scripts/ad-double");
             let stderr = String::from_utf8_lossy(&out.stderr);
@@ -108,10 +115,29 @@ impl Dc {
             self.ldap_url = vars["FERRY_DC_LDAP_URL"].clone();
             self.ldaps_url = vars["FERRY_DC_LDAPS_URL"].clone();
             self.ca_file = vars["FERRY_DC_CA_FILE"].clone().into();
-            self.double = Some(Arc::new(DoubleGuard { dir }));
+            self.double = Some(Arc::new(DoubleGuard {
+                dir,
+                upstream,
+                upstream_ca,
+                limits: all,
+            }));
             return self;
         }
         panic!("no free loopback address for the AD double");
+    }
+
+    /// This DC without the double in front, if one is: for reading what the
+    /// DC holds without the double's value ranges (one `ldapsearch` where
+    /// seven-value windows take a hundred).
+    pub fn without_double(&self) -> Dc {
+        let mut dc = self.clone();
+        if let Some(d) = dc.double.take() {
+            dc.ldaps_url = d.upstream.clone();
+            dc.ca_file = d.upstream_ca.clone();
+            dc.ldap_url = dc.samba_ldap_url.clone();
+            dc.double = Some(d);
+        }
+        dc
     }
 
     /// Fronts the DC with the double when `FERRY_TEST_AD_DOUBLE` asks for it.
@@ -400,6 +426,10 @@ impl Drop for Dc {
 #[derive(Debug)]
 pub struct DoubleGuard {
     pub dir: PathBuf,
+    /// The DC it fronts (LDAPS URL and CA file) and the limits it was given.
+    upstream: String,
+    upstream_ca: PathBuf,
+    limits: Vec<String>,
 }
 
 impl DoubleGuard {

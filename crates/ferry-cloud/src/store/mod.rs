@@ -51,6 +51,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("0009_link_digest.sql")),
     (10, include_str!("0010_org_counts.sql")),
     (11, include_str!("0011_membership_error_keys.sql")),
+    (12, include_str!("0012_membership_org_key.sql")),
 ];
 
 /// The PostgreSQL channel a commit that grew a feed notifies: every

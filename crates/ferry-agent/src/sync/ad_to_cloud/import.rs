@@ -1,6 +1,7 @@
 //! The full import: every user and group in scope, read page by page and
-//! pushed while the next page is read; memberships and managers follow once
-//! every object is in.
+//! pushed while the next page is read; memberships go up while the push
+//! would otherwise wait for AD, the rest and the managers once every object
+//! is in.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,7 +47,9 @@ pub(super) struct Imported {
 /// Reads everything in scope and pushes it; returns the DirSync cookie the
 /// increments start from (taken before the read, so nothing is missed).
 /// Each page of the read is turned into upserts and pushed while the next
-/// page is read; memberships and managers follow once every object is in.
+/// page is read; owed memberships go up whenever the push has nothing else
+/// to send ([`Later::share`]); the rest and the managers follow once every
+/// object is in.
 pub(super) async fn full_import(
     shared: &Shared,
     conn: &mut AdConnection,
@@ -76,6 +79,14 @@ pub(super) async fn full_import(
     // larger says which side the read's time is spent on.
     let (read_waited, push_waited) = (Waited::default(), Waited::default());
     let (read_waited, push_waited) = (&read_waited, &push_waited);
+    // What the read keeps, shared with the push: it sends owed memberships
+    // while it would otherwise wait for AD. Both run in this one task, and
+    // neither holds the lock across an await.
+    let later = std::sync::Mutex::new(Some(Later::default()));
+    let later = &later;
+    let lock = || later.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let linked_set: HashSet<Uuid> = linked.iter().copied().collect();
+    let linked_set = &linked_set;
     let produce = async move {
         let send = |tx: &tokio::sync::mpsc::Sender<Option<Vec<AdChange>>>, batch: Vec<AdChange>| {
             let tx = tx.clone();
@@ -87,15 +98,16 @@ pub(super) async fn full_import(
             }
         };
         let mut pager = crate::ad::Pager::default();
-        // Of each entry, only what the second pass needs is kept (not the
-        // entry): its DN, a group's member DNs, a managed user's change.
-        let mut later = Later::default();
         let mut present = HashSet::new();
         let mut pending: Vec<AdChange> = Vec::new();
         loop {
             let (page, more) = scope_page(conn, &root, protection, &mut pager, Some(&mut present)).await?;
             for (guid, e) in page {
-                pending.push(later.keep(&e, guid));
+                let change = lock()
+                    .as_mut()
+                    .map(|l| l.keep(&e, guid, linked_set.contains(&guid)))
+                    .ok_or(PUSH_STOPPED)?;
+                pending.push(change);
                 if pending.len() >= BATCH {
                     send(&tx, std::mem::take(&mut pending)).await?;
                 }
@@ -104,15 +116,23 @@ pub(super) async fn full_import(
                 break;
             }
         }
-        let objects = later.objects();
+        // The read is done: what no share sent follows the last objects.
+        let Some(kept) = lock().take() else {
+            return Err(PUSH_STOPPED.to_owned());
+        };
+        let objects = kept.objects();
+        shared
+            .import_memberships_early
+            .store(kept.shared as u64, Ordering::Relaxed);
         tracing::info!(
             objects,
+            memberships_sent = kept.shared,
             secs = started.elapsed().as_secs_f32(),
             waited_for_cloud_secs = read_waited.secs(),
             waited_for_ad_secs = push_waited.secs(),
-            "full import: read done; memberships and managers follow"
+            "full import: read done; the rest of the memberships and the managers follow"
         );
-        pending.extend(later.changes());
+        pending.extend(kept.changes());
         for chunk in pending.chunks(BATCH) {
             send(&tx, chunk.to_vec()).await?;
         }
@@ -125,10 +145,29 @@ pub(super) async fn full_import(
     let consume = async move {
         let mut batches = 0usize;
         let mut done = 0usize;
+        // Objects pushed, in the order read (a share names only those).
+        let mut pushed = 0u32;
         loop {
-            let asked = Instant::now();
-            let next = rx.recv().await;
-            push_waited.add(asked);
+            let next = match rx.try_recv() {
+                Ok(item) => Some(item),
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => None,
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                    // The cloud is level with the read: memberships owed, if
+                    // any, go now instead of after the read.
+                    let share = lock().as_mut().map(|l| l.share(pushed)).unwrap_or_default();
+                    if !share.is_empty() {
+                        batches += 1;
+                        done += share.len();
+                        push(shared, &mut cookie, format!("{IMPORT}{batches}"), share).await?;
+                        tracing::info!(done, "full import: progress (memberships while reading)");
+                        continue;
+                    }
+                    let asked = Instant::now();
+                    let next = rx.recv().await;
+                    push_waited.add(asked);
+                    next
+                }
+            };
             let Some(item) = next else { break };
             let Some(chunk) = item else {
                 // The read finished: only now may the cookie become final.
@@ -137,7 +176,12 @@ pub(super) async fn full_import(
             };
             batches += 1;
             done += chunk.len();
+            let objects = chunk
+                .iter()
+                .filter(|c| matches!(c, AdChange::UpsertUser { .. } | AdChange::UpsertGroup { .. }))
+                .count();
             push(shared, &mut cookie, format!("{IMPORT}{batches}"), chunk).await?;
+            pushed = pushed.saturating_add(u32::try_from(objects).unwrap_or(u32::MAX));
             tracing::info!(done, "full import: progress");
         }
         Err("the read of AD stopped before its end".to_owned())
@@ -178,21 +222,63 @@ impl Waited {
     }
 }
 
-/// What the import sends once every object is in: memberships, then
-/// managers (a user's manager is linked once every user exists). Each entry
-/// is reduced to this as it is read, so the read never holds the entries;
-/// every DN is kept once, and a group's members as numbers naming them
-/// (500,000 memberships are 2 MB, not 500,000 strings).
+/// Memberships in one share sent while AD is read: enough that a share is
+/// worth a push, few enough that an object page arriving meanwhile waits
+/// at most a small push for it.
+const SHARE_MAX: usize = 5_000;
+/// Fewer owed memberships than this are left for a later share.
+const SHARE_MIN: usize = 500;
+
+/// What the import keeps of the objects it read, and the memberships it
+/// owes the cloud. Each entry is reduced to this as it is read, so the
+/// read never holds the entries; every DN is kept once, and a group's
+/// members as numbers naming them (500,000 memberships are 2 MB, not
+/// 500,000 strings).
+///
+/// A membership is owed once its group and its member have both been
+/// pushed. Whenever the cloud has applied every push and the read has not
+/// brought the next page yet (the push would otherwise wait for AD), a
+/// share of what is owed goes up ([`Later::share`]): so the cloud writes
+/// memberships in time it would spend idle, and a cloud that is already
+/// the bottleneck gets them all after the read, as before. A share takes
+/// whole groups in turn (their owed members together, so the cloud writes
+/// each group's memberships side by side, not one row on every page of its
+/// index). A group's first change is a `SetMembers` (the cloud may have
+/// matched the group by name to one of its own, whose members AD's list
+/// replaces), the next ones `AddMembers`. A group the cloud had linked
+/// before the import gets no share: its whole list once the read ends
+/// (`SetMembers`, which takes away the members AD no longer lists, and no
+/// member it keeps is taken away in between). Then the managers: a user's
+/// manager is linked once every user exists.
 #[derive(Default)]
 struct Later {
     /// Every DN seen (an object's, a member's, a manager's), lowercased: its number.
     ids: HashMap<Box<str>, u32>,
-    /// By number: the GUID of the object at that DN, once read.
-    guids: Vec<Option<Uuid>>,
-    /// Each group with its members' numbers.
-    groups: Vec<(Uuid, Vec<u32>)>,
+    /// By number: the GUID of the object at that DN, once read, and its
+    /// place in the read (objects pushed before it are in the cloud).
+    read: Vec<Option<(Uuid, u32)>>,
+    /// Objects read.
+    objects: u32,
+    /// Each group read.
+    groups: Vec<Group>,
+    /// The group the next share starts at.
+    next: usize,
+    /// Memberships sent in shares.
+    shared: usize,
     /// Each user with a manager: the user's upsert and the manager's number.
     managed: Vec<(AdChange, u32)>,
+}
+
+struct Group {
+    guid: Uuid,
+    /// Its place in the read.
+    at: u32,
+    /// Members not sent yet, by number.
+    members: Vec<u32>,
+    /// Whether its first change (a `SetMembers`) was sent.
+    started: bool,
+    /// Linked in the cloud before the import: gets its whole list at the end.
+    whole: bool,
 }
 
 impl Later {
@@ -202,26 +288,35 @@ impl Later {
         if let Some(id) = self.ids.get(key.as_str()) {
             return *id;
         }
-        let id = u32::try_from(self.guids.len()).unwrap_or(u32::MAX);
+        let id = u32::try_from(self.read.len()).unwrap_or(u32::MAX);
         self.ids.insert(key.into_boxed_str(), id);
-        self.guids.push(None);
+        self.read.push(None);
         id
     }
 
     /// Objects read.
     fn objects(&self) -> usize {
-        self.guids.iter().filter(|g| g.is_some()).count()
+        self.objects as usize
     }
 
-    /// Keeps what the second pass needs of `e`; returns its upsert.
-    fn keep(&mut self, e: &AdEntry, guid: Uuid) -> AdChange {
+    /// Keeps what the second pass needs of `e` (`linked`: the cloud had
+    /// linked it before the import); returns its upsert.
+    fn keep(&mut self, e: &AdEntry, guid: Uuid, linked: bool) -> AdChange {
         let id = self.id(&e.dn);
-        if let Some(slot) = self.guids.get_mut(id as usize) {
-            *slot = Some(guid);
+        let at = self.objects;
+        self.objects += 1;
+        if let Some(slot) = self.read.get_mut(id as usize) {
+            *slot = Some((guid, at));
         }
         if e.has_class("group") {
             let members = e.strs("member").iter().map(|m| self.id(m)).collect();
-            self.groups.push((guid, members));
+            self.groups.push(Group {
+                guid,
+                at,
+                members,
+                started: false,
+                whole: linked,
+            });
             return AdChange::UpsertGroup {
                 guid,
                 dn: e.dn.clone(),
@@ -242,17 +337,73 @@ impl Later {
         upsert(rec)
     }
 
-    /// The memberships, then the managers, of every object kept.
+    /// A share of the memberships owed once the first `pushed` objects read
+    /// are in the cloud: whole groups in turn, from where the last share
+    /// stopped, up to about [`SHARE_MAX`] memberships; nothing when fewer
+    /// than [`SHARE_MIN`] are owed.
+    fn share(&mut self, pushed: u32) -> Vec<AdChange> {
+        let read = &self.read;
+        let owed = |m: &u32| matches!(read.get(*m as usize), Some(Some((_, at))) if *at < pushed);
+        let n = self.groups.len();
+        let mut picked = Vec::new();
+        let mut rows = 0;
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            let g = &self.groups[i];
+            if g.whole || g.at >= pushed {
+                continue;
+            }
+            let c = g.members.iter().filter(|m| owed(m)).count();
+            if c > 0 {
+                picked.push(i);
+                rows += c;
+                if rows >= SHARE_MAX {
+                    self.next = (i + 1) % n;
+                    break;
+                }
+            }
+        }
+        if rows < SHARE_MIN {
+            return Vec::new();
+        }
+        if rows < SHARE_MAX {
+            self.next = 0;
+        }
+        self.shared += rows;
+        let mut out = Vec::with_capacity(picked.len());
+        for i in picked {
+            let g = &mut self.groups[i];
+            let mut members = Vec::new();
+            g.members.retain(|m| match read.get(*m as usize) {
+                Some(Some((guid, at))) if *at < pushed => {
+                    members.push(*guid);
+                    false
+                }
+                _ => true,
+            });
+            out.push(if std::mem::replace(&mut g.started, true) {
+                AdChange::AddMembers { group: g.guid, members }
+            } else {
+                AdChange::SetMembers { group: g.guid, members }
+            });
+        }
+        out
+    }
+
+    /// Once the read ended: what no share sent of each group's members (a
+    /// group not started gets its whole list, which may be empty), then
+    /// the managers.
     fn changes(self) -> Vec<AdChange> {
-        let guid = |id: &u32| self.guids.get(*id as usize).copied().flatten();
-        let mut out: Vec<AdChange> = self
-            .groups
-            .iter()
-            .map(|(group, ids)| AdChange::SetMembers {
-                group: *group,
-                members: ids.iter().filter_map(guid).collect(),
-            })
-            .collect();
+        let guid = |id: &u32| self.read.get(*id as usize).copied().flatten().map(|(g, _)| g);
+        let mut out: Vec<AdChange> = Vec::with_capacity(self.groups.len() + self.managed.len());
+        for g in &self.groups {
+            let members: Vec<Uuid> = g.members.iter().filter_map(guid).collect();
+            if !g.started {
+                out.push(AdChange::SetMembers { group: g.guid, members });
+            } else if !members.is_empty() {
+                out.push(AdChange::AddMembers { group: g.guid, members });
+            }
+        }
         for (mut change, manager) in self.managed.iter().cloned() {
             let Some(m) = guid(&manager) else { continue };
             if let AdChange::UpsertUser { record, .. } = &mut change {
@@ -287,7 +438,7 @@ mod tests {
     fn members_and_managers_resolve_to_the_objects_read_whatever_the_order_and_case() {
         let (ann, bob, team) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
         let mut later = Later::default();
-        later.keep(&entry("CN=Ann,OU=P,DC=x", "user", &[]), ann);
+        later.keep(&entry("CN=Ann,OU=P,DC=x", "user", &[]), ann, false);
         // A member read after its group, one named in another case, one never read (out of scope).
         later.keep(
             &entry(
@@ -299,10 +450,12 @@ mod tests {
                 )],
             ),
             team,
+            false,
         );
         later.keep(
             &entry("CN=Bob,OU=P,DC=x", "user", &[("manager", &["CN=ANN,OU=P,DC=x"])]),
             bob,
+            false,
         );
         assert_eq!(later.objects(), 3);
         let changes = later.changes();
@@ -315,5 +468,99 @@ mod tests {
             AdChange::UpsertUser { guid, record, .. } if *guid == bob && record.manager == Some(ann.to_string())
         ));
         assert_eq!(changes.len(), 2);
+    }
+
+    /// `n` users `CN=U<i>` (GUIDs 1000+i) kept after `group` (GUID 1, listing
+    /// all of them and one never read), itself linked or not.
+    fn group_then_users(later: &mut Later, n: usize, linked: bool) -> Vec<Uuid> {
+        let dns: Vec<String> = (0..n).map(|i| format!("CN=U{i},OU=P,DC=x")).collect();
+        let mut member: Vec<&str> = dns.iter().map(String::as_str).collect();
+        member.push("CN=Gone,OU=Elsewhere,DC=x");
+        later.keep(
+            &entry("CN=G,OU=G,DC=x", "group", &[("member", &member)]),
+            Uuid::from_u128(1),
+            linked,
+        );
+        dns.iter()
+            .enumerate()
+            .map(|(i, dn)| {
+                let guid = Uuid::from_u128(1000 + i as u128);
+                later.keep(&entry(dn, "user", &[]), guid, false);
+                guid
+            })
+            .collect()
+    }
+
+    /// Each membership change of `changes`: kind, group, members.
+    fn memberships(changes: &[AdChange]) -> Vec<(&'static str, Uuid, Vec<Uuid>)> {
+        changes
+            .iter()
+            .filter_map(|c| match c {
+                AdChange::SetMembers { group, members } => Some(("set", *group, members.clone())),
+                AdChange::AddMembers { group, members } => Some(("add", *group, members.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_share_names_only_members_already_pushed_and_the_rest_follows_the_read() {
+        let mut later = Later::default();
+        let users = group_then_users(&mut later, 2 * SHARE_MIN, false);
+        // Nothing owed until the group is in the cloud, nor while few are.
+        assert!(later.share(0).is_empty());
+        assert!(later.share(SHARE_MIN as u32).is_empty(), "fewer than SHARE_MIN owed");
+        // The group (place 0) and the first SHARE_MIN + 10 users pushed.
+        let first = memberships(&later.share(SHARE_MIN as u32 + 11));
+        assert_eq!(
+            first,
+            vec![("set", Uuid::from_u128(1), users[..SHARE_MIN + 10].to_vec())]
+        );
+        // Owed again only once more are pushed; then as additions.
+        assert!(later.share(SHARE_MIN as u32 + 11).is_empty());
+        let rest = memberships(&later.changes());
+        assert_eq!(
+            rest,
+            vec![("add", Uuid::from_u128(1), users[SHARE_MIN + 10..].to_vec())]
+        );
+    }
+
+    #[test]
+    fn a_share_takes_whole_groups_in_turn_up_to_its_size() {
+        let mut later = Later::default();
+        // Three groups of SHARE_MAX / 2 members each, then the members.
+        let per = SHARE_MAX / 2;
+        let dns: Vec<String> = (0..per).map(|i| format!("CN=U{i},OU=P,DC=x")).collect();
+        let member: Vec<&str> = dns.iter().map(String::as_str).collect();
+        for g in 1..=3u128 {
+            let dn = format!("CN=G{g},OU=G,DC=x");
+            later.keep(&entry(&dn, "group", &[("member", &member)]), Uuid::from_u128(g), false);
+        }
+        for (i, dn) in dns.iter().enumerate() {
+            later.keep(&entry(dn, "user", &[]), Uuid::from_u128(1000 + i as u128), false);
+        }
+        let all = u32::try_from(3 + per).unwrap();
+        let groups = |c: &[AdChange]| {
+            memberships(c)
+                .into_iter()
+                .map(|(k, g, m)| (k, g, m.len()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            groups(&later.share(all)),
+            vec![("set", Uuid::from_u128(1), per), ("set", Uuid::from_u128(2), per)]
+        );
+        assert_eq!(groups(&later.share(all)), vec![("set", Uuid::from_u128(3), per)]);
+        assert!(later.share(all).is_empty());
+        // Every group started and was sent whole: nothing follows.
+        assert!(memberships(&later.changes()).is_empty());
+    }
+
+    #[test]
+    fn a_group_the_cloud_linked_before_gets_no_share_and_its_whole_list_after_the_read() {
+        let mut later = Later::default();
+        let users = group_then_users(&mut later, 2 * SHARE_MIN, true);
+        assert!(later.share(u32::MAX).is_empty());
+        assert_eq!(memberships(&later.changes()), vec![("set", Uuid::from_u128(1), users)]);
     }
 }
