@@ -9,7 +9,9 @@
 //! shows.
 //!
 //!   cargo run --release -p ferry-cloud --example import_cost -- [USERS] [GROUPS] [MEMBERS]
-//!   (default 100000 10000 50; FERRY_SCALE_DB_URL=postgres://… for PostgreSQL)
+//!   (default 100000 10000 50; FERRY_SCALE_DB_URL=postgres://… for PostgreSQL;
+//!   RUST_LOG=sqlx::query=debug logs every statement with its time, to
+//!   stderr)
 #![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
 
 use std::time::Instant;
@@ -58,6 +60,11 @@ fn group_guid(j: usize) -> Uuid {
 
 #[tokio::main]
 async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let users = args.first().copied().unwrap_or(100_000);
     let groups = args.get(1).copied().unwrap_or(10_000);
