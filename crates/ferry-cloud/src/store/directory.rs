@@ -141,7 +141,7 @@ const GROUP_COLS: &str = "id, name, external_id, doc, version, created_at, updat
 impl Tx {
     /// Inserts a user; a conflict when the username is taken in the org.
     pub async fn insert_user(&mut self, org_id: Uuid, user: &NewUser, now: i64) -> StoreResult<UserRow> {
-        let id = Uuid::new_v4();
+        let id = Uuid::now_v7();
         self.insert_users_many(org_id, &[(id, user.clone())], None, now)
             .await
             .map_err(|e| match e {
@@ -373,7 +373,7 @@ impl Tx {
 
     /// Inserts a group; a conflict when the name is taken in the org.
     pub async fn insert_group(&mut self, org_id: Uuid, group: &NewGroup, now: i64) -> StoreResult<GroupRow> {
-        let id = Uuid::new_v4();
+        let id = Uuid::now_v7();
         self.insert_groups_many(org_id, &[(id, group.clone())], None, now)
             .await
             .map_err(|e| match e {

@@ -81,7 +81,15 @@ pub(super) async fn create(tx: &mut Tx, ctx: &WriteCtx, domain: &Domain, changes
     // In the batch's order: (kind, cloud id, objectGUID, DN, link base, AD digest).
     let mut made = Vec::with_capacity(changes.len());
     for change in changes {
-        let id = Uuid::new_v4();
+        // Time-ordered ids (UUIDv7): a batch's new rows go to the end of
+        // every index keyed by a cloud id (users, groups, links,
+        // memberships) instead of one random page each. With random (v4)
+        // ids each push of an import rewrote pages all over those indexes,
+        // and its cost grew with the store: at 100,000 users SQLite's
+        // replay of the objects took 8.6-8.9 s, with v7 4.9 s and flat
+        // per push (`examples/import_cost.rs`). An id is no secret (an
+        // object's creation time is in its SCIM `meta` anyway).
+        let id = Uuid::now_v7();
         match change {
             AdChange::UpsertUser { guid, dn, record, .. } => {
                 // As AD holds it (a fresh user names no manager), for the
