@@ -64,13 +64,8 @@ pub(super) fn texts(ids: &[Uuid]) -> Vec<String> {
 /// users and 0.1 s at the end (`examples/import_cost.rs`). An id is a
 /// key, so the list is always the narrower term. A list of other values
 /// (`username_key`) keeps the org term, its index's first column.
-fn sqlite_by_id(sql: &str) -> std::borrow::Cow<'_, str> {
-    const BY_ID: &str = "org_id = $1 AND id IN ({in})";
-    if sql.contains(BY_ID) {
-        std::borrow::Cow::Owned(sql.replace(BY_ID, &format!("+{BY_ID}")))
-    } else {
-        std::borrow::Cow::Borrowed(sql)
-    }
+fn sqlite_by_id(sql: &str) -> String {
+    sql.replace("org_id = $1 AND id IN ({in})", "+org_id = $1 AND id IN ({in})")
 }
 
 impl Tx {

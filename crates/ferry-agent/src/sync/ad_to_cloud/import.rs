@@ -343,7 +343,11 @@ impl Later {
     /// than [`SHARE_MIN`] are owed.
     fn share(&mut self, pushed: u32) -> Vec<AdChange> {
         let read = &self.read;
-        let owed = |m: &u32| matches!(read.get(*m as usize), Some(Some((_, at))) if *at < pushed);
+        // A member's GUID if it is in the cloud already.
+        let owed = |m: &u32| match read.get(*m as usize) {
+            Some(Some((guid, at))) if *at < pushed => Some(*guid),
+            _ => None,
+        };
         let n = self.groups.len();
         let mut picked = Vec::new();
         let mut rows = 0;
@@ -353,7 +357,7 @@ impl Later {
             if g.whole || g.at >= pushed {
                 continue;
             }
-            let c = g.members.iter().filter(|m| owed(m)).count();
+            let c = g.members.iter().filter(|m| owed(m).is_some()).count();
             if c > 0 {
                 picked.push(i);
                 rows += c;
@@ -374,12 +378,12 @@ impl Later {
         for i in picked {
             let g = &mut self.groups[i];
             let mut members = Vec::new();
-            g.members.retain(|m| match read.get(*m as usize) {
-                Some(Some((guid, at))) if *at < pushed => {
-                    members.push(*guid);
+            g.members.retain(|m| match owed(m) {
+                Some(guid) => {
+                    members.push(guid);
                     false
                 }
-                _ => true,
+                None => true,
             });
             out.push(if std::mem::replace(&mut g.started, true) {
                 AdChange::AddMembers { group: g.guid, members }
