@@ -1586,15 +1586,7 @@ async fn a_big_group_is_imported_whole() {
         .unwrap_or(30_000);
     let (dc, cloud, domain) = prepare().await;
     let ou = dc.new_ou("multitude").await;
-    // Written straight into the DC's database in one transaction (over LDAP
-    // Samba takes minutes for 30,000 adds); the agent reads it over LDAP.
-    let st = std::process::Command::new("/usr/bin/python3")
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/lib/populate-group.py"))
-        .arg(dc.dir.join("etc/smb.conf"))
-        .args([ou.as_str(), &n.to_string(), "Everyone Here", "everyonehere", "many"])
-        .status()
-        .unwrap();
-    assert!(st.success(), "populate-group.py failed");
+    populate_group(&dc, &ou, n, "Everyone Here", "everyonehere", "many");
     let group = format!("CN=Everyone Here,{ou}");
     assert_eq!(dc.group_members(&group).len(), n, "AD has them all");
     let agent = enrol(&cloud, &domain).await;
@@ -1616,13 +1608,7 @@ async fn a_big_group_is_imported_whole() {
         let (_, g) = cloud
             .call(reqwest::Method::GET, &format!("/scim/v2/Groups/{gid}"), None)
             .await;
-        let ids: Vec<String> = g["members"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|m| m["value"].as_str().unwrap_or_default().to_owned())
-            .collect();
+        let ids = member_ids(&g);
         if ids.len() == n {
             let names = cloud_user_names(&cloud).await;
             let got: BTreeSet<String> = ids.iter().filter_map(|id| names.get(id).cloned()).collect();
@@ -2180,18 +2166,71 @@ async fn users_made_in_the_cloud_come_back_up_as_themselves() {
 /// memberships can go early, and six make it all but certain some do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memberships_cross_while_a_slow_dc_is_still_read_and_both_sides_end_equal() {
-    const N: usize = 600;
     let dc = delegated_dc().await;
+    let groups = crowd(&dc).await;
+    let dc = dc.behind_double(&["--page-size", "100", "--page-delay-ms", "150"]);
+    let cloud = Cloud::start().await;
+    let domain = add_domain(&cloud, &dc).await;
+    let agent = enrol(&cloud, &domain).await;
+    let engine = run_engine(&dc, &cloud, &agent).await;
+    crowd_in_cloud(&cloud, &groups).await;
+    let early = engine
+        .shared
+        .import_memberships_early
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(early > 0, "no membership went up while AD was read");
+    crowd_equal(&cloud, &domain, &dc, &groups).await;
+    eprintln!("{early} memberships crossed while AD was read");
+    engine.stop().await;
+}
+
+/// The same slow DC and groups, and the cloud killed (SIGKILL) once
+/// memberships have crossed and before the read has ended: once it is
+/// back, the agent imports again and both sides end equal, every group
+/// compared whole (the groups a share had started are linked by then, and
+/// get their whole list).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_the_cloud_while_memberships_cross_a_slow_read_then_both_sides_end_equal() {
+    let dc = delegated_dc().await;
+    let groups = crowd(&dc).await;
+    let dc = dc.behind_double(&["--page-size", "100", "--page-delay-ms", "300"]);
+    let mut server = CloudServer::start().await;
+    let domain = add_domain(&server.cloud, &dc).await;
+    let agent = enrol(&server.cloud, &domain).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &dc, &server.cloud, &agent);
+    let _agent = AgentProcess::spawn(dir.path(), "agent.log");
+    let log = || std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+    poll_until(
+        "memberships crossing while AD is read",
+        Duration::from_millis(20),
+        || async { log().contains("memberships while reading").then_some(()) },
+    )
+    .await;
+    server.kill9();
+    assert!(
+        !log().contains("read done"),
+        "the read ended before the cloud was killed: nothing was cut"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.up().await;
+    crowd_in_cloud(&server.cloud, &groups).await;
+    crowd_equal(&server.cloud, &domain, &dc, &groups).await;
+}
+
+/// A crowd group: its cloud name, its DN, its members in the cloud (user
+/// names, a group as `group:NAME`) and in AD (CNs, lower case).
+type CrowdGroup = (String, String, BTreeSet<String>, BTreeSet<String>);
+
+/// Six groups listing the same 600 users (one nesting another) and 600 more
+/// users with a group of their own: where the DC puts each group in its
+/// read decides which memberships can go early, and six make it all but
+/// certain some do.
+async fn crowd(dc: &Dc) -> Vec<CrowdGroup> {
+    const N: usize = 600;
     let (a, b) = (dc.new_ou("crowd-a").await, dc.new_ou("crowd-b").await);
-    for (ou, cn, sam, prefix) in [(&a, "Crowd A", "crowda", "ca"), (&b, "Crowd B", "crowdb", "cb")] {
-        let st = std::process::Command::new("/usr/bin/python3")
-            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/lib/populate-group.py"))
-            .arg(dc.dir.join("etc/smb.conf"))
-            .args([ou.as_str(), &N.to_string(), cn, sam, prefix])
-            .status()
-            .unwrap();
-        assert!(st.success(), "populate-group.py failed");
-    }
+    populate_group(dc, &a, N, "Crowd A", "crowda", "ca");
+    populate_group(dc, &b, N, "Crowd B", "crowdb", "cb");
     let members: String = (0..N).map(|i| format!("member: CN=m{i},{a}\n")).collect();
     let mut ldif = String::new();
     for k in 0..4 {
@@ -2203,19 +2242,13 @@ async fn memberships_cross_while_a_slow_dc_is_still_read_and_both_sides_end_equa
         "dn: CN=Crowd Nest,{a}\nobjectClass: group\nsAMAccountName: crowdnest\nmember: CN=Crowd A,{a}\nmember: CN=m0,{b}\n\n"
     ));
     dc.ldapmodify(&ldif, true);
-    let dc = dc.behind_double(&["--page-size", "100", "--page-delay-ms", "150"]);
-    let cloud = Cloud::start().await;
-    let domain = add_domain(&cloud, &dc).await;
-    let agent = enrol(&cloud, &domain).await;
-    let engine = run_engine(&dc, &cloud, &agent).await;
-
     let of_a: BTreeSet<String> = (0..N).map(|i| format!("ca{i}")).collect();
     let of_b: BTreeSet<String> = (0..N).map(|i| format!("cb{i}")).collect();
     let cns: BTreeSet<String> = (0..N).map(|i| format!("m{i}")).collect();
     let nest_cloud: BTreeSet<String> = ["group:crowda".to_owned(), "cb0".to_owned()].into();
     // `group_member_cns` gives CNs in lower case.
     let nest_ad: BTreeSet<String> = ["crowd a".to_owned(), "m0".to_owned()].into();
-    let mut groups: Vec<(String, String, BTreeSet<String>, BTreeSet<String>)> = vec![
+    let mut groups = vec![
         ("crowda".into(), format!("CN=Crowd A,{a}"), of_a.clone(), cns.clone()),
         ("crowdb".into(), format!("CN=Crowd B,{b}"), of_b, cns.clone()),
         ("crowdnest".into(), format!("CN=Crowd Nest,{a}"), nest_cloud, nest_ad),
@@ -2228,57 +2261,53 @@ async fn memberships_cross_while_a_slow_dc_is_still_read_and_both_sides_end_equa
             cns.clone(),
         ));
     }
-    // Each cloud group's members by name (a group member as `group:NAME`).
-    let cloud_side = || async {
-        let mut names = cloud_user_names(&cloud).await;
-        let mut ids = std::collections::HashMap::new();
-        for (name, ..) in &groups {
-            let g = cloud.group(name).await?;
-            names.insert(text(&g["id"]), format!("group:{name}"));
-            ids.insert(name.clone(), text(&g["id"]));
-        }
-        let mut out = Vec::new();
-        for (name, ..) in &groups {
-            let (_, g) = cloud
-                .call(reqwest::Method::GET, &format!("/scim/v2/Groups/{}", ids[name]), None)
-                .await;
-            let got: BTreeSet<String> = g["members"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|m| {
-                    names
-                        .get(&text(&m["value"]))
-                        .cloned()
-                        .unwrap_or_else(|| text(&m["value"]))
-                })
-                .collect();
-            out.push(got);
-        }
-        Some(out)
-    };
-    let want_cloud: Vec<BTreeSet<String>> = groups.iter().map(|g| g.2.clone()).collect();
+    groups
+}
+
+/// Each crowd group's members in the cloud, by name.
+async fn crowd_cloud_side(cloud: &Cloud, groups: &[CrowdGroup]) -> Option<Vec<BTreeSet<String>>> {
+    let mut names = cloud_user_names(cloud).await;
+    let mut ids = std::collections::HashMap::new();
+    for (name, ..) in groups {
+        let g = cloud.group(name).await?;
+        names.insert(text(&g["id"]), format!("group:{name}"));
+        ids.insert(name.clone(), text(&g["id"]));
+    }
+    let mut out = Vec::new();
+    for (name, ..) in groups {
+        let (_, g) = cloud
+            .call(reqwest::Method::GET, &format!("/scim/v2/Groups/{}", ids[name]), None)
+            .await;
+        let got: BTreeSet<String> = member_ids(&g)
+            .into_iter()
+            .map(|id| names.get(&id).cloned().unwrap_or(id))
+            .collect();
+        out.push(got);
+    }
+    Some(out)
+}
+
+/// Waits until every crowd group is whole in the cloud.
+async fn crowd_in_cloud(cloud: &Cloud, groups: &[CrowdGroup]) {
+    let want: Vec<BTreeSet<String>> = groups.iter().map(|g| g.2.clone()).collect();
     eventually("every group whole in the cloud", || async {
-        cloud_side().await.filter(|got| *got == want_cloud)
+        crowd_cloud_side(cloud, groups).await.filter(|got| *got == want)
     })
     .await;
-    let early = engine
-        .shared
-        .import_memberships_early
-        .load(std::sync::atomic::Ordering::Relaxed);
-    assert!(early > 0, "no membership went up while AD was read");
-    // Equal on both sides, and still so once the agent is quiet.
+}
+
+/// Both sides equal, every crowd group compared whole, and still so once
+/// the agent is quiet; no sync error.
+async fn crowd_equal(cloud: &Cloud, domain: &str, dc: &Dc, groups: &[CrowdGroup]) {
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(cloud_side().await.as_ref(), Some(&want_cloud));
+    let want: Vec<BTreeSet<String>> = groups.iter().map(|g| g.2.clone()).collect();
+    assert_eq!(crowd_cloud_side(cloud, groups).await, Some(want));
     // The DC itself, not through the delaying double: the same members.
     let ad = dc.without_double();
-    for (name, dn, _, want_ad) in &groups {
+    for (name, dn, _, want_ad) in groups {
         assert_eq!(&ad.group_member_cns(dn), want_ad, "AD's {name}");
     }
-    assert!(sync_errors(&cloud, &domain).await.is_empty());
-    eprintln!("{early} memberships crossed while AD was read");
-    engine.stop().await;
+    assert!(sync_errors(cloud, domain).await.is_empty());
 }
 
 /// A cloud group with a member of its own, which the first import matches
@@ -2322,4 +2351,30 @@ async fn a_cloud_group_matched_by_the_first_import_ends_equal_on_both_sides() {
     assert_eq!(dc.group_member_cns(&group), want);
     assert!(sync_errors(&cloud, &domain).await.is_empty());
     engine.stop().await;
+}
+
+/// `n` users `<prefix><i>` (CN `m<i>`) and a group `cn` of them all in `ou`,
+/// written straight into the DC's database in one transaction
+/// (`scripts/lib/populate-group.py`: over LDAP Samba takes minutes for
+/// 30,000 adds); the agent reads them over LDAP.
+fn populate_group(dc: &Dc, ou: &str, n: usize, cn: &str, sam: &str, prefix: &str) {
+    let st = std::process::Command::new("/usr/bin/python3")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/lib/populate-group.py"))
+        .arg(dc.dir.join("etc/smb.conf"))
+        .args([ou, &n.to_string(), cn, sam, prefix])
+        .status()
+        .unwrap();
+    assert!(st.success(), "populate-group.py failed");
+}
+
+/// The ids of a SCIM group's members.
+fn member_ids(group: &serde_json::Value) -> Vec<String> {
+    group["members"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .map(|m| m["value"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
