@@ -55,6 +55,11 @@ pub struct Limits {
     /// paged search request is forwarded this much later (0: at once), so a
     /// client's read of the directory takes time the client may use.
     pub page_delay: std::time::Duration,
+    /// Not one of AD's limits either but what a busy DC does to a long
+    /// read: the Nth paged search request the double sees (counted over
+    /// every connection, from 1) is answered `busy` (LDAP 51) instead of
+    /// being forwarded, once. A client's read then fails part way.
+    pub busy_page: Option<usize>,
 }
 
 impl Limits {
@@ -68,6 +73,7 @@ impl Limits {
             protected_objects: true,
             tree_delete: true,
             page_delay: std::time::Duration::ZERO,
+            busy_page: None,
         }
     }
 }
@@ -81,9 +87,18 @@ pub struct Double {
     /// TLS for clients (LDAPS and StartTLS).
     pub acceptor: TlsAcceptor,
     dirsync: dirsync::Held,
+    /// Paged search requests seen, for [`Limits::busy_page`].
+    pages: std::sync::atomic::AtomicUsize,
 }
 
 impl Double {
+    /// Counts a paged search request; `true` when it is the one
+    /// [`Limits::busy_page`] names.
+    pub(crate) fn busy_now(&self) -> bool {
+        let n = self.pages.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        self.limits.busy_page == Some(n)
+    }
+
     /// A double with these limits in front of `upstream`.
     pub fn new(limits: Limits, upstream: tls::Upstream, acceptor: TlsAcceptor) -> Double {
         Double {
@@ -91,6 +106,7 @@ impl Double {
             upstream,
             acceptor,
             dirsync: dirsync::Held::default(),
+            pages: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 }

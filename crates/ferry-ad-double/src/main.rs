@@ -62,6 +62,11 @@ struct Args {
     /// a DC far away or busy does (not one of AD's limits; default 0).
     #[arg(long, default_value_t = 0)]
     page_delay_ms: u64,
+    /// Answer the Nth paged search request (counted over every connection,
+    /// from 1) `busy` instead of forwarding it, once: a read cut part way
+    /// (not one of AD's limits).
+    #[arg(long)]
+    busy_page: Option<usize>,
     /// Rules to switch off (repeat, or separate with commas).
     #[arg(long, value_enum, value_delimiter = ',')]
     off: Vec<Rule>,
@@ -96,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
         protected_objects: on(Rule::Protected),
         tree_delete: on(Rule::TreeDelete),
         page_delay: std::time::Duration::from_millis(args.page_delay_ms),
+        busy_page: args.busy_page,
     };
     let upstream = tls::Upstream::new(&args.upstream, &args.upstream_ca)?;
     let acceptor = tls::acceptor(&args.tls_cert, &args.tls_key)?;

@@ -354,6 +354,16 @@ impl Session {
         if paged && !limits.page_delay.is_zero() {
             tokio::time::sleep(limits.page_delay).await;
         }
+        if paged && self.double.busy_now() {
+            tracing::info!("answered a page busy, as asked (--busy-page)");
+            let busy = LdapResult {
+                code: LdapResultCode::Busy,
+                matcheddn: String::new(),
+                message: "the AD double answered this page busy, as asked (--busy-page)".into(),
+                referral: Vec::new(),
+            };
+            return self.reply(LdapMsg::new(id, LdapOp::SearchResultDone(busy)));
+        }
         let cap = if paged || root_dse { None } else { limits.max_page_size };
         let ranges = if root_dse { None } else { limits.max_val_range };
         let unavailable = || {

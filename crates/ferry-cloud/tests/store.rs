@@ -97,6 +97,34 @@ both_engines!(
     }
 );
 
+// Migration 13 (PostgreSQL only) drops the keys to `orgs` of the tables an
+// import writes per object; the keys that guard something stay on both
+// engines, and SQLite keeps all of its own.
+both_engines!(
+    migration_13_drops_the_org_keys_of_hot_tables_on_postgres_only,
+    |engine| async move {
+        let db = TestDb::new(engine).await;
+        db.open().await.close().await;
+        let keys = foreign_keys(&db.url).await;
+        let hot = ["dir_users", "dir_groups", "links", "feed", "audit"];
+        for table in hot {
+            let to_orgs = keys.contains(&(table.to_owned(), "orgs".to_owned()));
+            assert_eq!(to_orgs, engine == Engine::Sqlite, "{table} → orgs on {engine:?}");
+        }
+        for kept in [
+            ("links", "domains"),
+            ("memberships", "dir_groups"),
+            ("domains", "orgs"),
+            ("agents", "domains"),
+        ] {
+            assert!(
+                keys.contains(&(kept.0.to_owned(), kept.1.to_owned())),
+                "{kept:?} on {engine:?}: {keys:?}"
+            );
+        }
+    }
+);
+
 both_engines!(orgs_and_admins_are_unique, |engine| async move {
     let (_db, store) = fresh(engine).await;
     // A failed statement ends a PostgreSQL transaction, so each conflict gets its own.
@@ -1182,4 +1210,23 @@ async fn forget_migration(url: &str, version: i64) {
         .await
         .unwrap();
     sqlx::Connection::close(conn).await.unwrap();
+}
+
+/// Every foreign key of the schema, as (table, referenced table).
+async fn foreign_keys(url: &str) -> BTreeSet<(String, String)> {
+    use sqlx::Row;
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await.unwrap();
+    let sql = if url.starts_with("sqlite") {
+        "SELECT m.name AS child, f.\"table\" AS parent FROM sqlite_master m, pragma_foreign_key_list(m.name) f
+         WHERE m.type = 'table'"
+    } else {
+        "SELECT conrelid::regclass::text AS child, confrelid::regclass::text AS parent FROM pg_constraint
+         WHERE contype = 'f'"
+    };
+    let rows = sqlx::query(sql).fetch_all(&mut conn).await.unwrap();
+    sqlx::Connection::close(conn).await.unwrap();
+    rows.iter()
+        .map(|r| (r.get::<String, _>("child"), r.get::<String, _>("parent")))
+        .collect()
 }

@@ -2218,6 +2218,44 @@ async fn kill_9_of_the_cloud_while_memberships_cross_a_slow_read_then_both_sides
     crowd_equal(&server.cloud, &domain, &dc, &groups).await;
 }
 
+/// A DC that answers one page of the import's read `busy` (the double's
+/// `--busy-page`, as a loaded DC does): the import stops there instead of
+/// taking what it read for the whole domain (its cookie is not moved on,
+/// nothing unread is judged gone), the agent reads the domain again from
+/// the start, and both sides end equal, every group compared whole. The
+/// read asks for each page while the last is still being turned into
+/// changes; a read that ends on a refusal must not look like one that ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_page_the_dc_answers_busy_stops_the_import_which_reads_again_and_both_sides_end_equal() {
+    let dc = delegated_dc().await;
+    let groups = crowd(&dc).await;
+    // 1,200 users and more at 100 a page: the 8th page is well inside the read.
+    let dc = dc.behind_double(&["--page-size", "100", "--busy-page", "8"]);
+    let cloud = Cloud::start().await;
+    let domain = add_domain(&cloud, &dc).await;
+    let agent = enrol(&cloud, &domain).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &dc, &cloud, &agent);
+    let _agent = AgentProcess::spawn(dir.path(), "agent.log");
+    let log = || std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+    crowd_in_cloud(&cloud, &groups).await;
+    crowd_equal(&cloud, &domain, &dc, &groups).await;
+    let log = log();
+    let double = dc.double.as_ref().map(|d| d.log()).unwrap_or_default();
+    assert!(
+        double.contains("answered a page busy"),
+        "the double never cut the read:\n{double}"
+    );
+    let busy = log
+        .find("answered this page busy")
+        .unwrap_or_else(|| panic!("the agent did not see the busy page:\n{log}"));
+    let done: Vec<usize> = log.match_indices("full import: read done").map(|(i, _)| i).collect();
+    assert!(
+        done.len() == 1 && done[0] > busy,
+        "the read must end once, after the busy page, read again whole:\n{log}"
+    );
+}
+
 /// A crowd group: its cloud name, its DN, its members in the cloud (user
 /// names, a group as `group:NAME`) and in AD (CNs, lower case).
 type CrowdGroup = (String, String, BTreeSet<String>, BTreeSet<String>);

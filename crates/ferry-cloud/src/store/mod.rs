@@ -52,7 +52,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("0010_org_counts.sql")),
     (11, include_str!("0011_membership_error_keys.sql")),
     (12, include_str!("0012_membership_org_key.sql")),
+    (13, include_str!("0013_postgres_hot_keys.sql")),
 ];
+
+/// The first line of a migration only PostgreSQL runs (SQLite records it
+/// as applied and changes nothing).
+const POSTGRES_ONLY: &str = "-- PostgreSQL only";
 
 /// The PostgreSQL channel a commit that grew a feed notifies: every
 /// instance listens on it and wakes its long-polls (`feed_wakeup.rs`).
@@ -253,7 +258,8 @@ impl Store {
                 continue;
             }
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-            for statement in split_sql(sql) {
+            let skip = sql.starts_with(POSTGRES_ONLY) && self.dialect != Dialect::Postgres;
+            for statement in split_sql(sql).into_iter().filter(|_| !skip) {
                 tx.execute(statement.as_str()).await?;
             }
             sqlx::query("INSERT INTO ferry_migrations (version, applied_at) VALUES ($1, 0)")

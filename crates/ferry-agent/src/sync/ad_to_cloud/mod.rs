@@ -472,8 +472,21 @@ async fn scope_page(
     root: &str,
     protection: &protect::Protection,
     pager: &mut crate::ad::Pager,
-    mut present: Option<&mut std::collections::HashSet<uuid::Uuid>>,
+    present: Option<&mut std::collections::HashSet<uuid::Uuid>>,
 ) -> Result<(Vec<(uuid::Uuid, crate::ad::AdEntry)>, bool), String> {
+    let (page, more) = read_page(conn, root, pager).await?;
+    Ok((admit_page(protection, page, present), more))
+}
+
+/// The next page of the users and groups under `root`, as AD sends it
+/// (big member lists read whole by range), and whether more follow: the
+/// read half of [`scope_page`], for a reader that asks for the next page
+/// before it works on this one.
+async fn read_page(
+    conn: &mut crate::ad::AdConnection,
+    root: &str,
+    pager: &mut crate::ad::Pager,
+) -> Result<(Vec<crate::ad::AdEntry>, bool), String> {
     let (mut page, more) = conn
         .search_page(
             root,
@@ -485,6 +498,16 @@ async fn scope_page(
         .await
         .map_err(|e| e.to_string())?;
     conn.complete_ranged(&mut page).await.map_err(|e| e.to_string())?;
+    Ok((page, more))
+}
+
+/// What of a page read by [`read_page`] is in scope: the other half of
+/// [`scope_page`].
+fn admit_page(
+    protection: &protect::Protection,
+    page: Vec<crate::ad::AdEntry>,
+    mut present: Option<&mut std::collections::HashSet<uuid::Uuid>>,
+) -> Vec<(uuid::Uuid, crate::ad::AdEntry)> {
     let mut out = Vec::with_capacity(page.len());
     for e in page {
         if !protection.admits(&e.dn) {
@@ -500,7 +523,7 @@ async fn scope_page(
         }
         out.push((guid, e));
     }
-    Ok((out, more))
+    out
 }
 
 async fn root(shared: &Shared) -> String {
