@@ -504,15 +504,17 @@ pub fn write_config(dir: &std::path::Path, dc: &Dc, cloud: &Cloud, agent: &Enrol
     write_dir(dir, &config, &agent.secret_key, Some(&dc.ca_file)).unwrap();
 }
 
-/// `ferry-agent run` as a process of its own (SIGKILL when dropped).
-pub struct AgentProcess(pub std::process::Child);
+/// `ferry-agent run` as a process of its own (SIGKILL when dropped; a
+/// failing test shows the end of its log).
+pub struct AgentProcess(pub std::process::Child, std::path::PathBuf);
 
 impl AgentProcess {
     pub fn spawn(dir: &std::path::Path, log: &str) -> AgentProcess {
-        let log = std::fs::OpenOptions::new()
+        let path = dir.join(log);
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join(log))
+            .open(&path)
             .unwrap();
         AgentProcess(
             std::process::Command::new(agent_binary())
@@ -520,9 +522,10 @@ impl AgentProcess {
                 .arg(dir)
                 .env("RUST_LOG", "info")
                 .stdout(std::process::Stdio::null())
-                .stderr(log)
+                .stderr(file)
                 .spawn()
                 .unwrap(),
+            path,
         )
     }
 
@@ -535,6 +538,14 @@ impl AgentProcess {
 impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.1).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- the agent's log (last lines) ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
     }
 }
 
