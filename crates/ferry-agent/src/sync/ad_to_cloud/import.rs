@@ -105,8 +105,20 @@ pub(super) async fn full_import(
         let (page_tx, mut page_rx) = tokio::sync::mpsc::channel::<(Vec<AdEntry>, bool)>(1);
         let read = async move {
             let mut pager = crate::ad::Pager::default();
+            let mut first = true;
             loop {
+                let asked = Instant::now();
                 let (page, more) = read_page(conn, &root, &mut pager).await?;
+                if std::mem::take(&mut first) {
+                    // Samba evaluates the whole search before it answers
+                    // the first page (6-17 s at 100,000 objects): the DC's
+                    // share of a slow start, told apart from Ferry's.
+                    tracing::info!(
+                        secs = asked.elapsed().as_secs_f32(),
+                        entries = page.len(),
+                        "full import: the DC's first page"
+                    );
+                }
                 page_tx.send((page, more)).await.map_err(|_| PUSH_STOPPED.to_owned())?;
                 if !more {
                     return Ok::<_, String>(());
