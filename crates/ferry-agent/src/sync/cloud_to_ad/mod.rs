@@ -528,10 +528,10 @@ async fn look_up_links(shared: &Shared, links: &mut Links, mut ids: Vec<Uuid>) -
     Ok(())
 }
 
-/// Whether an AD object is linked to some cloud object the agent knows of,
-/// every link read (at most once a feed page): only when a cloud object's
-/// account name is found in AD, which is rare.
-async fn linked_to_any(shared: &Shared, links: &mut Links, guid: Uuid) -> Result<bool, SyncError> {
+/// The cloud object an AD object is linked to, if any, every link read (at
+/// most once a feed page): only when a cloud object's account name is
+/// found in AD, which is rare.
+async fn linked_object(shared: &Shared, links: &mut Links, guid: Uuid) -> Result<Option<Uuid>, SyncError> {
     if !links.fresh {
         shared
             .cloud
@@ -541,7 +541,7 @@ async fn linked_to_any(shared: &Shared, links: &mut Links, guid: Uuid) -> Result
             .await?;
         links.fresh = true;
     }
-    Ok(links.map.values().any(|g| *g == guid))
+    Ok(links.map.iter().find(|(_, g)| **g == guid).map(|(object, _)| *object))
 }
 
 /// What a change is applied with.
@@ -684,10 +684,16 @@ async fn target(
     let Some(guid) = e.guid() else {
         return Err(SyncError::Retry(format!("{} has no objectGUID", e.dn)));
     };
-    if linked_to_any(ctx.shared, links, guid).await? {
+    match linked_object(ctx.shared, links, guid).await? {
+        // Linked to this very object since its own link was asked for: the
+        // AD → cloud direction read the account (one an agent stopped
+        // mid-change had made) and matched it to this object meanwhile.
+        // Creating another would leave AD with two.
+        Some(object) if object == id => return Ok(Target::Existing(Box::new(e))),
         // Another cloud object's account (two cloud names that AD's rules
         // make one): this one gets a name of its own.
-        return Ok(Target::New { name_taken: true });
+        Some(_) => return Ok(Target::New { name_taken: true }),
+        None => {}
     }
     if !ctx.domain.policies.match_existing_users {
         return Err(SyncError::Refused {
