@@ -393,6 +393,10 @@ async fn kill_9_mid_import_and_mid_stream_then_restart_converges() {
         expected + 40,
         "and nothing echoed back as a duplicate"
     );
+    // Both sides whole: every object, attribute and membership.
+    let report = audit_now(&cloud, &domain).await;
+    assert_eq!(report["differed"], 0, "{report}");
+    assert_eq!(report["resent"], 0, "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -2346,6 +2350,10 @@ async fn crowd_equal(cloud: &Cloud, domain: &str, dc: &Dc, groups: &[CrowdGroup]
         assert_eq!(&ad.group_member_cns(dn), want_ad, "AD's {name}");
     }
     assert!(sync_errors(cloud, domain).await.is_empty());
+    // And every object, attribute and membership, compared whole.
+    let report = audit_now(cloud, domain).await;
+    assert_eq!(report["differed"], 0, "{report}");
+    assert_eq!(report["resent"], 0, "{report}");
 }
 
 /// A cloud group with a member of its own, which the first import matches

@@ -452,14 +452,18 @@ impl DoubleGuard {
 impl Drop for DoubleGuard {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- the AD double's log (last lines) ---");
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
+            eprint_tail("the AD double's log", &self.log(), 40);
         }
         Command::new("sh").args(["-c", &self.stop_command()]).status().ok();
+    }
+}
+
+/// The last `n` lines of a log, for a failing test's output.
+pub fn eprint_tail(what: &str, log: &str, n: usize) {
+    let tail: Vec<&str> = log.lines().rev().take(n).collect();
+    eprintln!("--- {what} (last lines) ---");
+    for l in tail.iter().rev() {
+        eprintln!("{l}");
     }
 }
 

@@ -10,7 +10,7 @@ pub mod dc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use dc::Dc;
+pub use dc::{eprint_tail, Dc};
 use ferry_agent::ad::write::NewAdUser;
 use ferry_agent::ad::AdSettings;
 use ferry_agent::cloud::{CloudClient, Pins};
@@ -540,11 +540,7 @@ impl Drop for AgentProcess {
         self.kill9();
         if std::thread::panicking() {
             let log = std::fs::read_to_string(&self.1).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            eprintln!("--- the agent's log (last lines) ---");
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
+            eprint_tail("the agent's log", &log, 60);
         }
     }
 }
