@@ -60,6 +60,11 @@ pub struct Limits {
     /// every connection, from 1) is answered `busy` (LDAP 51) instead of
     /// being forwarded, once. A client's read then fails part way.
     pub busy_page: Option<usize>,
+    /// Not one of AD's limits: the Nth client connection (counted over
+    /// both ports, from 1) is closed as soon as it is accepted, once, as
+    /// a DC at its `MaxConnections` or a proxy's per-client limit does.
+    /// A client's second connection then fails.
+    pub refuse_connection: Option<usize>,
 }
 
 impl Limits {
@@ -74,6 +79,7 @@ impl Limits {
             tree_delete: true,
             page_delay: std::time::Duration::ZERO,
             busy_page: None,
+            refuse_connection: None,
         }
     }
 }
@@ -89,6 +95,8 @@ pub struct Double {
     dirsync: dirsync::Held,
     /// Paged search requests seen, for [`Limits::busy_page`].
     pages: std::sync::atomic::AtomicUsize,
+    /// Connections accepted, for [`Limits::refuse_connection`].
+    connections: std::sync::atomic::AtomicUsize,
 }
 
 impl Double {
@@ -99,6 +107,13 @@ impl Double {
         self.limits.busy_page == Some(n)
     }
 
+    /// Counts an accepted connection; `true` when it is the one
+    /// [`Limits::refuse_connection`] names.
+    fn refuse_now(&self) -> bool {
+        let n = self.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        self.limits.refuse_connection == Some(n)
+    }
+
     /// A double with these limits in front of `upstream`.
     pub fn new(limits: Limits, upstream: tls::Upstream, acceptor: TlsAcceptor) -> Double {
         Double {
@@ -107,6 +122,7 @@ impl Double {
             acceptor,
             dirsync: dirsync::Held::default(),
             pages: std::sync::atomic::AtomicUsize::new(0),
+            connections: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 }
@@ -138,6 +154,11 @@ async fn accept_loop(listener: TcpListener, double: Arc<Double>, tls: bool) {
                 continue;
             }
         };
+        if double.refuse_now() {
+            tracing::info!(%peer, "refused a connection (--refuse-connection)");
+            drop(stream);
+            continue;
+        }
         let double = double.clone();
         tokio::spawn(async move {
             let result = if tls {

@@ -67,6 +67,11 @@ struct Args {
     /// (not one of AD's limits).
     #[arg(long)]
     busy_page: Option<usize>,
+    /// Close the Nth client connection (counted over both ports, from 1) as
+    /// soon as it is accepted, once: a DC at its MaxConnections or a
+    /// proxy's per-client limit (not one of AD's defaults).
+    #[arg(long)]
+    refuse_connection: Option<usize>,
     /// Rules to switch off (repeat, or separate with commas).
     #[arg(long, value_enum, value_delimiter = ',')]
     off: Vec<Rule>,
@@ -102,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
         tree_delete: on(Rule::TreeDelete),
         page_delay: std::time::Duration::from_millis(args.page_delay_ms),
         busy_page: args.busy_page,
+        refuse_connection: args.refuse_connection,
     };
     let upstream = tls::Upstream::new(&args.upstream, &args.upstream_ca)?;
     let acceptor = tls::acceptor(&args.tls_cert, &args.tls_key)?;

@@ -2235,12 +2235,7 @@ async fn a_page_the_dc_answers_busy_stops_the_import_which_reads_again_and_both_
     let groups = crowd(&dc).await;
     // 1,200 users and more at 100 a page: the 8th page is well inside the read.
     let dc = dc.behind_double(&["--page-size", "100", "--busy-page", "8"]);
-    let cloud = Cloud::start().await;
-    let domain = add_domain(&cloud, &dc).await;
-    let agent = enrol(&cloud, &domain).await;
-    let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path(), &dc, &cloud, &agent);
-    let _agent = AgentProcess::spawn(dir.path(), "agent.log");
+    let (cloud, domain, dir, _agent) = cloud_and_agent_process(&dc).await;
     let log = || std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
     crowd_in_cloud(&cloud, &groups).await;
     crowd_equal(&cloud, &domain, &dc, &groups).await;
@@ -2258,6 +2253,56 @@ async fn a_page_the_dc_answers_busy_stops_the_import_which_reads_again_and_both_
         done.len() == 1 && done[0] > busy,
         "the read must end once, after the busy page, read again whole:\n{log}"
     );
+}
+
+/// A DC, or a proxy in front of it, that refuses the import's second
+/// connection (the double's `--refuse-connection`, as a DC at its
+/// `MaxConnections` does): the import reads the groups after the users on
+/// its one connection instead of beside them, and both sides end equal,
+/// every group compared whole. The double counts its connections: the
+/// first is `scripts/ad-double`'s readiness probe, the next two are the
+/// agent's two directions' (each opens one as it starts), and the fourth
+/// is the import's second, for the groups, opened after the users' search
+/// is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_second_connection_reads_the_groups_after_the_users_and_both_sides_end_equal() {
+    let dc = delegated_dc().await;
+    let groups = crowd(&dc).await;
+    let dc = dc.behind_double(&["--refuse-connection", "4"]);
+    let (cloud, domain, dir, _agent) = cloud_and_agent_process(&dc).await;
+    crowd_in_cloud(&cloud, &groups).await;
+    crowd_equal(&cloud, &domain, &dc, &groups).await;
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+    let double = dc.double.as_ref().map(|d| d.log()).unwrap_or_default();
+    assert!(
+        double.contains("refused a connection"),
+        "the double never refused a connection:\n{double}"
+    );
+    let first = |search: &str| {
+        log.find(&format!("the DC's first page search=\"{search}\""))
+            .unwrap_or_else(|| panic!("no first page of the {search}:\n{log}"))
+    };
+    assert!(
+        log.contains("no second connection to the DC"),
+        "the import did not see its second connection refused:\n{log}"
+    );
+    let done: Vec<usize> = log.match_indices("full import: read done").map(|(i, _)| i).collect();
+    assert!(
+        done.len() == 1 && first("users") < first("groups") && first("groups") < done[0],
+        "one read, the groups after the users:\n{log}"
+    );
+}
+
+/// A cloud with `dc`'s domain and an enrolled agent running as a process,
+/// its config and `agent.log` in the returned directory.
+async fn cloud_and_agent_process(dc: &Dc) -> (Cloud, String, tempfile::TempDir, AgentProcess) {
+    let cloud = Cloud::start().await;
+    let domain = add_domain(&cloud, dc).await;
+    let agent = enrol(&cloud, &domain).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), dc, &cloud, &agent);
+    let process = AgentProcess::spawn(dir.path(), "agent.log");
+    (cloud, domain, dir, process)
 }
 
 /// A crowd group: its cloud name, its DN, its members in the cloud (user

@@ -22,7 +22,9 @@ use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope};
 
 pub use entry::AdEntry;
 pub use error::AdError;
-pub use read::{member_delta, range_step, DirSyncBatch, Pager, RangeStep, RootDse, MAX_PAGE_SIZE, USERS_AND_GROUPS};
+pub use read::{
+    member_delta, range_step, DirSyncBatch, Pager, RangeStep, RootDse, GROUPS, MAX_PAGE_SIZE, USERS, USERS_AND_GROUPS,
+};
 pub use write::{NewAdGroup, NewAdUser, GROUP_GLOBAL_SECURITY};
 
 /// An LDAP request at least this long is logged at info ([`AdConnection::timed`]).

@@ -16,8 +16,13 @@ use super::AdConnection;
 /// AD's MaxPageSize: a page never holds more entries than this.
 pub const MAX_PAGE_SIZE: i32 = 1000;
 
-/// Users and groups (not computers, contacts or system objects' containers).
+/// Users and groups (not computers, contacts or system objects' containers):
+/// the union of [`USERS`] and [`GROUPS`].
 pub const USERS_AND_GROUPS: &str = "(|(&(objectCategory=person)(objectClass=user))(objectClass=group))";
+/// Users (people, not computers): one half of [`USERS_AND_GROUPS`].
+pub const USERS: &str = "(&(objectCategory=person)(objectClass=user))";
+/// Groups: the other half of [`USERS_AND_GROUPS`].
+pub const GROUPS: &str = "(objectClass=group)";
 
 /// What the rootDSE tells about the DC.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,9 +80,29 @@ pub fn range_step(desc: &str) -> Option<RangeStep> {
 pub struct Pager {
     cookie: Vec<u8>,
     pages: u32,
+    /// The page size asked for; 0: [`MAX_PAGE_SIZE`].
+    size: i32,
 }
 
 impl Pager {
+    /// A pager that asks for pages of `size` entries (at most
+    /// [`MAX_PAGE_SIZE`]): fewer where each entry is large.
+    pub fn of(size: i32) -> Pager {
+        Pager {
+            size: size.clamp(1, MAX_PAGE_SIZE),
+            ..Pager::default()
+        }
+    }
+
+    /// The page size to ask for.
+    pub fn size(&self) -> i32 {
+        if self.size == 0 {
+            MAX_PAGE_SIZE
+        } else {
+            self.size
+        }
+    }
+
     /// The cookie for the next request (empty for the first).
     pub fn cookie(&self) -> &[u8] {
         &self.cookie
@@ -238,7 +263,7 @@ impl AdConnection {
         attrs: &[&str],
         pager: &mut Pager,
     ) -> Result<(Vec<AdEntry>, bool), AdError> {
-        let ctrl = control(ber::PAGED_OID, false, ber::paged_request(MAX_PAGE_SIZE, pager.cookie()));
+        let ctrl = control(ber::PAGED_OID, false, ber::paged_request(pager.size(), pager.cookie()));
         let (entries, ctrls) = self.search_raw(base, scope, filter, attrs, vec![ctrl]).await?;
         let next = match find_control(&ctrls, ber::PAGED_OID).and_then(|c| c.val.as_deref()) {
             Some(v) => Some(
@@ -378,6 +403,11 @@ pub fn member_delta(e: &AdEntry) -> (Vec<String>, Vec<String>) {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn the_import_s_two_searches_are_the_union_every_other_read_makes() {
+        assert_eq!(USERS_AND_GROUPS, format!("(|{USERS}{GROUPS})"));
+    }
 
     fn entry(n: usize) -> AdEntry {
         AdEntry {

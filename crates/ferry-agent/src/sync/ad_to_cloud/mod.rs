@@ -474,24 +474,26 @@ async fn scope_page(
     pager: &mut crate::ad::Pager,
     present: Option<&mut std::collections::HashSet<uuid::Uuid>>,
 ) -> Result<(Vec<(uuid::Uuid, crate::ad::AdEntry)>, bool), String> {
-    let (page, more) = read_page(conn, root, pager).await?;
+    let (page, more) = read_page(conn, root, crate::ad::USERS_AND_GROUPS, pager).await?;
     Ok((admit_page(protection, page, present), more))
 }
 
-/// The next page of the users and groups under `root`, as AD sends it
-/// (big member lists read whole by range), and whether more follow: the
-/// read half of [`scope_page`], for a reader that asks for the next page
-/// before it works on this one.
+/// The next page of the objects under `root` that `filter` takes (the
+/// users and groups, or one of the two), as AD sends it (big member lists
+/// read whole by range), and whether more follow: the read half of
+/// [`scope_page`], for a reader that asks for the next page before it
+/// works on this one.
 async fn read_page(
     conn: &mut crate::ad::AdConnection,
     root: &str,
+    filter: &str,
     pager: &mut crate::ad::Pager,
 ) -> Result<(Vec<crate::ad::AdEntry>, bool), String> {
     let (mut page, more) = conn
         .search_page(
             root,
             ldap3::Scope::Subtree,
-            crate::ad::USERS_AND_GROUPS,
+            filter,
             crate::ad::mapping::READ_ATTRS,
             pager,
         )
