@@ -473,21 +473,30 @@ fn user_dn(i: usize, base: &str) -> String {
     format!("CN=User {i:06},OU=People,OU=Bench,{base}")
 }
 
-/// A raw paged `ldapsearch` of what `filter` takes, with the attributes the
-/// agent reads, as Administrator; its output piped (`count`) or dropped.
-fn ldapsearch(dc: &Dc, base: &str, filter: &str, count: bool) -> Command {
+/// A raw paged `ldapsearch` of what `filter` takes, in pages of `page`,
+/// with the attributes the agent reads, as Administrator; its output piped
+/// (`count`) or dropped.
+fn ldapsearch(dc: &Dc, base: &str, filter: &str, page: u32, count: bool) -> Command {
     let mut c = Command::new("ldapsearch");
-    c.args(["-x", "-LLL", "-o", "ldif-wrap=no", "-E", "pr=1000/noprompt", "-H"])
-        .arg(dc.var("FERRY_DC_LDAPS_URL"))
-        .arg("-D")
-        .arg(format!("CN=Administrator,CN=Users,{base}"))
-        .arg("-w")
-        .arg(dc.var("FERRY_DC_ADMIN_PASSWORD"))
-        .args(["-b", base, filter])
-        .args(READ_ATTRS)
-        .env("LDAPTLS_CACERT", dc.var("FERRY_DC_CA_FILE"))
-        .stdout(if count { Stdio::piped() } else { Stdio::null() })
-        .stderr(Stdio::null());
+    c.args([
+        "-x",
+        "-LLL",
+        "-o",
+        "ldif-wrap=no",
+        "-E",
+        &format!("pr={page}/noprompt"),
+        "-H",
+    ])
+    .arg(dc.var("FERRY_DC_LDAPS_URL"))
+    .arg("-D")
+    .arg(format!("CN=Administrator,CN=Users,{base}"))
+    .arg("-w")
+    .arg(dc.var("FERRY_DC_ADMIN_PASSWORD"))
+    .args(["-b", base, filter])
+    .args(READ_ATTRS)
+    .env("LDAPTLS_CACERT", dc.var("FERRY_DC_CA_FILE"))
+    .stdout(if count { Stdio::piped() } else { Stdio::null() })
+    .stderr(Stdio::null());
     c
 }
 
@@ -496,7 +505,7 @@ fn ldapsearch(dc: &Dc, base: &str, filter: &str, count: bool) -> Command {
 fn baseline(dc: &Dc, base: &str) -> Result<(f64, usize)> {
     let run = |count: bool| -> Result<(f64, usize)> {
         let start = Instant::now();
-        let out = ldapsearch(dc, base, USERS_AND_GROUPS, count).output()?;
+        let out = ldapsearch(dc, base, USERS_AND_GROUPS, 1000, count).output()?;
         let secs = start.elapsed().as_secs_f64();
         if !out.status.success() {
             bail!("ldapsearch failed ({})", out.status);
@@ -516,16 +525,17 @@ fn baseline(dc: &Dc, base: &str) -> Result<(f64, usize)> {
 }
 
 /// Times the same dump as the import reads it: two `ldapsearch`es at once,
-/// the users' and, 30 ms later (another Samba worker then takes it), the
-/// groups' (median of 3). Shown beside the baseline, not instead of it.
+/// the users' in pages of 1,000 and, 30 ms later (another Samba worker then
+/// takes it), the groups' in pages of 250 (median of 3). Shown beside the
+/// baseline, not instead of it.
 fn split_baseline(dc: &Dc, base: &str) -> Result<f64> {
     let mut times = Vec::new();
     for _ in 0..3 {
         let start = Instant::now();
-        let mut users = ldapsearch(dc, base, ferry_agent::ad::USERS, false).spawn()?;
+        let mut users = Proc(ldapsearch(dc, base, ferry_agent::ad::USERS, 1000, false).spawn()?);
         std::thread::sleep(Duration::from_millis(30));
-        let groups = ldapsearch(dc, base, ferry_agent::ad::GROUPS, false).status()?;
-        let users = users.wait()?;
+        let groups = ldapsearch(dc, base, ferry_agent::ad::GROUPS, 250, false).status()?;
+        let users = users.0.wait()?;
         if !users.success() || !groups.success() {
             bail!("ldapsearch failed ({users}, {groups})");
         }

@@ -2220,6 +2220,12 @@ async fn kill_9_of_the_cloud_while_memberships_cross_a_slow_read_then_both_sides
     server.up().await;
     crowd_in_cloud(&server.cloud, &groups).await;
     crowd_equal(&server.cloud, &domain, &dc, &groups).await;
+    // Each import read the groups beside the users, on a second connection.
+    let log = log();
+    assert!(
+        log.contains("the DC's first page search=\"groups\"") && !log.contains("the groups follow the users"),
+        "the groups were not read on a connection of their own:\n{log}"
+    );
 }
 
 /// A DC that answers one page of the import's read `busy` (the double's

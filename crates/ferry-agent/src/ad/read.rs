@@ -86,17 +86,18 @@ pub struct Pager {
 
 impl Pager {
     /// A pager that asks for pages of `size` entries (at most
-    /// [`MAX_PAGE_SIZE`]): fewer where each entry is large.
+    /// [`MAX_PAGE_SIZE`], which is also what 0 or less asks for): fewer
+    /// where each entry is large.
     pub fn of(size: i32) -> Pager {
         Pager {
-            size: size.clamp(1, MAX_PAGE_SIZE),
+            size: size.clamp(0, MAX_PAGE_SIZE),
             ..Pager::default()
         }
     }
 
     /// The page size to ask for.
     pub fn size(&self) -> i32 {
-        if self.size == 0 {
+        if self.size <= 0 {
             MAX_PAGE_SIZE
         } else {
             self.size
@@ -407,6 +408,16 @@ mod tests {
     #[test]
     fn the_import_s_two_searches_are_the_union_every_other_read_makes() {
         assert_eq!(USERS_AND_GROUPS, format!("(|{USERS}{GROUPS})"));
+    }
+
+    #[test]
+    fn a_pager_asks_for_its_size_at_most_max_page_size_and_that_by_default() {
+        assert_eq!(Pager::default().size(), MAX_PAGE_SIZE);
+        assert_eq!(Pager::of(250).size(), 250);
+        assert_eq!(Pager::of(1).size(), 1);
+        for asked in [0, -5, MAX_PAGE_SIZE, MAX_PAGE_SIZE + 1, i32::MAX] {
+            assert_eq!(Pager::of(asked).size(), MAX_PAGE_SIZE, "{asked}");
+        }
     }
 
     fn entry(n: usize) -> AdEntry {
