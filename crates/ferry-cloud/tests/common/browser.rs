@@ -278,7 +278,23 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// Ends the session first (WebDriver's quit, which closes Chromium),
+    /// then chromedriver: killed alone, it can leave its Chromium running
+    /// after the tests. A plain blocking request, as `drop` may run inside
+    /// the tests' runtime.
     fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let host = self.base.trim_start_matches("http://");
+        if let Ok(mut s) = std::net::TcpStream::connect(host) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+            let request = format!(
+                "DELETE /session/{} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.session
+            );
+            if s.write_all(request.as_bytes()).is_ok() {
+                let _ = s.read_to_end(&mut Vec::new());
+            }
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
