@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use ferry_cloud::directory::ad_apply::{apply_ad_changes, Isolation};
 use ferry_cloud::directory::WriteCtx;
-use ferry_cloud::store::{DomainSettings, Store};
+use ferry_cloud::store::{DomainSettings, Statistics, Store};
 use ferry_proto::agent::{AdChange, DomainPolicies, PushChangesRequest};
 use ferry_proto::record::{GroupRecord, UserRecord};
 use uuid::Uuid;
@@ -136,7 +136,7 @@ async fn main() {
         cookie = req.to_cookie;
         // As the cloud does (`agent_api`): statistics refreshed as the tables double.
         if n >= 4 && n.is_power_of_two() {
-            store.analyze().await.unwrap();
+            store.analyze(Statistics::Sizes).await.unwrap();
         }
         t.elapsed().as_secs_f64()
     };

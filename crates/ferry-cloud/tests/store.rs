@@ -111,17 +111,90 @@ both_engines!(
             let to_orgs = keys.contains(&(table.to_owned(), "orgs".to_owned()));
             assert_eq!(to_orgs, engine == Engine::Sqlite, "{table} → orgs on {engine:?}");
         }
-        for kept in [
-            ("links", "domains"),
-            ("memberships", "dir_groups"),
-            ("domains", "orgs"),
-            ("agents", "domains"),
-        ] {
+        for kept in [("links", "domains"), ("domains", "orgs"), ("agents", "domains")] {
             assert!(
                 keys.contains(&(kept.0.to_owned(), kept.1.to_owned())),
                 "{kept:?} on {engine:?}: {keys:?}"
             );
         }
+        // Migration 14: a membership's key to its group, SQLite only.
+        let to_group = keys.contains(&("memberships".to_owned(), "dir_groups".to_owned()));
+        assert_eq!(
+            to_group,
+            engine == Engine::Sqlite,
+            "memberships → dir_groups on {engine:?}"
+        );
+    }
+);
+
+// What a membership's key to its group guarded holds without it (migration
+// 14 drops it on PostgreSQL): an add racing a delete of the group, in
+// either order, leaves no membership of a group that is gone. On
+// PostgreSQL the second transaction is seen waiting for the first's lock
+// before the first commits, so each order is the one meant; SQLite's one
+// connection runs them one after the other.
+both_engines!(
+    a_membership_never_outlives_its_group_when_an_add_races_a_delete,
+    |engine| async move {
+        let (db, store) = fresh(engine).await;
+        let org = create_org(&store, "A").await.id;
+        let mut tx = store.begin().await.unwrap();
+        let u = tx.insert_user(org, &user("ann"), 1).await.unwrap();
+        let ann = Member {
+            id: u.id,
+            kind: ObjectKind::User,
+        };
+        let first = tx.insert_group(org, &group("first"), 1).await.unwrap().id;
+        let second = tx.insert_group(org, &group("second"), 1).await.unwrap().id;
+        tx.commit().await.unwrap();
+
+        // The add first: the delete waits for it, and takes its membership along.
+        let mut adding = store.begin().await.unwrap();
+        assert_eq!(adding.add_members_many(org, first, &[ann]).await.unwrap(), vec![ann]);
+        let deleting = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tx = store.begin().await.unwrap();
+                tx.delete_group(org, first).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+        });
+        waits_for_a_lock(
+            &db.url,
+            engine,
+            "the delete did not wait for the add's lock on the group",
+        )
+        .await;
+        adding.commit().await.unwrap();
+        deleting.await.unwrap();
+        assert_eq!(
+            memberships_of(&db.url, first).await,
+            0,
+            "a membership outlived its group"
+        );
+
+        // The delete first: the add waits for it, then finds the group gone.
+        let mut deleting = store.begin().await.unwrap();
+        deleting.delete_group(org, second).await.unwrap();
+        let adding = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tx = store.begin().await.unwrap();
+                let added = tx.add_member(org, second, ann).await;
+                if added.is_ok() {
+                    tx.commit().await.unwrap();
+                }
+                added
+            }
+        });
+        waits_for_a_lock(&db.url, engine, "the add did not wait for the delete of its group").await;
+        deleting.commit().await.unwrap();
+        assert!(adding.await.unwrap().is_err(), "a member added to a deleted group");
+        assert_eq!(
+            memberships_of(&db.url, second).await,
+            0,
+            "a membership outlived its group"
+        );
     }
 );
 
@@ -1209,6 +1282,48 @@ async fn forget_migration(url: &str, version: i64) {
         .execute(&mut conn)
         .await
         .unwrap();
+    sqlx::Connection::close(conn).await.unwrap();
+}
+
+/// The rows of `memberships` of `group`, read past the store.
+async fn memberships_of(url: &str, group: Uuid) -> i64 {
+    use sqlx::Row;
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await.unwrap();
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM memberships WHERE group_id = $1")
+        .bind(group.to_string())
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    sqlx::Connection::close(conn).await.unwrap();
+    row.get::<i64, _>("n")
+}
+
+/// On PostgreSQL, waits (up to 10 s) until a transaction of the database
+/// at `url` waits for a row lock; on SQLite, whose one connection queues
+/// transactions, a moment.
+async fn waits_for_a_lock(url: &str, engine: Engine, otherwise: &str) {
+    use sqlx::Row;
+    if engine == Engine::Sqlite {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        return;
+    }
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if row.get::<i64, _>("n") > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{otherwise}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     sqlx::Connection::close(conn).await.unwrap();
 }
 

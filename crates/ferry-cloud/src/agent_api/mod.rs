@@ -26,7 +26,7 @@ use crate::directory::WriteCtx;
 use crate::http::auth::AgentAuth;
 use crate::http::{ApiError, ApiQuery, ClientIp, JsonBody};
 use crate::secrets::{new_token, token_hash, AGENT_TOKEN_PREFIX};
-use crate::store::{Agent, ConnectKeyProblem, Domain};
+use crate::store::{Agent, ConnectKeyProblem, Domain, Statistics};
 
 /// Routes under `/agent/v1`; `push_limit` bounds the body of an AD push.
 pub fn router(push_limit: usize) -> Router<AppState> {
@@ -367,43 +367,58 @@ async fn push_changes(
         tracing::info!(agent = %agent.id, applied = result.applied, quarantined = result.quarantined, refused = result.refused, "applied AD changes");
     }
     // Only the push that moves the cookie (a split batch's other parts, or
-    // a retry, carry the same), and one refresh at a time in this process.
-    static ANALYZING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if req.from_cookie != req.to_cookie
-        && analyze_after(req.from_cookie.as_deref(), req.to_cookie.as_deref())
-        && !ANALYZING.swap(true, std::sync::atomic::Ordering::AcqRel)
-    {
-        let store = state.store.clone();
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            match store.analyze().await {
-                Ok(()) => tracing::debug!(
-                    secs = started.elapsed().as_secs_f64(),
-                    "statistics refreshed during an import"
-                ),
-                Err(e) => tracing::warn!(error = %e, "refreshing the statistics during an import failed"),
+    // a retry, carry the same), and one refresh at a time in this process:
+    // one asked for during an import is skipped while another runs; the
+    // import's last waits for it, so the statistics it leaves are full.
+    static ANALYZING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    if req.from_cookie != req.to_cookie {
+        if let Some(depth) = analyze_after(req.from_cookie.as_deref(), req.to_cookie.as_deref()) {
+            let store = state.store.clone();
+            let turn = match depth {
+                Statistics::Sizes => ANALYZING.try_lock().ok(),
+                Statistics::Full => None,
+            };
+            if depth == Statistics::Full || turn.is_some() {
+                tokio::spawn(async move {
+                    let _turn = match turn {
+                        Some(turn) => turn,
+                        None => ANALYZING.lock().await,
+                    };
+                    let started = std::time::Instant::now();
+                    match store.analyze(depth).await {
+                        Ok(()) => tracing::debug!(
+                            secs = started.elapsed().as_secs_f64(),
+                            ?depth,
+                            "statistics refreshed during an import"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "refreshing the statistics during an import failed"),
+                    }
+                });
             }
-            ANALYZING.store(false, std::sync::atomic::Ordering::Release);
-        });
+        }
     }
     Ok(Json(result))
 }
 
 /// Whether the batch that moved the cookie from `from` to `to` is an
 /// import's whose tables have about doubled since the last refresh of
-/// their statistics: the agent's import batches carry `import:N` (N its
-/// pushes so far), so at pushes 4, 8, 16, 32… (a handful per import,
-/// whatever its size) — and at its end, the push that moves the cookie
-/// from `import:N` to a DirSync cookie, when the tables may be up to twice
-/// what the last refresh saw and the first changes and SCIM reads follow.
-fn analyze_after(from: Option<&str>, to: Option<&str>) -> bool {
+/// their statistics, and how closely to sample them. The agent's import
+/// batches carry `import:N` (N its pushes so far), so at pushes 4, 8, 16,
+/// 32… (a handful per import, whatever its size) the planner learns the
+/// tables' new sizes ([`Statistics::Sizes`]); at the import's end, the push
+/// that moves the cookie from `import:N` to a DirSync cookie, when the
+/// first changes and SCIM reads follow, it gets [`Statistics::Full`].
+fn analyze_after(from: Option<&str>, to: Option<&str>) -> Option<Statistics> {
     fn import(c: Option<&str>) -> Option<&str> {
         c.and_then(|c| c.strip_prefix(ferry_proto::agent::IMPORT_COOKIE_PREFIX))
     }
     match (import(from), import(to)) {
-        (_, Some(n)) => n.parse::<u64>().is_ok_and(|n| n >= 4 && n.is_power_of_two()),
-        (Some(_), None) => to.is_some(),
-        (None, None) => false,
+        (_, Some(n)) => n
+            .parse::<u64>()
+            .is_ok_and(|n| n >= 4 && n.is_power_of_two())
+            .then_some(Statistics::Sizes),
+        (Some(_), None) => to.is_some().then_some(Statistics::Full),
+        (None, None) => None,
     }
 }
 
@@ -916,17 +931,24 @@ mod tests {
     #[test]
     fn statistics_are_refreshed_as_an_import_doubles() {
         let at: Vec<u64> = (1..=1000)
-            .filter(|n| analyze_after(Some(&format!("import:{}", n - 1)), Some(&format!("import:{n}"))))
+            .filter(|n| {
+                analyze_after(Some(&format!("import:{}", n - 1)), Some(&format!("import:{n}")))
+                    == Some(Statistics::Sizes)
+            })
             .collect();
         assert_eq!(at, [4, 8, 16, 32, 64, 128, 256, 512]);
-        // The import's end: its last push moves the cookie to DirSync's.
-        assert!(analyze_after(Some("import:241"), Some("dirsync-cookie")));
+        // The import's end: its last push moves the cookie to DirSync's,
+        // and the statistics it leaves are sampled fully.
+        assert_eq!(
+            analyze_after(Some("import:241"), Some("dirsync-cookie")),
+            Some(Statistics::Full)
+        );
         // Changes after it do not.
-        assert!(!analyze_after(Some("dirsync-cookie"), Some("dirsync-cookie-2")));
-        assert!(!analyze_after(None, Some("dirsync-cookie")));
-        assert!(!analyze_after(Some("import:3"), Some("import:x")));
-        assert!(!analyze_after(Some("import:3"), None));
-        assert!(!analyze_after(None, None));
+        assert_eq!(analyze_after(Some("dirsync-cookie"), Some("dirsync-cookie-2")), None);
+        assert_eq!(analyze_after(None, Some("dirsync-cookie")), None);
+        assert_eq!(analyze_after(Some("import:3"), Some("import:x")), None);
+        assert_eq!(analyze_after(Some("import:3"), None), None);
+        assert_eq!(analyze_after(None, None), None);
     }
 
     #[test]

@@ -53,6 +53,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (11, include_str!("0011_membership_error_keys.sql")),
     (12, include_str!("0012_membership_org_key.sql")),
     (13, include_str!("0013_postgres_hot_keys.sql")),
+    (14, include_str!("0014_postgres_membership_key.sql")),
 ];
 
 /// The first line of a migration only PostgreSQL runs (SQLite records it
@@ -62,6 +63,15 @@ const POSTGRES_ONLY: &str = "-- PostgreSQL only";
 /// The PostgreSQL channel a commit that grew a feed notifies: every
 /// instance listens on it and wakes its long-polls (`feed_wakeup.rs`).
 pub const FEED_CHANNEL: &str = "ferry_feed";
+
+/// How closely [`Store::analyze`] samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Statistics {
+    /// Coarse, cheap: the tables' sizes and little more (during an import).
+    Sizes,
+    /// PostgreSQL's default sample (at an import's end).
+    Full,
+}
 
 /// Which database engine is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,11 +225,23 @@ impl Store {
     /// minute): plans made for a small `links` (a scan where the primary
     /// key answers) held a 100,000-user import to an eighth of its pace for
     /// a minute. ANALYZE samples; it blocks no reader or writer.
-    pub async fn analyze(&self) -> StoreResult<()> {
+    ///
+    /// [`Statistics::Sizes`] samples a tenth of the rows the default does
+    /// (`default_statistics_target` 10): enough for what an import's
+    /// lookups need, the tables' sizes, at a fifth of the cost (36 against
+    /// 160 ms at 10,000 users). The statistics an import leaves behind are
+    /// [`Statistics::Full`]'s, as autovacuum would take them.
+    pub async fn analyze(&self, depth: Statistics) -> StoreResult<()> {
         if self.dialect == Dialect::Postgres {
-            let mut conn = self.pool.acquire().await?;
-            conn.execute("ANALYZE links, dir_users, dir_groups, memberships")
+            let mut tx = self.pool.begin().await?;
+            if depth == Statistics::Sizes {
+                // For this transaction only.
+                (&mut *tx).execute("SET LOCAL default_statistics_target = 10").await?;
+            }
+            (&mut *tx)
+                .execute("ANALYZE links, dir_users, dir_groups, memberships")
                 .await?;
+            tx.commit().await?;
         }
         Ok(())
     }
