@@ -603,7 +603,7 @@ impl Tx {
     ///
     /// PostgreSQL checked the key row by row: at an import of 10,000 users
     /// it was a third of the memberships' `INSERT` (`docs/BENCHMARKS.md`,
-    /// runs 72–75).
+    /// runs 72–79).
     pub(crate) async fn lock_groups(&mut self, org_id: Uuid, groups: &[Uuid]) -> StoreResult<()> {
         if self.dialect() != Dialect::Postgres || groups.is_empty() {
             return Ok(());
