@@ -643,6 +643,11 @@ impl Tx {
         group_id: Uuid,
         members: &[Member],
     ) -> StoreResult<Vec<Member>> {
+        if members.is_empty() {
+            // Nothing to add: no lock, as before, and no error for a group
+            // deleted meanwhile (a `SetMembers` that only removes).
+            return Ok(Vec::new());
+        }
         self.lock_groups(org_id, &[group_id]).await?;
         let mut added = std::collections::HashSet::new();
         let rows: Vec<Vec<Cell>> = members

@@ -179,7 +179,23 @@ impl Store {
                     .connect(url)
                     .await?
             }
-            Dialect::Postgres => AnyPoolOptions::new().max_connections(16).connect(url).await?,
+            // READ COMMITTED whatever the server's default: a group's
+            // deletion relies on each statement seeing what is committed
+            // when it starts (`Tx::delete_group`), which a snapshot taken at
+            // the transaction's first statement would not.
+            Dialect::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(16)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute("SET default_transaction_isolation = 'read committed'")
+                                .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(url)
+                    .await?
+            }
         };
         let store = Store {
             pool,
