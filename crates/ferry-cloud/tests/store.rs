@@ -194,22 +194,11 @@ both_engines!(
         drop(tx);
 
         // The delete first: the add waits for it, then finds the group gone.
-        let mut deleting = store.begin().await.unwrap();
-        deleting.delete_group(org, second).await.unwrap();
-        let adding = tokio::spawn({
-            let store = store.clone();
-            async move {
-                let mut tx = store.begin().await.unwrap();
-                let added = tx.add_member(org, second, ann).await;
-                if added.is_ok() {
-                    tx.commit().await.unwrap();
-                }
-                added
-            }
-        });
-        waits_for_a_lock(&db.url, engine, "the add did not wait for the delete of its group").await;
-        deleting.commit().await.unwrap();
-        assert!(adding.await.unwrap().is_err(), "a member added to a deleted group");
+        let added = add_after_a_delete(&store, &db.url, engine, org, second, move |mut tx| async move {
+            tx.add_member(org, second, ann).await.map(|_| tx)
+        })
+        .await;
+        assert!(added.is_err(), "a member added to a deleted group");
         assert_eq!(
             memberships_of(&db.url, second).await,
             0,
@@ -217,27 +206,11 @@ both_engines!(
         );
 
         // The same through the agent's path, memberships of many groups at once.
-        let mut deleting = store.begin().await.unwrap();
-        deleting.delete_group(org, third).await.unwrap();
-        let adding = tokio::spawn({
-            let store = store.clone();
-            async move {
-                let mut tx = store.begin().await.unwrap();
-                let added = tx.insert_memberships(org, &[(third, ann)]).await;
-                if added.is_ok() {
-                    tx.commit().await.unwrap();
-                }
-                added
-            }
-        });
-        waits_for_a_lock(
-            &db.url,
-            engine,
-            "the agent's add did not wait for the delete of its group",
-        )
+        let added = add_after_a_delete(&store, &db.url, engine, org, third, move |mut tx| async move {
+            tx.insert_memberships(org, &[(third, ann)]).await.map(|()| tx)
+        })
         .await;
-        deleting.commit().await.unwrap();
-        assert!(adding.await.unwrap().is_err(), "memberships added to a deleted group");
+        assert!(added.is_err(), "memberships added to a deleted group");
         assert_eq!(
             memberships_of(&db.url, third).await,
             0,
@@ -1331,6 +1304,37 @@ async fn forget_migration(url: &str, version: i64) {
         .await
         .unwrap();
     sqlx::Connection::close(conn).await.unwrap();
+}
+
+/// Deletes `group` in a transaction, meanwhile runs `add` in another
+/// (committed if it succeeds), sees the add wait for the delete, commits
+/// the delete, and returns what the add came to.
+async fn add_after_a_delete<F, Fut>(
+    store: &Store,
+    url: &str,
+    engine: Engine,
+    org: Uuid,
+    group: Uuid,
+    add: F,
+) -> Result<(), StoreError>
+where
+    F: FnOnce(Tx) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Tx, StoreError>> + Send,
+{
+    let mut deleting = store.begin().await.unwrap();
+    deleting.delete_group(org, group).await.unwrap();
+    let adding = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let tx = store.begin().await.unwrap();
+            let tx = add(tx).await?;
+            tx.commit().await.unwrap();
+            Ok(())
+        }
+    });
+    waits_for_a_lock(url, engine, "the add did not wait for the delete of its group").await;
+    deleting.commit().await.unwrap();
+    adding.await.unwrap()
 }
 
 /// The rows of `memberships` of `group`, read past the store.

@@ -374,11 +374,8 @@ async fn push_changes(
     if req.from_cookie != req.to_cookie {
         if let Some(depth) = analyze_after(req.from_cookie.as_deref(), req.to_cookie.as_deref()) {
             let store = state.store.clone();
-            let turn = match depth {
-                Statistics::Sizes => ANALYZING.try_lock().ok(),
-                Statistics::Full => None,
-            };
-            if depth == Statistics::Full || turn.is_some() {
+            let turn = ANALYZING.try_lock().ok();
+            if turn.is_some() || depth == Statistics::Full {
                 tokio::spawn(async move {
                     let _turn = match turn {
                         Some(turn) => turn,
